@@ -1,0 +1,290 @@
+#!/usr/bin/env node
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import type { Logger } from 'pino';
+import type { Provider } from './client.js';
+import { assertValidHeader, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
+import { credentialsFromEnv, readSecret } from './credentials.js';
+import { parseDurationMs } from './duration.js';
+import type { ErrorCode } from './errors.js';
+import { ConfigError, RunwatchError } from './errors.js';
+import { createLogger } from './logger.js';
+import type { RunSnapshot } from './resource.js';
+import { SinkDispatcher, StdoutSink } from './sinks/index.js';
+import type { SimulatedRun } from './simulator.js';
+import { DEMO_RUNS, startSimulator } from './simulator.js';
+import { VERSION } from './version.js';
+import { RunWatcher } from './watcher.js';
+
+/** Exit codes of the CLI; the README's "Exit codes" table lists the same. */
+export const EXIT = Object.freeze({
+  completed: 0,
+  internal: 1,
+  watchError: 2,
+  requiresAction: 10,
+  failed: 20,
+  cancelled: 21,
+  expired: 22,
+  incomplete: 23,
+  usage: 64,
+  sigint: 130,
+  sigterm: 143,
+});
+
+const STATUS_EXIT: Readonly<Record<string, number>> = {
+  completed: EXIT.completed,
+  requires_action: EXIT.requiresAction,
+  failed: EXIT.failed,
+  cancelled: EXIT.cancelled,
+  expired: EXIT.expired,
+  incomplete: EXIT.incomplete,
+};
+
+/** What to do about each watch error, appended to the one-line message. */
+const HINTS: Partial<Record<ErrorCode, string>> = {
+  run_not_found: 'check the thread and run ids, the base URL, and that the key belongs to the project that owns the run',
+  unauthorized: 'check the API key (PORTKEY_API_KEY or OPENAI_API_KEY) and --provider',
+  forbidden: 'the key may not read this run; use a key of the project that owns it',
+  bad_request: 'check --base-url and --provider: the server rejected the request',
+  http_error: 'check --base-url and --provider',
+  invalid_id: 'pass the ids exactly as the API returned them (letters, digits, _ and -)',
+  deadline_exceeded: 'the run did not finish in time; raise --timeout or check the provider status',
+  invalid_config: 'see runwatch --help',
+};
+
+const MAIN_HELP = `runwatch ${VERSION}: watch long-running LLM runs until they finish
+
+Usage:
+  runwatch watch <thread_id> <run_id> [options]   watch one run, events as NDJSON on stdout
+  runwatch sim [options]                          start the runs simulator on loopback
+  runwatch --help | --version
+
+Run "runwatch <command> --help" for a command's options.
+`;
+
+const WATCH_HELP = `Usage: runwatch watch <thread_id> <run_id> [options]
+
+Polls GET {base-url}/threads/{thread_id}/runs/{run_id} until the run ends and writes one
+JSON event per status change to stdout. Logs go to stderr.
+
+Options:
+  --provider portkey|openai   API dialect (env RUNWATCH_PROVIDER)          [portkey]
+  --base-url URL              API base URL (env RUNWATCH_BASE_URL)
+                              [portkey: ${DEFAULT_BASE_URLS.portkey}, openai: ${DEFAULT_BASE_URLS.openai}]
+  --until terminal|requires_action
+                              stop at a terminal status, or already at requires_action [terminal]
+  --timeout DURATION          give up after this long (e.g. 90s, 10m)
+                              [the run's expires_at + 2m, else 1h]
+  --request-timeout DURATION  timeout of one request                       [30s]
+  --header 'name: value'      extra request header, repeatable (e.g. x-portkey-provider)
+  --watch-id ID               id of the watch in events                    [random w_...]
+  --log-level LEVEL           trace|debug|info|warn|error|silent (env LOG_LEVEL) [info]
+  -h, --help                  show this help
+
+Secrets (each also as <NAME>_FILE, a path to a file holding it):
+  portkey: PORTKEY_API_KEY, PORTKEY_VIRTUAL_KEY, PORTKEY_CONFIG
+  openai:  OPENAI_API_KEY
+  A key is required for the hosted APIs; a self-hosted gateway may need none.
+
+Exit codes: 0 completed, 10 requires_action (--until requires_action), 20 failed,
+21 cancelled, 22 expired, 23 incomplete, 2 watch error, 64 usage, 130 SIGINT, 143 SIGTERM.
+`;
+
+const SIM_HELP = `Usage: runwatch sim [options]
+
+Starts an OpenAI/Portkey-compatible runs server with scripted timelines and faults.
+Prints one JSON line with its base URL to stdout; logs go to stderr. Stops on SIGINT/SIGTERM.
+
+Options:
+  --port N          port to listen on (0 picks a free one)              [4010]
+  --host HOST       address to bind                                    [127.0.0.1]
+  --demo            serve the demo runs (thread_demo: run_completed, run_failed, ...)
+  --runs FILE       serve the runs in FILE (a JSON array of SimulatedRun)
+  --api-key KEY     require this key (env RUNWATCH_SIM_API_KEY)
+  --error-style openai|portkey                                          [openai]
+  --log-level LEVEL                                                     [info]
+`;
+
+/** Writes the one-line error and returns the exit code. */
+function fail(code: number, message: string): number {
+  process.stderr.write(`runwatch: ${message}\n`);
+  return code;
+}
+
+function parseHeaders(values: readonly string[]): Record<string, string> {
+  const headers: Record<string, string> = {};
+  for (const raw of values) {
+    const colon = raw.indexOf(':');
+    if (colon <= 0) throw new ConfigError(`invalid --header ${JSON.stringify(raw.split(':')[0])}: use 'name: value'`);
+    const name = raw.slice(0, colon).trim().toLowerCase();
+    const value = raw.slice(colon + 1).trim();
+    assertValidHeader(name, value);
+    headers[name] = value;
+  }
+  return headers;
+}
+
+function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
+  if (!allowed.includes(value as T)) throw new ConfigError(`invalid ${name} ${JSON.stringify(value)}: use ${allowed.join(' or ')}`);
+  return value as T;
+}
+
+async function watchCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      provider: { type: 'string' },
+      'base-url': { type: 'string' },
+      until: { type: 'string', default: 'terminal' },
+      timeout: { type: 'string' },
+      'request-timeout': { type: 'string', default: '30s' },
+      header: { type: 'string', multiple: true, default: [] },
+      'watch-id': { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(WATCH_HELP);
+    return EXIT.completed;
+  }
+  if (positionals.length !== 2) throw new ConfigError(`expected <thread_id> <run_id>, got ${positionals.length} argument(s)`);
+  const [threadId, runId] = positionals as [string, string];
+  const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
+  const until = oneOf('--until', values.until, ['terminal', 'requires_action'] as const);
+  const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
+  const timeoutMs = values.timeout === undefined ? undefined : parseDurationMs('--timeout', values.timeout);
+  const requestTimeoutMs = parseDurationMs('--request-timeout', values['request-timeout']);
+  const headers = parseHeaders(values.header);
+  const logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
+  const credentials = credentialsFromEnv(provider, baseUrl, env);
+
+  const watcher = new RunWatcher({ provider, baseUrl, credentials, headers, requestTimeoutMs, logger, maxInFlight: 1 });
+  const dispatcher = new SinkDispatcher([new StdoutSink()], { logger });
+  watcher.on('event', (event) => dispatcher.dispatch(event));
+
+  const controller = new AbortController();
+  let signalExit: number | null = null;
+  const onSignal = (name: NodeJS.Signals): void => {
+    // a second signal means "now": skip the graceful path
+    if (signalExit !== null) process.exit(signalExit);
+    signalExit = name === 'SIGINT' ? EXIT.sigint : EXIT.sigterm;
+    logger.info({ signal: name }, 'stopping');
+    controller.abort(new Error(`received ${name}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    const run: RunSnapshot = await watcher.watchRun({
+      threadId,
+      runId,
+      watchId: values['watch-id'],
+      timeoutMs,
+      resolveOn: until === 'requires_action' ? ['requires_action'] : [],
+      signal: controller.signal,
+    }).promise;
+    logger.info({ status: run.status }, 'run ended');
+    return STATUS_EXIT[run.status] ?? EXIT.watchError;
+  } catch (error) {
+    if (signalExit !== null) return signalExit;
+    if (error instanceof RunwatchError) {
+      if (error.code === 'invalid_config') return fail(EXIT.usage, error.message);
+      const hint = HINTS[error.code];
+      return fail(EXIT.watchError, `${error.message} (${error.code})${hint ? `; ${hint}` : ''}`);
+    }
+    throw error;
+  } finally {
+    await watcher.close();
+    await dispatcher.close();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      port: { type: 'string', default: '4010' },
+      host: { type: 'string', default: '127.0.0.1' },
+      demo: { type: 'boolean', default: false },
+      runs: { type: 'string' },
+      'api-key': { type: 'string' },
+      'error-style': { type: 'string', default: 'openai' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(SIM_HELP);
+    return EXIT.completed;
+  }
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new ConfigError(`invalid --port ${JSON.stringify(values.port)}: use 0 to 65535`);
+  const errorStyle = oneOf('--error-style', values['error-style'], ['openai', 'portkey'] as const);
+  const logger: Logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
+  const runs: SimulatedRun[] = values.demo ? [...DEMO_RUNS] : [];
+  if (values.runs) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(values.runs, 'utf8'));
+    } catch (error) {
+      throw new ConfigError(`cannot read --runs ${values.runs}: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (!Array.isArray(parsed)) throw new ConfigError(`--runs ${values.runs} must hold a JSON array of runs`);
+    runs.push(...(parsed as SimulatedRun[]));
+  }
+  const apiKey = values['api-key'] ?? readSecret(env, 'RUNWATCH_SIM_API_KEY');
+  let sim;
+  try {
+    sim = await startSimulator({ port, host: values.host, apiKey, errorStyle, runs });
+  } catch (error) {
+    if (error instanceof RunwatchError) throw error;
+    const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    throw new ConfigError(`cannot listen on ${values.host}:${port} (${code}): pick another --port`);
+  }
+  process.stdout.write(`${JSON.stringify({ base_url: sim.baseUrl, runs: runs.map((r) => ({ thread_id: r.threadId, run_id: r.runId })) })}\n`);
+  logger.info({ baseUrl: sim.baseUrl, runs: runs.length }, 'simulator listening');
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  logger.info({ signal }, 'simulator stopping');
+  await sim.close();
+  return EXIT.completed;
+}
+
+/** Runs the CLI with `argv` (without node and script) and returns the exit code. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'watch':
+        return await watchCommand(rest, env);
+      case 'sim':
+        return await simCommand(rest, env);
+      case '--version':
+      case '-v':
+        process.stdout.write(`${VERSION}\n`);
+        return EXIT.completed;
+      case undefined:
+      case '--help':
+      case '-h':
+      case 'help':
+        process.stdout.write(MAIN_HELP);
+        return command === undefined ? EXIT.usage : EXIT.completed;
+      default:
+        return fail(EXIT.usage, `unknown command ${JSON.stringify(command)}; run runwatch --help`);
+    }
+  } catch (error) {
+    if (error instanceof ConfigError) return fail(EXIT.usage, `${error.message}`);
+    if (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS')) {
+      return fail(EXIT.usage, `${error.message}; run runwatch ${command ?? ''} --help`);
+    }
+    return fail(EXIT.internal, `internal error: ${error instanceof Error ? error.message : String(error)}; please report it with the log above`);
+  }
+}
+
+const code = await main(process.argv.slice(2));
+process.exit(code);

@@ -1,0 +1,359 @@
+import http from 'node:http';
+import https from 'node:https';
+import got, { RequestError } from 'got';
+import type { Got } from 'got';
+import type { ErrorCode } from './errors.js';
+import { ConfigError } from './errors.js';
+import type { ResourceKind, Snapshot } from './resource.js';
+import type { ServerHints } from './schedule.js';
+import { VERSION } from './version.js';
+
+/** Which API dialect to speak. */
+export type Provider = 'portkey' | 'openai';
+
+/** Every supported provider. */
+export const PROVIDERS: readonly Provider[] = ['portkey', 'openai'];
+
+/** Base URL used when none is given, per provider. */
+export const DEFAULT_BASE_URLS: Readonly<Record<Provider, string>> = Object.freeze({
+  portkey: 'https://api.portkey.ai/v1',
+  openai: 'https://api.openai.com/v1',
+});
+
+/** Credentials for one provider; every field is a secret and never logged. */
+export interface Credentials {
+  /** `x-portkey-api-key` (portkey) or the `Authorization: Bearer` token (openai). */
+  readonly apiKey?: string | undefined;
+  /** Portkey only: `x-portkey-virtual-key`. */
+  readonly virtualKey?: string | undefined;
+  /** Portkey only: `x-portkey-config`, a config id or JSON (may carry provider keys). */
+  readonly portkeyConfig?: string | undefined;
+}
+
+/** Options of an `ApiClient`. */
+export interface ClientOptions {
+  /**
+   * API dialect: auth headers and error shapes.
+   * @default 'portkey'
+   */
+  readonly provider?: Provider;
+  /**
+   * Base URL; resource paths are appended to it.
+   * @default 'https://api.portkey.ai/v1' for portkey, 'https://api.openai.com/v1' for openai
+   */
+  readonly baseUrl?: string;
+  /** Default credentials; a watch may bring its own. */
+  readonly credentials?: Credentials;
+  /**
+   * Extra headers sent with every request (e.g. `x-portkey-provider`, `x-portkey-custom-host`).
+   * @default {}
+   */
+  readonly headers?: Readonly<Record<string, string>>;
+  /**
+   * Timeout of one request, from start to the last byte.
+   * @default 30000
+   */
+  readonly requestTimeoutMs?: number;
+  /**
+   * Keep-alive sockets per origin.
+   * @default 64
+   */
+  readonly maxSockets?: number;
+  /**
+   * Portkey only: send the watch id as `x-portkey-trace-id`.
+   * @default true
+   */
+  readonly traceId?: boolean;
+}
+
+/** Per-request additions: which watch asks, its signal, its own credentials and headers. */
+export interface RequestContext {
+  /** The watch id (sent as the Portkey trace id). */
+  readonly watchId: string;
+  /** Aborts the request. */
+  readonly signal?: AbortSignal | undefined;
+  /** Overrides the client's credentials for this request. */
+  readonly credentials?: Credentials | undefined;
+  /** Added to (and overriding) the client's headers for this request. */
+  readonly headers?: Readonly<Record<string, string>> | undefined;
+}
+
+/** A successful poll: a snapshot and the server's hints. */
+export interface PollSuccess<TSnapshot extends Snapshot> {
+  readonly ok: true;
+  readonly snapshot: TSnapshot;
+  readonly hints: ServerHints;
+  readonly httpStatus: number;
+}
+
+/** A failed poll, already classified. */
+export interface PollFailure {
+  readonly ok: false;
+  /** Transient failures are retried until the deadline; permanent ones end the watch. */
+  readonly retryable: boolean;
+  readonly code: ErrorCode;
+  /** One line, no credentials. */
+  readonly message: string;
+  readonly httpStatus?: number | undefined;
+  readonly requestId?: string | undefined;
+  readonly hints: ServerHints;
+  /** True when our own signal aborted the request. */
+  readonly aborted?: boolean;
+}
+
+/** The outcome of one poll; `retrieve` never throws. */
+export type PollOutcome<TSnapshot extends Snapshot> = PollSuccess<TSnapshot> | PollFailure;
+
+type HeaderBag = Readonly<Record<string, string | string[] | undefined>>;
+
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const SENSITIVE_HEADER = /authorization|api-key|apikey|token|secret|password|cookie|x-portkey-config|x-portkey-virtual-key/i;
+const MAX_MESSAGE_LENGTH = 300;
+
+/** Validates a header name and value; throws `ConfigError` naming the header (not the value). */
+export function assertValidHeader(name: string, value: string): void {
+  if (!HEADER_NAME.test(name)) throw new ConfigError(`invalid header name ${JSON.stringify(name)}`);
+  if (/[\r\n\0]/.test(value)) throw new ConfigError(`invalid value for header ${name}: it contains a line break`);
+}
+
+/** True for headers whose values are secrets (redacted from logs and config dumps). */
+export function isSensitiveHeader(name: string): boolean {
+  return SENSITIVE_HEADER.test(name);
+}
+
+/** Builds the headers of one request; pure, so every watch may carry its own keys. */
+export function buildHeaders(
+  provider: Provider,
+  credentials: Credentials,
+  extra: Readonly<Record<string, string>>,
+  watchId: string,
+  traceId = true,
+): Record<string, string> {
+  const headers: Record<string, string> = {
+    accept: 'application/json',
+    'user-agent': `runwatch/${VERSION}`,
+    // the runs endpoints still require it on OpenAI-compatible servers and through Portkey
+    'openai-beta': 'assistants=v2',
+  };
+  if (provider === 'openai') {
+    if (credentials.apiKey) headers.authorization = `Bearer ${credentials.apiKey}`;
+  } else {
+    if (credentials.apiKey) headers['x-portkey-api-key'] = credentials.apiKey;
+    if (credentials.virtualKey) headers['x-portkey-virtual-key'] = credentials.virtualKey;
+    if (credentials.portkeyConfig) headers['x-portkey-config'] = credentials.portkeyConfig;
+    if (traceId) headers['x-portkey-trace-id'] = watchId;
+  }
+  for (const [name, value] of Object.entries(extra)) headers[name.toLowerCase()] = value;
+  return headers;
+}
+
+/** Every secret value in credentials and sensitive headers, for redaction. */
+export function secretsOf(credentials: Credentials, headers: Readonly<Record<string, string>> = {}): string[] {
+  const values = [credentials.apiKey, credentials.virtualKey, credentials.portkeyConfig];
+  for (const [name, value] of Object.entries(headers)) if (isSensitiveHeader(name)) values.push(value);
+  return values.filter((v): v is string => typeof v === 'string' && v.length >= 4);
+}
+
+/**
+ * Removes secrets from text that may echo them (a server's 401 message, a URL). Known secret
+ * values are replaced, and so is anything shaped like an OpenAI or Portkey key.
+ */
+export function redactSecrets(text: string, secrets: readonly string[]): string {
+  let out = text;
+  for (const secret of secrets) out = out.split(secret).join('[REDACTED]');
+  return out.replace(/\b(sk|pk|rk)-[A-Za-z0-9_*-]{6,}/g, '$1-[REDACTED]');
+}
+
+function header(headers: HeaderBag, name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** Parses `retry-after-ms`, `retry-after` (seconds or HTTP date) and `openai-poll-after-ms`. */
+export function parseHints(headers: HeaderBag, nowMs: number): ServerHints {
+  let retryAfterMs = parseNonNegative(header(headers, 'retry-after-ms'));
+  if (retryAfterMs === undefined) {
+    const raw = header(headers, 'retry-after')?.trim();
+    if (raw !== undefined && raw !== '') {
+      const seconds = parseNonNegative(raw);
+      if (seconds !== undefined) retryAfterMs = seconds * 1000;
+      else {
+        const at = Date.parse(raw);
+        if (Number.isFinite(at)) retryAfterMs = Math.max(0, at - nowMs);
+      }
+    }
+  }
+  const pollAfterMs = parseNonNegative(header(headers, 'openai-poll-after-ms'));
+  return { retryAfterMs, pollAfterMs };
+}
+
+function parseNonNegative(raw: string | undefined): number | undefined {
+  if (raw === undefined || !/^\s*\d+(\.\d+)?\s*$/.test(raw)) return undefined;
+  const value = Number(raw);
+  return Number.isFinite(value) ? value : undefined;
+}
+
+/** Extracts the server's message from an OpenAI/Azure `{error:{message,code}}` or Portkey `{status:"failure",message}` body. */
+export function parseServerMessage(body: string): string | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(body);
+  } catch {
+    return undefined;
+  }
+  if (typeof parsed !== 'object' || parsed === null) return undefined;
+  const record = parsed as Record<string, unknown>;
+  const error = record.error;
+  if (typeof error === 'object' && error !== null) {
+    const { message, code } = error as Record<string, unknown>;
+    if (typeof message === 'string' && message !== '') return typeof code === 'string' && code !== '' ? `${message} (${code})` : message;
+  }
+  if (typeof error === 'string' && error !== '') return error;
+  if (typeof record.message === 'string' && record.message !== '') return record.message;
+  return undefined;
+}
+
+function oneLine(text: string): string {
+  const line = text.replace(/\s+/g, ' ').trim();
+  return line.length > MAX_MESSAGE_LENGTH ? `${line.slice(0, MAX_MESSAGE_LENGTH)}...` : line;
+}
+
+const PERMANENT_CODES: Readonly<Record<number, ErrorCode>> = { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 422: 'bad_request' };
+const TRANSIENT_STATUSES = new Set([408, 409, 429]);
+
+/**
+ * Classifies one HTTP answer: the single place that decides what is transient and what is
+ * permanent. Transient: 408, 409, 429, 5xx, a 2xx whose body is not a snapshot,
+ * `x-should-retry: true`. Permanent: other 4xx and `x-should-retry: false`.
+ */
+export function classifyResponse<TRef extends object, TSnapshot extends Snapshot>(
+  kind: ResourceKind<TRef, TSnapshot>,
+  statusCode: number,
+  headers: HeaderBag,
+  body: string,
+  options: { readonly nowMs: number; readonly secrets?: readonly string[] },
+): PollOutcome<TSnapshot> {
+  const hints = parseHints(headers, options.nowMs);
+  const requestId = header(headers, 'x-request-id') ?? header(headers, 'apim-request-id');
+  const shouldRetry = header(headers, 'x-should-retry');
+  if (statusCode >= 200 && statusCode < 300 && shouldRetry !== 'true') {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(body);
+    } catch {
+      parsed = undefined;
+    }
+    const snapshot = kind.parseSnapshot(parsed);
+    if (snapshot) return { ok: true, snapshot, hints, httpStatus: statusCode };
+    return { ok: false, retryable: true, code: 'transient', message: `HTTP ${statusCode} with a body that is not a ${kind.name} object`, httpStatus: statusCode, requestId, hints };
+  }
+  const retryable =
+    shouldRetry === 'true' ? true : shouldRetry === 'false' ? false : TRANSIENT_STATUSES.has(statusCode) || statusCode >= 500 || statusCode < 200;
+  const code: ErrorCode = retryable ? 'transient' : statusCode === 404 ? kind.notFoundCode : (PERMANENT_CODES[statusCode] ?? 'http_error');
+  const serverMessage = parseServerMessage(body);
+  const message = oneLine(redactSecrets(`HTTP ${statusCode}${serverMessage ? `: ${serverMessage}` : ''}`, options.secrets ?? []));
+  return { ok: false, retryable, code, message, httpStatus: statusCode, requestId, hints };
+}
+
+/** Classifies a request that got no HTTP answer (network error, timeout, abort). */
+export function classifyRequestError(error: unknown, timeoutMs: number): PollFailure {
+  const code = error instanceof RequestError ? error.code : (error as { code?: unknown } | null)?.code;
+  if (code === 'ERR_ABORTED' || (error instanceof Error && error.name === 'AbortError')) {
+    return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+  }
+  if (code === 'ETIMEDOUT') {
+    return { ok: false, retryable: true, code: 'transient', message: `request timed out after ${timeoutMs} ms`, hints: {} };
+  }
+  // got's messages may quote the URL; keep only the code
+  return { ok: false, retryable: true, code: 'transient', message: `network error ${typeof code === 'string' ? code : 'unknown'}`, hints: {} };
+}
+
+/** Validates and normalises a base URL (http or https, no trailing slash). */
+export function normalizeBaseUrl(raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(`invalid base URL ${JSON.stringify(raw.slice(0, 200))}: expected e.g. https://api.portkey.ai/v1`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(`invalid base URL protocol ${url.protocol}: use http or https`);
+  }
+  if (url.username || url.password) throw new ConfigError('the base URL must not carry credentials: use the API key settings');
+  return url.toString().replace(/\/+$/, '');
+}
+
+/**
+ * Sends one retrieve request and classifies the answer. Keeps one keep-alive agent per
+ * client; headers are built per request. Never retries by itself (the scheduler does).
+ */
+export class ApiClient {
+  /** The provider spoken. */
+  readonly provider: Provider;
+  /** The normalised base URL. */
+  readonly baseUrl: string;
+  /** Timeout of one request. */
+  readonly requestTimeoutMs: number;
+  readonly #credentials: Credentials;
+  readonly #headers: Readonly<Record<string, string>>;
+  readonly #traceId: boolean;
+  readonly #agents: { http: http.Agent; https: https.Agent };
+  readonly #got: Got;
+  readonly #secrets: readonly string[];
+
+  constructor(options: ClientOptions = {}) {
+    this.provider = options.provider ?? 'portkey';
+    if (!PROVIDERS.includes(this.provider)) throw new ConfigError(`unknown provider ${JSON.stringify(this.provider)}: use ${PROVIDERS.join(' or ')}`);
+    this.baseUrl = normalizeBaseUrl(options.baseUrl ?? DEFAULT_BASE_URLS[this.provider]);
+    this.requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
+    if (!Number.isInteger(this.requestTimeoutMs) || this.requestTimeoutMs < 1) {
+      throw new ConfigError(`Expected \`requestTimeoutMs\` to be a positive integer, got ${JSON.stringify(options.requestTimeoutMs)}`);
+    }
+    this.#credentials = options.credentials ?? {};
+    this.#headers = options.headers ?? {};
+    for (const [name, value] of Object.entries(this.#headers)) assertValidHeader(name, value);
+    this.#traceId = options.traceId ?? true;
+    this.#secrets = secretsOf(this.#credentials, this.#headers);
+    const maxSockets = options.maxSockets ?? 64;
+    this.#agents = {
+      http: new http.Agent({ keepAlive: true, maxSockets }),
+      https: new https.Agent({ keepAlive: true, maxSockets }),
+    };
+    this.#got = got.extend({
+      agent: this.#agents,
+      retry: { limit: 0 },
+      throwHttpErrors: false,
+      // a redirect could carry the auth headers to another host
+      followRedirect: false,
+      responseType: 'text',
+      timeout: { request: this.requestTimeoutMs },
+    });
+  }
+
+  /** Polls a resource once. Never throws: every outcome is a `PollOutcome`. */
+  async retrieve<TRef extends object, TSnapshot extends Snapshot>(
+    kind: ResourceKind<TRef, TSnapshot>,
+    ref: TRef,
+    context: RequestContext,
+  ): Promise<PollOutcome<TSnapshot>> {
+    const credentials = context.credentials ?? this.#credentials;
+    const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
+    const secrets = context.credentials || context.headers ? secretsOf(credentials, extra) : this.#secrets;
+    try {
+      const response = await this.#got.get(`${this.baseUrl}/${kind.path(ref)}`, {
+        headers: buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId),
+        signal: context.signal,
+      });
+      return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
+    } catch (error) {
+      if (context.signal?.aborted) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+      return classifyRequestError(error, this.requestTimeoutMs);
+    }
+  }
+
+  /** Closes idle keep-alive sockets. Idempotent. */
+  close(): void {
+    this.#agents.http.destroy();
+    this.#agents.https.destroy();
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Stable error codes. They appear in `watch.error` events, in the CLI's one-line errors and
+ * in `RunwatchError.code`; they never change meaning once released.
+ */
+export type ErrorCode =
+  /** A thread, run or watch id does not match `^[A-Za-z0-9_-]{1,128}$`; no request was sent. */
+  | 'invalid_id'
+  /** An option or configuration value is invalid. */
+  | 'invalid_config'
+  /** The server answered 404: the run (or thread) does not exist for these credentials. */
+  | 'run_not_found'
+  /** The server answered 401: the API key is missing or wrong. */
+  | 'unauthorized'
+  /** The server answered 403: the key may not read this run. */
+  | 'forbidden'
+  /** The server answered 400 or 422: the request itself is wrong. */
+  | 'bad_request'
+  /** Any other permanent HTTP answer (another 4xx, or `x-should-retry: false`). */
+  | 'http_error'
+  /** A transient failure: network error, timeout, 408, 409, 429, 5xx or a malformed body. */
+  | 'transient'
+  /** The watch's deadline passed before the run reached a status it resolves on. */
+  | 'deadline_exceeded'
+  /** The watch's `AbortSignal` fired. */
+  | 'aborted'
+  /** The watcher was closed while the watch was still running. */
+  | 'closed';
+
+/**
+ * Base class of every error runwatch throws: a literal `name`, a stable `code`, an optional
+ * `cause`. Messages never contain credentials.
+ */
+export class RunwatchError extends Error {
+  override readonly name: string = 'RunwatchError';
+  /** Stable machine-readable code. */
+  readonly code: ErrorCode;
+
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/** A bad option, flag or configuration value; the CLI exits 64 on it. */
+export class ConfigError extends RunwatchError {
+  override readonly name = 'ConfigError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('invalid_config', message, options);
+  }
+}
+
+/** An id that would not be safe to put in a URL path; nothing was sent. */
+export class InvalidIdError extends RunwatchError {
+  override readonly name = 'InvalidIdError';
+
+  constructor(message: string) {
+    super('invalid_id', message);
+  }
+}
+
+/** Details of the HTTP answer behind an error, when there was one. */
+export interface HttpErrorDetails {
+  /** HTTP status code. */
+  readonly httpStatus?: number;
+  /** The server's request id (`x-request-id`), for support tickets. */
+  readonly requestId?: string;
+}
+
+/**
+ * A watch ended without reaching a status it resolves on. Carries the last snapshot seen
+ * (or `null`), so callers can still act on what was observed.
+ */
+export class WatchError<TSnapshot = unknown> extends RunwatchError {
+  override readonly name = 'WatchError';
+  /** HTTP status of the last failed request, if the error came from one. */
+  readonly httpStatus: number | undefined;
+  /** Server request id of the last failed request, if any. */
+  readonly requestId: string | undefined;
+  /** The last snapshot observed before the watch ended, or `null`. */
+  readonly lastSnapshot: TSnapshot | null;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: HttpErrorDetails & { cause?: unknown; lastSnapshot?: TSnapshot | null } = {},
+  ) {
+    super(code, message, { cause: options.cause });
+    this.httpStatus = options.httpStatus;
+    this.requestId = options.requestId;
+    this.lastSnapshot = options.lastSnapshot ?? null;
+  }
+}

@@ -1,0 +1,118 @@
+import type { ErrorCode } from './errors.js';
+import { InvalidIdError } from './errors.js';
+import type { StatusRules } from './status.js';
+import { normalizeStatus, TERMINAL_RUN_STATUSES } from './status.js';
+import type { RunStatus } from './status.js';
+
+/** Ids accepted in URL paths; anything else (e.g. `../assistants`) is rejected before a request. */
+export const ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+
+/**
+ * Throws `InvalidIdError` unless `value` is a safe id.
+ * @param field - the field's name, used in the message (e.g. `thread_id`)
+ */
+export function assertValidId(field: string, value: unknown): asserts value is string {
+  if (typeof value !== 'string' || !ID_PATTERN.test(value)) {
+    const shown = typeof value === 'string' ? JSON.stringify(value.slice(0, 80)) : typeof value;
+    throw new InvalidIdError(`invalid ${field} ${shown}: ids must match ${ID_PATTERN.source}`);
+  }
+}
+
+/** A snapshot as the API returns it: at least an id and a status, everything else kept as is. */
+export interface Snapshot {
+  readonly id: string;
+  readonly status: string;
+  readonly [field: string]: unknown;
+}
+
+/** A run object (`GET /threads/{thread_id}/runs/{run_id}`); unknown fields are kept. */
+export interface RunSnapshot extends Snapshot {
+  readonly object?: 'thread.run';
+  readonly thread_id?: string;
+  readonly status: RunStatus;
+  readonly created_at?: number;
+  /** Unix seconds after which the run expires; `null` once it is terminal. */
+  readonly expires_at?: number | null;
+  readonly required_action?: {
+    readonly type: 'submit_tool_outputs';
+    readonly submit_tool_outputs: {
+      readonly tool_calls: ReadonlyArray<{
+        readonly id: string;
+        readonly type: string;
+        readonly function?: { readonly name: string; readonly arguments: string };
+      }>;
+    };
+  } | null;
+  readonly last_error?: { readonly code: string; readonly message: string } | null;
+}
+
+/** Identifies one run. */
+export interface RunRef {
+  readonly thread_id: string;
+  readonly run_id: string;
+}
+
+/**
+ * What the engine needs to know about a kind of watched resource. The status machine,
+ * scheduler, client and sinks are shared; a kind is only this description.
+ */
+export interface ResourceKind<TRef extends object, TSnapshot extends Snapshot> {
+  /** Short name, e.g. `run`. */
+  readonly name: string;
+  /** Prefix of transition event types: `run` gives `run.completed`. */
+  readonly eventPrefix: string;
+  /** The event field that carries the snapshot, e.g. `run`. */
+  readonly snapshotField: string;
+  /** Id fields copied into every event, in order, e.g. `thread_id`, `run_id`. */
+  readonly idFields: ReadonlyArray<keyof TRef & string>;
+  /** The status rules (terminal set, stale statuses). */
+  readonly rules: StatusRules;
+  /** Error code for an HTTP 404. */
+  readonly notFoundCode: ErrorCode;
+  /** Path of the resource below the base URL (ids already validated). */
+  path(ref: TRef): string;
+  /** Validates ids; throws `InvalidIdError`. */
+  validate(ref: TRef): void;
+  /** Returns the snapshot when `body` is one, with its status normalised; else `undefined`. */
+  parseSnapshot(body: unknown): TSnapshot | undefined;
+  /** The resource's own expiry, epoch milliseconds, when the snapshot has one. */
+  expiresAtMs(snapshot: TSnapshot): number | undefined;
+}
+
+/** Parses `{ id, status, ... }` and normalises the status; shared by every kind. */
+export function parseSnapshotBase(body: unknown, object: string): Snapshot | undefined {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) return undefined;
+  const record = body as Record<string, unknown>;
+  if (typeof record.id !== 'string' || record.id === '') return undefined;
+  if (record.object !== undefined && record.object !== object) return undefined;
+  const status = normalizeStatus(record.status);
+  if (status === undefined) return undefined;
+  return status === record.status ? (record as Snapshot) : ({ ...record, status } as Snapshot);
+}
+
+/** The Assistants-style run: `GET /threads/{thread_id}/runs/{run_id}`, events `run.<status>`. */
+export const RUN_KIND: ResourceKind<RunRef, RunSnapshot> = Object.freeze<ResourceKind<RunRef, RunSnapshot>>({
+  name: 'run',
+  eventPrefix: 'run',
+  snapshotField: 'run',
+  idFields: ['thread_id', 'run_id'],
+  rules: {
+    terminal: new Set<string>(TERMINAL_RUN_STATUSES),
+    staleAfter: new Map<string, ReadonlySet<string>>([
+      // after tool outputs a run goes requires_action -> queued, but never in_progress -> queued
+      ['in_progress', new Set(['queued'])],
+      ['cancelling', new Set(['queued', 'in_progress', 'requires_action'])],
+    ]),
+  },
+  notFoundCode: 'run_not_found',
+  path: (ref: RunRef) => `threads/${ref.thread_id}/runs/${ref.run_id}`,
+  validate(ref: RunRef): void {
+    assertValidId('thread_id', ref.thread_id);
+    assertValidId('run_id', ref.run_id);
+  },
+  parseSnapshot: (body: unknown) => parseSnapshotBase(body, 'thread.run'),
+  expiresAtMs(snapshot: RunSnapshot): number | undefined {
+    const expiresAt = snapshot.expires_at;
+    return typeof expiresAt === 'number' && Number.isFinite(expiresAt) && expiresAt > 0 ? expiresAt * 1000 : undefined;
+  },
+});

@@ -1,0 +1,391 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { z } from 'zod';
+import { ConfigError } from './errors.js';
+import { ID_PATTERN } from './resource.js';
+import { TERMINAL_RUN_STATUSES } from './status.js';
+
+/** One step of a simulated run's life. */
+export interface TimelineStep {
+  /** The status the run reports during this step. */
+  readonly status: string;
+  /**
+   * How long the step lasts. Omitted on the last step (it lasts forever) and on a
+   * `requires_action` step that waits for `submit_tool_outputs`.
+   */
+  readonly durationMs?: number;
+}
+
+/** A scripted failure for a range of a run's retrieve requests (1-based, inclusive). */
+export type Fault = {
+  /** First request number it applies to. */
+  readonly from: number;
+  /** Last request number it applies to. @default from */
+  readonly to?: number;
+} & (
+  | { readonly type: 'status'; readonly status: number; readonly headers?: Readonly<Record<string, string>>; readonly body?: string }
+  | { readonly type: 'reset' }
+  | { readonly type: 'hang' }
+  | { readonly type: 'malformed'; readonly body?: string }
+);
+
+/** A run the simulator serves. */
+export interface SimulatedRun {
+  readonly threadId: string;
+  readonly runId: string;
+  /** The statuses it goes through; starts when the run is added. */
+  readonly timeline: readonly TimelineStep[];
+  /** Scripted failures by request number. */
+  readonly faults?: readonly Fault[];
+  /** Sent as `openai-poll-after-ms` with every successful answer. */
+  readonly pollAfterMs?: number;
+  /** `expires_at` is this long after creation. @default 600000 */
+  readonly expiresInMs?: number;
+  /** Delay before answering each request. @default 0 */
+  readonly latencyMs?: number;
+}
+
+/** One request the simulator received for a run. */
+export interface RecordedRequest {
+  readonly method: string;
+  readonly path: string;
+  readonly atMs: number;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** The status the run had when the request arrived. */
+  readonly status: string;
+}
+
+/** A status change as the simulator made it, with its true time. */
+export interface TrueTransition {
+  readonly status: string;
+  readonly atMs: number;
+}
+
+/** Options of `startSimulator()`. */
+export interface SimulatorOptions {
+  /** @default 0 (a free port) */
+  readonly port?: number;
+  /** @default '127.0.0.1' */
+  readonly host?: string;
+  /** When set, requests must carry it as `Authorization: Bearer` or `x-portkey-api-key`. */
+  readonly apiKey?: string;
+  /** Shape of error bodies. @default 'openai' */
+  readonly errorStyle?: 'openai' | 'portkey';
+  /** Runs to serve from the start. */
+  readonly runs?: readonly SimulatedRun[];
+}
+
+/** A running simulator. */
+export interface RunningSimulator {
+  /** Base URL to give runwatch, e.g. `http://127.0.0.1:4010/v1`. */
+  readonly baseUrl: string;
+  readonly port: number;
+  /** Adds (or replaces) a run; its timeline starts now. */
+  addRun(run: SimulatedRun): void;
+  /** Requests received for a run (retrieve, submit and cancel). */
+  requests(runId: string): readonly RecordedRequest[];
+  /** The run's true status changes, for measuring detection latency. */
+  transitions(runId: string): readonly TrueTransition[];
+  /** Most requests for one run that were ever in flight at once. */
+  maxConcurrent(runId: string): number;
+  /** Stops the server and drops every connection (hung ones too). */
+  close(): Promise<void>;
+}
+
+const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
+const MAX_BODY_BYTES = 1_000_000;
+
+/** Ready-made timelines, used by `runwatch sim --demo` and `npm run demo`. */
+export const DEMO_RUNS: readonly SimulatedRun[] = [
+  { threadId: 'thread_demo', runId: 'run_completed', timeline: [{ status: 'queued', durationMs: 600 }, { status: 'in_progress', durationMs: 1_500 }, { status: 'completed' }] },
+  { threadId: 'thread_demo', runId: 'run_failed', timeline: [{ status: 'queued', durationMs: 400 }, { status: 'in_progress', durationMs: 1_200 }, { status: 'failed' }] },
+  { threadId: 'thread_demo', runId: 'run_cancelled', timeline: [{ status: 'in_progress', durationMs: 800 }, { status: 'cancelling', durationMs: 500 }, { status: 'cancelled' }] },
+  { threadId: 'thread_demo', runId: 'run_expired', timeline: [{ status: 'queued', durationMs: 1_000 }, { status: 'expired' }] },
+  { threadId: 'thread_demo', runId: 'run_incomplete', timeline: [{ status: 'in_progress', durationMs: 1_000 }, { status: 'incomplete' }] },
+  { threadId: 'thread_demo', runId: 'run_requires_action', timeline: [{ status: 'queued', durationMs: 300 }, { status: 'in_progress', durationMs: 700 }, { status: 'requires_action' }, { status: 'in_progress', durationMs: 500 }, { status: 'completed' }] },
+  {
+    threadId: 'thread_demo',
+    runId: 'run_flaky',
+    timeline: [{ status: 'queued', durationMs: 500 }, { status: 'in_progress', durationMs: 2_000 }, { status: 'completed' }],
+    faults: [
+      { type: 'status', status: 429, headers: { 'retry-after-ms': '700' }, from: 2 },
+      { type: 'status', status: 503, from: 3 },
+      { type: 'reset', from: 4 },
+    ],
+  },
+];
+
+class RunState {
+  readonly spec: SimulatedRun;
+  readonly createdAtMs: number;
+  readonly steps: TimelineStep[];
+  readonly requests: RecordedRequest[] = [];
+  readonly transitions: TrueTransition[] = [];
+  cursor = 0;
+  stepStartedAtMs: number;
+  retrieves = 0;
+  inFlight = 0;
+  maxConcurrent = 0;
+
+  constructor(spec: SimulatedRun, nowMs: number) {
+    this.spec = spec;
+    this.steps = [...spec.timeline];
+    this.createdAtMs = nowMs;
+    this.stepStartedAtMs = nowMs;
+    this.transitions.push({ status: this.step.status, atMs: nowMs });
+  }
+
+  get step(): TimelineStep {
+    return this.steps[this.cursor] ?? this.steps[this.steps.length - 1]!;
+  }
+
+  /** Moves through every step whose time is up. */
+  advance(nowMs: number): void {
+    for (;;) {
+      const step = this.step;
+      if (step.durationMs === undefined || this.cursor >= this.steps.length - 1) return;
+      const endsAtMs = this.stepStartedAtMs + step.durationMs;
+      if (nowMs < endsAtMs) return;
+      this.next(endsAtMs);
+    }
+  }
+
+  next(atMs: number): void {
+    this.cursor += 1;
+    this.stepStartedAtMs = atMs;
+    this.transitions.push({ status: this.step.status, atMs });
+  }
+
+  toJSON(): Record<string, unknown> {
+    const status = this.step.status;
+    const seconds = (ms: number): number => Math.floor(ms / 1000);
+    const terminal = TERMINAL.has(status);
+    const endedAt = terminal ? seconds(this.stepStartedAtMs) : null;
+    return {
+      id: this.spec.runId,
+      object: 'thread.run',
+      created_at: seconds(this.createdAtMs),
+      assistant_id: 'asst_simulated',
+      thread_id: this.spec.threadId,
+      status,
+      started_at: this.transitions.some((t) => t.status === 'in_progress') ? seconds(this.transitions.find((t) => t.status === 'in_progress')!.atMs) : null,
+      expires_at: terminal ? null : seconds(this.createdAtMs + (this.spec.expiresInMs ?? 600_000)),
+      cancelled_at: status === 'cancelled' ? endedAt : null,
+      failed_at: status === 'failed' ? endedAt : null,
+      completed_at: status === 'completed' ? endedAt : null,
+      required_action:
+        status === 'requires_action'
+          ? { type: 'submit_tool_outputs', submit_tool_outputs: { tool_calls: [{ id: `call_${this.cursor}`, type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] } }
+          : null,
+      last_error: status === 'failed' ? { code: 'server_error', message: 'Simulated failure.' } : null,
+      incomplete_details: status === 'incomplete' ? { reason: 'max_completion_tokens' } : null,
+      model: 'sim-1',
+      instructions: '',
+      tools: [],
+      metadata: {},
+      usage: terminal ? { prompt_tokens: 10, completion_tokens: 20, total_tokens: 30 } : null,
+    };
+  }
+}
+
+const idSchema = z.string().regex(ID_PATTERN);
+const range = { from: z.number().int().positive(), to: z.number().int().positive().optional() };
+const runSchema = z.object({
+  threadId: idSchema,
+  runId: idSchema,
+  timeline: z.array(z.object({ status: z.string().min(1).max(64), durationMs: z.number().nonnegative().optional() })).min(1),
+  faults: z
+    .array(
+      z.discriminatedUnion('type', [
+        z.object({ type: z.literal('status'), status: z.number().int().min(100).max(599), headers: z.record(z.string(), z.string()).optional(), body: z.string().optional(), ...range }),
+        z.object({ type: z.literal('reset'), ...range }),
+        z.object({ type: z.literal('hang'), ...range }),
+        z.object({ type: z.literal('malformed'), body: z.string().optional(), ...range }),
+      ]),
+    )
+    .optional(),
+  pollAfterMs: z.number().nonnegative().optional(),
+  expiresInMs: z.number().positive().optional(),
+  latencyMs: z.number().nonnegative().optional(),
+});
+
+/** Validates a run specification (from JSON or code); throws `ConfigError` naming the field. */
+export function parseSimulatedRun(input: unknown): SimulatedRun {
+  const result = runSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    throw new ConfigError(`invalid simulated run: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'unknown error'}`);
+  }
+  return result.data;
+}
+
+/**
+ * Starts an OpenAI/Portkey-compatible runs server on loopback with scripted timelines and
+ * faults: `GET /v1/threads/{tid}/runs/{rid}`, `POST .../submit_tool_outputs`, `POST .../cancel`,
+ * and `POST /_sim/runs` to add a run over HTTP.
+ */
+export async function startSimulator(options: SimulatorOptions = {}): Promise<RunningSimulator> {
+  const runs = new Map<string, RunState>();
+  const hung = new Set<http.ServerResponse>();
+  const errorStyle = options.errorStyle ?? 'openai';
+
+  const addRun = (input: SimulatedRun): void => {
+    const spec = parseSimulatedRun(input);
+    runs.set(spec.runId, new RunState(spec, Date.now()));
+  };
+  for (const run of options.runs ?? []) addRun(run);
+
+  const sendError = (res: http.ServerResponse, status: number, message: string, code: string | null = null, headers: Record<string, string> = {}): void => {
+    const body =
+      errorStyle === 'portkey'
+        ? { status: 'failure', message }
+        : { error: { message, type: status === 401 ? 'invalid_request_error' : 'api_error', param: null, code } };
+    sendJson(res, status, body, headers);
+  };
+
+  const authorized = (req: http.IncomingMessage): boolean => {
+    if (options.apiKey === undefined) return true;
+    return req.headers.authorization === `Bearer ${options.apiKey}` || req.headers['x-portkey-api-key'] === options.apiKey;
+  };
+
+  const server = http.createServer((req, res) => {
+    void handle(req, res).catch((error: unknown) => {
+      if (!res.headersSent) sendError(res, 500, `simulator error: ${String(error)}`);
+    });
+  });
+
+  const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://sim');
+    const body = req.method === 'POST' ? await readBody(req) : '';
+    if (url.pathname === '/_sim/runs' && req.method === 'POST') {
+      try {
+        addRun(JSON.parse(body) as SimulatedRun);
+      } catch (error) {
+        sendError(res, 400, error instanceof Error ? error.message : 'invalid run');
+        return;
+      }
+      sendJson(res, 201, { ok: true });
+      return;
+    }
+    const match = /^\/v1\/threads\/([^/]+)\/runs\/([^/]+)(\/submit_tool_outputs|\/cancel)?$/.exec(url.pathname);
+    if (!match) {
+      sendError(res, 404, `Invalid URL (${req.method ?? 'GET'} ${url.pathname})`, 'unknown_url');
+      return;
+    }
+    if (!authorized(req)) {
+      const given = req.headers.authorization?.replace(/^Bearer /, '') ?? String(req.headers['x-portkey-api-key'] ?? '');
+      // echo the key the way OpenAI does, so clients are tested on not logging it
+      sendError(res, 401, `Incorrect API key provided: ${given.slice(0, 3)}***${given.slice(-4)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
+      return;
+    }
+    const [, threadId, runId, action] = match;
+    const run = runs.get(decodeURIComponent(runId!));
+    if (!run || run.spec.threadId !== decodeURIComponent(threadId!)) {
+      sendError(res, 404, `No run found with id '${runId}'.`);
+      return;
+    }
+    const now = Date.now();
+    run.advance(now);
+    run.requests.push({ method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: { ...req.headers }, status: run.step.status });
+    if (req.method === 'POST') {
+      handleAction(run, action ?? '', res, now);
+      return;
+    }
+    if (req.method !== 'GET') {
+      sendError(res, 405, `Method ${req.method ?? ''} not allowed`);
+      return;
+    }
+    run.retrieves += 1;
+    run.inFlight += 1;
+    run.maxConcurrent = Math.max(run.maxConcurrent, run.inFlight);
+    res.once('close', () => (run.inFlight -= 1));
+    if (run.spec.latencyMs) await new Promise((resolve) => setTimeout(resolve, run.spec.latencyMs));
+    const fault = run.spec.faults?.find((f) => run.retrieves >= f.from && run.retrieves <= (f.to ?? f.from));
+    if (fault?.type === 'reset') {
+      req.socket.destroy();
+      return;
+    }
+    if (fault?.type === 'hang') {
+      hung.add(res);
+      res.once('close', () => hung.delete(res));
+      return;
+    }
+    if (fault?.type === 'malformed') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(fault.body ?? '{"object":"thread.run","oops":');
+      return;
+    }
+    if (fault?.type === 'status') {
+      if (fault.body !== undefined) res.writeHead(fault.status, { 'content-type': 'application/json', ...fault.headers }).end(fault.body);
+      else sendError(res, fault.status, fault.status === 429 ? 'Rate limit reached.' : `Simulated HTTP ${fault.status}.`, null, { ...fault.headers });
+      return;
+    }
+    run.advance(Date.now());
+    const headers: Record<string, string> = { 'x-request-id': `req_${run.spec.runId}_${run.retrieves}` };
+    if (run.spec.pollAfterMs !== undefined) headers['openai-poll-after-ms'] = String(run.spec.pollAfterMs);
+    sendJson(res, 200, run.toJSON(), headers);
+  };
+
+  const handleAction = (run: RunState, action: string, res: http.ServerResponse, now: number): void => {
+    const status = run.step.status;
+    if (action === '/submit_tool_outputs') {
+      if (status !== 'requires_action') {
+        sendError(res, 400, `Runs in status "${status}" do not accept tool outputs.`);
+        return;
+      }
+      run.next(now);
+      sendJson(res, 200, run.toJSON());
+      return;
+    }
+    if (action === '/cancel') {
+      if (TERMINAL.has(status) || status === 'cancelling') {
+        sendError(res, 400, `Cannot cancel run with status '${status}'.`);
+        return;
+      }
+      run.steps.splice(run.cursor + 1, run.steps.length, { status: 'cancelling', durationMs: 500 }, { status: 'cancelled' });
+      run.next(now);
+      sendJson(res, 200, run.toJSON());
+      return;
+    }
+    sendError(res, 405, 'Method POST not allowed');
+  };
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const { port } = server.address() as AddressInfo;
+  const host = options.host ?? '127.0.0.1';
+  return {
+    baseUrl: `http://${host.includes(':') ? `[${host}]` : host}:${port}/v1`,
+    port,
+    addRun,
+    requests: (runId) => runs.get(runId)?.requests ?? [],
+    transitions: (runId) => runs.get(runId)?.transitions ?? [],
+    maxConcurrent: (runId) => runs.get(runId)?.maxConcurrent ?? 0,
+    close: async () => {
+      for (const res of hung) res.destroy();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeAllConnections();
+      await closed;
+    },
+  };
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers }).end(text);
+}
+
+async function readBody(req: http.IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY_BYTES) throw new Error('body too large');
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

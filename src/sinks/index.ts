@@ -1,0 +1,3 @@
+export { SinkDispatcher } from './sink.js';
+export type { Sink, SinkDispatcherOptions, SinkFailure } from './sink.js';
+export { StdoutSink } from './stdout.js';

@@ -1,0 +1,29 @@
+import type { RunSnapshot } from './resource.js';
+import type { RunWatcherOptions, WatchRunOptions } from './watcher.js';
+import { RunWatcher } from './watcher.js';
+
+/** Options of `watchRun()`: the run, and how to reach and poll it. */
+export interface WatchRunCallOptions extends WatchRunOptions, Omit<RunWatcherOptions, 'client'> {}
+
+/**
+ * Watches one run until it reaches a terminal status (or one listed in `resolveOn`) and
+ * resolves with the last snapshot; `run.status` says which status ended it. Rejects with a
+ * `WatchError` whose `code` says why (`run_not_found`, `unauthorized`, `deadline_exceeded`,
+ * `aborted`, ...). Every timer, socket and listener is released when it settles.
+ *
+ * @example
+ * const run = await watchRun({
+ *   provider: 'openai', credentials: { apiKey: process.env.OPENAI_API_KEY },
+ *   threadId: 'thread_abc', runId: 'run_abc',
+ *   onEvent: (event) => console.log(event.type),
+ * });
+ * if (run.status === 'completed') ...
+ */
+export async function watchRun(options: WatchRunCallOptions): Promise<RunSnapshot> {
+  const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
+  try {
+    return await watcher.watchRun(options).promise;
+  } finally {
+    await watcher.close();
+  }
+}

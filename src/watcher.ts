@@ -1,0 +1,588 @@
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'eventemitter3';
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import type { BudgetOptions } from './budget.js';
+import { RequestBudget } from './budget.js';
+import type { ClientOptions, Credentials, PollFailure, PollOutcome } from './client.js';
+import { ApiClient, assertValidHeader } from './client.js';
+import type { ErrorCode } from './errors.js';
+import { ConfigError, WatchError } from './errors.js';
+import type { RunWatchErrorEvent, RunTransitionEvent, WatchEvent } from './events.js';
+import { eventId } from './events.js';
+import { Fifo, MinHeap } from './queues.js';
+import type { ResourceKind, RunRef, RunSnapshot, Snapshot } from './resource.js';
+import { assertValidId, RUN_KIND } from './resource.js';
+import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
+import { deadlineFor, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy, retryAfterFloorMs } from './schedule.js';
+import type { MachineState } from './status.js';
+import { StatusMachine } from './status.js';
+
+/** Options of a `RunWatcher`: the HTTP client, the polling policy, the budget, the defaults. */
+export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
+  /** Overrides of the polling policy; see `DEFAULT_POLL_POLICY`. */
+  readonly policy?: PartialPollPolicy;
+  /**
+   * Deadline of a watch with no explicit timeout and no `expires_at` on its run.
+   * @default 3600000 (1 hour)
+   */
+  readonly defaultTimeoutMs?: number;
+  /**
+   * Added to a run's `expires_at` to get the deadline when no timeout is given.
+   * @default 120000
+   */
+  readonly expiresGraceMs?: number;
+  /**
+   * Operational log (pino). Events go to sinks, not here.
+   * @default a silent logger
+   */
+  readonly logger?: Logger;
+  /**
+   * Random source in [0, 1) for jitter; tests pin it.
+   * @default Math.random
+   */
+  readonly random?: () => number;
+  /** A client to share instead of creating one from the options above. */
+  readonly client?: ApiClient;
+}
+
+/** Options of one run watch. */
+export interface WatchRunOptions {
+  /** The thread id (`thread_...`). */
+  readonly threadId: string;
+  /** The run id (`run_...`). */
+  readonly runId: string;
+  /**
+   * Names the watch in events and logs; must match `^[A-Za-z0-9_-]{1,128}$`.
+   * @default a random `w_...` id
+   */
+  readonly watchId?: string;
+  /**
+   * Ends the watch with `deadline_exceeded` this long after it starts.
+   * @default the run's `expires_at` plus `expiresGraceMs`, else `defaultTimeoutMs`
+   */
+  readonly timeoutMs?: number;
+  /**
+   * Non-terminal statuses that also resolve the watch, e.g. `['requires_action']`.
+   * @default [] (only terminal statuses resolve)
+   */
+  readonly resolveOn?: readonly string[];
+  /** Credentials for this watch only (other watches keep theirs). */
+  readonly credentials?: Credentials;
+  /** Extra headers for this watch's requests. */
+  readonly headers?: Readonly<Record<string, string>>;
+  /** Stops this watch; it rejects with code `aborted` and emits `watch.error`. */
+  readonly signal?: AbortSignal;
+  /** Called with each event of this watch, before the watcher's `event` listeners. */
+  readonly onEvent?: (event: WatchEvent) => void;
+  /** Resume from a stored state (status and last seq) instead of from scratch. */
+  readonly initial?: MachineState;
+}
+
+/** A running watch. */
+export interface WatchHandle<TSnapshot extends Snapshot = RunSnapshot> {
+  /** The watch id. */
+  readonly id: string;
+  /** Resolves with the last snapshot when a terminal or `resolveOn` status is seen. */
+  readonly promise: Promise<TSnapshot>;
+  /** Stops the watch (same as aborting its signal). */
+  abort(reason?: unknown): void;
+}
+
+/** What a watch looks like right now (for the control API and tests). */
+export interface WatchInfo {
+  readonly id: string;
+  readonly status: string | null;
+  readonly seq: number;
+  /** Epoch ms of the next planned poll, `null` while a poll is running or queued. */
+  readonly nextPollAtMs: number | null;
+  readonly deadlineAtMs: number;
+  readonly consecutiveErrors: number;
+  readonly lastError: string | null;
+}
+
+/** Reported after every poll, for metrics and benchmarks. */
+export interface PollReport {
+  readonly watchId: string;
+  /** `ok`, `transient` or the permanent error code. */
+  readonly outcome: 'ok' | ErrorCode;
+  readonly httpStatus?: number | undefined;
+  /** Time from send to answer. */
+  readonly latencyMs: number;
+  /** Time the request was sent after its planned time (budget waits, event-loop lag). */
+  readonly latenessMs: number;
+}
+
+/** How a watch ended. */
+export type SettledReport =
+  | { readonly watchId: string; readonly ok: true; readonly status: string }
+  | { readonly watchId: string; readonly ok: false; readonly code: ErrorCode };
+
+/** Events of a `RunWatcher`. */
+export interface RunWatcherEvents {
+  /** Every transition and `watch.error`, the same objects every sink receives. */
+  event: (event: WatchEvent) => void;
+  /** After each poll. */
+  poll: (report: PollReport) => void;
+  /** When a watch ends, however it ends. */
+  settled: (report: SettledReport) => void;
+}
+
+interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
+  readonly id: string;
+  readonly kind: ResourceKind<TRef, TSnapshot>;
+  readonly ref: TRef;
+  readonly machine: StatusMachine;
+  readonly resolveOn: ReadonlySet<string>;
+  readonly credentials: Credentials | undefined;
+  readonly headers: Readonly<Record<string, string>> | undefined;
+  readonly onEvent: ((event: WatchEvent) => void) | undefined;
+  readonly startedAtMs: number;
+  readonly timeoutMs: number | undefined;
+  readonly logger: Logger;
+  deadlineAtMs: number;
+  lastSnapshot: TSnapshot | null;
+  unchangedPolls: number;
+  consecutiveErrors: number;
+  lastFailure: PollFailure | null;
+  /** Bumped whenever the planned step changes; heap entries of older generations are skipped. */
+  generation: number;
+  step: NextStep | null;
+  /** Aborts the request in flight when the watch ends. */
+  request: AbortController | null;
+  done: boolean;
+  resolve: (snapshot: TSnapshot) => void;
+  reject: (error: WatchError<TSnapshot>) => void;
+  detach: () => void;
+}
+
+type AnyWatch = WatchState<object, Snapshot>;
+
+interface Scheduled {
+  readonly watch: AnyWatch;
+  readonly generation: number;
+}
+
+/** Creates a random watch id: `w_` and 20 hex digits. */
+export function randomWatchId(): string {
+  return `w_${randomBytes(10).toString('hex')}`;
+}
+
+/**
+ * Watches many runs in one process: one timer heap, one HTTP agent, one request budget.
+ * Emits `event` for every transition and watch error. `watchRun()` is one watch on one of these.
+ *
+ * @example
+ * const watcher = new RunWatcher({ provider: 'openai', credentials: { apiKey } });
+ * watcher.on('event', (e) => console.log(e.type));
+ * const run = await watcher.watchRun({ threadId, runId }).promise;
+ * await watcher.close();
+ */
+export class RunWatcher extends EventEmitter<RunWatcherEvents> {
+  /** The effective polling policy. */
+  readonly policy: PollPolicy;
+  readonly #client: ApiClient;
+  readonly #ownsClient: boolean;
+  readonly #budget: RequestBudget;
+  readonly #logger: Logger;
+  readonly #random: () => number;
+  readonly #defaultTimeoutMs: number;
+  readonly #expiresGraceMs: number;
+  readonly #watches = new Map<string, AnyWatch>();
+  readonly #heap = new MinHeap<Scheduled>();
+  readonly #ready = new Fifo<AnyWatch>();
+  readonly #inFlight = new Set<Promise<void>>();
+  #timer: NodeJS.Timeout | null = null;
+  #timerAtMs = Infinity;
+  #closing: Promise<void> | null = null;
+  readonly #closed = new AbortController();
+
+  constructor(options: RunWatcherOptions = {}) {
+    super();
+    this.policy = resolvePollPolicy(options.policy);
+    this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? 3_600_000);
+    this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? 120_000);
+    this.#budget = new RequestBudget(options);
+    this.#client = options.client ?? new ApiClient(options);
+    this.#ownsClient = options.client === undefined;
+    this.#logger = options.logger ?? pino({ level: 'silent' });
+    this.#random = options.random ?? Math.random;
+  }
+
+  /** Number of watches not yet ended. */
+  get size(): number {
+    return this.#watches.size;
+  }
+
+  /** Starts watching a run. Throws `InvalidIdError` or `ConfigError` before any request. */
+  watchRun(options: WatchRunOptions): WatchHandle<RunSnapshot> {
+    return this.#start(RUN_KIND, { thread_id: options.threadId, run_id: options.runId }, options);
+  }
+
+  /** The current state of a watch, or `undefined` once it ended. */
+  info(watchId: string): WatchInfo | undefined {
+    const w = this.#watches.get(watchId);
+    if (!w) return undefined;
+    return {
+      id: w.id,
+      status: w.machine.status,
+      seq: w.machine.seq,
+      nextPollAtMs: w.step?.kind === 'poll' ? w.step.atMs : null,
+      deadlineAtMs: w.deadlineAtMs,
+      consecutiveErrors: w.consecutiveErrors,
+      lastError: w.lastFailure?.message ?? null,
+    };
+  }
+
+  /**
+   * The event stream as an async iterable; ends when `signal` aborts or the watcher closes.
+   * Events are buffered between reads, so none is missed.
+   */
+  async *events(signal?: AbortSignal): AsyncGenerator<WatchEvent, void, undefined> {
+    const stop = signal ? AbortSignal.any([signal, this.#closed.signal]) : this.#closed.signal;
+    const buffer: WatchEvent[] = [];
+    let wake: (() => void) | null = null;
+    const onEvent = (event: WatchEvent): void => {
+      buffer.push(event);
+      wake?.();
+    };
+    const onStop = (): void => wake?.();
+    this.on('event', onEvent);
+    stop.addEventListener('abort', onStop, { once: true });
+    try {
+      for (;;) {
+        const event = buffer.shift();
+        if (event) yield event;
+        else if (stop.aborted) return;
+        else await new Promise<void>((resolve) => (wake = resolve));
+        wake = null;
+      }
+    } finally {
+      this.off('event', onEvent);
+      stop.removeEventListener('abort', onStop);
+    }
+  }
+
+  /**
+   * Stops every watch (their promises reject with code `closed`, no event is emitted: the
+   * watches are suspended, not ended), waits for requests in flight to unwind, and closes
+   * the HTTP agent. Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    this.#closed.abort();
+    for (const w of [...this.#watches.values()]) {
+      this.#end(w, { ok: false, error: new WatchError('closed', 'the watcher was closed', { lastSnapshot: w.lastSnapshot }), emit: false });
+    }
+    this.#clearTimer();
+    this.#heap.clear();
+    this.#ready.clear();
+    await Promise.allSettled([...this.#inFlight]);
+    if (this.#ownsClient) this.#client.close();
+  }
+
+  #start<TRef extends object, TSnapshot extends Snapshot>(
+    kind: ResourceKind<TRef, TSnapshot>,
+    ref: TRef,
+    options: WatchRunOptions,
+  ): WatchHandle<TSnapshot> {
+    if (this.#closing) throw new ConfigError('the watcher is closed');
+    kind.validate(ref);
+    const id = options.watchId ?? randomWatchId();
+    assertValidId('watch id', id);
+    if (this.#watches.has(id)) throw new ConfigError(`a watch with id ${id} is already running`);
+    if (options.timeoutMs !== undefined) checkDuration('timeoutMs', options.timeoutMs);
+    for (const [name, value] of Object.entries(options.headers ?? {})) assertValidHeader(name, value);
+    const now = Date.now();
+    let resolve!: (snapshot: TSnapshot) => void;
+    let reject!: (error: WatchError<TSnapshot>) => void;
+    const promise = new Promise<TSnapshot>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    // a caller that only listens to events must not crash the process with an unhandled rejection
+    promise.catch(() => undefined);
+    const idFields: Record<string, unknown> = { watchId: id };
+    for (const field of kind.idFields) idFields[field] = ref[field];
+    const w: WatchState<TRef, TSnapshot> = {
+      id,
+      kind,
+      ref,
+      machine: new StatusMachine(kind.rules, options.initial),
+      resolveOn: new Set(options.resolveOn ?? []),
+      credentials: options.credentials,
+      headers: options.headers,
+      onEvent: options.onEvent,
+      startedAtMs: now,
+      timeoutMs: options.timeoutMs,
+      logger: this.#logger.child(idFields),
+      deadlineAtMs: deadlineFor({ startedAtMs: now, timeoutMs: options.timeoutMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs }),
+      lastSnapshot: null,
+      unchangedPolls: 0,
+      consecutiveErrors: 0,
+      lastFailure: null,
+      generation: 0,
+      step: null,
+      request: null,
+      done: false,
+      resolve,
+      reject,
+      detach: () => undefined,
+    };
+    const aw = w as unknown as AnyWatch;
+    const abort = (reason?: unknown): void => {
+      this.#end(aw, { ok: false, error: new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: aw.lastSnapshot }), emit: true });
+    };
+    const signal = options.signal;
+    if (signal?.aborted) {
+      // nothing was sent; the caller still gets the rejection and the event
+      this.#watches.set(id, aw);
+      abort(signal.reason);
+      return { id, promise, abort: () => undefined };
+    }
+    if (signal) {
+      const onAbort = (): void => abort(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      w.detach = () => signal.removeEventListener('abort', onAbort);
+    }
+    this.#watches.set(id, aw);
+    w.logger.debug({ deadlineAt: new Date(w.deadlineAtMs).toISOString() }, 'watch started');
+    this.#plan(aw, { kind: 'poll', atMs: now });
+    return { id, promise, abort };
+  }
+
+  #plan(w: AnyWatch, step: NextStep): void {
+    w.generation += 1;
+    w.step = step;
+    this.#heap.push(step.atMs, { watch: w, generation: w.generation });
+    this.#arm();
+  }
+
+  /** Keeps exactly one timer, at the earliest due entry or budget refill. */
+  #arm(): void {
+    if (this.#closing) return;
+    let atMs = this.#heap.peek()?.atMs ?? Infinity;
+    if (this.#ready.size > 0) {
+      const waitMs = this.#budget.waitMs(Date.now());
+      if (waitMs !== undefined) atMs = Math.min(atMs, Date.now() + Math.max(waitMs, 1));
+    }
+    if (atMs === this.#timerAtMs && this.#timer) return;
+    this.#clearTimer();
+    if (atMs === Infinity) return;
+    this.#timerAtMs = atMs;
+    this.#timer = setTimeout(() => this.#tick(), Math.min(Math.max(0, atMs - Date.now()), MAX_TIMER_MS));
+  }
+
+  #clearTimer(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#timerAtMs = Infinity;
+  }
+
+  #tick(): void {
+    this.#timer = null;
+    this.#timerAtMs = Infinity;
+    const now = Date.now();
+    for (let top = this.#heap.peek(); top && top.atMs <= now; top = this.#heap.peek()) {
+      this.#heap.pop();
+      const { watch: w, generation } = top.value;
+      if (w.done || generation !== w.generation || !w.step) continue;
+      if (w.step.kind === 'deadline') this.#deadline(w);
+      else this.#ready.push(w);
+    }
+    this.#pump();
+  }
+
+  /** Starts as many queued polls as the budget allows, in due order. */
+  #pump(): void {
+    const now = Date.now();
+    while (this.#ready.size > 0 && this.#budget.tryAcquire(now)) {
+      const w = this.#ready.shift()!;
+      if (w.done) {
+        this.#budget.release();
+        continue;
+      }
+      const poll = this.#poll(w, now);
+      this.#inFlight.add(poll);
+      void poll.finally(() => this.#inFlight.delete(poll));
+    }
+    this.#arm();
+  }
+
+  async #poll(w: AnyWatch, sentAtMs: number): Promise<void> {
+    const plannedAtMs = w.step?.atMs ?? sentAtMs;
+    w.step = null;
+    const request = new AbortController();
+    w.request = request;
+    let outcome: PollOutcome<Snapshot>;
+    try {
+      outcome = await this.#client.retrieve(w.kind, w.ref, { watchId: w.id, signal: request.signal, credentials: w.credentials, headers: w.headers });
+    } finally {
+      w.request = null;
+      this.#budget.release();
+    }
+    const now = Date.now();
+    if (!w.done) {
+      this.#report(w, outcome, now - sentAtMs, sentAtMs - plannedAtMs);
+      if (outcome.ok) this.#observe(w, outcome.snapshot, outcome.hints, now);
+      else this.#fail(w, outcome, now);
+    }
+    this.#pump();
+  }
+
+  #report(w: AnyWatch, outcome: PollOutcome<Snapshot>, latencyMs: number, latenessMs: number): void {
+    if (this.listenerCount('poll') === 0) return;
+    this.#safeEmit('poll', {
+      watchId: w.id,
+      outcome: outcome.ok ? 'ok' : outcome.code,
+      httpStatus: outcome.httpStatus,
+      latencyMs,
+      latenessMs,
+    });
+  }
+
+  #observe(w: AnyWatch, snapshot: Snapshot, hints: PollOutcome<Snapshot>['hints'], now: number): void {
+    w.consecutiveErrors = 0;
+    w.lastFailure = null;
+    const observation = w.machine.observe(snapshot.status);
+    if (observation.kind === 'stale' || observation.kind === 'after_terminal') {
+      w.logger.debug({ status: observation.status, current: observation.current }, 'ignored a stale status');
+      w.unchangedPolls += 1;
+    } else {
+      w.lastSnapshot = snapshot;
+      if (w.timeoutMs === undefined) {
+        const expiresAtMs = w.kind.expiresAtMs(snapshot);
+        if (expiresAtMs !== undefined) {
+          w.deadlineAtMs = deadlineFor({ startedAtMs: w.startedAtMs, expiresAtMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs });
+        }
+      }
+      if (observation.kind === 'unchanged') w.unchangedPolls += 1;
+      else {
+        w.unchangedPolls = 0;
+        w.logger.info({ from: observation.from, to: observation.to }, 'status changed');
+        this.#emitEvent(w, this.#transitionEvent(w, observation.from, observation.to, observation.seq, snapshot, now));
+        if (observation.terminal || w.resolveOn.has(observation.to)) {
+          this.#end(w, { ok: true, snapshot });
+          return;
+        }
+      }
+    }
+    const delayMs = nextDelayMs(this.policy, { status: w.machine.status, unchangedPolls: w.unchangedPolls, consecutiveErrors: 0, hints }, this.#random);
+    this.#plan(w, planNextStep(now, delayMs, w.deadlineAtMs));
+  }
+
+  #fail(w: AnyWatch, failure: PollFailure, now: number): void {
+    if (failure.aborted) return;
+    if (!failure.retryable) {
+      w.logger.warn({ code: failure.code, httpStatus: failure.httpStatus, requestId: failure.requestId }, failure.message);
+      this.#end(w, { ok: false, error: this.#errorFromFailure(w, failure), emit: true });
+      return;
+    }
+    w.consecutiveErrors += 1;
+    w.lastFailure = failure;
+    // the first of a series is worth a warning; the rest would flood the log
+    const level = w.consecutiveErrors === 1 ? 'warn' : 'debug';
+    w.logger[level]({ httpStatus: failure.httpStatus, consecutiveErrors: w.consecutiveErrors, retryAfterMs: failure.hints.retryAfterMs }, `transient error: ${failure.message}`);
+    const input = { status: w.machine.status, unchangedPolls: w.unchangedPolls, consecutiveErrors: w.consecutiveErrors, hints: failure.hints };
+    const delayMs = nextDelayMs(this.policy, input, this.#random);
+    this.#plan(w, planNextStep(now, delayMs, w.deadlineAtMs, now + retryAfterFloorMs(this.policy, failure.hints)));
+  }
+
+  #deadline(w: AnyWatch): void {
+    const last = w.lastFailure ? `; last error: ${w.lastFailure.message}` : w.machine.status ? `; last status: ${w.machine.status}` : '';
+    const error = new WatchError('deadline_exceeded', `deadline exceeded at ${new Date(w.deadlineAtMs).toISOString()}${last}`, {
+      httpStatus: w.lastFailure?.httpStatus,
+      requestId: w.lastFailure?.requestId,
+      lastSnapshot: w.lastSnapshot,
+    });
+    w.logger.warn({ code: error.code }, error.message);
+    this.#end(w, { ok: false, error, emit: true });
+  }
+
+  #errorFromFailure(w: AnyWatch, failure: PollFailure): WatchError<Snapshot> {
+    return new WatchError(failure.code, `${w.kind.name} ${w.kind.path(w.ref)}: ${failure.message}`, {
+      httpStatus: failure.httpStatus,
+      requestId: failure.requestId,
+      lastSnapshot: w.lastSnapshot,
+    });
+  }
+
+  #end(w: AnyWatch, result: { ok: true; snapshot: Snapshot } | { ok: false; error: WatchError<Snapshot>; emit: boolean }): void {
+    if (w.done) return;
+    w.done = true;
+    w.generation += 1;
+    w.step = null;
+    w.request?.abort();
+    w.detach();
+    this.#watches.delete(w.id);
+    if (result.ok) {
+      w.resolve(result.snapshot);
+      this.#safeEmit('settled', { watchId: w.id, ok: true, status: result.snapshot.status });
+    } else {
+      if (result.emit) this.#emitEvent(w, this.#errorEvent(w, result.error, Date.now()));
+      w.reject(result.error);
+      this.#safeEmit('settled', { watchId: w.id, ok: false, code: result.error.code });
+    }
+    if (this.#watches.size === 0) {
+      // nothing left to poll: drop stale heap entries so no timer keeps the process alive
+      this.#heap.clear();
+      this.#ready.clear();
+      this.#clearTimer();
+    }
+  }
+
+  #transitionEvent(w: AnyWatch, from: string | null, to: string, seq: number, snapshot: Snapshot, now: number): WatchEvent {
+    const event: Record<string, unknown> = { id: eventId(w.id, seq), type: `${w.kind.eventPrefix}.${to}`, seq, watch_id: w.id };
+    for (const field of w.kind.idFields) event[field] = (w.ref as Record<string, unknown>)[field];
+    event.from = from;
+    event.to = to;
+    event.observed_at = new Date(now).toISOString();
+    event[w.kind.snapshotField] = snapshot;
+    return event as unknown as RunTransitionEvent;
+  }
+
+  #errorEvent(w: AnyWatch, error: WatchError<Snapshot>, now: number): WatchEvent {
+    const seq = w.machine.nextSeq();
+    const event: Record<string, unknown> = { id: eventId(w.id, seq), type: 'watch.error', seq, watch_id: w.id };
+    for (const field of w.kind.idFields) event[field] = (w.ref as Record<string, unknown>)[field];
+    event.from = w.machine.status;
+    event.to = null;
+    event.observed_at = new Date(now).toISOString();
+    event.error = error.httpStatus === undefined ? { code: error.code, message: error.message } : { code: error.code, message: error.message, http_status: error.httpStatus };
+    event[w.kind.snapshotField] = w.lastSnapshot;
+    return event as unknown as RunWatchErrorEvent;
+  }
+
+  #emitEvent(w: AnyWatch, event: WatchEvent): void {
+    if (w.onEvent) {
+      try {
+        w.onEvent(event);
+      } catch (error) {
+        w.logger.error({ err: error }, 'onEvent threw; polling goes on');
+      }
+    }
+    this.#safeEmit('event', event);
+  }
+
+  /** A throwing listener is logged, never allowed to break the polling loop. */
+  #safeEmit<K extends keyof RunWatcherEvents>(name: K, ...args: Parameters<RunWatcherEvents[K]>): void {
+    try {
+      (this.emit as (name: K, ...rest: Parameters<RunWatcherEvents[K]>) => boolean)(name, ...args);
+    } catch (error) {
+      this.#logger.error({ err: error, listener: name }, 'a listener threw; polling goes on');
+    }
+  }
+}
+
+function checkDuration(name: string, value: unknown): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0 || value > Number.MAX_SAFE_INTEGER) {
+    throw new ConfigError(`Expected \`${name}\` to be a positive number of milliseconds, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+export type { RunRef };
