@@ -223,8 +223,9 @@ const TRANSIENT_STATUSES = new Set([408, 409, 429]);
 
 /**
  * Classifies one HTTP answer: the single place that decides what is transient and what is
- * permanent. Transient: 408, 409, 429, 5xx, a 2xx whose body is not a snapshot,
- * `x-should-retry: true`. Permanent: other 4xx and `x-should-retry: false`.
+ * permanent. Transient: 408, 409, 429, 5xx, a 2xx whose body is not a snapshot, an error
+ * with `x-should-retry: true`. Permanent: other 4xx (and 3xx: a redirect means a wrong base
+ * URL) and `x-should-retry: false`.
  */
 export function classifyResponse<TRef extends object, TSnapshot extends Snapshot>(
   kind: ResourceKind<TRef, TSnapshot>,
@@ -236,7 +237,7 @@ export function classifyResponse<TRef extends object, TSnapshot extends Snapshot
   const hints = parseHints(headers, options.nowMs);
   const requestId = header(headers, 'x-request-id') ?? header(headers, 'apim-request-id');
   const shouldRetry = header(headers, 'x-should-retry');
-  if (statusCode >= 200 && statusCode < 300 && shouldRetry !== 'true') {
+  if (statusCode >= 200 && statusCode < 300) {
     let parsed: unknown;
     try {
       parsed = JSON.parse(body);
@@ -283,11 +284,19 @@ export function normalizeBaseUrl(raw: string): string {
   return url.toString().replace(/\/+$/, '');
 }
 
+/** What the engine needs from a client: one classified poll, and closing. */
+export interface PollClient {
+  /** Polls a resource once; never throws. */
+  retrieve<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, context: RequestContext): Promise<PollOutcome<TSnapshot>>;
+  /** Releases sockets. */
+  close(): void;
+}
+
 /**
  * Sends one retrieve request and classifies the answer. Keeps one keep-alive agent per
  * client; headers are built per request. Never retries by itself (the scheduler does).
  */
-export class ApiClient {
+export class ApiClient implements PollClient {
   /** The provider spoken. */
   readonly provider: Provider;
   /** The normalised base URL. */

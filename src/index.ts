@@ -3,7 +3,7 @@ export type { WatchRunCallOptions } from './watch-run.js';
 export { RunWatcher, randomWatchId } from './watcher.js';
 export type { PollReport, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, WatchRunOptions } from './watcher.js';
 export { ApiClient, DEFAULT_BASE_URLS, PROVIDERS, classifyResponse, parseHints, redactSecrets } from './client.js';
-export type { ClientOptions, Credentials, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext } from './client.js';
+export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext } from './client.js';
 export { ConfigError, InvalidIdError, RunwatchError, WatchError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { eventId, isWatchError } from './events.js';

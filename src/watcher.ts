@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { BudgetOptions } from './budget.js';
 import { RequestBudget } from './budget.js';
-import type { ClientOptions, Credentials, PollFailure, PollOutcome } from './client.js';
+import type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome } from './client.js';
 import { ApiClient, assertValidHeader } from './client.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
@@ -42,8 +42,8 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
    * @default Math.random
    */
   readonly random?: () => number;
-  /** A client to share instead of creating one from the options above. */
-  readonly client?: ApiClient;
+  /** A client to use instead of creating one from the options above (shared, or a test double); not closed by `close()`. */
+  readonly client?: PollClient;
 }
 
 /** Options of one run watch. */
@@ -181,7 +181,7 @@ export function randomWatchId(): string {
 export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   /** The effective polling policy. */
   readonly policy: PollPolicy;
-  readonly #client: ApiClient;
+  readonly #client: PollClient;
   readonly #ownsClient: boolean;
   readonly #budget: RequestBudget;
   readonly #logger: Logger;
@@ -356,6 +356,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   }
 
   #plan(w: AnyWatch, step: NextStep): void {
+    if (step.kind === 'deadline' && step.atMs <= Date.now()) {
+      this.#deadline(w);
+      return;
+    }
     w.generation += 1;
     w.step = step;
     this.#heap.push(step.atMs, { watch: w, generation: w.generation });
