@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import type { Provider } from './client.js';
 import { assertValidHeader, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
+import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret } from './credentials.js';
 import { parseDurationMs } from './duration.js';
 import type { ErrorCode } from './errors.js';
@@ -78,6 +79,7 @@ Options:
   --request-timeout DURATION  timeout of one request                       [30s]
   --header 'name: value'      extra request header, repeatable (e.g. x-portkey-provider)
   --watch-id ID               id of the watch in events                    [random w_...]
+  --policy JSON|@FILE         polling policy overrides, e.g. '{"jitter":0.5}' (README: Polling policy)
   --log-level LEVEL           trace|debug|info|warn|error|silent (env LOG_LEVEL) [info]
   -h, --help                  show this help
 
@@ -141,6 +143,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv): Promise<num
       'request-timeout': { type: 'string', default: '30s' },
       header: { type: 'string', multiple: true, default: [] },
       'watch-id': { type: 'string' },
+      policy: { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -157,10 +160,11 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv): Promise<num
   const timeoutMs = values.timeout === undefined ? undefined : parseDurationMs('--timeout', values.timeout);
   const requestTimeoutMs = parseDurationMs('--request-timeout', values['request-timeout']);
   const headers = parseHeaders(values.header);
+  const policy = values.policy === undefined ? undefined : parsePolicyArgument(values.policy);
   const logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
   const credentials = credentialsFromEnv(provider, baseUrl, env);
 
-  const watcher = new RunWatcher({ provider, baseUrl, credentials, headers, requestTimeoutMs, logger, maxInFlight: 1 });
+  const watcher = new RunWatcher({ provider, baseUrl, credentials, headers, requestTimeoutMs, policy, logger, maxInFlight: 1 });
   const dispatcher = new SinkDispatcher([new StdoutSink()], { logger });
   watcher.on('event', (event) => dispatcher.dispatch(event));
 

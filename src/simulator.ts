@@ -43,6 +43,12 @@ export interface SimulatedRun {
   readonly expiresInMs?: number;
   /** Delay before answering each request. @default 0 */
   readonly latencyMs?: number;
+  /**
+   * When the timeline starts: when the run is added, or at its first retrieve request (so a
+   * client that starts late still sees every step).
+   * @default 'created'
+   */
+  readonly start?: 'created' | 'first_request';
 }
 
 /** One request the simulator received for a run. */
@@ -51,8 +57,8 @@ export interface RecordedRequest {
   readonly path: string;
   readonly atMs: number;
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
-  /** The status the run had when the request arrived. */
-  readonly status: string;
+  /** The status served in the answer; `null` when a fault answered instead. */
+  readonly status: string | null;
 }
 
 /** A status change as the simulator made it, with its true time. */
@@ -88,6 +94,8 @@ export interface RunningSimulator {
   transitions(runId: string): readonly TrueTransition[];
   /** Most requests for one run that were ever in flight at once. */
   maxConcurrent(runId: string): number;
+  /** Every request received, for any path (including rejected ones). */
+  totalRequests(): number;
   /** Stops the server and drops every connection (hung ones too). */
   close(): Promise<void>;
 }
@@ -95,8 +103,8 @@ export interface RunningSimulator {
 const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
 const MAX_BODY_BYTES = 1_000_000;
 
-/** Ready-made timelines, used by `runwatch sim --demo` and `npm run demo`. */
-export const DEMO_RUNS: readonly SimulatedRun[] = [
+/** Ready-made timelines, used by `runwatch sim --demo` and `npm run demo`; each starts at its first request. */
+export const DEMO_RUNS: readonly SimulatedRun[] = ([
   { threadId: 'thread_demo', runId: 'run_completed', timeline: [{ status: 'queued', durationMs: 600 }, { status: 'in_progress', durationMs: 1_500 }, { status: 'completed' }] },
   { threadId: 'thread_demo', runId: 'run_failed', timeline: [{ status: 'queued', durationMs: 400 }, { status: 'in_progress', durationMs: 1_200 }, { status: 'failed' }] },
   { threadId: 'thread_demo', runId: 'run_cancelled', timeline: [{ status: 'in_progress', durationMs: 800 }, { status: 'cancelling', durationMs: 500 }, { status: 'cancelled' }] },
@@ -113,13 +121,13 @@ export const DEMO_RUNS: readonly SimulatedRun[] = [
       { type: 'reset', from: 4 },
     ],
   },
-];
+] satisfies SimulatedRun[]).map((run) => ({ ...run, start: 'first_request' as const }));
 
 class RunState {
   readonly spec: SimulatedRun;
   readonly createdAtMs: number;
   readonly steps: TimelineStep[];
-  readonly requests: RecordedRequest[] = [];
+  readonly requests: Array<{ -readonly [K in keyof RecordedRequest]: RecordedRequest[K] }> = [];
   readonly transitions: TrueTransition[] = [];
   cursor = 0;
   stepStartedAtMs: number;
@@ -127,10 +135,18 @@ class RunState {
   inFlight = 0;
   maxConcurrent = 0;
 
+  started = false;
+
   constructor(spec: SimulatedRun, nowMs: number) {
     this.spec = spec;
     this.steps = [...spec.timeline];
     this.createdAtMs = nowMs;
+    this.stepStartedAtMs = nowMs;
+    if (spec.start !== 'first_request') this.begin(nowMs);
+  }
+
+  begin(nowMs: number): void {
+    this.started = true;
     this.stepStartedAtMs = nowMs;
     this.transitions.push({ status: this.step.status, atMs: nowMs });
   }
@@ -141,6 +157,7 @@ class RunState {
 
   /** Moves through every step whose time is up. */
   advance(nowMs: number): void {
+    if (!this.started) this.begin(nowMs);
     for (;;) {
       const step = this.step;
       if (step.durationMs === undefined || this.cursor >= this.steps.length - 1) return;
@@ -207,6 +224,7 @@ const runSchema = z.object({
   pollAfterMs: z.number().nonnegative().optional(),
   expiresInMs: z.number().positive().optional(),
   latencyMs: z.number().nonnegative().optional(),
+  start: z.enum(['created', 'first_request']).optional(),
 });
 
 /** Validates a run specification (from JSON or code); throws `ConfigError` naming the field. */
@@ -228,6 +246,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const runs = new Map<string, RunState>();
   const hung = new Set<http.ServerResponse>();
   const errorStyle = options.errorStyle ?? 'openai';
+  let total = 0;
 
   const addRun = (input: SimulatedRun): void => {
     const spec = parseSimulatedRun(input);
@@ -255,6 +274,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   });
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    total += 1;
     const url = new URL(req.url ?? '/', 'http://sim');
     const body = req.method === 'POST' ? await readBody(req) : '';
     if (url.pathname === '/_sim/runs' && req.method === 'POST') {
@@ -285,9 +305,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     const now = Date.now();
-    run.advance(now);
-    run.requests.push({ method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: { ...req.headers }, status: run.step.status });
+    const record = { method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: { ...req.headers }, status: null as string | null };
+    run.requests.push(record);
     if (req.method === 'POST') {
+      run.advance(now);
       handleAction(run, action ?? '', res, now);
       return;
     }
@@ -295,6 +316,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendError(res, 405, `Method ${req.method ?? ''} not allowed`);
       return;
     }
+    if (!run.started) run.begin(now);
     run.retrieves += 1;
     run.inFlight += 1;
     run.maxConcurrent = Math.max(run.maxConcurrent, run.inFlight);
@@ -320,6 +342,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     run.advance(Date.now());
+    record.status = run.step.status;
     const headers: Record<string, string> = { 'x-request-id': `req_${run.spec.runId}_${run.retrieves}` };
     if (run.spec.pollAfterMs !== undefined) headers['openai-poll-after-ms'] = String(run.spec.pollAfterMs);
     sendJson(res, 200, run.toJSON(), headers);
@@ -365,6 +388,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     requests: (runId) => runs.get(runId)?.requests ?? [],
     transitions: (runId) => runs.get(runId)?.transitions ?? [],
     maxConcurrent: (runId) => runs.get(runId)?.maxConcurrent ?? 0,
+    totalRequests: () => total,
     close: async () => {
       for (const res of hung) res.destroy();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
