@@ -20,6 +20,14 @@ export const DEFAULT_BASE_URLS: Readonly<Record<Provider, string>> = Object.free
   openai: 'https://api.openai.com/v1',
 });
 
+/** Defaults of `ClientOptions`. */
+export const DEFAULT_CLIENT: Readonly<{ provider: Provider; requestTimeoutMs: number; maxSockets: number; traceId: boolean }> = Object.freeze({
+  provider: 'portkey',
+  requestTimeoutMs: 30_000,
+  maxSockets: 64,
+  traceId: true,
+});
+
 /** Credentials for one provider; every field is a secret and never logged. */
 export interface Credentials {
   /** `x-portkey-api-key` (portkey) or the `Authorization: Bearer` token (openai). */
@@ -311,19 +319,19 @@ export class ApiClient implements PollClient {
   readonly #secrets: readonly string[];
 
   constructor(options: ClientOptions = {}) {
-    this.provider = options.provider ?? 'portkey';
+    this.provider = options.provider ?? DEFAULT_CLIENT.provider;
     if (!PROVIDERS.includes(this.provider)) throw new ConfigError(`unknown provider ${JSON.stringify(this.provider)}: use ${PROVIDERS.join(' or ')}`);
     this.baseUrl = normalizeBaseUrl(options.baseUrl ?? DEFAULT_BASE_URLS[this.provider]);
-    this.requestTimeoutMs = options.requestTimeoutMs ?? 30_000;
+    this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_CLIENT.requestTimeoutMs;
     if (!Number.isInteger(this.requestTimeoutMs) || this.requestTimeoutMs < 1) {
       throw new ConfigError(`Expected \`requestTimeoutMs\` to be a positive integer, got ${JSON.stringify(options.requestTimeoutMs)}`);
     }
     this.#credentials = options.credentials ?? {};
     this.#headers = options.headers ?? {};
     for (const [name, value] of Object.entries(this.#headers)) assertValidHeader(name, value);
-    this.#traceId = options.traceId ?? true;
+    this.#traceId = options.traceId ?? DEFAULT_CLIENT.traceId;
     this.#secrets = secretsOf(this.#credentials, this.#headers);
-    const maxSockets = options.maxSockets ?? 64;
+    const maxSockets = options.maxSockets ?? DEFAULT_CLIENT.maxSockets;
     this.#agents = {
       http: new http.Agent({ keepAlive: true, maxSockets }),
       https: new https.Agent({ keepAlive: true, maxSockets }),

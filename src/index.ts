@@ -1,8 +1,8 @@
 export { watchRun } from './watch-run.js';
 export type { WatchRunCallOptions } from './watch-run.js';
-export { RunWatcher, randomWatchId } from './watcher.js';
+export { DEFAULT_DEADLINES, RunWatcher, randomWatchId } from './watcher.js';
 export type { PollReport, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, WatchRunOptions } from './watcher.js';
-export { ApiClient, DEFAULT_BASE_URLS, PROVIDERS, classifyResponse, parseHints, redactSecrets } from './client.js';
+export { ApiClient, DEFAULT_BASE_URLS, DEFAULT_CLIENT, PROVIDERS, classifyResponse, parseHints, redactSecrets } from './client.js';
 export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext } from './client.js';
 export { ConfigError, InvalidIdError, RunwatchError, WatchError } from './errors.js';
 export type { ErrorCode } from './errors.js';

@@ -18,6 +18,9 @@ import { deadlineFor, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy
 import type { MachineState } from './status.js';
 import { StatusMachine } from './status.js';
 
+/** Defaults of the deadline settings of `RunWatcherOptions`. */
+export const DEFAULT_DEADLINES = Object.freeze({ defaultTimeoutMs: 3_600_000, expiresGraceMs: 120_000 });
+
 /** Options of a `RunWatcher`: the HTTP client, the polling policy, the budget, the defaults. */
 export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
   /** Overrides of the polling policy; see `DEFAULT_POLL_POLICY`. */
@@ -200,8 +203,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   constructor(options: RunWatcherOptions = {}) {
     super();
     this.policy = resolvePollPolicy(options.policy);
-    this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? 3_600_000);
-    this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? 120_000);
+    this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? DEFAULT_DEADLINES.defaultTimeoutMs);
+    this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs);
     this.#budget = new RequestBudget(options);
     this.#client = options.client ?? new ApiClient(options);
     this.#ownsClient = options.client === undefined;

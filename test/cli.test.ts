@@ -48,7 +48,7 @@ function expectWellFormed(events: WatchEvent[]): void {
 /** No request after the one that saw the terminal status. */
 function expectNoRequestAfterTerminal(runId: string): void {
   const gets = sim.requests(runId).filter((r) => r.method === 'GET');
-  const firstTerminal = gets.findIndex((r) => TERMINAL.has(r.status));
+  const firstTerminal = gets.findIndex((r) => r.status !== null && TERMINAL.has(r.status));
   expect(firstTerminal).toBe(gets.length - 1);
 }
 
@@ -238,7 +238,7 @@ describe('runwatch: usage', () => {
     [['watch', 't', 'r', '--policy', '{"intervals":{"queued":{"baseMs":"fast"}}}'], { PORTKEY_API_KEY: 'x' }, /invalid --policy\.intervals\.queued\.baseMs/],
     [['watch', 't', 'r', '--policy', '{"jiter":0}'], { PORTKEY_API_KEY: 'x' }, /invalid --policy: Unrecognized key/],
   ])('exits 64 with a one-line error for %j', async (args, env, message) => {
-    const result = await runCli(args, env as Record<string, string>);
+    const result = await runCli(args, env);
     expect(result.code).toBe(64);
     expect(result.stderr).toMatch(message);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);

@@ -1,5 +1,5 @@
 import FakeTimers from '@sinonjs/fake-timers';
-import type { InstalledClock } from '@sinonjs/fake-timers';
+import type { Clock } from '@sinonjs/fake-timers';
 import type { PollClient, PollFailure, PollOutcome, PollSuccess, RequestContext } from '../src/client.js';
 import type { ErrorCode } from '../src/errors.js';
 import type { ServerHints } from '../src/schedule.js';
@@ -9,7 +9,7 @@ import type { Snapshot } from '../src/resource.js';
 export const T0 = Date.UTC(2026, 0, 1);
 
 /** Installs fake timers for what the engine uses (timers and Date) starting at `T0`. */
-export function installClock(): InstalledClock {
+export function installClock(): Clock {
   return FakeTimers.install({ now: T0, toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
 }
 

@@ -39,8 +39,8 @@ export function startCli(args: readonly string[], env: Record<string, string> = 
   let stderr = '';
   const lines: string[] = [];
   const waiters: Array<{ predicate: (line: string) => boolean; resolve: (line: string) => void }> = [];
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  createInterface({ input: child.stdout! }).on('line', (line) => {
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  createInterface({ input: child.stdout }).on('line', (line) => {
     stdout += `${line}\n`;
     lines.push(line);
     for (const waiter of [...waiters]) {

@@ -1,5 +1,5 @@
 import { getEventListeners } from 'node:events';
-import type { InstalledClock } from '@sinonjs/fake-timers';
+import type { Clock } from '@sinonjs/fake-timers';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WatchError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
@@ -9,7 +9,7 @@ import type { RunWatcherOptions } from '../src/watcher.js';
 import { T0, failure, installClock, offsets, ok, scriptedClient } from './helpers.js';
 import type { ScriptStep } from './helpers.js';
 
-let clock: InstalledClock;
+let clock: Clock;
 beforeEach(() => {
   clock = installClock();
 });

@@ -1,0 +1,68 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RunningSimulator } from '../src/simulator.js';
+import { parseSimulatedRun, startSimulator } from '../src/simulator.js';
+
+let sim: RunningSimulator;
+beforeAll(async () => {
+  sim = await startSimulator({ apiKey: 'sk-sim-key' });
+});
+afterAll(async () => {
+  await sim.close();
+});
+
+const auth = { authorization: 'Bearer sk-sim-key', 'content-type': 'application/json' };
+const get = async (path: string): Promise<{ status: number; body: Record<string, unknown> }> => {
+  const res = await fetch(`${sim.baseUrl}${path}`, { headers: auth });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+};
+const post = async (path: string, body: unknown = {}): Promise<{ status: number; body: Record<string, unknown> }> => {
+  const res = await fetch(`${sim.baseUrl}${path}`, { method: 'POST', headers: auth, body: JSON.stringify(body) });
+  return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+};
+
+describe('simulator', () => {
+  it('serves a run object shaped like the API', async () => {
+    sim.addRun({ threadId: 'thread_s1', runId: 'run_s1', timeline: [{ status: 'in_progress' }], pollAfterMs: 1500 });
+    const res = await fetch(`${sim.baseUrl}/threads/thread_s1/runs/run_s1`, { headers: auth });
+    expect(res.headers.get('openai-poll-after-ms')).toBe('1500');
+    expect(await res.json()).toMatchObject({ id: 'run_s1', object: 'thread.run', thread_id: 'thread_s1', status: 'in_progress', required_action: null });
+  });
+
+  it('waits at requires_action for tool outputs, then goes on', async () => {
+    sim.addRun({ threadId: 'thread_s2', runId: 'run_s2', timeline: [{ status: 'requires_action' }, { status: 'in_progress', durationMs: 60_000 }, { status: 'completed' }] });
+    const first = await get('/threads/thread_s2/runs/run_s2');
+    expect(first.body).toMatchObject({ status: 'requires_action', required_action: { type: 'submit_tool_outputs' } });
+    expect((await post('/threads/thread_s2/runs/run_s2/submit_tool_outputs', { tool_outputs: [] })).body.status).toBe('in_progress');
+    expect((await post('/threads/thread_s2/runs/run_s2/submit_tool_outputs')).status).toBe(400);
+    expect(sim.transitions('run_s2').map((t) => t.status)).toEqual(['requires_action', 'in_progress']);
+  });
+
+  it('cancels through cancelling to cancelled', async () => {
+    sim.addRun({ threadId: 'thread_s3', runId: 'run_s3', timeline: [{ status: 'in_progress' }] });
+    expect((await post('/threads/thread_s3/runs/run_s3/cancel')).body.status).toBe('cancelling');
+    expect((await post('/threads/thread_s3/runs/run_s3/cancel')).status).toBe(400);
+  });
+
+  it('answers 401 without the key and 404 for unknown runs and paths', async () => {
+    const res = await fetch(`${sim.baseUrl}/threads/thread_s1/runs/run_s1`, { headers: { authorization: 'Bearer sk-nope-0000' } });
+    expect(res.status).toBe(401);
+    expect((await get('/threads/thread_s1/runs/run_missing')).status).toBe(404);
+    expect((await get('/threads/thread_other/runs/run_s1')).status).toBe(404);
+    expect((await get('/assistants')).status).toBe(404);
+  });
+
+  it('adds runs over HTTP and rejects bad ones naming the field', async () => {
+    const ok = await fetch(`${sim.baseUrl.replace(/\/v1$/, '')}/_sim/runs`, { method: 'POST', body: JSON.stringify({ threadId: 'thread_s4', runId: 'run_s4', timeline: [{ status: 'queued' }] }) });
+    expect(ok.status).toBe(201);
+    expect((await get('/threads/thread_s4/runs/run_s4')).body.status).toBe('queued');
+    const bad = await fetch(`${sim.baseUrl.replace(/\/v1$/, '')}/_sim/runs`, { method: 'POST', body: JSON.stringify({ threadId: 'thread_s5', runId: 'run_s5', timeline: [] }) });
+    expect(bad.status).toBe(400);
+    expect(JSON.stringify(await bad.json())).toContain('timeline');
+  });
+
+  it('validates scenarios', () => {
+    expect(() => parseSimulatedRun({ threadId: '../x', runId: 'r', timeline: [{ status: 'queued' }] })).toThrow('threadId');
+    expect(() => parseSimulatedRun({ threadId: 't', runId: 'r', timeline: [{ status: 'queued' }], faults: [{ type: 'explode', from: 1 }] })).toThrow('faults');
+    expect(parseSimulatedRun({ threadId: 't', runId: 'r', timeline: [{ status: 'queued', durationMs: 5 }] }).timeline).toHaveLength(1);
+  });
+});
