@@ -3,6 +3,7 @@
 import type { WatchEvent } from './events.js';
 import { createLogger } from './logger.js';
 import { SinkDispatcher, StdoutSink } from './sinks/index.js';
+import type { Sink } from './sinks/index.js';
 import { DEMO_RUNS, startSimulator } from './simulator.js';
 import { RunWatcher } from './watcher.js';
 
@@ -10,7 +11,15 @@ const apiKey = 'sk-demo-not-a-real-key';
 const sim = await startSimulator({ apiKey, runs: DEMO_RUNS });
 const logger = await createLogger(process.env.LOG_LEVEL ?? 'warn');
 const watcher = new RunWatcher({ provider: 'openai', baseUrl: sim.baseUrl, credentials: { apiKey }, logger });
-const dispatcher = new SinkDispatcher([new StdoutSink()], { logger });
+// a terminal gets one readable line per event; a pipe gets the NDJSON the CLI writes
+const terminalSink: Sink = {
+  name: 'terminal',
+  deliver: (event) => {
+    const detail = event.type === 'watch.error' ? `${event.error.code}: ${event.error.message}` : `${event.from ?? '(first seen)'} -> ${event.to}`;
+    process.stdout.write(`${event.observed_at.slice(11, 23)}  ${event.run_id.padEnd(22)} #${event.seq}  ${detail}\n`);
+  },
+};
+const dispatcher = new SinkDispatcher([process.stdout.isTTY ? terminalSink : new StdoutSink()], { logger });
 watcher.on('event', (event) => dispatcher.dispatch(event));
 
 const outcomes = await Promise.all(

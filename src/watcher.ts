@@ -11,7 +11,7 @@ import { ConfigError, WatchError } from './errors.js';
 import type { RunWatchErrorEvent, RunTransitionEvent, WatchEvent } from './events.js';
 import { eventId } from './events.js';
 import { Fifo, MinHeap } from './queues.js';
-import type { ResourceKind, RunRef, RunSnapshot, Snapshot } from './resource.js';
+import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
 import { assertValidId, RUN_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
 import { deadlineFor, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy, retryAfterFloorMs } from './schedule.js';
@@ -592,4 +592,3 @@ function checkDuration(name: string, value: unknown): number {
   return value;
 }
 
-export type { RunRef };
