@@ -17,6 +17,12 @@ export interface BudgetOptions {
    * @default maxRequestsPerSecond
    */
   readonly burst?: number;
+  /**
+   * After a 429 the rate is halved (at most once per second, never below this); it then
+   * grows back by a tenth of `maxRequestsPerSecond` per second (AIMD).
+   * @default 1
+   */
+  readonly minRequestsPerSecond?: number;
 }
 
 /** Default budget limits. */
@@ -33,6 +39,10 @@ export class RequestBudget {
   readonly ratePerSecond: number;
   /** Bucket size. */
   readonly burst: number;
+  /** Floor of the adaptive rate. */
+  readonly minRatePerSecond: number;
+  #rate: number;
+  #penalizedAtMs = -Infinity;
   #tokens: number;
   #refilledAtMs: number;
   #inFlight = 0;
@@ -44,8 +54,28 @@ export class RequestBudget {
     positive('maxInFlight', this.maxInFlight, true);
     positive('maxRequestsPerSecond', this.ratePerSecond, false);
     positive('burst', this.burst, false);
+    this.minRatePerSecond = Math.min(options.minRequestsPerSecond ?? 1, this.ratePerSecond);
+    positive('minRequestsPerSecond', this.minRatePerSecond, false);
+    this.#rate = this.ratePerSecond;
     this.#tokens = this.burst;
     this.#refilledAtMs = nowMs;
+  }
+
+  /** The rate in force now: `ratePerSecond`, or less after 429s. */
+  get currentRatePerSecond(): number {
+    return this.#rate;
+  }
+
+  /**
+   * The server said 429: halve the rate (once per second, so a burst of 429s from requests
+   * already in flight counts once) and drop the tokens saved up.
+   */
+  penalize(nowMs: number): void {
+    this.#refill(nowMs);
+    if (nowMs - this.#penalizedAtMs < 1000) return;
+    this.#penalizedAtMs = nowMs;
+    this.#rate = Math.max(this.minRatePerSecond, this.#rate / 2);
+    this.#tokens = Math.min(this.#tokens, 0);
   }
 
   /** Requests currently in flight. */
@@ -75,13 +105,15 @@ export class RequestBudget {
   waitMs(nowMs: number): number | undefined {
     if (this.#inFlight >= this.maxInFlight) return undefined;
     this.#refill(nowMs);
-    return this.#tokens >= 1 ? 0 : Math.ceil(((1 - this.#tokens) * 1000) / this.ratePerSecond);
+    return this.#tokens >= 1 ? 0 : Math.ceil(((1 - this.#tokens) * 1000) / this.#rate);
   }
 
   #refill(nowMs: number): void {
     const elapsedMs = nowMs - this.#refilledAtMs;
     if (elapsedMs <= 0) return;
-    this.#tokens = Math.min(this.burst, this.#tokens + (elapsedMs * this.ratePerSecond) / 1000);
+    this.#tokens = Math.min(this.burst, this.#tokens + (elapsedMs * this.#rate) / 1000);
+    // additive increase: back to the configured rate ten seconds after the last 429
+    if (this.#rate < this.ratePerSecond) this.#rate = Math.min(this.ratePerSecond, this.#rate + (this.ratePerSecond * elapsedMs) / 10_000);
     this.#refilledAtMs = nowMs;
   }
 }

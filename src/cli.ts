@@ -5,7 +5,9 @@ import type { Logger } from 'pino';
 import type { Provider } from './client.js';
 import { assertValidHeader, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
 import { parsePolicyArgument } from './config.js';
-import { credentialsFromEnv, readSecret } from './credentials.js';
+import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
+import type { ConfigSources, DaemonConfig } from './daemon/config.js';
+import type { Daemon, DaemonSecrets } from './daemon/daemon.js';
 import { parseDurationMs } from './duration.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, RunwatchError } from './errors.js';
@@ -28,6 +30,9 @@ export const EXIT = Object.freeze({
   expired: 22,
   incomplete: 23,
   usage: 64,
+  unavailable: 69,
+  shutdownTimeout: 70,
+  cannotCreate: 73,
   sigint: 130,
   sigterm: 143,
 });
@@ -57,6 +62,8 @@ const MAIN_HELP = `runwatch ${VERSION}: watch long-running LLM runs until they f
 
 Usage:
   runwatch watch <thread_id> <run_id> [options]   watch one run, events as NDJSON on stdout
+  runwatch daemon [options]                       run the service: control API, durable watches, sinks
+  runwatch config [options]                       print the effective daemon configuration (secrets redacted)
   runwatch sim [options]                          start the runs simulator on loopback
   runwatch --help | --version
 
@@ -259,15 +266,142 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   return EXIT.completed;
 }
 
+const DAEMON_HELP = `Usage: runwatch daemon [options]
+       runwatch config [options]
+
+Runs the service: the control API (default 127.0.0.1:8080), watches kept in a SQLite file
+under the data dir, every event delivered at least once to every sink. "config" prints the
+configuration the daemon would use, secrets redacted.
+
+Settings: config/default.json < --config FILE (or RUNWATCH_CONFIG) < RUNWATCH_* env < flags.
+Options:
+  --config FILE          JSON file merged over the defaults
+  --host HOST            control API address (env RUNWATCH_HOST)         [127.0.0.1]
+  --port N               control API port (env RUNWATCH_PORT)            [8080]
+  --data-dir DIR         where the store lives (env RUNWATCH_DATA_DIR)   [./data]
+  --log-level LEVEL      (env RUNWATCH_LOG_LEVEL)                        [info]
+  --set PATH=VALUE       any setting, e.g. --set sinks.webhook.url=http://hooks:9000/runwatch
+Secrets (each also as <NAME>_FILE): RUNWATCH_CONTROL_TOKEN (required off loopback),
+RUNWATCH_WEBHOOK_SECRET (whsec_...), and the provider keys of "runwatch watch".
+
+Exit codes: 0 stopped by SIGTERM/SIGINT, 64 configuration error, 69 cannot listen,
+73 cannot open the store, 70 shutdown took longer than daemon.shutdownTimeoutMs, 1 internal error.
+`;
+
+function daemonSources(args: string[], env: NodeJS.ProcessEnv): { help: boolean; sources: ConfigSources } {
+  const { values } = parseArgs({
+    args,
+    options: {
+      config: { type: 'string' },
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'data-dir': { type: 'string' },
+      'log-level': { type: 'string' },
+      set: { type: 'string', multiple: true, default: [] },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  const overrides: Array<[string, string]> = [];
+  if (values.host !== undefined) overrides.push(['daemon.host', JSON.stringify(values.host)]);
+  if (values.port !== undefined) overrides.push(['daemon.port', values.port]);
+  if (values['data-dir'] !== undefined) overrides.push(['daemon.dataDir', JSON.stringify(values['data-dir'])]);
+  if (values['log-level'] !== undefined) overrides.push(['daemon.logLevel', JSON.stringify(values['log-level'])]);
+  for (const pair of values.set) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new ConfigError(`invalid --set ${JSON.stringify(pair)}: use PATH=VALUE, e.g. daemon.port=9090`);
+    overrides.push([pair.slice(0, eq), pair.slice(eq + 1)]);
+  }
+  return { help: values.help ?? false, sources: { file: values.config, env, overrides } };
+}
+
+// the daemon's modules (node:sqlite, prom-client) load only for the commands that need them
+const loadDaemon = async () => ({ ...(await import('./daemon/config.js')), ...(await import('./daemon/daemon.js')), ...(await import('./sinks/webhook.js')) });
+
+async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv): Promise<DaemonSecrets> {
+  const { effectiveBaseUrl, webhookKey } = await loadDaemon();
+  const webhookSecret = readSecret(env, 'RUNWATCH_WEBHOOK_SECRET');
+  if (webhookSecret) webhookKey(webhookSecret);
+  return {
+    credentials: credentialsFromEnv(config.watch.provider, effectiveBaseUrl(config), env),
+    controlToken: readSecret(env, 'RUNWATCH_CONTROL_TOKEN'),
+    webhookSecret,
+  };
+}
+
+async function configCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { help, sources } = daemonSources(args, env);
+  if (help) {
+    process.stdout.write(DAEMON_HELP);
+    return EXIT.completed;
+  }
+  const config = (await loadDaemon()).loadConfig(sources);
+  const provider = config.watch.provider;
+  const secrets: Record<string, string | null> = {};
+  for (const name of [...Object.values(SECRET_ENV[provider]), 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_WEBHOOK_SECRET']) {
+    if (name) secrets[name] = readSecret(env, name) ? '[REDACTED]' : null;
+  }
+  process.stdout.write(`${JSON.stringify({ ...config, secrets }, null, 2)}\n`);
+  return EXIT.completed;
+}
+
+async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { help, sources } = daemonSources(args, env);
+  if (help) {
+    process.stdout.write(DAEMON_HELP);
+    return EXIT.completed;
+  }
+  const { loadConfig, Daemon } = await loadDaemon();
+  const config = loadConfig(sources);
+  const secrets = await daemonSecrets(config, env);
+  const logger = await createLogger(config.daemon.logLevel);
+  let daemon: Daemon;
+  try {
+    daemon = await Daemon.start(config, secrets, logger);
+  } catch (error) {
+    if (error instanceof RunwatchError) throw error;
+    const code = (error as NodeJS.ErrnoException).code ?? '';
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+      return fail(EXIT.unavailable, `cannot listen on ${config.daemon.host}:${config.daemon.port} (${code}): pick another --port or --host`);
+    }
+    if (code.startsWith('ERR_SQLITE') || code === 'EACCES' || code === 'ENOENT' || code === 'EROFS') {
+      return fail(EXIT.cannotCreate, `cannot open the store in ${config.daemon.dataDir} (${(error as Error).message}): check that --data-dir is writable`);
+    }
+    throw error;
+  }
+  const signal = await new Promise<NodeJS.Signals>((resolve) => {
+    const onHup = (): void => void daemon.reopen();
+    process.on('SIGHUP', onHup);
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  // repeated signals change nothing: shutdown is idempotent and bounded by the timer below
+  process.on('SIGINT', () => logger.info('already shutting down'));
+  process.on('SIGTERM', () => logger.info('already shutting down'));
+  logger.info({ signal }, 'signal received');
+  const hardStop = setTimeout(() => {
+    process.stderr.write(`runwatch: shutdown took longer than ${config.daemon.shutdownTimeoutMs} ms; undelivered events stay in the store and go out after the restart\n`);
+    process.exit(EXIT.shutdownTimeout);
+  }, config.daemon.shutdownTimeoutMs + 2_000);
+  hardStop.unref();
+  await daemon.shutdown();
+  return EXIT.completed;
+}
+
 /** Runs the CLI with `argv` (without node and script) and returns the exit code. */
 export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   const [command, ...rest] = argv;
+  const major = Number(process.versions.node.split('.')[0]);
+  if (major < 22) return fail(EXIT.usage, `Node.js ${process.version} is too old: runwatch needs Node.js 22 or newer (24 LTS recommended); in a checkout, npm run runwatch -- ... fetches it`);
   try {
     switch (command) {
       case 'watch':
         return await watchCommand(rest, env);
       case 'sim':
         return await simCommand(rest, env);
+      case 'daemon':
+        return await daemonCommand(rest, env);
+      case 'config':
+        return await configCommand(rest, env);
       case '--version':
       case '-v':
         process.stdout.write(`${VERSION}\n`);

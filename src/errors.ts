@@ -24,7 +24,9 @@ export type ErrorCode =
   /** The watch's `AbortSignal` fired. */
   | 'aborted'
   /** The watcher was closed while the watch was still running. */
-  | 'closed';
+  | 'closed'
+  /** A sink could not take an event. */
+  | 'delivery_failed';
 
 /**
  * Base class of every error runwatch throws: a literal `name`, a stable `code`, an optional
@@ -89,5 +91,23 @@ export class WatchError<TSnapshot = unknown> extends RunwatchError {
     this.httpStatus = options.httpStatus;
     this.requestId = options.requestId;
     this.lastSnapshot = options.lastSnapshot ?? null;
+  }
+}
+
+/**
+ * A sink failed to take an event. `permanent` failures are dead-lettered at once; others are
+ * retried (no sooner than `retryAfterMs` when the receiver said so).
+ */
+export class DeliveryError extends RunwatchError {
+  override readonly name = 'DeliveryError';
+  /** True when retrying cannot help (e.g. the receiver answered 400). */
+  readonly permanent: boolean;
+  /** The receiver's `retry-after`, when it sent one. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(message: string, options: { permanent?: boolean; retryAfterMs?: number | undefined; cause?: unknown } = {}) {
+    super('delivery_failed', message, { cause: options.cause });
+    this.permanent = options.permanent ?? false;
+    this.retryAfterMs = options.retryAfterMs;
   }
 }

@@ -25,6 +25,8 @@ export interface RunTransitionEvent extends EventEnvelope {
   readonly to: string;
   /** The full run snapshot in which the new status was seen. */
   readonly run: RunSnapshot;
+  /** Only on `run.stalled` (where `from` and `to` are the same status): how long it has lasted. */
+  readonly stalled_for_ms?: number;
 }
 
 /** Details of why a watch ended without reaching a status it resolves on. */

@@ -45,6 +45,12 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
    * @default Math.random
    */
   readonly random?: () => number;
+  /**
+   * Emit `run.stalled` once when a run stays in one non-terminal status this long
+   * (a real pain point: runs stuck in `queued`).
+   * @default undefined (off)
+   */
+  readonly stallThresholdMs?: number;
   /** A client to use instead of creating one from the options above (shared, or a test double); not closed by `close()`. */
   readonly client?: PollClient;
 }
@@ -80,6 +86,12 @@ export interface WatchRunOptions {
   readonly onEvent?: (event: WatchEvent) => void;
   /** Resume from a stored state (status and last seq) instead of from scratch. */
   readonly initial?: MachineState;
+  /** Resume: when the watch first started (deadlines count from it). @default now */
+  readonly startedAtMs?: number;
+  /** Resume: since when the run has had `initial.status` (for stall detection). @default now */
+  readonly statusSinceMs?: number;
+  /** Resume: the last snapshot seen before. */
+  readonly lastSnapshot?: RunSnapshot | null;
 }
 
 /** A running watch. */
@@ -143,6 +155,8 @@ interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
   readonly startedAtMs: number;
   readonly timeoutMs: number | undefined;
   readonly logger: Logger;
+  statusSinceMs: number;
+  stallReported: boolean;
   deadlineAtMs: number;
   lastSnapshot: TSnapshot | null;
   unchangedPolls: number;
@@ -191,6 +205,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   readonly #random: () => number;
   readonly #defaultTimeoutMs: number;
   readonly #expiresGraceMs: number;
+  readonly #stallThresholdMs: number | undefined;
   readonly #watches = new Map<string, AnyWatch>();
   readonly #heap = new MinHeap<Scheduled>();
   readonly #ready = new Fifo<AnyWatch>();
@@ -198,6 +213,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   #timer: NodeJS.Timeout | null = null;
   #timerAtMs = Infinity;
   #closing: Promise<void> | null = null;
+  /** Set while closing: polls in flight finish, nothing new is planned. */
+  #draining = false;
   readonly #closed = new AbortController();
 
   constructor(options: RunWatcherOptions = {}) {
@@ -205,6 +222,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.policy = resolvePollPolicy(options.policy);
     this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? DEFAULT_DEADLINES.defaultTimeoutMs);
     this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs);
+    this.#stallThresholdMs = options.stallThresholdMs === undefined ? undefined : checkDuration('stallThresholdMs', options.stallThresholdMs);
     this.#budget = new RequestBudget(options);
     this.#client = options.client ?? new ApiClient(options);
     this.#ownsClient = options.client === undefined;
@@ -215,6 +233,16 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   /** Number of watches not yet ended. */
   get size(): number {
     return this.#watches.size;
+  }
+
+  /** The request budget right now (for metrics). */
+  get budget(): { readonly inFlight: number; readonly ratePerSecond: number; readonly queued: number } {
+    return { inFlight: this.#budget.inFlight, ratePerSecond: this.#budget.currentRatePerSecond, queued: this.#ready.size };
+  }
+
+  /** Ids of the watches not yet ended. */
+  ids(): IterableIterator<string> {
+    return this.#watches.keys();
   }
 
   /** Starts watching a run. Throws `InvalidIdError` or `ConfigError` before any request. */
@@ -268,15 +296,26 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /**
    * Stops every watch (their promises reject with code `closed`, no event is emitted: the
-   * watches are suspended, not ended), waits for requests in flight to unwind, and closes
-   * the HTTP agent. Idempotent.
+   * watches are suspended, not ended) and closes the HTTP agent. With `drainTimeoutMs`, polls
+   * already in flight may finish first (their transitions are still emitted) for that long.
+   * Idempotent.
    */
-  close(): Promise<void> {
-    this.#closing ??= this.#close();
+  close(options: { readonly drainTimeoutMs?: number } = {}): Promise<void> {
+    this.#closing ??= this.#close(options.drainTimeoutMs ?? 0);
     return this.#closing;
   }
 
-  async #close(): Promise<void> {
+  async #close(drainTimeoutMs: number): Promise<void> {
+    this.#draining = true;
+    this.#clearTimer();
+    this.#heap.clear();
+    this.#ready.clear();
+    if (drainTimeoutMs > 0 && this.#inFlight.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
+      await Promise.race([Promise.allSettled([...this.#inFlight]), timeout]);
+      clearTimeout(timer);
+    }
     this.#closed.abort();
     for (const w of [...this.#watches.values()]) {
       this.#end(w, { ok: false, error: new WatchError('closed', 'the watcher was closed', { lastSnapshot: w.lastSnapshot }), emit: false });
@@ -301,6 +340,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     if (options.timeoutMs !== undefined) checkDuration('timeoutMs', options.timeoutMs);
     for (const [name, value] of Object.entries(options.headers ?? {})) assertValidHeader(name, value);
     const now = Date.now();
+    const startedAtMs = options.startedAtMs ?? now;
     let resolve!: (snapshot: TSnapshot) => void;
     let reject!: (error: WatchError<TSnapshot>) => void;
     const promise = new Promise<TSnapshot>((res, rej) => {
@@ -320,11 +360,13 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       credentials: options.credentials,
       headers: options.headers,
       onEvent: options.onEvent,
-      startedAtMs: now,
+      startedAtMs,
       timeoutMs: options.timeoutMs,
       logger: this.#logger.child(idFields),
-      deadlineAtMs: deadlineFor({ startedAtMs: now, timeoutMs: options.timeoutMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs }),
-      lastSnapshot: null,
+      statusSinceMs: options.statusSinceMs ?? now,
+      stallReported: false,
+      deadlineAtMs: 0,
+      lastSnapshot: (options.lastSnapshot ?? null) as TSnapshot | null,
       unchangedPolls: 0,
       consecutiveErrors: 0,
       lastFailure: null,
@@ -336,6 +378,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       reject,
       detach: () => undefined,
     };
+    const expiresAtMs = w.lastSnapshot ? kind.expiresAtMs(w.lastSnapshot) : undefined;
+    w.deadlineAtMs = deadlineFor({ startedAtMs, timeoutMs: options.timeoutMs, expiresAtMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs });
     const aw = w as unknown as AnyWatch;
     const abort = (reason?: unknown): void => {
       this.#end(aw, { ok: false, error: new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: aw.lastSnapshot }), emit: true });
@@ -359,6 +403,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   }
 
   #plan(w: AnyWatch, step: NextStep): void {
+    if (this.#draining) return;
     if (step.kind === 'deadline' && step.atMs <= Date.now()) {
       this.#deadline(w);
       return;
@@ -406,6 +451,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** Starts as many queued polls as the budget allows, in due order. */
   #pump(): void {
+    if (this.#draining) return;
     const now = Date.now();
     while (this.#ready.size > 0 && this.#budget.tryAcquire(now)) {
       const w = this.#ready.shift()!;
@@ -467,9 +513,13 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
           w.deadlineAtMs = deadlineFor({ startedAtMs: w.startedAtMs, expiresAtMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs });
         }
       }
-      if (observation.kind === 'unchanged') w.unchangedPolls += 1;
-      else {
+      if (observation.kind === 'unchanged') {
+        w.unchangedPolls += 1;
+        this.#checkStall(w, snapshot, now);
+      } else {
         w.unchangedPolls = 0;
+        w.statusSinceMs = now;
+        w.stallReported = false;
         w.logger.info({ from: observation.from, to: observation.to }, 'status changed');
         this.#emitEvent(w, this.#transitionEvent(w, observation.from, observation.to, observation.seq, snapshot, now));
         if (observation.terminal || w.resolveOn.has(observation.to)) {
@@ -482,8 +532,20 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#plan(w, planNextStep(now, delayMs, w.deadlineAtMs));
   }
 
+  #checkStall(w: AnyWatch, snapshot: Snapshot, now: number): void {
+    if (this.#stallThresholdMs === undefined || w.stallReported || now - w.statusSinceMs < this.#stallThresholdMs) return;
+    w.stallReported = true;
+    const status = w.machine.status;
+    w.logger.warn({ status, stalledForMs: now - w.statusSinceMs }, 'run stalled');
+    const event = this.#transitionEvent(w, status, status ?? 'unknown', w.machine.nextSeq(), snapshot, now) as unknown as Record<string, unknown>;
+    event.type = `${w.kind.eventPrefix}.stalled`;
+    event.stalled_for_ms = now - w.statusSinceMs;
+    this.#emitEvent(w, event as unknown as WatchEvent);
+  }
+
   #fail(w: AnyWatch, failure: PollFailure, now: number): void {
     if (failure.aborted) return;
+    if (failure.httpStatus === 429) this.#budget.penalize(now);
     if (!failure.retryable) {
       w.logger.warn({ code: failure.code, httpStatus: failure.httpStatus, requestId: failure.requestId }, failure.message);
       this.#end(w, { ok: false, error: this.#errorFromFailure(w, failure), emit: true });

@@ -23,6 +23,8 @@ export interface CliProcess {
   readonly child: ChildProcess;
   /** Resolves when a stdout line satisfies `predicate`. */
   waitForLine(predicate: (line: string) => boolean): Promise<string>;
+  /** Resolves when a stderr line satisfies `predicate`. */
+  waitForStderr(predicate: (line: string) => boolean): Promise<string>;
   /** Resolves when the process exits. */
   readonly done: Promise<CliResult>;
 }
@@ -32,16 +34,14 @@ export function cliEnv(env: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '', ...env };
 }
 
-/** Starts `runwatch <args>`. */
-export function startCli(args: readonly string[], env: Record<string, string> = {}): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { env: cliEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
+type Waiter = { predicate: (line: string) => boolean; resolve: (line: string) => void };
+
+/** Collects a stream's lines and resolves waiters as matching lines arrive. */
+function lineCollector(input: NodeJS.ReadableStream, onLine: (line: string) => void): { lines: string[]; waiters: Waiter[] } {
   const lines: string[] = [];
-  const waiters: Array<{ predicate: (line: string) => boolean; resolve: (line: string) => void }> = [];
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  createInterface({ input: child.stdout }).on('line', (line) => {
-    stdout += `${line}\n`;
+  const waiters: Waiter[] = [];
+  createInterface({ input }).on('line', (line) => {
+    onLine(line);
     lines.push(line);
     for (const waiter of [...waiters]) {
       if (waiter.predicate(line)) {
@@ -50,6 +50,16 @@ export function startCli(args: readonly string[], env: Record<string, string> = 
       }
     }
   });
+  return { lines, waiters };
+}
+
+/** Starts `runwatch <args>`. */
+export function startCli(args: readonly string[], env: Record<string, string> = {}): CliProcess {
+  const child = spawn(process.execPath, [CLI, ...args], { env: cliEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  const out = lineCollector(child.stdout, (line) => (stdout += `${line}\n`));
+  const err = lineCollector(child.stderr, (line) => (stderr += `${line}\n`));
   const done = (async (): Promise<CliResult> => {
     const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
     const events = stdout
@@ -58,17 +68,19 @@ export function startCli(args: readonly string[], env: Record<string, string> = 
       .map((l) => JSON.parse(l) as WatchEvent);
     return { code, signal, stdout, stderr, events };
   })();
+  const waitFor = (collector: { lines: string[]; waiters: Waiter[] }, predicate: (line: string) => boolean): Promise<string> => {
+    const found = collector.lines.find(predicate);
+    if (found !== undefined) return Promise.resolve(found);
+    return new Promise((resolve, reject) => {
+      collector.waiters.push({ predicate, resolve });
+      void done.then(() => reject(new Error(`process ended before the expected line; stderr: ${stderr}`)));
+    });
+  };
   return {
     child,
     done,
-    waitForLine: (predicate) => {
-      const found = lines.find(predicate);
-      if (found !== undefined) return Promise.resolve(found);
-      return new Promise((resolve, reject) => {
-        waiters.push({ predicate, resolve });
-        void done.then(() => reject(new Error(`process ended before the expected line; stderr: ${stderr}`)));
-      });
-    },
+    waitForLine: (predicate) => waitFor(out, predicate),
+    waitForStderr: (predicate) => waitFor(err, predicate),
   };
 }
 

@@ -2,6 +2,14 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { WatchEvent } from '../events.js';
 
+/** What the daemon passes along with an event. */
+export interface DeliveryContext {
+  /** Aborted when the daemon shuts down; stop waiting and throw. */
+  readonly signal?: AbortSignal;
+  /** For the `callback` sink: the watch's `callback_url`. */
+  readonly url?: string;
+}
+
 /**
  * Where events go. Implement `deliver` (and `close` if you hold resources); runwatch calls
  * `deliver` for one event at a time per sink, in order, and never lets a failure in one
@@ -13,8 +21,11 @@ import type { WatchEvent } from '../events.js';
 export interface Sink {
   /** Names the sink in logs and metrics. */
   readonly name: string;
-  /** Delivers one event; a rejection counts as a failed delivery. */
-  deliver(event: WatchEvent): Promise<void> | void;
+  /**
+   * Delivers one event; a rejection counts as a failed delivery and is retried (throw a
+   * `DeliveryError` with `permanent: true` to dead-letter it at once).
+   */
+  deliver(event: WatchEvent, context?: DeliveryContext): Promise<void> | void;
   /** Flushes and releases what the sink holds. */
   close?(): Promise<void> | void;
 }

@@ -1,0 +1,301 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import http from 'node:http';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { ID_PATTERN } from '../resource.js';
+import type { EventFilter, StoredEvent, WatchRecord, WatchState } from '../store/store.js';
+import { WATCH_STATES } from '../store/store.js';
+
+/** A watch as the API shows it. */
+export interface WatchView {
+  readonly id: string;
+  readonly thread_id: string;
+  readonly run_id: string;
+  readonly state: WatchState;
+  readonly status: string | null;
+  readonly seq: number;
+  readonly metadata: Readonly<Record<string, string>> | null;
+  readonly callback_url: string | null;
+  readonly next_poll_at: string | null;
+  readonly error: WatchRecord['error'];
+  readonly last_snapshot: WatchRecord['last_snapshot'];
+  readonly created_at: string;
+  readonly updated_at: string;
+}
+
+/** What the API needs from the daemon. */
+export interface ControlApiDeps {
+  /** Returns `undefined` when the daemon no longer accepts watches (shutting down). */
+  addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }): { watch: WatchView; created: boolean } | undefined;
+  getWatch(id: string): WatchView | undefined;
+  listWatches(query: { state?: WatchState; limit: number; after?: string }): WatchView[];
+  deleteWatch(id: string): WatchView | undefined;
+  eventsAfter(pos: number, filter: EventFilter, limit: number): StoredEvent[];
+  /** Calls `listener` whenever events were recorded; returns the unsubscribe function. */
+  subscribe(listener: () => void): () => void;
+  ready(): boolean;
+  metrics(): Promise<{ contentType: string; body: string }>;
+}
+
+/** Options of the control API. */
+export interface ControlApiOptions {
+  /** When set, every route but /healthz and /readyz needs `Authorization: Bearer <token>`. */
+  readonly token?: string | undefined;
+  readonly maxBodyBytes: number;
+  /** Hosts a `callback_url` may point at: `host`, `host:port` or `*.domain`. */
+  readonly callbackHosts: readonly string[];
+  readonly logger: Logger;
+  /** Comment line sent on idle SSE streams. @default 15000 */
+  readonly sseKeepAliveMs?: number;
+}
+
+/** An API error: status, stable code, one-line message. */
+class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+const metadataSchema = z
+  .record(z.string().min(1).max(64), z.string().max(512))
+  .refine((m) => Object.keys(m).length <= 16, 'at most 16 keys');
+const createSchema = z
+  .object({
+    thread_id: z.string(),
+    run_id: z.string(),
+    metadata: metadataSchema.nullable().optional(),
+    callback_url: z.string().max(2048).nullable().optional(),
+  })
+  .strict();
+
+function checkId(field: string, value: string): void {
+  if (!ID_PATTERN.test(value)) throw new ApiError(400, 'invalid_id', `${field} must match ${ID_PATTERN.source}`);
+}
+
+/** True when `url`'s host is in the allow-list (exact host, host:port, or a `*.` suffix). */
+export function callbackAllowed(rawUrl: string, allowed: readonly string[]): boolean {
+  let url: URL;
+  try {
+    url = new URL(rawUrl);
+  } catch {
+    return false;
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') return false;
+  if (url.username || url.password) return false;
+  const host = url.hostname.toLowerCase();
+  return allowed.some((entry) => {
+    const rule = entry.toLowerCase();
+    if (rule.startsWith('*.')) return host.endsWith(rule.slice(1));
+    return rule === host || rule === url.host.toLowerCase();
+  });
+}
+
+function digest(value: string): Buffer {
+  return createHash('sha256').update(value).digest();
+}
+
+/**
+ * Creates the control API server (not yet listening). Bad input gets a 4xx with
+ * `{ error: { code, message } }`; nothing a client sends causes a 5xx.
+ */
+export function createControlApi(deps: ControlApiDeps, options: ControlApiOptions): { server: http.Server; closeStreams(): void } {
+  const tokenDigest = options.token ? digest(options.token) : undefined;
+  const streams = new Set<http.ServerResponse>();
+
+  const send = (res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void => {
+    const text = JSON.stringify(body);
+    res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store', ...headers }).end(text);
+  };
+
+  const authorize = (req: http.IncomingMessage): void => {
+    if (!tokenDigest) return;
+    const header = req.headers.authorization ?? '';
+    const given = header.startsWith('Bearer ') ? header.slice(7) : '';
+    // compare digests: equal length, constant time, whatever the client sent
+    if (!timingSafeEqual(digest(given), tokenDigest)) throw new ApiError(401, 'unauthorized', 'missing or wrong bearer token', { 'www-authenticate': 'Bearer' });
+  };
+
+  const readJson = async (req: http.IncomingMessage): Promise<unknown> => {
+    const type = req.headers['content-type'] ?? '';
+    if (!/^application\/json\b/i.test(type)) throw new ApiError(415, 'unsupported_media_type', 'send Content-Type: application/json');
+    const declared = Number(req.headers['content-length'] ?? 0);
+    if (declared > options.maxBodyBytes) throw new ApiError(413, 'body_too_large', `bodies are limited to ${options.maxBodyBytes} bytes`);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const chunk of req) {
+      size += (chunk as Buffer).length;
+      if (size > options.maxBodyBytes) throw new ApiError(413, 'body_too_large', `bodies are limited to ${options.maxBodyBytes} bytes`);
+      chunks.push(chunk as Buffer);
+    }
+    try {
+      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    } catch {
+      throw new ApiError(400, 'invalid_json', 'the body is not valid JSON');
+    }
+  };
+
+  const createWatch = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    const parsed = createSchema.safeParse(await readJson(req));
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new ApiError(400, 'invalid_request', issue ? `${issue.path.join('.') || 'body'}: ${issue.message}` : 'invalid body');
+    }
+    const { thread_id, run_id, metadata, callback_url } = parsed.data;
+    checkId('thread_id', thread_id);
+    checkId('run_id', run_id);
+    if (callback_url && !callbackAllowed(callback_url, options.callbackHosts)) {
+      throw new ApiError(400, 'callback_not_allowed', 'callback_url must be http(s) on a host listed in daemon.callbackHosts');
+    }
+    const added = deps.addWatch({ thread_id, run_id, metadata: metadata ?? null, callback_url: callback_url ?? null });
+    if (!added) throw new ApiError(503, 'shutting_down', 'the daemon is shutting down; retry on another replica or after the restart', { 'retry-after': '5' });
+    const { watch, created } = added;
+    send(res, created ? 201 : 200, watch, created ? { location: `/v1/watches/${watch.id}` } : {});
+  };
+
+  const listWatches = (url: URL, res: http.ServerResponse): void => {
+    const state = url.searchParams.get('state') ?? undefined;
+    if (state !== undefined && !WATCH_STATES.includes(state as WatchState)) throw new ApiError(400, 'invalid_request', `state must be one of ${WATCH_STATES.join(', ')}`);
+    const rawLimit = url.searchParams.get('limit') ?? '100';
+    const limit = Number(rawLimit);
+    if (!/^\d+$/.test(rawLimit) || limit < 1 || limit > 500) throw new ApiError(400, 'invalid_request', 'limit must be an integer from 1 to 500');
+    const after = url.searchParams.get('after') ?? undefined;
+    if (after !== undefined) checkId('after', after);
+    const data = deps.listWatches({ state: state as WatchState | undefined, limit, after });
+    send(res, 200, { data, next_after: data.length === limit ? (data.at(-1)?.id ?? null) : null });
+  };
+
+  const streamEvents = (req: http.IncomingMessage, url: URL, res: http.ServerResponse): void => {
+    const filter: { run_id?: string; thread_id?: string } = {};
+    for (const field of ['run_id', 'thread_id'] as const) {
+      const value = url.searchParams.get(field);
+      if (value !== null) {
+        checkId(field, value);
+        filter[field] = value;
+      }
+    }
+    const rawCursor = (req.headers['last-event-id'] as string | undefined) ?? url.searchParams.get('last_event_id') ?? '0';
+    if (!/^\d{1,15}$/.test(rawCursor)) throw new ApiError(400, 'invalid_request', 'Last-Event-ID must be a position from an earlier event');
+    let cursor = Number(rawCursor);
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+    res.write('retry: 1000\n\n');
+    streams.add(res);
+    let pumping = false;
+    let again = false;
+    // pull from the store after every notification: ordered, and nothing missed in between
+    const pump = async (): Promise<void> => {
+      if (pumping) {
+        again = true;
+        return;
+      }
+      pumping = true;
+      try {
+        do {
+          again = false;
+          for (let batch = deps.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = deps.eventsAfter(cursor, filter, 500)) {
+            for (const event of batch) {
+              const type = (JSON.parse(event.payload) as { type: string }).type;
+              cursor = event.pos;
+              if (!res.write(`id: ${event.pos}\nevent: ${type}\ndata: ${event.payload}\n\n`)) await new Promise((resolve) => res.once('drain', resolve));
+            }
+          }
+        } while (again && !res.destroyed);
+      } catch (error) {
+        options.logger.warn({ err: error }, 'SSE stream failed');
+        res.destroy();
+      } finally {
+        pumping = false;
+      }
+    };
+    const unsubscribe = deps.subscribe(() => void pump());
+    const keepAlive = setInterval(() => res.write(': keep-alive\n\n'), options.sseKeepAliveMs ?? 15_000);
+    res.once('close', () => {
+      clearInterval(keepAlive);
+      unsubscribe();
+      streams.delete(res);
+    });
+    void pump();
+  };
+
+  const route = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
+    const url = new URL(req.url ?? '/', 'http://runwatch');
+    const method = req.method ?? 'GET';
+    const path = url.pathname;
+    const only = (...allowed: string[]): void => {
+      if (!allowed.includes(method)) throw new ApiError(405, 'method_not_allowed', `${method} is not allowed on ${path}`, { allow: allowed.join(', ') });
+    };
+    if (path === '/healthz') {
+      only('GET', 'HEAD');
+      send(res, 200, { status: 'ok' });
+      return;
+    }
+    if (path === '/readyz') {
+      only('GET', 'HEAD');
+      const ready = deps.ready();
+      send(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready' });
+      return;
+    }
+    authorize(req);
+    if (path === '/metrics') {
+      only('GET');
+      const { contentType, body } = await deps.metrics();
+      res.writeHead(200, { 'content-type': contentType }).end(body);
+      return;
+    }
+    if (path === '/v1/watches') {
+      only('GET', 'POST');
+      if (method === 'POST') await createWatch(req, res);
+      else listWatches(url, res);
+      return;
+    }
+    const watchMatch = /^\/v1\/watches\/([^/]+)$/.exec(path);
+    if (watchMatch) {
+      only('GET', 'DELETE');
+      const id = decodeURIComponent(watchMatch[1]!);
+      checkId('watch id', id);
+      const watch = method === 'DELETE' ? deps.deleteWatch(id) : deps.getWatch(id);
+      if (!watch) throw new ApiError(404, 'not_found', `no watch ${id}`);
+      send(res, 200, watch);
+      return;
+    }
+    if (path === '/v1/events') {
+      only('GET');
+      streamEvents(req, url, res);
+      return;
+    }
+    throw new ApiError(404, 'not_found', `no route ${path}`);
+  };
+
+  const server = http.createServer((req, res) => {
+    route(req, res).catch((error: unknown) => {
+      if (res.headersSent) {
+        res.destroy();
+        return;
+      }
+      if (error instanceof ApiError) {
+        send(res, error.status, { error: { code: error.code, message: error.message } }, error.headers);
+        // an unread body would be parsed as the next request on this connection
+        if (!req.complete) res.once('finish', () => req.destroy());
+        return;
+      }
+      if (error instanceof URIError) {
+        send(res, 400, { error: { code: 'invalid_request', message: 'malformed percent-encoding in the path' } });
+        return;
+      }
+      options.logger.error({ err: error, method: req.method, path: req.url?.split('?')[0] }, 'control API handler failed');
+      send(res, 500, { error: { code: 'internal', message: 'internal error; see the daemon log' } });
+    });
+  });
+  server.requestTimeout = 30_000;
+  server.headersTimeout = 10_000;
+  return {
+    server,
+    closeStreams: () => {
+      for (const res of streams) res.end();
+    },
+  };
+}

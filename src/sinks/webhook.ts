@@ -1,0 +1,133 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import got, { RequestError } from 'got';
+import type { Got } from 'got';
+import pRetry from 'p-retry';
+import { parseHints } from '../client.js';
+import { ConfigError, DeliveryError } from '../errors.js';
+import type { WatchEvent } from '../events.js';
+import { VERSION } from '../version.js';
+import type { DeliveryContext, Sink } from './sink.js';
+
+/** Options of a `WebhookSink`. */
+export interface WebhookSinkOptions {
+  /** Sink name in logs and metrics. @default 'webhook' */
+  readonly name?: string;
+  /** Where to POST; may be omitted when every delivery brings its own URL (callbacks). */
+  readonly url?: string | undefined;
+  /** A Standard Webhooks secret, `whsec_` + base64; when set, every request is signed. */
+  readonly secret?: string | undefined;
+  /** Timeout of one POST. @default 10000 */
+  readonly timeoutMs?: number;
+  /** Immediate retries of a failed POST before the outbox schedules a later attempt. @default 2 */
+  readonly quickRetries?: number;
+}
+
+/** Decodes a `whsec_` secret to its key bytes; throws `ConfigError` when malformed. */
+export function webhookKey(secret: string): Buffer {
+  const encoded = secret.startsWith('whsec_') ? secret.slice('whsec_'.length) : secret;
+  const key = Buffer.from(encoded, 'base64');
+  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(encoded) || key.length < 16) {
+    throw new ConfigError('invalid webhook secret: expected whsec_ followed by base64 of at least 16 bytes');
+  }
+  return key;
+}
+
+/** The Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`. */
+export function signWebhook(key: Buffer, id: string, timestampSec: number, body: string): string {
+  return `v1,${createHmac('sha256', key).update(`${id}.${timestampSec}.${body}`).digest('base64')}`;
+}
+
+/**
+ * Verifies a Standard Webhooks request (for receivers and tests): one of the space-separated
+ * `v1,` signatures must match and the timestamp must be within `toleranceSec` of now.
+ */
+export function verifyWebhook(secret: string, headers: Readonly<Record<string, string | string[] | undefined>>, body: string, nowMs = Date.now(), toleranceSec = 300): boolean {
+  const id = headers['webhook-id'];
+  const timestamp = headers['webhook-timestamp'];
+  const signatures = headers['webhook-signature'];
+  if (typeof id !== 'string' || typeof timestamp !== 'string' || typeof signatures !== 'string') return false;
+  const ts = Number(timestamp);
+  if (!Number.isInteger(ts) || Math.abs(nowMs / 1000 - ts) > toleranceSec) return false;
+  const expected = Buffer.from(signWebhook(webhookKey(secret), id, ts, body));
+  return signatures.split(' ').some((candidate) => {
+    const given = Buffer.from(candidate);
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  });
+}
+
+/**
+ * POSTs each event as JSON, signed per the Standard Webhooks spec (`webhook-id` is the event
+ * id, so receivers de-duplicate redeliveries). Network errors, 408, 429 and 5xx are retried
+ * (obeying `retry-after`); other answers are permanent and dead-letter the event.
+ */
+export class WebhookSink implements Sink {
+  readonly name: string;
+  readonly #url: string | undefined;
+  readonly #key: Buffer | undefined;
+  readonly #quickRetries: number;
+  readonly #got: Got;
+  readonly #agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+
+  constructor(options: WebhookSinkOptions) {
+    this.name = options.name ?? 'webhook';
+    this.#url = options.url;
+    this.#key = options.secret ? webhookKey(options.secret) : undefined;
+    this.#quickRetries = options.quickRetries ?? 2;
+    this.#got = got.extend({
+      agent: this.#agents,
+      retry: { limit: 0 },
+      throwHttpErrors: false,
+      followRedirect: false,
+      timeout: { request: options.timeoutMs ?? 10_000 },
+    });
+  }
+
+  /** Posts the event; throws `DeliveryError` when it could not. */
+  async deliver(event: WatchEvent, context: DeliveryContext = {}): Promise<void> {
+    const url = context.url ?? this.#url;
+    if (!url) throw new DeliveryError('no URL to deliver to', { permanent: true });
+    const body = JSON.stringify(event);
+    await pRetry(() => this.#post(url, event.id, body, context.signal), {
+      retries: this.#quickRetries,
+      minTimeout: 200,
+      maxTimeout: 2_000,
+      signal: context.signal,
+      // a long retry-after is the outbox's job: it persists the wait across restarts
+      shouldRetry: ({ error }) => error instanceof DeliveryError && !error.permanent && (error.retryAfterMs ?? 0) <= 2_000,
+      onFailedAttempt: async ({ error }) => {
+        const waitMs = error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0;
+        if (waitMs > 0 && waitMs <= 2_000) await new Promise((resolve) => setTimeout(resolve, waitMs));
+      },
+    });
+  }
+
+  async #post(url: string, id: string, body: string, signal: AbortSignal | undefined): Promise<void> {
+    const timestampSec = Math.floor(Date.now() / 1000);
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      'user-agent': `runwatch/${VERSION}`,
+      'webhook-id': id,
+      'webhook-timestamp': String(timestampSec),
+    };
+    if (this.#key) headers['webhook-signature'] = signWebhook(this.#key, id, timestampSec, body);
+    let response;
+    try {
+      response = await this.#got.post(url, { body, headers, signal });
+    } catch (error) {
+      const code = error instanceof RequestError ? error.code : 'error';
+      throw new DeliveryError(`POST failed: ${code}`);
+    }
+    const status = response.statusCode;
+    if (status >= 200 && status < 300) return;
+    const retryable = status === 408 || status === 429 || status >= 500;
+    throw new DeliveryError(`receiver answered HTTP ${status}`, { permanent: !retryable, retryAfterMs: parseHints(response.headers, Date.now()).retryAfterMs });
+  }
+
+  /** Closes idle sockets. */
+  close(): void {
+    this.#agents.http.destroy();
+    this.#agents.https.destroy();
+  }
+}

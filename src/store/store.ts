@@ -1,0 +1,108 @@
+import type { WatchErrorDetails, WatchEvent } from '../events.js';
+import type { RunSnapshot } from '../resource.js';
+
+/** Where a watch is in its life. */
+export type WatchState = 'active' | 'finished' | 'failed' | 'deleted';
+
+/** Every watch state. */
+export const WATCH_STATES: readonly WatchState[] = ['active', 'finished', 'failed', 'deleted'];
+
+/** A watch as stored. Times are epoch milliseconds. */
+export interface WatchRecord {
+  readonly id: string;
+  readonly thread_id: string;
+  readonly run_id: string;
+  readonly metadata: Readonly<Record<string, string>> | null;
+  readonly callback_url: string | null;
+  readonly state: WatchState;
+  /** Last status seen, `null` before the first poll. */
+  readonly status: string | null;
+  /** Last event seq handed out. */
+  readonly seq: number;
+  readonly last_snapshot: RunSnapshot | null;
+  readonly error: WatchErrorDetails | null;
+  /** Since when the run has had `status`. */
+  readonly status_since: number | null;
+  readonly next_poll_at: number | null;
+  readonly created_at: number;
+  readonly updated_at: number;
+  readonly finished_at: number | null;
+}
+
+/** What a client asks to watch. */
+export interface NewWatch {
+  readonly id: string;
+  readonly thread_id: string;
+  readonly run_id: string;
+  readonly metadata?: Readonly<Record<string, string>> | null;
+  readonly callback_url?: string | null;
+}
+
+/** A stored event with its position in the log (the SSE id). */
+export interface StoredEvent {
+  readonly pos: number;
+  readonly event_id: string;
+  readonly watch_id: string;
+  /** The exact JSON delivered every time, so a redelivery is byte-identical. */
+  readonly payload: string;
+}
+
+/** One pending delivery of an event to a sink. */
+export interface PendingDelivery extends StoredEvent {
+  readonly attempts: number;
+  readonly next_attempt_at: number;
+  readonly first_attempt_at: number | null;
+  /** The watch's callback URL (for the `callback` sink). */
+  readonly callback_url: string | null;
+}
+
+/** Outbox figures per sink, for metrics and the API. */
+export interface SinkStats {
+  readonly sink: string;
+  readonly pending: number;
+  readonly dead: number;
+}
+
+/** Filters for reading the event log. */
+export interface EventFilter {
+  readonly thread_id?: string;
+  readonly run_id?: string;
+}
+
+/**
+ * Durable state of the daemon: watches, the event log and the outbox. Every event is written
+ * with its watch's new state and one delivery row per sink in a single transaction.
+ */
+export interface Store {
+  /** Creates a watch, or returns the one for the same (thread_id, run_id). */
+  createWatch(input: NewWatch, nowMs: number): { watch: WatchRecord; created: boolean };
+  getWatch(id: string): WatchRecord | undefined;
+  /** Watches ordered by creation, after the cursor `after` (a watch id). */
+  listWatches(options: { state?: WatchState; limit: number; after?: string }): WatchRecord[];
+  /** Every watch in state `active`. */
+  activeWatches(): WatchRecord[];
+  /**
+   * Appends an event, updates its watch, and queues a delivery per sink (and to the watch's
+   * callback when it has one); one transaction. Returns the event's position.
+   */
+  recordEvent(event: WatchEvent, sinks: readonly string[], nowMs: number): number;
+  /** Marks a watch deleted (no more polling). */
+  markDeleted(id: string, nowMs: number): WatchRecord | undefined;
+  /** Saves planned poll times (best effort, batched). */
+  saveNextPolls(entries: ReadonlyArray<readonly [id: string, nextPollAt: number | null]>): void;
+  /** The oldest pending deliveries for a sink, in log order. */
+  pendingDeliveries(sink: string, limit: number): PendingDelivery[];
+  markDelivered(sink: string, pos: number, nowMs: number): void;
+  markRetry(sink: string, pos: number, nextAttemptAt: number, error: string, nowMs: number): void;
+  markDead(sink: string, pos: number, error: string, nowMs: number): void;
+  /** Events after a position, optionally filtered, in order. */
+  eventsAfter(pos: number, filter: EventFilter, limit: number): StoredEvent[];
+  /** The last position written (0 when empty). */
+  lastPosition(): number;
+  sinkStats(): SinkStats[];
+  /** Deletes delivered events and ended watches older than the retention. Returns rows removed. */
+  prune(nowMs: number, retention: { readonly eventsMs: number; readonly watchesMs: number }): number;
+  /** True when the store answers a trivial query. */
+  healthy(): boolean;
+  close(): void;
+}

@@ -1,0 +1,308 @@
+import { mkdtempSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { callbackAllowed } from '../src/daemon/api.js';
+import { loadConfig } from '../src/daemon/config.js';
+import { Daemon } from '../src/daemon/daemon.js';
+import type { WatchEvent } from '../src/events.js';
+import type { RunningSimulator } from '../src/simulator.js';
+import { startSimulator } from '../src/simulator.js';
+
+const TOKEN = 'control-token-for-tests';
+let sim: RunningSimulator;
+let daemon: Daemon;
+let base: string;
+
+async function api(method: string, route: string, body?: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: Record<string, unknown>; headers: Headers }> {
+  const init: RequestInit = { method, headers: { authorization: `Bearer ${TOKEN}`, ...headers } };
+  if (body !== undefined) {
+    init.body = typeof body === 'string' ? body : JSON.stringify(body);
+    (init.headers as Record<string, string>)['content-type'] ??= 'application/json';
+  }
+  const res = await fetch(`${base}${route}`, init);
+  const text = await res.text();
+  let json: Record<string, unknown> = {};
+  try {
+    json = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    json = { text };
+  }
+  return { status: res.status, json, headers: res.headers };
+}
+
+beforeAll(async () => {
+  sim = await startSimulator({ apiKey: 'sk-daemon-test' });
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'runwatch-api-'));
+  const config = loadConfig({
+    overrides: [
+      ['daemon.port', '0'],
+      ['daemon.dataDir', JSON.stringify(dataDir)],
+      ['daemon.maxBodyBytes', '2048'],
+      ['daemon.callbackHosts', '["hooks.example.com","*.internal.example"]'],
+      ['daemon.stallThresholdMs', '300'],
+      ['sinks.stdout.enabled', 'false'],
+      ['watch.provider', '"openai"'],
+      ['watch.baseUrl', JSON.stringify(sim.baseUrl)],
+      ['watch.policy', '{"jitter":0,"intervals":{"queued":{"baseMs":100,"capMs":100},"in_progress":{"baseMs":100,"capMs":100}}}'],
+    ],
+  });
+  daemon = await Daemon.start(config, { credentials: { apiKey: 'sk-daemon-test' }, controlToken: TOKEN }, pino({ level: 'silent' }));
+  base = `http://127.0.0.1:${daemon.address.port}`;
+});
+afterAll(async () => {
+  await daemon.shutdown();
+  await sim.close();
+});
+
+describe('control API: auth and routes', () => {
+  it('leaves health checks open and guards everything else', async () => {
+    expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    expect((await fetch(`${base}/readyz`)).status).toBe(200);
+    for (const route of ['/v1/watches', '/metrics', '/v1/events']) {
+      const none = await fetch(`${base}${route}`);
+      expect(none.status).toBe(401);
+      expect(none.headers.get('www-authenticate')).toBe('Bearer');
+      expect((await fetch(`${base}${route}`, { headers: { authorization: `Bearer ${TOKEN}x` } })).status).toBe(401);
+    }
+    const body = (await (await fetch(`${base}/v1/watches`)).json()) as { error: { code: string } };
+    expect(body.error.code).toBe('unauthorized');
+  });
+
+  it('answers unknown routes with 404 and wrong methods with 405 and Allow', async () => {
+    expect((await api('GET', '/v2/nothing')).json).toMatchObject({ error: { code: 'not_found' } });
+    const wrong = await api('PUT', '/v1/watches', {});
+    expect(wrong.status).toBe(405);
+    expect(wrong.headers.get('allow')).toBe('GET, POST');
+    expect((await api('POST', '/v1/watches/w_1', {})).status).toBe(405);
+    expect((await api('GET', '/v1/watches/%E0%A4%A')).status).toBe(400);
+  });
+});
+
+describe('control API: POST /v1/watches', () => {
+  it.each([
+    ['invalid JSON', '{"thread_id":', 400, 'invalid_json'],
+    ['an array', '[]', 400, 'invalid_request'],
+    ['a missing run_id', { thread_id: 'thread_1' }, 400, 'invalid_request'],
+    ['a number for thread_id', { thread_id: 5, run_id: 'run_1' }, 400, 'invalid_request'],
+    ['an unknown field', { thread_id: 'thread_1', run_id: 'run_1', extra: true }, 400, 'invalid_request'],
+    ['a path in an id', { thread_id: '../assistants', run_id: 'run_1' }, 400, 'invalid_id'],
+    ['metadata that is not strings', { thread_id: 'thread_1', run_id: 'run_1', metadata: { a: 1 } }, 400, 'invalid_request'],
+    ['a callback to an unlisted host', { thread_id: 'thread_1', run_id: 'run_1', callback_url: 'http://169.254.169.254/latest' }, 400, 'callback_not_allowed'],
+    ['a body over the limit', { thread_id: 'thread_1', run_id: 'run_1', metadata: { big: 'x'.repeat(500), b2: 'x'.repeat(500), b3: 'x'.repeat(500), b4: 'x'.repeat(500), b5: 'x'.repeat(500) } }, 413, 'body_too_large'],
+  ])('rejects %s', async (_, body, status, code) => {
+    const res = await api('POST', '/v1/watches', body);
+    expect(res.status).toBe(status);
+    expect(res.json).toMatchObject({ error: { code } });
+    expect(typeof (res.json.error as { message: string }).message).toBe('string');
+  });
+
+  it('rejects a body without a JSON content type', async () => {
+    const res = await api('POST', '/v1/watches', '{"thread_id":"t","run_id":"r"}', { 'content-type': 'text/plain' });
+    expect(res.status).toBe(415);
+  });
+
+  it('creates a watch once and returns the same one for the same run', async () => {
+    sim.addRun({ threadId: 'thread_api1', runId: 'run_api1', timeline: [{ status: 'queued', durationMs: 150 }, { status: 'in_progress', durationMs: 300 }, { status: 'completed' }], start: 'first_request' });
+    const first = await api('POST', '/v1/watches', { thread_id: 'thread_api1', run_id: 'run_api1', metadata: { team: 'search' }, callback_url: 'https://hooks.example.com/runwatch' });
+    expect(first.status).toBe(201);
+    expect(first.headers.get('location')).toBe(`/v1/watches/${String(first.json.id)}`);
+    expect(first.json).toMatchObject({ thread_id: 'thread_api1', run_id: 'run_api1', state: 'active', metadata: { team: 'search' } });
+    const again = await api('POST', '/v1/watches', { thread_id: 'thread_api1', run_id: 'run_api1' });
+    expect(again.status).toBe(200);
+    expect(again.json.id).toBe(first.json.id);
+  });
+
+  it('checks callback hosts against the allow-list', () => {
+    expect(callbackAllowed('https://hooks.example.com/x', ['hooks.example.com'])).toBe(true);
+    expect(callbackAllowed('https://a.internal.example/x', ['*.internal.example'])).toBe(true);
+    expect(callbackAllowed('https://internal.example.evil.com/x', ['*.internal.example'])).toBe(false);
+    expect(callbackAllowed('http://127.0.0.1:9000/x', ['127.0.0.1:9000'])).toBe(true);
+    expect(callbackAllowed('http://127.0.0.1:9001/x', ['127.0.0.1:9000'])).toBe(false);
+    expect(callbackAllowed('file:///etc/passwd', ['hooks.example.com'])).toBe(false);
+    expect(callbackAllowed('https://user:pw@hooks.example.com/', ['hooks.example.com'])).toBe(false);
+  });
+});
+
+describe('control API: reading and deleting', () => {
+  it('shows a watch reaching its terminal status, lists and pages', async () => {
+    sim.addRun({ threadId: 'thread_api2', runId: 'run_api2', timeline: [{ status: 'in_progress', durationMs: 200 }, { status: 'failed' }], start: 'first_request' });
+    const created = await api('POST', '/v1/watches', { thread_id: 'thread_api2', run_id: 'run_api2' });
+    const id = String(created.json.id);
+    await waitForState(id, 'finished');
+    const watch = await api('GET', `/v1/watches/${id}`);
+    expect(watch.json).toMatchObject({ state: 'finished', status: 'failed', seq: 2, next_poll_at: null, last_snapshot: { status: 'failed' } });
+    const page = await api('GET', '/v1/watches?limit=1');
+    expect((page.json.data as unknown[]).length).toBe(1);
+    expect(typeof page.json.next_after).toBe('string');
+    const next = await api('GET', `/v1/watches?limit=1&after=${String(page.json.next_after)}`);
+    expect((next.json.data as Array<{ id: string }>)[0]?.id).not.toBe((page.json.data as Array<{ id: string }>)[0]?.id);
+    const finished = await api('GET', '/v1/watches?state=finished');
+    expect((finished.json.data as Array<{ id: string }>).map((w) => w.id)).toContain(id);
+    expect((await api('GET', '/v1/watches?state=bogus')).status).toBe(400);
+    expect((await api('GET', '/v1/watches?limit=0')).status).toBe(400);
+    expect((await api('GET', '/v1/watches/w_doesnotexist')).status).toBe(404);
+  });
+
+  it('stops a watch on DELETE and records why', async () => {
+    sim.addRun({ threadId: 'thread_api3', runId: 'run_api3', timeline: [{ status: 'in_progress' }] });
+    const id = String((await api('POST', '/v1/watches', { thread_id: 'thread_api3', run_id: 'run_api3' })).json.id);
+    const deleted = await api('DELETE', `/v1/watches/${id}`);
+    expect(deleted.json).toMatchObject({ state: 'deleted', error: { code: 'aborted' } });
+    const requests = sim.requests('run_api3').length;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(sim.requests('run_api3')).toHaveLength(requests);
+  });
+
+  it('emits run.stalled once for a run stuck in one status', async () => {
+    sim.addRun({ threadId: 'thread_api4', runId: 'run_api4', timeline: [{ status: 'queued' }] });
+    const id = String((await api('POST', '/v1/watches', { thread_id: 'thread_api4', run_id: 'run_api4' })).json.id);
+    const events = await readEvents('?run_id=run_api4', (list) => list.some((e) => e.type === 'run.stalled'));
+    const stalled = events.filter((e) => e.type === 'run.stalled');
+    expect(stalled).toHaveLength(1);
+    expect(stalled[0]).toMatchObject({ from: 'queued', to: 'queued', seq: 2 });
+    await api('DELETE', `/v1/watches/${id}`);
+  });
+});
+
+describe('control API: SSE', () => {
+  it('resumes with Last-Event-ID and misses nothing', async () => {
+    // each step shorter than the 300 ms stall threshold, so no run.stalled in between
+    sim.addRun({ threadId: 'thread_sse', runId: 'run_sse', timeline: [{ status: 'queued', durationMs: 150 }, { status: 'in_progress', durationMs: 250 }, { status: 'completed' }], start: 'first_request' });
+    await api('POST', '/v1/watches', { thread_id: 'thread_sse', run_id: 'run_sse' });
+    // read the first event only, then drop the connection
+    const first = await readFrames('?run_id=run_sse', (frames) => frames.length >= 1);
+    const lastId = first[0]!.id;
+    const rest = await readFrames('?run_id=run_sse', (frames) => frames.some((f) => f.event === 'run.completed'), { 'last-event-id': lastId });
+    const all = await readFrames('?run_id=run_sse', (frames) => frames.some((f) => f.event === 'run.completed'));
+    expect([first[0], ...rest].map((f) => f.event)).toEqual(all.map((f) => f.event));
+    expect(all.map((f) => f.event)).toEqual(['run.queued', 'run.in_progress', 'run.completed']);
+    expect(Number(rest[0]!.id)).toBeGreaterThan(Number(lastId));
+    expect((await api('GET', '/v1/events?last_event_id=abc')).status).toBe(400);
+    expect((await api('GET', '/v1/events?run_id=../x')).status).toBe(400);
+  });
+});
+
+describe('control API: metrics', () => {
+  it('exposes the documented metrics', async () => {
+    const res = await fetch(`${base}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    const text = await res.text();
+    for (const name of [
+      'runwatch_active_watches',
+      'runwatch_polls_total',
+      'runwatch_poll_latency_seconds',
+      'runwatch_poll_lateness_seconds',
+      'runwatch_transitions_total',
+      'runwatch_sink_deliveries_total',
+      'runwatch_outbox_backlog',
+      'runwatch_dead_letters',
+      'runwatch_budget_requests_per_second',
+      'runwatch_budget_in_flight',
+    ]) {
+      expect(text).toContain(`# TYPE ${name}`);
+    }
+    expect(text).toMatch(/runwatch_polls_total\{outcome="ok"\} \d+/);
+  });
+});
+
+describe('control API: fuzz', () => {
+  it('never answers a random request with a 5xx', async () => {
+    let seed = 7;
+    const random = (): number => ((seed = (seed * 48271) % 2147483647) - 1) / 2147483646;
+    const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
+    const junk = (n: number): string => Array.from({ length: n }, () => String.fromCharCode(Math.floor(random() * 0x7e) + 1)).join('');
+    const paths = ['/v1/watches', '/v1/watches/', `/v1/watches/${junk(5)}`, '/v1/events', '/metrics', '/healthz', '/', `/${junk(8)}`, '/v1/watches?limit=-1', '/v1/watches?after=%00', '/v1/events?last_event_id=99999999999999999999', '//v1/watches', '/v1/watches/%2e%2e'];
+    const bodies = [
+      () => junk(Math.floor(random() * 200)),
+      () => JSON.stringify({ thread_id: junk(3), run_id: junk(3) }),
+      () => JSON.stringify({ thread_id: 'thread_f', run_id: `run_${Math.floor(random() * 5)}`, metadata: { [junk(4)]: junk(4) } }),
+      () => JSON.stringify([null, 1, 'x']),
+      () => JSON.stringify({ thread_id: null, run_id: {}, callback_url: junk(10) }),
+      () => 'null',
+      () => '"just a string"',
+      () => JSON.stringify({ thread_id: 'thread_f', run_id: 'run_f', callback_url: `http://${junk(6)}` }),
+    ];
+    let fives = 0;
+    for (let i = 0; i < 400; i++) {
+      const method = pick(['GET', 'POST', 'DELETE', 'PUT', 'PATCH', 'HEAD', 'OPTIONS']);
+      const withBody = method !== 'GET' && method !== 'HEAD';
+      const status = await rawRequest(method, pick(paths), withBody ? pick(bodies)() : undefined, pick(['application/json', 'text/plain', 'application/json; charset=utf-8']));
+      if (status >= 500) fives += 1;
+    }
+    expect(fives).toBe(0);
+    const clean = await api('DELETE', '/v1/watches?x=1');
+    expect(clean.status).toBe(405);
+  });
+});
+
+async function waitForState(id: string, state: string, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  // the SSE stream tells when something changed; poll the watch after each event
+  while (Date.now() < until) {
+    if ((await api('GET', `/v1/watches/${id}`)).json.state === state) return;
+    await readFrames('', () => true, {}, 500).catch(() => undefined);
+  }
+  throw new Error(`watch ${id} did not reach ${state}`);
+}
+
+interface Frame {
+  id: string;
+  event: string;
+  data: string;
+}
+
+/** Reads SSE frames until `done` holds, then closes the connection. */
+function readFrames(query: string, done: (frames: Frame[]) => boolean, headers: Record<string, string> = {}, timeoutMs = 15_000): Promise<Frame[]> {
+  return new Promise((resolve, reject) => {
+    const frames: Frame[] = [];
+    const req = http.get(`${base}/v1/events${query}`, { headers: { authorization: `Bearer ${TOKEN}`, ...headers } }, (res) => {
+      let buffer = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buffer += chunk;
+        let end: number;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const frame: Partial<Frame> = {};
+          for (const line of block.split('\n')) {
+            const colon = line.indexOf(': ');
+            const key = line.slice(0, colon);
+            if (key === 'id' || key === 'event' || key === 'data') frame[key] = line.slice(colon + 2);
+          }
+          if (frame.id && frame.event && frame.data) frames.push(frame as Frame);
+        }
+        if (done(frames)) {
+          clearTimeout(timer);
+          req.destroy();
+          resolve(frames);
+        }
+      });
+    });
+    const timer = setTimeout(() => {
+      req.destroy();
+      reject(new Error(`SSE: condition not met; got ${frames.map((f) => f.event).join(', ')}`));
+    }, timeoutMs);
+    req.on('error', () => undefined);
+  });
+}
+
+async function readEvents(query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
+  const frames = await readFrames(query, (list) => done(list.map((f) => JSON.parse(f.data) as WatchEvent)));
+  return frames.map((f) => JSON.parse(f.data) as WatchEvent);
+}
+
+function rawRequest(method: string, route: string, body: string | undefined, contentType: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}${route}`, { method, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': contentType } }, (res) => {
+      res.resume();
+      // SSE responses stay open: the status is all the fuzz needs
+      req.destroy();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}

@@ -1,0 +1,82 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { WatchEvent } from '../src/events.js';
+import { verifyWebhook } from '../src/sinks/webhook.js';
+
+/** A webhook delivery as the receiver saw it. */
+export interface Received {
+  readonly id: string;
+  readonly body: string;
+  readonly event: WatchEvent;
+  readonly signatureValid: boolean;
+}
+
+/** A webhook receiver on 127.0.0.1 that checks Standard Webhooks signatures. */
+export interface Receiver {
+  readonly url: string;
+  readonly received: Received[];
+  /** What to answer: 200 by default. */
+  answer: number;
+  /** Resolves when `predicate` holds for what was received so far. */
+  waitFor(predicate: (received: readonly Received[]) => boolean, timeoutMs?: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Starts a receiver; requests are acknowledged with `receiver.answer`. */
+export async function startReceiver(secret: string): Promise<Receiver> {
+  const waiters = new Set<() => void>();
+  const receiver: Receiver = {
+    url: '',
+    received: [],
+    answer: 200,
+    waitFor(predicate, timeoutMs = 60_000) {
+      if (predicate(receiver.received)) return Promise.resolve();
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          waiters.delete(check);
+          reject(new Error(`receiver: condition not met after ${timeoutMs} ms (${receiver.received.length} received)`));
+        }, timeoutMs);
+        const check = (): void => {
+          if (!predicate(receiver.received)) return;
+          clearTimeout(timer);
+          waiters.delete(check);
+          resolve();
+        };
+        waiters.add(check);
+      });
+    },
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      if (receiver.answer >= 200 && receiver.answer < 300) {
+        receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as WatchEvent, signatureValid: verifyWebhook(secret, req.headers, body) });
+      }
+      res.writeHead(receiver.answer).end();
+      for (const check of [...waiters]) check();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  (receiver as { url: string }).url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+  return receiver;
+}
+
+/** Events per run in arrival order, redeliveries removed. */
+export function byRun(received: readonly Received[]): Map<string, WatchEvent[]> {
+  const runs = new Map<string, WatchEvent[]>();
+  const seen = new Set<string>();
+  for (const { event } of received) {
+    if (seen.has(event.id)) continue;
+    seen.add(event.id);
+    const list = runs.get(event.run_id) ?? [];
+    list.push(event);
+    runs.set(event.run_id, list);
+  }
+  return runs;
+}
