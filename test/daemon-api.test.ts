@@ -177,7 +177,7 @@ describe('control API: SSE', () => {
     const lastId = first[0]!.id;
     const rest = await readFrames('?run_id=run_sse', (frames) => frames.some((f) => f.event === 'run.completed'), { 'last-event-id': lastId });
     const all = await readFrames('?run_id=run_sse', (frames) => frames.some((f) => f.event === 'run.completed'));
-    expect([first[0], ...rest].map((f) => f.event)).toEqual(all.map((f) => f.event));
+    expect([first[0]!, ...rest].map((f) => f.event)).toEqual(all.map((f) => f.event));
     expect(all.map((f) => f.event)).toEqual(['run.queued', 'run.in_progress', 'run.completed']);
     expect(Number(rest[0]!.id)).toBeGreaterThan(Number(lastId));
     expect((await api('GET', '/v1/events?last_event_id=abc')).status).toBe(400);
