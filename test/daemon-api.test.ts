@@ -24,7 +24,7 @@ async function api(method: string, route: string, body?: unknown, headers: Recor
   }
   const res = await fetch(`${base}${route}`, init);
   const text = await res.text();
-  let json: Record<string, unknown> = {};
+  let json: Record<string, unknown>;
   try {
     json = JSON.parse(text) as Record<string, unknown>;
   } catch {
