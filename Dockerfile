@@ -1,4 +1,6 @@
 # runwatch: build on Node 24 LTS, ship only dist/, config/ and production dependencies.
+# By hand, without Docker: npm ci && npx tsc -p tsconfig.build.json && npm prune --omit=dev,
+# then RUNWATCH_HOST=0.0.0.0 RUNWATCH_DATA_DIR=/data node dist/cli.js daemon
 FROM node:24-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
@@ -8,13 +10,21 @@ COPY src ./src
 RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev
 
 FROM node:24-slim
-ENV NODE_ENV=production
+ENV NODE_ENV=production \
+    RUNWATCH_HOST=0.0.0.0 \
+    RUNWATCH_PORT=8080 \
+    RUNWATCH_DATA_DIR=/data
 WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY config ./config
-# events on stdout, logs on stderr; secrets come from env or *_FILE (Docker/Kubernetes secrets)
+RUN mkdir -p /data && chown node:node /data
 USER node
-ENTRYPOINT ["node", "/app/dist/cli.js"]
-CMD ["--help"]
+VOLUME ["/data"]
+EXPOSE 8080
+# 0.0.0.0 is not loopback: the daemon refuses to start without RUNWATCH_CONTROL_TOKEN(_FILE)
+HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.RUNWATCH_PORT || 8080) + '/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+STOPSIGNAL SIGTERM
+CMD ["node", "dist/cli.js", "daemon"]

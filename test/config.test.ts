@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parsePolicyArgument } from '../src/config.js';
+import { DEFAULT_CONFIG } from '../src/daemon/config.js';
 import { credentialsFromEnv, readSecret } from '../src/credentials.js';
 import { parseDurationMs } from '../src/duration.js';
 import { ConfigError } from '../src/errors.js';
@@ -80,7 +81,8 @@ describe('parsePolicyArgument', () => {
 
 describe('config/default.json', () => {
   it('documents exactly the defaults the code uses', () => {
-    const file = JSON.parse(readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8')) as { watch: unknown };
-    expect(file.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
+    const file = JSON.parse(readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8')) as unknown;
+    expect(file).toEqual(DEFAULT_CONFIG);
+    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
   });
 });

@@ -15,6 +15,8 @@ export interface Received {
 export interface Receiver {
   readonly url: string;
   readonly received: Received[];
+  /** Every request, answered 2xx or not. */
+  attempts: number;
   /** What to answer: 200 by default. */
   answer: number;
   /** Resolves when `predicate` holds for what was received so far. */
@@ -28,6 +30,7 @@ export async function startReceiver(secret: string): Promise<Receiver> {
   const receiver: Receiver = {
     url: '',
     received: [],
+    attempts: 0,
     answer: 200,
     waitFor(predicate, timeoutMs = 60_000) {
       if (predicate(receiver.received)) return Promise.resolve();
@@ -55,6 +58,7 @@ export async function startReceiver(secret: string): Promise<Receiver> {
     req.on('data', (chunk: Buffer) => chunks.push(chunk));
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('utf8');
+      receiver.attempts += 1;
       if (receiver.answer >= 200 && receiver.answer < 300) {
         receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as WatchEvent, signatureValid: verifyWebhook(secret, req.headers, body) });
       }

@@ -1,7 +1,11 @@
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
-import { SinkDispatcher, StdoutSink } from '../src/sinks/index.js';
+import { FileSink, SinkDispatcher, StdoutSink, loadModuleSink, signWebhook, verifyWebhook, webhookKey } from '../src/sinks/index.js';
 import type { Sink, SinkFailure } from '../src/sinks/index.js';
 
 function event(seq: number): WatchEvent {
@@ -108,5 +112,59 @@ describe('SinkDispatcher', () => {
     ]);
     await Promise.all([dispatcher.close(), dispatcher.close()]);
     expect(closed).toBe(2);
+  });
+});
+
+describe('FileSink', () => {
+  it('appends NDJSON and reopens the path after a rotation', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-file-'));
+    const file = path.join(dir, 'nested', 'events.ndjson');
+    const sink = new FileSink({ path: file, fsync: 'always' });
+    await sink.deliver(event(1));
+    renameSync(file, `${file}.1`);
+    await sink.deliver(event(2));
+    await sink.reopen();
+    await sink.deliver(event(3));
+    await sink.close();
+    const seqs = (name: string): number[] => readFileSync(name, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as WatchEvent).seq);
+    // the event written after the move still went to the open (moved) file; after reopen, a new file
+    expect(seqs(`${file}.1`)).toEqual([1, 2]);
+    expect(seqs(file)).toEqual([3]);
+  });
+});
+
+describe('module sinks', () => {
+  it('loads a default-exported factory and rejects what is not a sink', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-module-'));
+    const good = path.join(dir, 'good.mjs');
+    writeFileSync(good, "export default (options) => ({ name: 'custom', seen: [], deliver(e) { this.seen.push([options.prefix, e.id]); } });\n");
+    const sink = (await loadModuleSink(good, { prefix: 'p' })) as Sink & { seen: unknown[] };
+    await sink.deliver(event(1));
+    expect(sink.seen).toEqual([['p', 'w_1.1']]);
+    const bad = path.join(dir, 'bad.mjs');
+    writeFileSync(bad, 'export default 42;\n');
+    await expect(loadModuleSink(bad)).rejects.toThrow('must export default a Sink');
+    await expect(loadModuleSink(path.join(dir, 'missing.mjs'))).rejects.toThrow('cannot load sink module');
+  });
+});
+
+describe('Standard Webhooks signatures', () => {
+  const secret = `whsec_${Buffer.from('0123456789abcdef0123456789abcdef').toString('base64')}`;
+
+  it('signs id.timestamp.body with HMAC-SHA256 and verifies it', () => {
+    const body = JSON.stringify(event(1));
+    const ts = Math.floor(Date.now() / 1000);
+    const signature = signWebhook(webhookKey(secret), 'w_1.1', ts, body);
+    const expected = createHmac('sha256', Buffer.from('0123456789abcdef0123456789abcdef')).update(`w_1.1.${ts}.${body}`).digest('base64');
+    expect(signature).toBe(`v1,${expected}`);
+    const headers = { 'webhook-id': 'w_1.1', 'webhook-timestamp': String(ts), 'webhook-signature': `v1,bm90IGl0 ${signature}` };
+    expect(verifyWebhook(secret, headers, body)).toBe(true);
+    expect(verifyWebhook(secret, headers, `${body} `)).toBe(false);
+    expect(verifyWebhook(secret, { ...headers, 'webhook-timestamp': String(ts - 3600) }, body)).toBe(false);
+  });
+
+  it('rejects malformed secrets', () => {
+    expect(() => webhookKey('whsec_short')).toThrow('invalid webhook secret');
+    expect(() => webhookKey('whsec_not base64!!')).toThrow('invalid webhook secret');
   });
 });

@@ -62,10 +62,14 @@ export function startCli(args: readonly string[], env: Record<string, string> = 
   const err = lineCollector(child.stderr, (line) => (stderr += `${line}\n`));
   const done = (async (): Promise<CliResult> => {
     const [code, signal] = (await once(child, 'close')) as [number | null, NodeJS.Signals | null];
-    const events = stdout
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => JSON.parse(l) as WatchEvent);
+    const events = stdout.split('\n').flatMap((line) => {
+      try {
+        const parsed = JSON.parse(line) as WatchEvent;
+        return typeof parsed === 'object' && parsed !== null && 'type' in parsed ? [parsed] : [];
+      } catch {
+        return [];
+      }
+    });
     return { code, signal, stdout, stderr, events };
   })();
   const waitFor = (collector: { lines: string[]; waiters: Waiter[] }, predicate: (line: string) => boolean): Promise<string> => {

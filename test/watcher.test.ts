@@ -320,6 +320,62 @@ describe('RunWatcher budget', () => {
   });
 });
 
+describe('RunWatcher for the daemon', () => {
+  it('emits run.stalled once when a status lasts past the threshold, and again after a change', async () => {
+    const script = [...Array.from({ length: 30 }, () => ok('queued')), ...Array.from({ length: 30 }, () => ok('in_progress')), ok('completed')];
+    const { watcher, events } = setup(script, { stallThresholdMs: 10_000, policy: { intervals: { queued: { baseMs: 1000, capMs: 1000 }, in_progress: { baseMs: 1000, capMs: 1000 } } } });
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
+    await clock.runAllAsync();
+    await handle.promise;
+    expect(events.map((e) => e.type)).toEqual(['run.queued', 'run.stalled', 'run.in_progress', 'run.stalled', 'run.completed']);
+    expect(events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(events[1]).toMatchObject({ from: 'queued', to: 'queued', stalled_for_ms: 10_000 });
+  });
+
+  it('resumes from a stored state: seq continues, deadline counts from the original start', async () => {
+    const { watcher, events } = setup([ok('in_progress'), ok('completed')], { defaultTimeoutMs: 60_000 });
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1', watchId: 'w_resumed', initial: { status: 'in_progress', seq: 4 }, startedAtMs: T0 - 50_000 });
+    expect(watcher.info('w_resumed')?.deadlineAtMs).toBe(T0 + 10_000);
+    await clock.runAllAsync();
+    await handle.promise;
+    expect(events.map((e) => [e.id, e.from, e.to])).toEqual([['w_resumed.5', 'in_progress', 'completed']]);
+  });
+
+  it('close() with a drain lets the poll in flight finish and record its transition', async () => {
+    const client = scriptedClient([ok('queued')]);
+    let release!: () => void;
+    const slow = {
+      ...client,
+      async retrieve(...args: Parameters<typeof client.retrieve>) {
+        await new Promise<void>((resolve) => (release = resolve));
+        return client.retrieve(...args);
+      },
+    } as typeof client;
+    const watcher = new RunWatcher({ client: slow });
+    const events: WatchEvent[] = [];
+    watcher.on('event', (e) => events.push(e));
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
+    await clock.tickAsync(1);
+    const closing = watcher.close({ drainTimeoutMs: 5000 });
+    release();
+    await clock.runAllAsync();
+    await closing;
+    expect(events.map((e) => e.type)).toEqual(['run.queued']);
+    expect((await settle(handle.promise)).error?.code).toBe('closed');
+    expect(client.calls).toHaveLength(1);
+    expect(clock.countTimers()).toBe(0);
+  });
+
+  it('halves its rate after a 429', async () => {
+    const { watcher } = setup([failure(429, 'transient'), ok('completed')], { maxRequestsPerSecond: 40 });
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
+    await clock.tickAsync(1);
+    expect(watcher.budget.ratePerSecond).toBe(20);
+    await clock.runAllAsync();
+    await handle.promise;
+  });
+});
+
 describe('events()', () => {
   it('yields every event as an async iterable until aborted', async () => {
     const { watcher } = setup([ok('queued'), ok('in_progress'), ok('completed')]);

@@ -1,0 +1,80 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_CONFIG, loadConfig } from '../src/daemon/config.js';
+import { ConfigError } from '../src/errors.js';
+import { runCli } from './spawn.js';
+
+const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-config-'));
+
+describe('loadConfig', () => {
+  it('applies defaults < file < env < flags', () => {
+    const file = path.join(dir, 'prod.json');
+    writeFileSync(file, JSON.stringify({ daemon: { port: 1111, host: '127.0.0.2' }, watch: { maxInFlight: 7 } }));
+    const config = loadConfig({
+      file,
+      env: { RUNWATCH_PORT: '2222', RUNWATCH_WATCH__MAX_IN_FLIGHT: '9', RUNWATCH_SINKS__WEBHOOK__URL: 'http://hooks:9000/x', HOME: '/root' },
+      overrides: [['daemon.port', '3333']],
+    });
+    expect(config.daemon).toMatchObject({ port: 3333, host: '127.0.0.2', dataDir: './data' });
+    expect(config.watch.maxInFlight).toBe(9);
+    expect(config.sinks.webhook.url).toBe('http://hooks:9000/x');
+    expect(loadConfig({})).toEqual(DEFAULT_CONFIG);
+  });
+
+  it.each([
+    [{ overrides: [['daemon.port', '70000']] }, /config\.daemon\.port.*got 70000/],
+    [{ overrides: [['daemon.logLevel', '"loud"']] }, /config\.daemon\.logLevel.*got "loud"/],
+    [{ overrides: [['daemon.nope', '1']] }, /unknown setting daemon\.nope/],
+    [{ env: { RUNWATCH_SINKS__WEBHOOK__URL: 'ftp://x' } }, /config\.sinks\.webhook\.url/],
+    [{ overrides: [['watch.policy', '{"jitter":5}']] }, /config\.watch\.policy.*jitter/],
+    [{ overrides: [['watch.baseUrl', '"not a url"']] }, /invalid base URL/],
+    [{ file: path.join(dir, 'missing.json') }, /cannot read config file .*missing\.json: ENOENT/],
+  ] as const)('names the bad setting and value: %j', (sources, message) => {
+    expect(() => loadConfig(sources as Parameters<typeof loadConfig>[0])).toThrow(ConfigError);
+    expect(() => loadConfig(sources as Parameters<typeof loadConfig>[0])).toThrow(message);
+  });
+});
+
+describe('runwatch daemon and config: exit paths', () => {
+  it('refuses a public address without a token (exit 64)', async () => {
+    const result = await runCli(['daemon', '--host', '0.0.0.0', '--port', '0', '--data-dir', dir], { PORTKEY_API_KEY: 'pk-x' });
+    expect(result.code).toBe(64);
+    expect(result.stderr).toMatch(/^runwatch: refusing to listen on 0\.0\.0\.0 without a token: set RUNWATCH_CONTROL_TOKEN/m);
+  });
+
+  it('exits 64 on a bad setting, a missing key or a malformed webhook secret', async () => {
+    expect((await runCli(['daemon', '--port', 'eighty'], { PORTKEY_API_KEY: 'x' })).stderr).toMatch(/config\.daemon\.port/);
+    const missing = await runCli(['daemon', '--port', '0', '--data-dir', dir]);
+    expect(missing.code).toBe(64);
+    expect(missing.stderr).toMatch(/missing API key: set PORTKEY_API_KEY/);
+    const secret = await runCli(['daemon', '--port', '0', '--data-dir', dir], { PORTKEY_API_KEY: 'x', RUNWATCH_WEBHOOK_SECRET: 'whsec_x' });
+    expect(secret.code).toBe(64);
+    expect(secret.stderr).toMatch(/invalid webhook secret/);
+    expect(secret.stderr).not.toContain('whsec_x');
+  });
+
+  it('exits 69 when the port is taken', async () => {
+    const blocker = net.createServer();
+    await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+    const { port } = blocker.address() as net.AddressInfo;
+    try {
+      const result = await runCli(['daemon', '--port', String(port), '--data-dir', dir], { PORTKEY_API_KEY: 'x' });
+      expect(result.code).toBe(69);
+      expect(result.stderr).toMatch(new RegExp(`cannot listen on 127\\.0\\.0\\.1:${port} \\(EADDRINUSE\\): pick another --port`));
+    } finally {
+      blocker.close();
+    }
+  });
+
+  it('prints the effective config with secrets redacted', async () => {
+    const result = await runCli(['config', '--set', 'daemon.port=9999'], { PORTKEY_API_KEY: 'pk-very-secret-1234', RUNWATCH_CONTROL_TOKEN: 'tok-very-secret', RUNWATCH_LOG_LEVEL: 'debug' });
+    expect(result.code).toBe(0);
+    const printed = JSON.parse(result.stdout) as { daemon: { port: number; logLevel: string }; secrets: Record<string, string | null> };
+    expect(printed.daemon).toMatchObject({ port: 9999, logLevel: 'debug' });
+    expect(printed.secrets).toMatchObject({ PORTKEY_API_KEY: '[REDACTED]', RUNWATCH_CONTROL_TOKEN: '[REDACTED]', RUNWATCH_WEBHOOK_SECRET: null });
+    expect(result.stdout + result.stderr).not.toMatch(/very-secret/);
+  });
+});

@@ -1,0 +1,184 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
+import { describe, expect, it } from 'vitest';
+import { OutboxWorker } from '../src/daemon/outbox.js';
+import { DeliveryError } from '../src/errors.js';
+import type { WatchEvent } from '../src/events.js';
+import type { Sink } from '../src/sinks/sink.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+
+function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): WatchEvent {
+  return { id: `${watchId}.${seq}`, type: `run.${to}`, seq, watch_id: watchId, thread_id: 'thread_1', run_id: runId, from, to, observed_at: '2026-01-01T00:00:00.000Z', run: { id: runId, status: to } };
+}
+
+const store = (): SqliteStore => new SqliteStore(':memory:');
+
+describe('SqliteStore', () => {
+  it('creates a watch once per run', () => {
+    const s = store();
+    const first = s.createWatch({ id: 'w_1', thread_id: 'thread_1', run_id: 'run_1', metadata: { a: 'b' } }, 1000);
+    const again = s.createWatch({ id: 'w_2', thread_id: 'thread_1', run_id: 'run_1' }, 2000);
+    expect(first.created).toBe(true);
+    expect(again).toMatchObject({ created: false, watch: { id: 'w_1', metadata: { a: 'b' }, state: 'active', seq: 0 } });
+  });
+
+  it('records an event with its watch state and one delivery per sink, in one step', () => {
+    const s = store();
+    s.createWatch({ id: 'w_1', thread_id: 'thread_1', run_id: 'run_1', callback_url: 'https://hooks/x' }, 0);
+    s.recordEvent(event('w_1', 'run_1', 1, 'in_progress'), ['stdout', 'webhook'], 10);
+    expect(s.getWatch('w_1')).toMatchObject({ state: 'active', status: 'in_progress', seq: 1, status_since: 10 });
+    expect(s.sinkStats()).toEqual([
+      { sink: 'callback', pending: 1, dead: 0 },
+      { sink: 'stdout', pending: 1, dead: 0 },
+      { sink: 'webhook', pending: 1, dead: 0 },
+    ]);
+    expect(s.pendingDeliveries('callback', 10)[0]).toMatchObject({ event_id: 'w_1.1', callback_url: 'https://hooks/x' });
+    s.recordEvent(event('w_1', 'run_1', 2, 'completed', 'in_progress'), ['stdout'], 20);
+    expect(s.getWatch('w_1')).toMatchObject({ state: 'finished', status: 'completed', finished_at: 20 });
+    expect(s.activeWatches()).toEqual([]);
+  });
+
+  it('keeps the first payload when the same event id is recorded twice', () => {
+    const s = store();
+    s.createWatch({ id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    const pos = s.recordEvent(event('w_1', 'run_1', 1, 'queued'), ['stdout'], 0);
+    expect(s.recordEvent(event('w_1', 'run_1', 1, 'in_progress'), ['stdout'], 5)).toBe(pos);
+    expect(s.eventsAfter(0, {}, 10)).toHaveLength(1);
+    expect(JSON.parse(s.eventsAfter(0, {}, 10)[0]!.payload)).toMatchObject({ to: 'queued' });
+  });
+
+  it('marks a watch failed on watch.error and deleted on an abort', () => {
+    const s = store();
+    for (const id of ['w_1', 'w_2']) s.createWatch({ id, thread_id: 'thread_1', run_id: `run_${id}` }, 0);
+    const error = (watchId: string, code: 'run_not_found' | 'aborted'): WatchEvent => ({ ...event(watchId, `run_${watchId}`, 1, 'x'), type: 'watch.error', to: null, error: { code, message: code }, run: null });
+    s.recordEvent(error('w_1', 'run_not_found'), [], 1);
+    s.recordEvent(error('w_2', 'aborted'), [], 1);
+    expect(s.getWatch('w_1')).toMatchObject({ state: 'failed', error: { code: 'run_not_found' } });
+    expect(s.getWatch('w_2')).toMatchObject({ state: 'deleted' });
+  });
+
+  it('filters and pages the event log', () => {
+    const s = store();
+    s.createWatch({ id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
+    s.createWatch({ id: 'w_b', thread_id: 'thread_1', run_id: 'run_b' }, 0);
+    s.recordEvent(event('w_a', 'run_a', 1, 'queued'), [], 0);
+    s.recordEvent(event('w_b', 'run_b', 1, 'queued'), [], 0);
+    s.recordEvent(event('w_a', 'run_a', 2, 'in_progress', 'queued'), [], 0);
+    expect(s.eventsAfter(0, { run_id: 'run_a' }, 10).map((e) => e.event_id)).toEqual(['w_a.1', 'w_a.2']);
+    expect(s.eventsAfter(1, {}, 1).map((e) => e.event_id)).toEqual(['w_b.1']);
+    expect(s.lastPosition()).toBe(3);
+  });
+
+  it('prunes delivered events and ended watches past retention, never pending ones', () => {
+    const s = store();
+    s.createWatch({ id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    const p1 = s.recordEvent(event('w_1', 'run_1', 1, 'queued'), ['stdout'], 0);
+    s.recordEvent(event('w_1', 'run_1', 2, 'completed', 'queued'), ['stdout'], 0);
+    s.markDelivered('stdout', p1, 1);
+    // one delivered event and the ended watch; the pending event stays
+    expect(s.prune(10_000, { eventsMs: 1000, watchesMs: 1000 })).toBe(2);
+    expect(s.eventsAfter(0, {}, 10).map((e) => e.event_id)).toEqual(['w_1.2']);
+    expect(s.getWatch('w_1')).toBeUndefined();
+  });
+
+  it('survives a reopen of the same file', () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'sub', 'runwatch.db');
+    const a = new SqliteStore(file);
+    a.createWatch({ id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    a.recordEvent(event('w_1', 'run_1', 1, 'queued'), ['stdout'], 0);
+    a.close();
+    const b = new SqliteStore(file);
+    expect(b.activeWatches()).toMatchObject([{ id: 'w_1', status: 'queued', seq: 1 }]);
+    expect(b.pendingDeliveries('stdout', 10)).toHaveLength(1);
+    expect(b.healthy()).toBe(true);
+    b.close();
+    expect(b.healthy()).toBe(false);
+  });
+});
+
+describe('OutboxWorker', () => {
+  const options = { retryForMs: 60_000, backoff: { baseMs: 20, capMs: 40 }, logger: pino({ level: 'silent' }) };
+
+  it('holds back a failing run only, and delivers its events in order once the sink recovers', async () => {
+    const s = store();
+    for (const run of ['a', 'b']) s.createWatch({ id: `w_${run}`, thread_id: 'thread_1', run_id: `run_${run}` }, 0);
+    for (let seq = 1; seq <= 3; seq++) {
+      s.recordEvent(event('w_a', 'run_a', seq, `s${seq}`), ['test'], 0);
+      s.recordEvent(event('w_b', 'run_b', seq, `s${seq}`), ['test'], 0);
+    }
+    const delivered: string[] = [];
+    let failuresLeft = 3;
+    const sink: Sink = {
+      name: 'test',
+      deliver(e) {
+        if (e.run_id === 'run_a' && e.seq === 2 && failuresLeft-- > 0) throw new DeliveryError('receiver down');
+        delivered.push(e.id);
+      },
+    };
+    const outcomes: string[] = [];
+    const worker = new OutboxWorker(s, sink, { ...options, onOutcome: (_, outcome) => outcomes.push(outcome) });
+    worker.start();
+    await until(() => delivered.length === 6);
+    await worker.stop(100);
+    expect(delivered.filter((id) => id.startsWith('w_a'))).toEqual(['w_a.1', 'w_a.2', 'w_a.3']);
+    expect(delivered.filter((id) => id.startsWith('w_b'))).toEqual(['w_b.1', 'w_b.2', 'w_b.3']);
+    // run b was not held back by run a's failures
+    expect(delivered.indexOf('w_b.3')).toBeLessThan(delivered.indexOf('w_a.2'));
+    expect(outcomes.filter((o) => o === 'retry')).toHaveLength(3);
+    expect(s.sinkStats()).toEqual([{ sink: 'test', pending: 0, dead: 0 }]);
+  });
+
+  it('dead-letters a permanent failure at once and one that outlives retryForMs, then goes on', async () => {
+    const s = store();
+    s.createWatch({ id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
+    for (let seq = 1; seq <= 3; seq++) s.recordEvent(event('w_a', 'run_a', seq, `s${seq}`), ['test'], 0);
+    const delivered: number[] = [];
+    const sink: Sink = {
+      name: 'test',
+      deliver(e) {
+        if (e.seq === 1) throw new DeliveryError('bad request', { permanent: true });
+        if (e.seq === 2) throw new DeliveryError('still down');
+        delivered.push(e.seq);
+      },
+    };
+    const worker = new OutboxWorker(s, sink, { ...options, retryForMs: 50 });
+    worker.start();
+    await until(() => delivered.length === 1);
+    await worker.stop(100);
+    expect(delivered).toEqual([3]);
+    expect(s.sinkStats()).toEqual([{ sink: 'test', pending: 0, dead: 2 }]);
+  });
+
+  it('stops within the flush timeout even when the sink hangs, leaving the event pending', async () => {
+    const s = store();
+    s.createWatch({ id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
+    s.recordEvent(event('w_a', 'run_a', 1, 's1'), ['test'], 0);
+    let started = false;
+    const sink: Sink = {
+      name: 'test',
+      deliver: (_e, context) =>
+        new Promise((_, reject) => {
+          started = true;
+          context?.signal?.addEventListener('abort', () => reject(new Error('aborted')));
+        }),
+    };
+    const worker = new OutboxWorker(s, sink, options);
+    worker.start();
+    await until(() => started);
+    const t0 = Date.now();
+    await worker.stop(200);
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(s.sinkStats()).toEqual([{ sink: 'test', pending: 1, dead: 0 }]);
+  });
+});
+
+/** Waits for a condition driven by the worker's own progress (bounded). */
+async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error('condition not met');
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+}
