@@ -18,11 +18,6 @@ export { DEFAULT_BUDGET, RequestBudget } from './budget.js';
 export type { BudgetOptions } from './budget.js';
 export { FileSink, SinkDispatcher, StdoutSink, WebhookSink, loadModuleSink, signWebhook, verifyWebhook, webhookKey } from './sinks/index.js';
 export type { DeliveryContext, FileSinkOptions, FsyncPolicy, Sink, SinkDispatcherOptions, SinkFailure, WebhookSinkOptions } from './sinks/index.js';
-export { SqliteStore } from './store/sqlite.js';
-export type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, WatchRecord, WatchState } from './store/store.js';
-export { Daemon } from './daemon/daemon.js';
-export type { DaemonSecrets } from './daemon/daemon.js';
-export { DEFAULT_CONFIG, loadConfig } from './daemon/config.js';
-export type { ConfigSources, DaemonConfig } from './daemon/config.js';
+// the daemon (node:sqlite, prom-client) is a separate entry point: import from 'runwatch/daemon'
 export { startSimulator } from './simulator.js';
 export type { SimulatedRun, SimulatorOptions, RunningSimulator, TimelineStep, Fault } from './simulator.js';

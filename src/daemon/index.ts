@@ -1,0 +1,11 @@
+// `runwatch/daemon`: the service's pieces, kept out of the main entry so the library stays light
+export { Daemon } from './daemon.js';
+export type { DaemonSecrets } from './daemon.js';
+export { DEFAULT_CONFIG, ENV_ALIASES, loadConfig, validateConfig } from './config.js';
+export type { ConfigSources, DaemonConfig } from './config.js';
+export { createControlApi, callbackAllowed } from './api.js';
+export type { ControlApiDeps, ControlApiOptions, WatchView } from './api.js';
+export { OutboxWorker } from './outbox.js';
+export type { DeliveryOutcome, OutboxWorkerOptions } from './outbox.js';
+export { SqliteStore } from '../store/sqlite.js';
+export type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, WatchRecord, WatchState } from '../store/store.js';
