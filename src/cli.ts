@@ -368,12 +368,20 @@ async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
     }
     throw error;
   }
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    const onHup = (): void => void daemon.reopen();
-    process.on('SIGHUP', onHup);
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  const stop = await Promise.race([
+    new Promise<NodeJS.Signals>((resolve) => {
+      const onHup = (): void => void daemon.reopen();
+      process.on('SIGHUP', onHup);
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    }),
+    daemon.failed.catch((error: unknown) => (error instanceof Error ? error : new Error(String(error)))),
+  ]);
+  if (stop instanceof Error) {
+    await daemon.shutdown();
+    return fail(EXIT.internal, `${stop.message}; the store is the source of truth: restart the daemon to resume from it`);
+  }
+  const signal = stop;
   // repeated signals change nothing: shutdown is idempotent and bounded by the timer below
   process.on('SIGINT', () => logger.info('already shutting down'));
   process.on('SIGTERM', () => logger.info('already shutting down'));

@@ -49,8 +49,18 @@ export class Daemon {
   readonly #fileSink: FileSink | undefined;
   #shutdown: Promise<void> | null = null;
   #address: AddressInfo | null = null;
+  #fail: (error: Error) => void = () => undefined;
+  /**
+   * Rejects when the daemon cannot go on safely (an event could not be written to the store):
+   * the caller shuts down and exits non-zero, and the restart resumes from the stored state.
+   */
+  readonly failed: Promise<never> = new Promise<never>((_, reject) => {
+    this.#fail = reject;
+  });
 
   private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[]) {
+    // nobody may be listening yet; the rejection is still delivered to whoever awaits it later
+    this.failed.catch(() => undefined);
     this.#config = config;
     this.#logger = logger;
     this.#store = new SqliteStore(path.join(config.daemon.dataDir, 'runwatch.db'));
@@ -186,8 +196,15 @@ export class Daemon {
   }
 
   #record(event: WatchEvent): void {
-    // synchronous: the event, its watch's new state and one delivery per sink, in one transaction
-    this.#store.recordEvent(event, this.#sinkNames, Date.now());
+    try {
+      // synchronous: the event, its watch's new state and one delivery per sink, in one transaction
+      this.#store.recordEvent(event, this.#sinkNames, Date.now());
+    } catch (error) {
+      // the engine has moved on in memory; only a restart from the store keeps "nothing lost" true
+      this.#logger.fatal({ err: error, eventId: event.id }, 'could not record an event');
+      this.#fail(new Error(`could not record event ${event.id}: ${error instanceof Error ? error.message : String(error)}`));
+      return;
+    }
     this.#metrics.transitions.inc({ status: event.type === 'watch.error' ? 'watch_error' : event.type.slice(event.type.indexOf('.') + 1) });
     for (const worker of this.#workers) worker.notify();
     for (const listener of this.#listeners) listener();
