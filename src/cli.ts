@@ -282,7 +282,8 @@ Options:
   --log-level LEVEL      (env RUNWATCH_LOG_LEVEL)                        [info]
   --set PATH=VALUE       any setting, e.g. --set sinks.webhook.url=http://hooks:9000/runwatch
 Secrets (each also as <NAME>_FILE): RUNWATCH_CONTROL_TOKEN (required off loopback),
-RUNWATCH_WEBHOOK_SECRET (whsec_...), and the provider keys of "runwatch watch".
+RUNWATCH_WEBHOOK_SECRET (whsec_...), RUNWATCH_REDIS_URL (redis-stream sink), and the
+provider keys of "runwatch watch".
 
 Exit codes: 0 stopped by SIGTERM/SIGINT, 64 configuration error, 69 cannot listen,
 73 cannot open the store, 70 shutdown took longer than daemon.shutdownTimeoutMs, 1 internal error.
@@ -325,6 +326,7 @@ async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv): Prom
     credentials: credentialsFromEnv(config.watch.provider, effectiveBaseUrl(config), env),
     controlToken: readSecret(env, 'RUNWATCH_CONTROL_TOKEN'),
     webhookSecret,
+    redisUrl: readSecret(env, 'RUNWATCH_REDIS_URL'),
   };
 }
 
@@ -337,7 +339,7 @@ async function configCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
   const config = (await loadDaemon()).loadConfig(sources);
   const provider = config.watch.provider;
   const secrets: Record<string, string | null> = {};
-  for (const name of [...Object.values(SECRET_ENV[provider]), 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_WEBHOOK_SECRET']) {
+  for (const name of [...Object.values(SECRET_ENV[provider]), 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_REDIS_URL']) {
     if (name) secrets[name] = readSecret(env, name) ? '[REDACTED]' : null;
   }
   process.stdout.write(`${JSON.stringify({ ...config, secrets }, null, 2)}\n`);

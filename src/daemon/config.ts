@@ -33,6 +33,7 @@ export const DEFAULT_CONFIG = Object.freeze({
     stdout: { enabled: true },
     file: { enabled: false, path: './data/events.ndjson', fsync: defaultFsync, fsyncIntervalMs: 1_000 },
     webhook: { url: null as string | null, timeoutMs: 10_000, quickRetries: 2 },
+    redisStream: { enabled: false, stream: 'runwatch:events', maxLen: 1_000_000 },
     callback: { timeoutMs: 10_000, quickRetries: 2 },
     modules: [] as Array<{ path: string; options?: Record<string, unknown> }>,
     delivery: { retryForMs: DAY_MS, backoffBaseMs: 1_000, backoffCapMs: 300_000, concurrency: 8 },
@@ -77,6 +78,7 @@ const schema = z
         stdout: z.object({ enabled: z.boolean() }).strict(),
         file: z.object({ enabled: z.boolean(), path: z.string().min(1), fsync: z.enum(['always', 'interval', 'never']), fsyncIntervalMs: durationMs }).strict(),
         webhook: z.object({ url: url.nullable(), timeoutMs: durationMs, quickRetries: z.number().int().min(0).max(10) }).strict(),
+        redisStream: z.object({ enabled: z.boolean(), stream: z.string().min(1).max(256), maxLen: positiveInt }).strict(),
         callback: z.object({ timeoutMs: durationMs, quickRetries: z.number().int().min(0).max(10) }).strict(),
         modules: z.array(z.object({ path: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() }).strict()),
         delivery: z.object({ retryForMs: durationMs, backoffBaseMs: durationMs, backoffCapMs: durationMs, concurrency: positiveInt.max(256) }).strict(),
@@ -111,7 +113,7 @@ export const ENV_ALIASES: Readonly<Record<string, string>> = {
 };
 
 /** Variables that are not settings (secrets and the config path itself). */
-const NOT_SETTINGS = new Set(['RUNWATCH_CONFIG', 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_CONTROL_TOKEN_FILE', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_WEBHOOK_SECRET_FILE', 'RUNWATCH_SIM_API_KEY', 'RUNWATCH_SIM_API_KEY_FILE', 'RUNWATCH_NODE_CACHE']);
+const NOT_SETTINGS = new Set(['RUNWATCH_CONFIG', 'RUNWATCH_REDIS_URL', 'RUNWATCH_REDIS_URL_FILE', 'RUNWATCH_TEST_REDIS_URL', 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_CONTROL_TOKEN_FILE', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_WEBHOOK_SECRET_FILE', 'RUNWATCH_SIM_API_KEY', 'RUNWATCH_SIM_API_KEY_FILE', 'RUNWATCH_NODE_CACHE']);
 
 /** `SHUTDOWN_TIMEOUT_MS` -> `shutdownTimeoutMs`. */
 function camel(upper: string): string {

@@ -7,6 +7,7 @@ import type { WatchEvent } from '../events.js';
 import { FileSink } from '../sinks/file.js';
 import { loadModuleSink } from '../sinks/module.js';
 import type { Sink } from '../sinks/sink.js';
+import { RedisStreamSink } from '../sinks/redis-stream.js';
 import { StdoutSink } from '../sinks/stdout.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import { SqliteStore } from '../store/sqlite.js';
@@ -25,6 +26,8 @@ export interface DaemonSecrets {
   readonly credentials: Credentials;
   readonly controlToken?: string | undefined;
   readonly webhookSecret?: string | undefined;
+  /** `RUNWATCH_REDIS_URL`: needed by the redis-stream sink (it may carry a password). */
+  readonly redisUrl?: string | undefined;
 }
 
 /** How often planned poll times are saved (they are a hint: a restart polls at once anyway). */
@@ -148,6 +151,10 @@ export class Daemon {
     if (config.sinks.stdout.enabled) sinks.push(new StdoutSink());
     if (config.sinks.file.enabled) sinks.push(new FileSink(config.sinks.file));
     if (config.sinks.webhook.url) sinks.push(new WebhookSink({ secret: secrets.webhookSecret, ...config.sinks.webhook, url: config.sinks.webhook.url }));
+    if (config.sinks.redisStream.enabled) {
+      if (!secrets.redisUrl) throw new ConfigError('sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
+      sinks.push(new RedisStreamSink({ url: secrets.redisUrl, stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
+    }
     for (const module of config.sinks.modules) sinks.push(await loadModuleSink(module.path, module.options));
     const names = sinks.map((s) => s.name);
     const duplicate = names.find((name, i) => names.indexOf(name) !== i || name === 'callback');

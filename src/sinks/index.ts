@@ -6,3 +6,5 @@ export type { FileSinkOptions, FsyncPolicy } from './file.js';
 export { WebhookSink, signWebhook, verifyWebhook, webhookKey } from './webhook.js';
 export type { WebhookSinkOptions } from './webhook.js';
 export { loadModuleSink } from './module.js';
+export { RedisStreamSink } from './redis-stream.js';
+export type { RedisStreamSinkOptions } from './redis-stream.js';
