@@ -14,9 +14,10 @@ import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
 import { assertValidId, RUN_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
-import { deadlineFor, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy, retryAfterFloorMs } from './schedule.js';
+import { MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
 import type { MachineState } from './status.js';
-import { StatusMachine } from './status.js';
+import type { Progress, StepSettings } from './step.js';
+import { applyOutcome, deadlineMessage, initialProgress } from './step.js';
 
 /** Defaults of the deadline settings of `RunWatcherOptions`. */
 export const DEFAULT_DEADLINES = Object.freeze({ defaultTimeoutMs: 3_600_000, expiresGraceMs: 120_000 });
@@ -147,21 +148,12 @@ interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
   readonly id: string;
   readonly kind: ResourceKind<TRef, TSnapshot>;
   readonly ref: TRef;
-  readonly machine: StatusMachine;
-  readonly resolveOn: ReadonlySet<string>;
   readonly credentials: Credentials | undefined;
   readonly headers: Readonly<Record<string, string>> | undefined;
   readonly onEvent: ((event: WatchEvent) => void) | undefined;
-  readonly startedAtMs: number;
-  readonly timeoutMs: number | undefined;
   readonly logger: Logger;
-  statusSinceMs: number;
-  stallReported: boolean;
-  deadlineAtMs: number;
-  lastSnapshot: TSnapshot | null;
-  unchangedPolls: number;
-  consecutiveErrors: number;
-  lastFailure: PollFailure | null;
+  readonly settings: StepSettings;
+  progress: Progress;
   /** Bumped whenever the planned step changes; heap entries of older generations are skipped. */
   generation: number;
   step: NextStep | null;
@@ -256,12 +248,12 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     if (!w) return undefined;
     return {
       id: w.id,
-      status: w.machine.status,
-      seq: w.machine.seq,
+      status: w.progress.status,
+      seq: w.progress.seq,
       nextPollAtMs: w.step?.kind === 'poll' ? w.step.atMs : null,
-      deadlineAtMs: w.deadlineAtMs,
-      consecutiveErrors: w.consecutiveErrors,
-      lastError: w.lastFailure?.message ?? null,
+      deadlineAtMs: w.progress.deadlineAtMs,
+      consecutiveErrors: w.progress.consecutiveErrors,
+      lastError: w.progress.lastFailure?.message ?? null,
     };
   }
 
@@ -318,7 +310,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     }
     this.#closed.abort();
     for (const w of [...this.#watches.values()]) {
-      this.#end(w, { ok: false, error: new WatchError('closed', 'the watcher was closed', { lastSnapshot: w.lastSnapshot }), emit: false });
+      this.#end(w, { ok: false, error: new WatchError('closed', 'the watcher was closed', { lastSnapshot: w.progress.lastSnapshot }), emit: false });
     }
     this.#clearTimer();
     this.#heap.clear();
@@ -351,25 +343,27 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     promise.catch(() => undefined);
     const idFields: Record<string, unknown> = { watchId: id };
     for (const field of kind.idFields) idFields[field] = ref[field];
+    const settings: StepSettings = {
+      policy: this.policy,
+      resolveOn: new Set(options.resolveOn ?? []),
+      startedAtMs,
+      timeoutMs: options.timeoutMs,
+      expiresGraceMs: this.#expiresGraceMs,
+      defaultTimeoutMs: this.#defaultTimeoutMs,
+      stallThresholdMs: this.#stallThresholdMs,
+      random: this.#random,
+    };
+    const resume = { status: options.initial?.status, seq: options.initial?.seq, statusSinceMs: options.statusSinceMs, lastSnapshot: options.lastSnapshot };
     const w: WatchState<TRef, TSnapshot> = {
       id,
       kind,
       ref,
-      machine: new StatusMachine(kind.rules, options.initial),
-      resolveOn: new Set(options.resolveOn ?? []),
       credentials: options.credentials,
       headers: options.headers,
       onEvent: options.onEvent,
-      startedAtMs,
-      timeoutMs: options.timeoutMs,
       logger: this.#logger.child(idFields),
-      statusSinceMs: options.statusSinceMs ?? now,
-      stallReported: false,
-      deadlineAtMs: 0,
-      lastSnapshot: (options.lastSnapshot ?? null) as TSnapshot | null,
-      unchangedPolls: 0,
-      consecutiveErrors: 0,
-      lastFailure: null,
+      settings,
+      progress: initialProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, resume, now),
       generation: 0,
       step: null,
       request: null,
@@ -378,11 +372,9 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       reject,
       detach: () => undefined,
     };
-    const expiresAtMs = w.lastSnapshot ? kind.expiresAtMs(w.lastSnapshot) : undefined;
-    w.deadlineAtMs = deadlineFor({ startedAtMs, timeoutMs: options.timeoutMs, expiresAtMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs });
     const aw = w as unknown as AnyWatch;
     const abort = (reason?: unknown): void => {
-      this.#end(aw, { ok: false, error: new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: aw.lastSnapshot }), emit: true });
+      this.#end(aw, { ok: false, error: new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: aw.progress.lastSnapshot }), emit: true });
     };
     const signal = options.signal;
     if (signal?.aborted) {
@@ -397,7 +389,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       w.detach = () => signal.removeEventListener('abort', onAbort);
     }
     this.#watches.set(id, aw);
-    w.logger.debug({ deadlineAt: new Date(w.deadlineAtMs).toISOString() }, 'watch started');
+    w.logger.debug({ deadlineAt: new Date(w.progress.deadlineAtMs).toISOString() }, 'watch started');
     this.#plan(aw, { kind: 'poll', atMs: now });
     return { id, promise, abort };
   }
@@ -481,8 +473,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const now = Date.now();
     if (!w.done) {
       this.#report(w, outcome, now - sentAtMs, sentAtMs - plannedAtMs);
-      if (outcome.ok) this.#observe(w, outcome.snapshot, outcome.hints, now);
-      else this.#fail(w, outcome, now);
+      this.#apply(w, outcome, now);
     }
     this.#pump();
   }
@@ -498,75 +489,48 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     });
   }
 
-  #observe(w: AnyWatch, snapshot: Snapshot, hints: PollOutcome<Snapshot>['hints'], now: number): void {
-    w.consecutiveErrors = 0;
-    w.lastFailure = null;
-    const observation = w.machine.observe(snapshot.status);
-    if (observation.kind === 'stale' || observation.kind === 'after_terminal') {
-      w.logger.debug({ status: observation.status, current: observation.current }, 'ignored a stale status');
-      w.unchangedPolls += 1;
-    } else {
-      w.lastSnapshot = snapshot;
-      if (w.timeoutMs === undefined) {
-        const expiresAtMs = w.kind.expiresAtMs(snapshot);
-        if (expiresAtMs !== undefined) {
-          w.deadlineAtMs = deadlineFor({ startedAtMs: w.startedAtMs, expiresAtMs, expiresGraceMs: this.#expiresGraceMs, defaultTimeoutMs: this.#defaultTimeoutMs });
-        }
-      }
-      if (observation.kind === 'unchanged') {
-        w.unchangedPolls += 1;
-        this.#checkStall(w, snapshot, now);
+  /** Applies one poll outcome: emits what the step says, then plans the next poll or ends. */
+  #apply(w: AnyWatch, outcome: PollOutcome<Snapshot>, now: number): void {
+    if (!outcome.ok && outcome.aborted) return;
+    if (!outcome.ok && outcome.httpStatus === 429) this.#budget.penalize(now);
+    const { progress, emissions, result } = applyOutcome(w.kind, w.progress, outcome, w.settings, now);
+    w.progress = progress;
+    for (const emission of emissions) {
+      if (emission.kind === 'transition') {
+        w.logger.info({ from: emission.from, to: emission.to }, 'status changed');
+        this.#emitEvent(w, this.#transitionEvent(w, emission.from, emission.to, emission.seq, emission.snapshot, now));
       } else {
-        w.unchangedPolls = 0;
-        w.statusSinceMs = now;
-        w.stallReported = false;
-        w.logger.info({ from: observation.from, to: observation.to }, 'status changed');
-        this.#emitEvent(w, this.#transitionEvent(w, observation.from, observation.to, observation.seq, snapshot, now));
-        if (observation.terminal || w.resolveOn.has(observation.to)) {
-          this.#end(w, { ok: true, snapshot });
-          return;
-        }
+        w.logger.warn({ status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
+        const event = this.#transitionEvent(w, emission.status, emission.status, emission.seq, emission.snapshot, now) as unknown as Record<string, unknown>;
+        event.type = `${w.kind.eventPrefix}.stalled`;
+        event.stalled_for_ms = emission.stalledForMs;
+        this.#emitEvent(w, event as unknown as WatchEvent);
       }
     }
-    const delayMs = nextDelayMs(this.policy, { status: w.machine.status, unchangedPolls: w.unchangedPolls, consecutiveErrors: 0, hints }, this.#random);
-    this.#plan(w, planNextStep(now, delayMs, w.deadlineAtMs));
-  }
-
-  #checkStall(w: AnyWatch, snapshot: Snapshot, now: number): void {
-    if (this.#stallThresholdMs === undefined || w.stallReported || now - w.statusSinceMs < this.#stallThresholdMs) return;
-    w.stallReported = true;
-    const status = w.machine.status;
-    w.logger.warn({ status, stalledForMs: now - w.statusSinceMs }, 'run stalled');
-    const event = this.#transitionEvent(w, status, status ?? 'unknown', w.machine.nextSeq(), snapshot, now) as unknown as Record<string, unknown>;
-    event.type = `${w.kind.eventPrefix}.stalled`;
-    event.stalled_for_ms = now - w.statusSinceMs;
-    this.#emitEvent(w, event as unknown as WatchEvent);
-  }
-
-  #fail(w: AnyWatch, failure: PollFailure, now: number): void {
-    if (failure.aborted) return;
-    if (failure.httpStatus === 429) this.#budget.penalize(now);
-    if (!failure.retryable) {
+    if (result.kind === 'resolved') {
+      this.#end(w, { ok: true, snapshot: result.snapshot });
+      return;
+    }
+    if (result.kind === 'failed') {
+      const failure = result.failure;
       w.logger.warn({ code: failure.code, httpStatus: failure.httpStatus, requestId: failure.requestId }, failure.message);
       this.#end(w, { ok: false, error: this.#errorFromFailure(w, failure), emit: true });
       return;
     }
-    w.consecutiveErrors += 1;
-    w.lastFailure = failure;
-    // the first of a series is worth a warning; the rest would flood the log
-    const level = w.consecutiveErrors === 1 ? 'warn' : 'debug';
-    w.logger[level]({ httpStatus: failure.httpStatus, consecutiveErrors: w.consecutiveErrors, retryAfterMs: failure.hints.retryAfterMs }, `transient error: ${failure.message}`);
-    const input = { status: w.machine.status, unchangedPolls: w.unchangedPolls, consecutiveErrors: w.consecutiveErrors, hints: failure.hints };
-    const delayMs = nextDelayMs(this.policy, input, this.#random);
-    this.#plan(w, planNextStep(now, delayMs, w.deadlineAtMs, now + retryAfterFloorMs(this.policy, failure.hints)));
+    if (!outcome.ok) {
+      // the first of a series is worth a warning; the rest would flood the log
+      const level = progress.consecutiveErrors === 1 ? 'warn' : 'debug';
+      w.logger[level]({ httpStatus: outcome.httpStatus, consecutiveErrors: progress.consecutiveErrors, retryAfterMs: outcome.hints.retryAfterMs }, `transient error: ${outcome.message}`);
+    }
+    this.#plan(w, result.next);
   }
 
   #deadline(w: AnyWatch): void {
-    const last = w.lastFailure ? `; last error: ${w.lastFailure.message}` : w.machine.status ? `; last status: ${w.machine.status}` : '';
-    const error = new WatchError('deadline_exceeded', `deadline exceeded at ${new Date(w.deadlineAtMs).toISOString()}${last}`, {
-      httpStatus: w.lastFailure?.httpStatus,
-      requestId: w.lastFailure?.requestId,
-      lastSnapshot: w.lastSnapshot,
+    const { progress } = w;
+    const error = new WatchError('deadline_exceeded', deadlineMessage(progress), {
+      httpStatus: progress.lastFailure?.httpStatus,
+      requestId: progress.lastFailure?.requestId,
+      lastSnapshot: progress.lastSnapshot,
     });
     w.logger.warn({ code: error.code }, error.message);
     this.#end(w, { ok: false, error, emit: true });
@@ -576,7 +540,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     return new WatchError(failure.code, `${w.kind.name} ${w.kind.path(w.ref)}: ${failure.message}`, {
       httpStatus: failure.httpStatus,
       requestId: failure.requestId,
-      lastSnapshot: w.lastSnapshot,
+      lastSnapshot: w.progress.lastSnapshot,
     });
   }
 
@@ -615,14 +579,15 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   }
 
   #errorEvent(w: AnyWatch, error: WatchError<Snapshot>, now: number): WatchEvent {
-    const seq = w.machine.nextSeq();
+    const seq = w.progress.seq + 1;
+    w.progress = { ...w.progress, seq };
     const event: Record<string, unknown> = { id: eventId(w.id, seq), type: 'watch.error', seq, watch_id: w.id };
     for (const field of w.kind.idFields) event[field] = (w.ref as Record<string, unknown>)[field];
-    event.from = w.machine.status;
+    event.from = w.progress.status;
     event.to = null;
     event.observed_at = new Date(now).toISOString();
     event.error = error.httpStatus === undefined ? { code: error.code, message: error.message } : { code: error.code, message: error.message, http_status: error.httpStatus };
-    event[w.kind.snapshotField] = w.lastSnapshot;
+    event[w.kind.snapshotField] = w.progress.lastSnapshot;
     return event as unknown as RunWatchErrorEvent;
   }
 
