@@ -7,7 +7,7 @@ import { assertValidHeader, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
 import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
 import type { ConfigSources, DaemonConfig } from './daemon/config.js';
-import type { Daemon, DaemonSecrets } from './daemon/daemon.js';
+import type { DaemonSecrets, RunningDaemon } from './daemon/daemon.js';
 import { parseDurationMs } from './duration.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, RunwatchError } from './errors.js';
@@ -316,7 +316,12 @@ function daemonSources(args: string[], env: NodeJS.ProcessEnv): { help: boolean;
 }
 
 // the daemon's modules (node:sqlite, prom-client) load only for the commands that need them
-const loadDaemon = async () => ({ ...(await import('./daemon/config.js')), ...(await import('./daemon/daemon.js')), ...(await import('./sinks/webhook.js')) });
+const loadDaemon = async () => ({
+  ...(await import('./daemon/config.js')),
+  ...(await import('./daemon/daemon.js')),
+  ...(await import('./daemon/redis-daemon.js')),
+  ...(await import('./sinks/webhook.js')),
+});
 
 async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv): Promise<DaemonSecrets> {
   const { effectiveBaseUrl, webhookKey } = await loadDaemon();
@@ -352,18 +357,21 @@ async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
     process.stdout.write(DAEMON_HELP);
     return EXIT.completed;
   }
-  const { loadConfig, Daemon } = await loadDaemon();
+  const { loadConfig, Daemon, RedisDaemon } = await loadDaemon();
   const config = loadConfig(sources);
   const secrets = await daemonSecrets(config, env);
   const logger = await createLogger(config.daemon.logLevel);
-  let daemon: Daemon;
+  let daemon: RunningDaemon;
   try {
-    daemon = await Daemon.start(config, secrets, logger);
+    daemon = config.store.kind === 'redis' ? await RedisDaemon.start(config, secrets, logger) : await Daemon.start(config, secrets, logger);
   } catch (error) {
     if (error instanceof RunwatchError) throw error;
     const code = (error as NodeJS.ErrnoException).code ?? '';
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
       return fail(EXIT.unavailable, `cannot listen on ${config.daemon.host}:${config.daemon.port} (${code}): pick another --port or --host`);
+    }
+    if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || (error as Error).message?.includes('Connection is closed')) {
+      return fail(EXIT.unavailable, `cannot reach Redis (${code || (error as Error).message}): check RUNWATCH_REDIS_URL and that Redis is up`);
     }
     if (code.startsWith('ERR_SQLITE') || code === 'EACCES' || code === 'ENOENT' || code === 'EROFS') {
       return fail(EXIT.cannotCreate, `cannot open the store in ${config.daemon.dataDir} (${(error as Error).message}): check that --data-dir is writable`);

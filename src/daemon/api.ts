@@ -23,17 +23,20 @@ export interface WatchView {
   readonly updated_at: string;
 }
 
+/** A value, or a promise of it: the embedded store answers at once, a remote one later. */
+type MaybePromise<T> = T | Promise<T>;
+
 /** What the API needs from the daemon. */
 export interface ControlApiDeps {
   /** Returns `undefined` when the daemon no longer accepts watches (shutting down). */
-  addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }): { watch: WatchView; created: boolean } | undefined;
-  getWatch(id: string): WatchView | undefined;
-  listWatches(query: { state?: WatchState; limit: number; after?: string }): WatchView[];
-  deleteWatch(id: string): WatchView | undefined;
-  eventsAfter(pos: number, filter: EventFilter, limit: number): StoredEvent[];
+  addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }): MaybePromise<{ watch: WatchView; created: boolean } | undefined>;
+  getWatch(id: string): MaybePromise<WatchView | undefined>;
+  listWatches(query: { state?: WatchState; limit: number; after?: string }): MaybePromise<WatchView[]>;
+  deleteWatch(id: string): MaybePromise<WatchView | undefined>;
+  eventsAfter(pos: number, filter: EventFilter, limit: number): MaybePromise<StoredEvent[]>;
   /** Calls `listener` whenever events were recorded; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
-  ready(): boolean;
+  ready(): MaybePromise<boolean>;
   metrics(): Promise<{ contentType: string; body: string }>;
 }
 
@@ -151,13 +154,13 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     if (callback_url && !callbackAllowed(callback_url, options.callbackHosts)) {
       throw new ApiError(400, 'callback_not_allowed', 'callback_url must be http(s) on a host listed in daemon.callbackHosts');
     }
-    const added = deps.addWatch({ thread_id, run_id, metadata: metadata ?? null, callback_url: callback_url ?? null });
+    const added = await deps.addWatch({ thread_id, run_id, metadata: metadata ?? null, callback_url: callback_url ?? null });
     if (!added) throw new ApiError(503, 'shutting_down', 'the daemon is shutting down; retry on another replica or after the restart', { 'retry-after': '5' });
     const { watch, created } = added;
     send(res, created ? 201 : 200, watch, created ? { location: `/v1/watches/${watch.id}` } : {});
   };
 
-  const listWatches = (url: URL, res: http.ServerResponse): void => {
+  const listWatches = async (url: URL, res: http.ServerResponse): Promise<void> => {
     const state = url.searchParams.get('state') ?? undefined;
     if (state !== undefined && !WATCH_STATES.includes(state as WatchState)) throw new ApiError(400, 'invalid_request', `state must be one of ${WATCH_STATES.join(', ')}`);
     const rawLimit = url.searchParams.get('limit') ?? '100';
@@ -165,7 +168,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     if (!/^\d+$/.test(rawLimit) || limit < 1 || limit > 500) throw new ApiError(400, 'invalid_request', 'limit must be an integer from 1 to 500');
     const after = url.searchParams.get('after') ?? undefined;
     if (after !== undefined) checkId('after', after);
-    const data = deps.listWatches({ state: state as WatchState | undefined, limit, after });
+    const data = await deps.listWatches({ state: state as WatchState | undefined, limit, after });
     send(res, 200, { data, next_after: data.length === limit ? (data.at(-1)?.id ?? null) : null });
   };
 
@@ -196,7 +199,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       try {
         do {
           again = false;
-          for (let batch = deps.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = deps.eventsAfter(cursor, filter, 500)) {
+          for (let batch = await deps.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = await deps.eventsAfter(cursor, filter, 500)) {
             for (const event of batch) {
               const type = (JSON.parse(event.payload) as { type: string }).type;
               cursor = event.pos;
@@ -235,7 +238,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     }
     if (path === '/readyz') {
       only('GET', 'HEAD');
-      const ready = deps.ready();
+      const ready = await deps.ready();
       send(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready' });
       return;
     }
@@ -249,7 +252,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     if (path === '/v1/watches') {
       only('GET', 'POST');
       if (method === 'POST') await createWatch(req, res);
-      else listWatches(url, res);
+      else await listWatches(url, res);
       return;
     }
     const watchMatch = /^\/v1\/watches\/([^/]+)$/.exec(path);
@@ -257,7 +260,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       only('GET', 'DELETE');
       const id = decodeURIComponent(watchMatch[1]!);
       checkId('watch id', id);
-      const watch = method === 'DELETE' ? deps.deleteWatch(id) : deps.getWatch(id);
+      const watch = await (method === 'DELETE' ? deps.deleteWatch(id) : deps.getWatch(id));
       if (!watch) throw new ApiError(404, 'not_found', `no watch ${id}`);
       send(res, 200, watch);
       return;

@@ -15,6 +15,8 @@ const DAY_MS = 86_400_000;
 // widened on purpose: a config file may override any part of the policy or the fsync mode
 const defaultPolicy: PartialPollPolicy = DEFAULT_POLL_POLICY;
 const defaultFsync: FsyncPolicy = 'interval';
+/** Where the daemon keeps its state. */
+export type StoreKind = 'sqlite' | 'redis';
 
 /** Every setting with its default; `config/default.json` is this object (a test checks it). */
 export const DEFAULT_CONFIG = Object.freeze({
@@ -39,6 +41,16 @@ export const DEFAULT_CONFIG = Object.freeze({
     delivery: { retryForMs: DAY_MS, backoffBaseMs: 1_000, backoffCapMs: 300_000, concurrency: 8 },
   },
   retention: { eventsMs: 7 * DAY_MS, watchesMs: 7 * DAY_MS, pruneIntervalMs: 600_000 },
+  store: {
+    // widened on purpose (the linter cannot see that the config type derives from this object)
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
+    kind: 'sqlite' as StoreKind,
+    prefix: 'runwatch:',
+    partitions: 8,
+    lockDurationMs: 10_000,
+    stalledIntervalMs: 5_000,
+    leaseMs: 10_000,
+  },
 });
 
 const positiveInt = z.number().int().positive();
@@ -85,6 +97,16 @@ const schema = z
       })
       .strict(),
     retention: z.object({ eventsMs: z.number().int().positive(), watchesMs: z.number().int().positive(), pruneIntervalMs: durationMs }).strict(),
+    store: z
+      .object({
+        kind: z.enum(['sqlite', 'redis']),
+        prefix: z.string().min(1).max(64),
+        partitions: z.number().int().min(1).max(256),
+        lockDurationMs: durationMs,
+        stalledIntervalMs: durationMs,
+        leaseMs: durationMs,
+      })
+      .strict(),
   })
   .strict();
 
@@ -110,6 +132,7 @@ export const ENV_ALIASES: Readonly<Record<string, string>> = {
   RUNWATCH_PROVIDER: 'watch.provider',
   RUNWATCH_BASE_URL: 'watch.baseUrl',
   RUNWATCH_WEBHOOK_URL: 'sinks.webhook.url',
+  RUNWATCH_STORE: 'store.kind',
 };
 
 /** Variables that are not settings (secrets and the config path itself). */

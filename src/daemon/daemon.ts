@@ -30,6 +30,52 @@ export interface DaemonSecrets {
   readonly redisUrl?: string | undefined;
 }
 
+/** Builds the configured sinks (not the per-watch `callback` sink); throws `ConfigError`. */
+export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets): Promise<Sink[]> {
+  const sinks: Sink[] = [];
+  if (config.sinks.stdout.enabled) sinks.push(new StdoutSink());
+  if (config.sinks.file.enabled) sinks.push(new FileSink(config.sinks.file));
+  if (config.sinks.webhook.url) sinks.push(new WebhookSink({ secret: secrets.webhookSecret, ...config.sinks.webhook, url: config.sinks.webhook.url }));
+  if (config.sinks.redisStream.enabled) {
+    if (!secrets.redisUrl) throw new ConfigError('sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
+    sinks.push(new RedisStreamSink({ url: secrets.redisUrl, stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
+  }
+  for (const module of config.sinks.modules) sinks.push(await loadModuleSink(module.path, module.options));
+  const names = sinks.map((s) => s.name);
+  const duplicate = names.find((name, i) => names.indexOf(name) !== i || name === 'callback');
+  if (duplicate) throw new ConfigError(`two sinks are named ${duplicate}: give each module sink its own name`);
+  return sinks;
+}
+
+/** A stored watch as the API shows it. */
+export function watchView(record: WatchRecord | undefined, nextPollAtMs: number | null): WatchView | undefined {
+  if (!record) return undefined;
+  return {
+    id: record.id,
+    thread_id: record.thread_id,
+    run_id: record.run_id,
+    state: record.state,
+    status: record.status,
+    seq: record.seq,
+    metadata: record.metadata,
+    callback_url: record.callback_url,
+    next_poll_at: nextPollAtMs === null ? null : new Date(nextPollAtMs).toISOString(),
+    error: record.error,
+    last_snapshot: record.last_snapshot,
+    created_at: new Date(record.created_at).toISOString(),
+    updated_at: new Date(record.updated_at).toISOString(),
+  };
+}
+
+/** What the CLI needs from a running daemon, whatever its store. */
+export interface RunningDaemon {
+  readonly address: AddressInfo;
+  /** Rejects when the daemon cannot go on safely; the caller shuts down and exits non-zero. */
+  readonly failed: Promise<never>;
+  reopen(): Promise<void>;
+  shutdown(): Promise<void>;
+}
+
 /** How often planned poll times are saved (they are a hint: a restart polls at once anyway). */
 const SAVE_NEXT_POLLS_MS = 2_000;
 
@@ -37,7 +83,7 @@ const SAVE_NEXT_POLLS_MS = 2_000;
  * The long-running service: watches from the control API live in the store, every event goes
  * through the outbox to every sink at least once, and a restart resumes every active watch.
  */
-export class Daemon {
+export class Daemon implements RunningDaemon {
   readonly #config: DaemonConfig;
   readonly #logger: Logger;
   readonly #store: Store;
@@ -147,18 +193,7 @@ export class Daemon {
     if (!isLoopback(config.daemon.host) && !secrets.controlToken) {
       throw new ConfigError(`refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN (or bind 127.0.0.1)`);
     }
-    const sinks: Sink[] = [];
-    if (config.sinks.stdout.enabled) sinks.push(new StdoutSink());
-    if (config.sinks.file.enabled) sinks.push(new FileSink(config.sinks.file));
-    if (config.sinks.webhook.url) sinks.push(new WebhookSink({ secret: secrets.webhookSecret, ...config.sinks.webhook, url: config.sinks.webhook.url }));
-    if (config.sinks.redisStream.enabled) {
-      if (!secrets.redisUrl) throw new ConfigError('sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
-      sinks.push(new RedisStreamSink({ url: secrets.redisUrl, stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
-    }
-    for (const module of config.sinks.modules) sinks.push(await loadModuleSink(module.path, module.options));
-    const names = sinks.map((s) => s.name);
-    const duplicate = names.find((name, i) => names.indexOf(name) !== i || name === 'callback');
-    if (duplicate) throw new ConfigError(`two sinks are named ${duplicate}: give each module sink its own name`);
+    const sinks = await createSinks(config, secrets);
     const daemon = new Daemon(config, secrets, logger, sinks);
     await daemon.#begin();
     return daemon;
@@ -233,24 +268,8 @@ export class Daemon {
   }
 
   #view(record: WatchRecord | undefined): WatchView | undefined {
-    if (!record) return undefined;
-    const live = record.state === 'active' ? this.#watcher.info(record.id) : undefined;
-    const nextPollAt = live ? live.nextPollAtMs : record.next_poll_at;
-    return {
-      id: record.id,
-      thread_id: record.thread_id,
-      run_id: record.run_id,
-      state: record.state,
-      status: record.status,
-      seq: record.seq,
-      metadata: record.metadata,
-      callback_url: record.callback_url,
-      next_poll_at: nextPollAt === null ? null : new Date(nextPollAt).toISOString(),
-      error: record.error,
-      last_snapshot: record.last_snapshot,
-      created_at: new Date(record.created_at).toISOString(),
-      updated_at: new Date(record.updated_at).toISOString(),
-    };
+    const live = record?.state === 'active' ? this.#watcher.info(record.id) : undefined;
+    return watchView(record, live ? live.nextPollAtMs : (record?.next_poll_at ?? null));
   }
 
   #saveNextPolls(): void {

@@ -1,0 +1,377 @@
+import { hostname } from 'node:os';
+import type { AddressInfo } from 'node:net';
+import { DelayedError, Queue, Worker } from 'bullmq';
+import type { Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { ApiClient } from '../client.js';
+import type { PollOutcome } from '../client.js';
+import { ConfigError } from '../errors.js';
+import type { ErrorCode } from '../errors.js';
+import type { WatchEvent } from '../events.js';
+import { eventId } from '../events.js';
+import { RUN_KIND } from '../resource.js';
+import type { ResourceKind, Snapshot } from '../resource.js';
+import { resolvePollPolicy, retryAfterFloorMs } from '../schedule.js';
+import type { PollPolicy } from '../schedule.js';
+import type { Sink } from '../sinks/sink.js';
+import { WebhookSink } from '../sinks/webhook.js';
+import type { Emission, Progress, StepSettings } from '../step.js';
+import { applyOutcome, deadlineMessage, initialProgress } from '../step.js';
+import { RedisState, watchIdFor } from '../store/redis.js';
+import type { WatchRecord, WatchState } from '../store/store.js';
+import { randomWatchId } from '../watcher.js';
+import { createControlApi } from './api.js';
+import type { DaemonConfig } from './config.js';
+import { effectiveBaseUrl, isLoopback } from './config.js';
+import type { DaemonSecrets, RunningDaemon } from './daemon.js';
+import { createSinks, watchView } from './daemon.js';
+import { DaemonMetrics } from './metrics.js';
+import { PartitionedOutbox } from './redis-outbox.js';
+
+const KIND = RUN_KIND as unknown as ResourceKind<object, Snapshot>;
+const QUEUE = 'polls';
+
+/**
+ * The daemon on Redis, for several replicas: each watch is one BullMQ job that polls once per
+ * run of the processor and moves itself to `delayed` until its next poll (BullMQ's step-job
+ * pattern), so no replica holds a watch between polls and a dead replica's job is taken over
+ * by the stalled-job check. Watch state and events live in Redis (`RedisState`); sinks read
+ * the shared, partitioned outbox.
+ */
+export class RedisDaemon implements RunningDaemon {
+  readonly #config: DaemonConfig;
+  readonly #logger: Logger;
+  readonly #redis: Redis;
+  readonly #state: RedisState;
+  readonly #queue: Queue;
+  readonly #worker: Worker<{ watchId: string }, string>;
+  readonly #client: ApiClient;
+  readonly #policy: PollPolicy;
+  readonly #outboxes: PartitionedOutbox[];
+  readonly #metrics: DaemonMetrics;
+  readonly #api: ReturnType<typeof createControlApi>;
+  readonly #listeners = new Set<() => void>();
+  readonly #timers: NodeJS.Timeout[] = [];
+  readonly #replicaId: string;
+  #lastPosition = 0;
+  #shutdown: Promise<void> | null = null;
+  #address: AddressInfo | null = null;
+  /** Never rejects: with Redis, every write is a transaction a restart can redo. */
+  readonly failed: Promise<never> = new Promise<never>(() => undefined);
+
+  private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[], redisUrl: string) {
+    this.#config = config;
+    this.#logger = logger;
+    this.#replicaId = `${hostname()}-${process.pid}-${randomWatchId().slice(2, 8)}`;
+    // our own commands fail fast while Redis is away; BullMQ needs maxRetriesPerRequest null
+    this.#redis = new Redis(redisUrl, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
+    this.#redis.on('error', (error) => logger.debug({ err: error }, 'redis connection error'));
+    this.#state = new RedisState(this.#redis, config.store.prefix, config.store.partitions);
+    this.#policy = resolvePollPolicy(config.watch.policy);
+    const connection = { url: redisUrl, maxRetriesPerRequest: null };
+    const bullPrefix = `${config.store.prefix}bull`;
+    this.#queue = new Queue(QUEUE, { connection, prefix: bullPrefix });
+    this.#queue.on('error', (error) => logger.debug({ err: error }, 'queue error'));
+    this.#client = new ApiClient({
+      provider: config.watch.provider,
+      baseUrl: effectiveBaseUrl(config),
+      credentials: secrets.credentials,
+      // lets a server (and the simulator) see which replica polled
+      headers: { 'x-runwatch-instance': this.#replicaId },
+      requestTimeoutMs: config.watch.requestTimeoutMs,
+      maxSockets: config.watch.maxSockets,
+      traceId: config.watch.traceId,
+    });
+    this.#worker = new Worker<{ watchId: string }, string>(QUEUE, (job, token) => this.#process(job, token), {
+      connection,
+      prefix: bullPrefix,
+      autorun: false,
+      concurrency: config.watch.maxInFlight,
+      // BullMQ's limiter counts jobs across every worker of the queue: one budget for the fleet
+      limiter: { max: Math.max(1, Math.round(config.watch.maxRequestsPerSecond)), duration: 1_000 },
+      lockDuration: config.store.lockDurationMs,
+      stalledInterval: config.store.stalledIntervalMs,
+      // a stall means a replica died, never that the watch is broken
+      maxStalledCount: 1_000_000,
+    });
+    this.#worker.on('error', (error) => logger.warn({ err: error }, 'worker error'));
+    this.#metrics = new DaemonMetrics({
+      activeByStatus: () => new Map(),
+      outbox: () => [],
+      budget: () => ({ ratePerSecond: config.watch.maxRequestsPerSecond, inFlight: 0, queued: 0 }),
+    });
+    const { delivery } = config.sinks;
+    const callback = new WebhookSink({ name: 'callback', secret: secrets.webhookSecret, ...config.sinks.callback });
+    this.#outboxes = [...sinks, callback].map(
+      (sink) =>
+        new PartitionedOutbox(this.#redis, this.#state, sink, {
+          replicaId: this.#replicaId,
+          retryForMs: delivery.retryForMs,
+          backoff: { baseMs: delivery.backoffBaseMs, capMs: delivery.backoffCapMs },
+          leaseMs: config.store.leaseMs,
+          logger: logger.child({ component: 'outbox', sink: sink.name }),
+          onOutcome: (name, outcome) => this.#metrics.delivery(name, outcome),
+        }),
+    );
+    this.#api = createControlApi(
+      {
+        addWatch: (input) => this.#addWatch(input),
+        getWatch: async (id) => watchView(await this.#state.getWatch(id), null),
+        listWatches: async (query) => (await this.#state.listWatches(query)).map((w) => watchView(w, w.next_poll_at)!),
+        deleteWatch: (id) => this.#deleteWatch(id),
+        eventsAfter: (pos, filter, limit) => this.#state.eventsAfter(pos, filter, limit),
+        subscribe: (listener) => {
+          this.#listeners.add(listener);
+          return () => this.#listeners.delete(listener);
+        },
+        ready: () => this.#shutdown === null && this.#redis.status === 'ready',
+        metrics: async () => ({ contentType: this.#metrics.registry.contentType, body: await this.#metrics.registry.metrics() }),
+      },
+      { token: secrets.controlToken, maxBodyBytes: config.daemon.maxBodyBytes, callbackHosts: config.daemon.callbackHosts, logger: logger.child({ component: 'api' }) },
+    );
+  }
+
+  /** Connects to Redis, starts the worker, the outboxes and the control API. */
+  static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<RedisDaemon> {
+    if (!isLoopback(config.daemon.host) && !secrets.controlToken) {
+      throw new ConfigError(`refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN (or bind 127.0.0.1)`);
+    }
+    if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
+    const daemon = new RedisDaemon(config, secrets, logger, await createSinks(config, secrets), secrets.redisUrl);
+    await daemon.#begin();
+    return daemon;
+  }
+
+  get address(): AddressInfo {
+    if (!this.#address) throw new Error('the daemon is not listening');
+    return this.#address;
+  }
+
+  async #begin(): Promise<void> {
+    if (this.#redis.status !== 'ready') {
+      // fail start-up (exit 69) rather than serve a daemon that cannot store anything
+      const ready = new Promise<void>((resolve) => this.#redis.once('ready', () => resolve()));
+      const timeout = new Promise<void>((_, reject) => setTimeout(() => reject(Object.assign(new Error('Redis did not answer within 10 s'), { code: 'ETIMEDOUT' })), 10_000).unref());
+      try {
+        await Promise.race([ready, timeout]);
+      } catch (error) {
+        await this.shutdown();
+        throw error;
+      }
+    }
+    void this.#worker.run();
+    for (const outbox of this.#outboxes) outbox.start();
+    // events committed by other replicas: wake SSE streams when the log grows
+    this.#timers.push(setInterval(() => void this.#watchLog(), 250));
+    const { server } = this.#api;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.#config.daemon.port, this.#config.daemon.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.#address = server.address() as AddressInfo;
+    this.#logger.info({ host: this.#address.address, port: this.#address.port, store: 'redis', replica: this.#replicaId, resumed: await this.#state.activeCount() }, 'daemon listening');
+  }
+
+  async #watchLog(): Promise<void> {
+    try {
+      const pos = await this.#state.lastPosition();
+      if (pos !== this.#lastPosition) {
+        this.#lastPosition = pos;
+        for (const listener of this.#listeners) listener();
+      }
+    } catch {
+      // Redis away: readiness says so; nothing to wake
+    }
+  }
+
+  #settings(record: WatchRecord): StepSettings {
+    return {
+      policy: this.#policy,
+      resolveOn: new Set(),
+      startedAtMs: record.created_at,
+      timeoutMs: undefined,
+      expiresGraceMs: this.#config.watch.expiresGraceMs,
+      defaultTimeoutMs: this.#config.watch.defaultTimeoutMs,
+      stallThresholdMs: this.#config.daemon.stallThresholdMs,
+      random: Math.random,
+    };
+  }
+
+  /** One step of one watch: poll once, commit what changed, then sleep in `delayed` until the next poll. */
+  async #process(job: Job<{ watchId: string }>, token: string | undefined): Promise<string> {
+    const stored = await this.#state.load(job.data.watchId);
+    if (!stored || stored.record.state !== 'active') return 'ended';
+    const { record } = stored;
+    const settings = this.#settings(record);
+    const progress = stored.progress ?? initialProgress(KIND, settings, {}, Date.now());
+    if (Date.now() >= progress.deadlineAtMs) {
+      await this.#end(record, progress, progress.seq, 'deadline_exceeded', deadlineMessage(progress), progress.lastFailure?.httpStatus);
+      return 'deadline';
+    }
+    const sentAtMs = Date.now();
+    const outcome: PollOutcome<Snapshot> = await this.#client.retrieve(KIND, { thread_id: record.thread_id, run_id: record.run_id }, { watchId: record.id });
+    const now = Date.now();
+    this.#metrics.polls.inc({ outcome: outcome.ok ? 'ok' : outcome.code });
+    this.#metrics.pollLatency.observe((now - sentAtMs) / 1000);
+    if (!outcome.ok && outcome.httpStatus === 429) {
+      // a 429 pauses the whole fleet, not one replica
+      const pauseMs = retryAfterFloorMs(this.#policy, outcome.hints) || 1_000;
+      await this.#queue.rateLimit(pauseMs).catch(() => undefined);
+    }
+    const step = applyOutcome(KIND, progress, outcome, settings, now);
+    const events = step.emissions.map((emission) => this.#event(record, emission, now));
+    if (step.result.kind === 'failed') {
+      const failure = step.result.failure;
+      await this.#end(record, step.progress, progress.seq, failure.code, `run threads/${record.thread_id}/runs/${record.run_id}: ${failure.message}`, failure.httpStatus, events);
+      return 'failed';
+    }
+    const resolved = step.result.kind === 'resolved';
+    const next = step.result.kind === 'continue' ? step.result.next : null;
+    const committed = await this.#commit(record, progress.seq, step.progress, resolved ? 'finished' : 'active', events, next?.kind === 'poll' ? next.atMs : null);
+    if (committed !== true || resolved) return committed === true ? 'resolved' : committed;
+    if (next?.kind === 'deadline' && next.atMs <= now) {
+      await this.#end(record, step.progress, step.progress.seq, 'deadline_exceeded', deadlineMessage(step.progress), step.progress.lastFailure?.httpStatus);
+      return 'deadline';
+    }
+    await job.moveToDelayed(next!.atMs, token);
+    throw new DelayedError();
+  }
+
+  #event(record: WatchRecord, emission: Emission, now: number): WatchEvent {
+    const stalled = emission.kind === 'stalled';
+    const to = stalled ? emission.status : emission.to;
+    const event = {
+      id: eventId(record.id, emission.seq),
+      type: `run.${stalled ? 'stalled' : to}`,
+      seq: emission.seq,
+      watch_id: record.id,
+      thread_id: record.thread_id,
+      run_id: record.run_id,
+      from: stalled ? emission.status : emission.from,
+      to,
+      observed_at: new Date(now).toISOString(),
+      run: emission.snapshot,
+      ...(stalled ? { stalled_for_ms: emission.stalledForMs } : {}),
+    };
+    return event as WatchEvent;
+  }
+
+  async #commit(
+    record: WatchRecord,
+    expectedSeq: number,
+    progress: Progress,
+    state: WatchState,
+    events: readonly WatchEvent[],
+    nextPollAt: number | null,
+    extra: Record<string, string> = {},
+  ): Promise<true | 'stale' | 'ended' | 'missing'> {
+    const now = Date.now();
+    const fields: Record<string, string> = {
+      ...extra,
+      progress: JSON.stringify(progress),
+      seq: String(progress.seq),
+      status: progress.status ?? '',
+      status_since: String(progress.statusSinceMs),
+      last_snapshot: progress.lastSnapshot ? JSON.stringify(progress.lastSnapshot) : '',
+      next_poll_at: nextPollAt === null ? '' : String(nextPollAt),
+      updated_at: String(now),
+    };
+    if (state !== 'active') fields.finished_at = String(now);
+    const result = await this.#state.commit(record, expectedSeq, fields, state, events);
+    if (result !== true) this.#logger.warn({ watchId: record.id, result }, 'step not committed: another replica or a delete got there first');
+    else if (events.length > 0) {
+      for (const event of events) this.#metrics.transitions.inc({ status: event.type.slice(event.type.indexOf('.') + 1) });
+      for (const outbox of this.#outboxes) outbox.notify();
+      for (const listener of this.#listeners) listener();
+    }
+    return result;
+  }
+
+  /** Ends a watch with a `watch.error` (and any events of the same step before it), if its stored seq is still `expectedSeq`. */
+  async #end(
+    record: WatchRecord,
+    progress: Progress,
+    expectedSeq: number,
+    code: ErrorCode,
+    message: string,
+    httpStatus: number | undefined,
+    before: readonly WatchEvent[] = [],
+  ): Promise<void> {
+    const seq = progress.seq + 1;
+    const error = httpStatus === undefined ? { code, message } : { code, message, http_status: httpStatus };
+    const event = {
+      id: eventId(record.id, seq),
+      type: 'watch.error',
+      seq,
+      watch_id: record.id,
+      thread_id: record.thread_id,
+      run_id: record.run_id,
+      from: progress.status,
+      to: null,
+      observed_at: new Date().toISOString(),
+      error,
+      run: progress.lastSnapshot,
+    } as WatchEvent;
+    const state: WatchState = code === 'aborted' ? 'deleted' : 'failed';
+    await this.#commit(record, expectedSeq, { ...progress, seq }, state, [...before, event], null, { error: JSON.stringify(error) });
+  }
+
+  async #addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }) {
+    if (this.#shutdown) return undefined;
+    const id = watchIdFor(input.thread_id, input.run_id);
+    const { watch, created } = await this.#state.createWatch({ id, ...input }, Date.now());
+    // the job id is the watch id: the same run added on two replicas is one job
+    if (created) await this.#queue.add('poll', { watchId: id }, { jobId: id, removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } });
+    return { watch: watchView(watch, null)!, created };
+  }
+
+  async #deleteWatch(id: string) {
+    const stored = await this.#state.load(id);
+    if (!stored) return undefined;
+    if (stored.record.state === 'active') {
+      const progress = stored.progress ?? initialProgress(KIND, this.#settings(stored.record), {}, Date.now());
+      await this.#end(stored.record, progress, stored.record.seq, 'aborted', 'the watch was aborted', undefined);
+      // an active (locked) job cannot be removed; it finds the watch deleted and ends
+      await this.#queue.remove(id).catch(() => undefined);
+    }
+    return watchView(await this.#state.getWatch(id), null);
+  }
+
+  async reopen(): Promise<void> {
+    // the file sink is per replica; nothing shared to reopen
+  }
+
+  /** Stops accepting, lets polls in flight finish, stops the outboxes, closes connections. Idempotent. */
+  shutdown(): Promise<void> {
+    this.#shutdown ??= this.#stop();
+    return this.#shutdown;
+  }
+
+  async #stop(): Promise<void> {
+    const step = async (name: string, work: () => Promise<unknown>): Promise<void> => {
+      try {
+        await work();
+      } catch (error) {
+        this.#logger.error({ err: error, step: name }, 'shutdown step failed');
+      }
+    };
+    const timeoutMs = this.#config.daemon.shutdownTimeoutMs;
+    for (const timer of this.#timers) clearInterval(timer);
+    const closed = new Promise<void>((resolve) => this.#api.server.close(() => resolve()));
+    this.#api.closeStreams();
+    // polls in flight finish within half the budget; after that a job's lock lapses and another replica takes it
+    await step('worker', () => Promise.race([this.#worker.close(), new Promise((resolve) => setTimeout(resolve, timeoutMs / 2).unref())]));
+    await step('outboxes', () => Promise.all(this.#outboxes.map((o) => o.stop())));
+    await step('sinks', () => Promise.allSettled(this.#outboxes.map(async (o) => o.sink.close?.())));
+    this.#api.server.closeAllConnections();
+    await step('api', () => closed);
+    await step('queue', () => this.#queue.close());
+    this.#client.close();
+    await step('redis', () => this.#redis.quit());
+    this.#logger.info('stopped');
+  }
+}

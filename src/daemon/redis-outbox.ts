@@ -1,0 +1,195 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+import { DeliveryError } from '../errors.js';
+import type { WatchEvent } from '../events.js';
+import type { Sink } from '../sinks/sink.js';
+import { pairs } from '../store/redis.js';
+import type { RedisState } from '../store/redis.js';
+import type { DeliveryOutcome } from './outbox.js';
+
+/** Options of a `PartitionedOutbox`. */
+export interface PartitionedOutboxOptions {
+  /** This replica's name (the consumer name in every group). */
+  readonly replicaId: string;
+  readonly retryForMs: number;
+  readonly backoff: { readonly baseMs: number; readonly capMs: number };
+  /** A partition's lease lasts this long unless renewed; a dead replica's partitions move after it. */
+  readonly leaseMs: number;
+  readonly logger: Logger;
+  readonly onOutcome?: (sink: string, outcome: DeliveryOutcome) => void;
+}
+
+const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
+const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+
+interface Held {
+  /** The previous holder's pending entries were claimed. */
+  claimed: boolean;
+  /** A failed entry holds the partition until then. */
+  blockedUntilMs: number;
+  attempts: Map<string, { count: number; firstMs: number }>;
+}
+
+/**
+ * Delivers one sink's events from the shared outbox in Redis. Events are spread over
+ * partition streams by run; each (sink, partition) has one consumer at a time (a lease in
+ * Redis), so one run's events reach the sink in seq order whichever replica recorded them.
+ * A new holder first claims and delivers what the last one left pending (at-least-once), and
+ * a failing event holds back its partition until it is delivered or dead-lettered.
+ */
+export class PartitionedOutbox {
+  readonly sink: Sink;
+  readonly #redis: Redis;
+  readonly #state: RedisState;
+  readonly #options: PartitionedOutboxOptions;
+  readonly #held = new Map<number, Held>();
+  readonly #stop = new AbortController();
+  #loop: Promise<void> | null = null;
+  #wake: (() => void) | null = null;
+  #leasesCheckedAtMs = 0;
+
+  constructor(redis: Redis, state: RedisState, sink: Sink, options: PartitionedOutboxOptions) {
+    this.#redis = redis;
+    this.#state = state;
+    this.sink = sink;
+    this.#options = options;
+  }
+
+  #leaseKey(partition: number): string {
+    return `${this.#state.prefix}lease:${this.sink.name}:${partition}`;
+  }
+
+  /** Starts delivering. */
+  start(): void {
+    this.#loop ??= this.#run();
+  }
+
+  /** Events were committed here: look now rather than at the next tick. */
+  notify(): void {
+    this.#wake?.();
+  }
+
+  /** Stops after the delivery in flight, and hands the leases back. */
+  async stop(): Promise<void> {
+    this.#stop.abort();
+    this.#wake?.();
+    await this.#loop;
+    await Promise.allSettled([...this.#held.keys()].map((p) => this.#redis.eval(RELEASE, 1, this.#leaseKey(p), this.#options.replicaId)));
+  }
+
+  async #run(): Promise<void> {
+    const groups = Array.from({ length: this.#state.partitions }, (_, p) =>
+      this.#redis.xgroup('CREATE', this.#state.partitionKey(p), this.sink.name, '0', 'MKSTREAM').catch((error: Error) => {
+        if (!error.message.includes('BUSYGROUP')) throw error;
+      }),
+    );
+    while (!this.#stop.signal.aborted) {
+      try {
+        await Promise.all(groups);
+        await this.#leases();
+        let delivered = 0;
+        for (const [partition, held] of this.#held) delivered += await this.#drain(partition, held);
+        if (delivered === 0) await this.#sleep(200);
+      } catch (error) {
+        // Redis away or a command failed: keep the leases we have, try again shortly
+        this.#options.logger.warn({ err: error, sink: this.sink.name }, 'outbox round failed');
+        await this.#sleep(1_000);
+      }
+    }
+  }
+
+  async #leases(): Promise<void> {
+    const now = Date.now();
+    if (now - this.#leasesCheckedAtMs < this.#options.leaseMs / 4) return;
+    this.#leasesCheckedAtMs = now;
+    const me = this.#options.replicaId;
+    for (let p = 0; p < this.#state.partitions; p++) {
+      const key = this.#leaseKey(p);
+      if (this.#held.has(p)) {
+        if ((await this.#redis.eval(RENEW, 1, key, me, this.#options.leaseMs)) !== 1) this.#held.delete(p);
+      } else if ((await this.#redis.set(key, me, 'PX', this.#options.leaseMs, 'NX')) === 'OK') {
+        this.#held.set(p, { claimed: false, blockedUntilMs: 0, attempts: new Map() });
+      }
+    }
+  }
+
+  /** Delivers what is due in one partition; returns how many entries were settled. */
+  async #drain(partition: number, held: Held): Promise<number> {
+    if (Date.now() < held.blockedUntilMs) return 0;
+    const stream = this.#state.partitionKey(partition);
+    const group = this.sink.name;
+    const me = this.#options.replicaId;
+    if (!held.claimed) {
+      // take over whatever the previous holder read but did not acknowledge
+      let cursor = '0-0';
+      do {
+        const reply = (await this.#redis.xautoclaim(stream, group, me, 0, cursor, 'COUNT', 500, 'JUSTID')) as [string, ...unknown[]];
+        cursor = reply[0];
+      } while (cursor !== '0-0');
+      held.claimed = true;
+    }
+    // own pending entries first (earlier failures, claimed ones), then new ones
+    let entries = await this.#read(stream, group, me, '0');
+    if (entries.length === 0) entries = await this.#read(stream, group, me, '>');
+    let settled = 0;
+    for (const [id, flat] of entries) {
+      if (this.#stop.signal.aborted) break;
+      const fields = pairs(flat);
+      const outcome = await this.#deliver(id, fields, held);
+      if (outcome === 'retry') break;
+      await this.#redis.xack(stream, group, id);
+      settled += 1;
+    }
+    return settled;
+  }
+
+  async #read(stream: string, group: string, me: string, from: string): Promise<Array<[string, string[]]>> {
+    const reply = (await this.#redis.xreadgroup('GROUP', group, me, 'COUNT', 100, 'STREAMS', stream, from)) as Array<[string, Array<[string, string[]]>]> | null;
+    return reply?.[0]?.[1] ?? [];
+  }
+
+  async #deliver(id: string, fields: Record<string, string>, held: Held): Promise<DeliveryOutcome> {
+    const sink = this.sink.name;
+    if (sink === 'callback' && !fields.callback_url) return 'delivered';
+    try {
+      await this.sink.deliver(JSON.parse(fields.payload ?? 'null') as WatchEvent, { signal: this.#stop.signal, url: fields.callback_url || undefined });
+      held.attempts.delete(id);
+      this.#options.onOutcome?.(sink, 'delivered');
+      return 'delivered';
+    } catch (error) {
+      const now = Date.now();
+      const message = error instanceof Error ? error.message : String(error);
+      const attempt = held.attempts.get(id) ?? { count: 0, firstMs: now };
+      attempt.count += 1;
+      held.attempts.set(id, attempt);
+      const permanent = error instanceof DeliveryError && error.permanent;
+      if (this.#stop.signal.aborted) return 'retry';
+      if (permanent || now - attempt.firstMs >= this.#options.retryForMs) {
+        await this.#redis.xadd(`${this.#state.prefix}dead:${sink}`, 'MAXLEN', '~', 100_000, '*', 'event_id', fields.event_id ?? '', 'error', message, 'payload', fields.payload ?? '');
+        held.attempts.delete(id);
+        this.#options.logger.error({ sink, eventId: fields.event_id, attempts: attempt.count, permanent }, `dead-lettered an event: ${message}`);
+        this.#options.onOutcome?.(sink, 'dead');
+        return 'dead';
+      }
+      const { baseMs, capMs } = this.#options.backoff;
+      const backoffMs = Math.min(capMs, baseMs * 2 ** Math.min(attempt.count - 1, 30));
+      const delayMs = Math.max(backoffMs / 2 + (Math.random() * backoffMs) / 2, error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0);
+      held.blockedUntilMs = now + delayMs;
+      this.#options.logger[attempt.count === 1 ? 'warn' : 'debug']({ sink, eventId: fields.event_id, attempts: attempt.count, retryInMs: Math.round(delayMs) }, `delivery failed: ${message}`);
+      this.#options.onOutcome?.(sink, 'retry');
+      return 'retry';
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        this.#wake = null;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.#wake = done;
+    });
+  }
+}

@@ -1,0 +1,233 @@
+import { createHash } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import type { WatchEvent } from '../events.js';
+import type { Progress } from '../step.js';
+import type { EventFilter, NewWatch, StoredEvent, WatchRecord, WatchState } from './store.js';
+
+/** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
+const STREAM_CAP = 1_000_000;
+
+const CREATE = `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local order = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'thread_id', ARGV[2], 'run_id', ARGV[3], 'metadata', ARGV[4], 'callback_url', ARGV[5],
+  'state', 'active', 'seq', 0, 'created_at', ARGV[6], 'updated_at', ARGV[6], 'order', order)
+redis.call('ZADD', KEYS[2], order, ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return 1`;
+
+// KEYS: watch, pos counter, log stream, partition stream, active set
+// ARGV: expected seq, fields (JSON object), new state, event count, then 5 values per event
+const COMMIT = `
+local seq = redis.call('HGET', KEYS[1], 'seq')
+if not seq then return -3 end
+if tonumber(seq) ~= tonumber(ARGV[1]) then return -1 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return -2 end
+local callback = redis.call('HGET', KEYS[1], 'callback_url') or ''
+local n = tonumber(ARGV[4])
+local i = 5
+for e = 1, n do
+  local pos = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ${STREAM_CAP}, pos .. '-0', 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'thread_id', ARGV[i + 2], 'run_id', ARGV[i + 3], 'payload', ARGV[i + 4])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ${STREAM_CAP}, '*', 'pos', pos, 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'payload', ARGV[i + 4], 'callback_url', callback)
+  i = i + 5
+end
+local fields = cjson.decode(ARGV[2])
+for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+if ARGV[3] ~= 'active' then redis.call('SREM', KEYS[5], redis.call('HGET', KEYS[1], 'id')) end
+return 1`;
+
+interface Commands {
+  rwCreate(watch: string, watches: string, order: string, active: string, ...args: string[]): Promise<number>;
+  rwCommit(watch: string, pos: string, log: string, partition: string, active: string, ...args: string[]): Promise<number>;
+}
+
+/** Why a commit was refused. */
+export type CommitRefusal = 'stale' | 'ended' | 'missing';
+
+/** The watch id for a run: the same on every replica, so adding a run twice is idempotent. */
+export function watchIdFor(threadId: string, runId: string): string {
+  return `w_${createHash('sha256').update(`${threadId}\n${runId}`).digest('hex').slice(0, 24)}`;
+}
+
+/** The outbox partition of a run: one run always maps to the same one, which keeps its order. */
+export function partitionOf(runId: string, partitions: number): number {
+  return createHash('sha1').update(runId).digest().readUInt32BE(0) % partitions;
+}
+
+/** A watch with its engine progress, as one replica loads it for one step. */
+export interface StoredWatch {
+  readonly record: WatchRecord;
+  readonly progress: Progress | null;
+}
+
+/**
+ * Shared state of the replicas in Redis: one hash per watch (with the engine's progress), an
+ * event log stream whose entry ids are the event positions (`<pos>-0`, so SSE resumes by
+ * number), and per-partition outbox streams that sinks read with consumer groups. A step's
+ * events and its watch update are written by one Lua script: atomically, and only if the
+ * watch's seq is still what the step started from.
+ */
+export class RedisState {
+  readonly prefix: string;
+  readonly partitions: number;
+  readonly #redis: Redis & Commands;
+
+  constructor(redis: Redis, prefix: string, partitions: number) {
+    this.prefix = prefix;
+    this.partitions = partitions;
+    redis.defineCommand('rwCreate', { numberOfKeys: 4, lua: CREATE });
+    redis.defineCommand('rwCommit', { numberOfKeys: 5, lua: COMMIT });
+    this.#redis = redis as Redis & Commands;
+  }
+
+  /** Key of a watch's hash. */
+  watchKey(id: string): string {
+    return `${this.prefix}watch:${id}`;
+  }
+
+  /** Key of an outbox partition stream. */
+  partitionKey(partition: number): string {
+    return `${this.prefix}part:${partition}`;
+  }
+
+  /** Key of the event log stream. */
+  get logKey(): string {
+    return `${this.prefix}log`;
+  }
+
+  /** Creates the watch for a run, or returns the existing one. */
+  async createWatch(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }> {
+    const created = await this.#redis.rwCreate(
+      this.watchKey(input.id),
+      `${this.prefix}watches`,
+      `${this.prefix}order`,
+      `${this.prefix}active`,
+      input.id,
+      input.thread_id,
+      input.run_id,
+      input.metadata ? JSON.stringify(input.metadata) : '',
+      input.callback_url ?? '',
+      String(nowMs),
+    );
+    const watch = await this.getWatch(input.id);
+    if (!watch) throw new Error(`watch ${input.id} vanished after creation`);
+    return { watch, created: created === 1 };
+  }
+
+  async getWatch(id: string): Promise<WatchRecord | undefined> {
+    return (await this.load(id))?.record;
+  }
+
+  /** The watch and its progress. */
+  async load(id: string): Promise<StoredWatch | undefined> {
+    const hash = await this.#redis.hgetall(this.watchKey(id));
+    if (!hash.id) return undefined;
+    return { record: toRecord(hash), progress: hash.progress ? (JSON.parse(hash.progress) as Progress) : null };
+  }
+
+  /** Watches in creation order after the cursor, optionally in one state. */
+  async listWatches(options: { state?: WatchState; limit: number; after?: string }): Promise<WatchRecord[]> {
+    let from = '-inf';
+    if (options.after) {
+      const score = await this.#redis.zscore(`${this.prefix}watches`, options.after);
+      if (score !== null) from = `(${score}`;
+    }
+    const out: WatchRecord[] = [];
+    while (out.length < options.limit) {
+      const ids = await this.#redis.zrangebyscore(`${this.prefix}watches`, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 200);
+      if (ids.length === 0) break;
+      const pipeline = this.#redis.pipeline();
+      for (let i = 0; i < ids.length; i += 2) pipeline.hgetall(this.watchKey(ids[i]!));
+      const hashes = ((await pipeline.exec()) ?? []).map(([, value]) => value as Record<string, string>);
+      for (const hash of hashes) {
+        if (hash.id && (!options.state || hash.state === options.state)) out.push(toRecord(hash));
+        if (out.length === options.limit) break;
+      }
+      from = `(${ids[ids.length - 1]}`;
+    }
+    return out;
+  }
+
+  /** How many watches are active. */
+  activeCount(): Promise<number> {
+    return this.#redis.scard(`${this.prefix}active`);
+  }
+
+  /**
+   * Writes a step: its events (to the log and the run's partition) and the watch's new fields,
+   * atomically, if the stored seq is still `expectedSeq` and the watch still active.
+   */
+  async commit(watch: WatchRecord, expectedSeq: number, fields: Record<string, string>, state: WatchState, events: readonly WatchEvent[]): Promise<true | CommitRefusal> {
+    const args: string[] = [String(expectedSeq), JSON.stringify({ ...fields, state }), state, String(events.length)];
+    for (const event of events) args.push(event.id, event.watch_id, event.thread_id, event.run_id, JSON.stringify(event));
+    const result = await this.#redis.rwCommit(
+      this.watchKey(watch.id),
+      `${this.prefix}pos`,
+      this.logKey,
+      this.partitionKey(partitionOf(watch.run_id, this.partitions)),
+      `${this.prefix}active`,
+      ...args,
+    );
+    return result === 1 ? true : result === -1 ? 'stale' : result === -2 ? 'ended' : 'missing';
+  }
+
+  /** Events after a position, filtered, in order. */
+  async eventsAfter(pos: number, filter: EventFilter, limit: number): Promise<StoredEvent[]> {
+    const out: StoredEvent[] = [];
+    let start = `(${pos}-0`;
+    while (out.length < limit) {
+      const entries = await this.#redis.xrange(this.logKey, start, '+', 'COUNT', 500);
+      if (entries.length === 0) break;
+      for (const [id, flat] of entries) {
+        const fields = pairs(flat);
+        if ((!filter.run_id || fields.run_id === filter.run_id) && (!filter.thread_id || fields.thread_id === filter.thread_id)) {
+          out.push({ pos: Number(id.split('-')[0]), event_id: fields.event_id ?? '', watch_id: fields.watch_id ?? '', payload: fields.payload ?? '' });
+          if (out.length === limit) break;
+        }
+      }
+      start = `(${entries[entries.length - 1]![0]}`;
+    }
+    return out;
+  }
+
+  /** The last event position written. */
+  async lastPosition(): Promise<number> {
+    return Number((await this.#redis.get(`${this.prefix}pos`)) ?? 0);
+  }
+}
+
+/** `[k1, v1, k2, v2]` to `{ k1: v1, k2: v2 }`. */
+export function pairs(flat: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = flat[i + 1]!;
+  return out;
+}
+
+function json<T>(value: string | undefined): T | null {
+  return value ? (JSON.parse(value) as T) : null;
+}
+
+function num(value: string | undefined): number | null {
+  return value === undefined || value === '' ? null : Number(value);
+}
+
+function toRecord(hash: Record<string, string>): WatchRecord {
+  return {
+    id: hash.id!,
+    thread_id: hash.thread_id!,
+    run_id: hash.run_id!,
+    metadata: json(hash.metadata),
+    callback_url: hash.callback_url || null,
+    state: hash.state as WatchState,
+    status: hash.status || null,
+    seq: Number(hash.seq ?? 0),
+    last_snapshot: json(hash.last_snapshot),
+    error: json(hash.error),
+    status_since: num(hash.status_since),
+    next_poll_at: num(hash.next_poll_at),
+    created_at: Number(hash.created_at),
+    updated_at: Number(hash.updated_at),
+    finished_at: num(hash.finished_at),
+  };
+}
