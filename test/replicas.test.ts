@@ -91,6 +91,9 @@ describe.skipIf(!available)('several replicas on Redis (needs Redis)', () => {
 
       const list = (await (await fetch(`${replicas[2]!.base}/v1/watches?state=active`)).json()) as { data: unknown[] };
       expect(list.data).toEqual([]);
+      const metrics = await (await fetch(`${replicas[2]!.base}/metrics`)).text();
+      expect(metrics).toMatch(/runwatch_polls_total\{outcome="ok"\} [1-9]/);
+      expect(metrics).toMatch(/runwatch_sink_deliveries_total\{sink="webhook",outcome="delivered"\} [1-9]/);
       replicas[2]!.cli.child.kill('SIGTERM');
       expect((await replicas[2]!.cli.done).code).toBe(0);
 

@@ -18,7 +18,7 @@ import type { Sink } from '../sinks/sink.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import type { Emission, Progress, StepSettings } from '../step.js';
 import { applyOutcome, deadlineMessage, initialProgress } from '../step.js';
-import { RedisState, watchIdFor } from '../store/redis.js';
+import { pairs, RedisState, watchIdFor } from '../store/redis.js';
 import type { WatchRecord, WatchState } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import { createControlApi } from './api.js';
@@ -55,6 +55,8 @@ export class RedisDaemon implements RunningDaemon {
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #replicaId: string;
   #lastPosition = 0;
+  /** Fleet-wide figures for the gauges, refreshed in the background (scrapes must not wait on Redis). */
+  #gauges: { active: number; outbox: Array<{ sink: string; pending: number; dead: number }> } = { active: 0, outbox: [] };
   #shutdown: Promise<void> | null = null;
   #address: AddressInfo | null = null;
   /** Never rejects: with Redis, every write is a transaction a restart can redo. */
@@ -97,8 +99,8 @@ export class RedisDaemon implements RunningDaemon {
     });
     this.#worker.on('error', (error) => logger.warn({ err: error }, 'worker error'));
     this.#metrics = new DaemonMetrics({
-      activeByStatus: () => new Map(),
-      outbox: () => [],
+      activeByStatus: () => new Map([['any', this.#gauges.active]]),
+      outbox: () => this.#gauges.outbox,
       budget: () => ({ ratePerSecond: config.watch.maxRequestsPerSecond, inFlight: 0, queued: 0 }),
     });
     const { delivery } = config.sinks;
@@ -164,6 +166,7 @@ export class RedisDaemon implements RunningDaemon {
     for (const outbox of this.#outboxes) outbox.start();
     // events committed by other replicas: wake SSE streams when the log grows
     this.#timers.push(setInterval(() => void this.#watchLog(), 250));
+    this.#timers.push(setInterval(() => void this.#refreshGauges(), 5_000));
     const { server } = this.#api;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -185,6 +188,26 @@ export class RedisDaemon implements RunningDaemon {
       }
     } catch {
       // Redis away: readiness says so; nothing to wake
+    }
+  }
+
+  async #refreshGauges(): Promise<void> {
+    try {
+      const outbox: Array<{ sink: string; pending: number; dead: number }> = [];
+      for (const { sink } of this.#outboxes) {
+        let pending = 0;
+        for (let p = 0; p < this.#state.partitions; p++) {
+          const groups = (await this.#redis.xinfo('GROUPS', this.#state.partitionKey(p)).catch(() => [])) as unknown[][];
+          for (const group of groups) {
+            const info = pairs(group.map(String));
+            if (info.name === sink.name) pending += Number(info.pending ?? 0) + Number(info.lag ?? 0);
+          }
+        }
+        outbox.push({ sink: sink.name, pending, dead: await this.#redis.xlen(`${this.#state.prefix}dead:${sink.name}`) });
+      }
+      this.#gauges = { active: await this.#state.activeCount(), outbox };
+    } catch {
+      // Redis away: keep the last figures
     }
   }
 

@@ -1,0 +1,63 @@
+// Measures how long a watch waits after the replica polling it is SIGKILLed mid-request, until
+// another replica polls it: BullMQ's lock has to lapse and its stalled-job check has to run.
+// Needs Redis (RUNWATCH_TEST_REDIS_URL, default redis://127.0.0.1:6379) and a build (npm run build).
+// Usage: npm run bench:takeover
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { Redis } from 'ioredis';
+// from the build: node runs this file with type stripping, which does not map .js to .ts
+import { startSimulator } from '../dist/simulator.js';
+
+const REDIS_URL = process.env.RUNWATCH_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
+const KEY = 'sk-bench-takeover';
+
+async function replica(simUrl: string, prefix: string, lockMs: number, stalledMs: number) {
+  const child = spawn(
+    process.execPath,
+    [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-bench-')), '--log-level', 'info',
+      ...['store.kind="redis"', `store.prefix=${JSON.stringify(prefix)}`, `store.lockDurationMs=${lockMs}`, `store.stalledIntervalMs=${stalledMs}`,
+        'watch.provider="openai"', `watch.baseUrl=${JSON.stringify(simUrl)}`, 'sinks.stdout.enabled=false'].flatMap((s) => ['--set', s])],
+    { env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: REDIS_URL }, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const lines = createInterface({ input: child.stderr });
+  const port = await new Promise<number>((resolve) => lines.on('line', (l) => l.includes('daemon listening') && resolve((JSON.parse(l) as { port: number }).port)));
+  return { child, port };
+}
+
+async function measure(lockMs: number, stalledMs: number): Promise<number> {
+  const prefix = `rwbench:${process.pid}:${lockMs}:`;
+  const sim = await startSimulator({ apiKey: KEY });
+  // the first request hangs, so the first replica is killed in the middle of it
+  sim.addRun({ threadId: 'thread_t', runId: 'run_t', timeline: [{ status: 'in_progress' }], faults: [{ type: 'hang', from: 1 }] });
+  const a = await replica(sim.baseUrl, prefix, lockMs, stalledMs);
+  await fetch(`http://127.0.0.1:${a.port}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"thread_id":"thread_t","run_id":"run_t"}' });
+  while (sim.requests('run_t').length === 0) await new Promise((r) => setTimeout(r, 10));
+  const b = await replica(sim.baseUrl, prefix, lockMs, stalledMs);
+  const killedAt = Date.now();
+  a.child.kill('SIGKILL');
+  while (sim.requests('run_t').length < 2) await new Promise((r) => setTimeout(r, 10));
+  const takeoverMs = sim.requests('run_t')[1]!.atMs - killedAt;
+  b.child.kill('SIGTERM');
+  await once(b.child, 'close');
+  await sim.close();
+  const redis = new Redis(REDIS_URL);
+  for (let cursor = '0'; ; ) {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
+    if (keys.length) await redis.del(...keys);
+    if ((cursor = next) === '0') break;
+  }
+  redis.disconnect();
+  return takeoverMs;
+}
+
+process.stdout.write('lockDurationMs  stalledIntervalMs  takeover after SIGKILL (ms)\n');
+for (const [lockMs, stalledMs] of [[10_000, 5_000], [5_000, 2_000], [3_000, 1_000]] as const) {
+  const samples: number[] = [];
+  for (let i = 0; i < 3; i++) samples.push(await measure(lockMs, stalledMs));
+  process.stdout.write(`${String(lockMs).padStart(14)}  ${String(stalledMs).padStart(17)}  ${samples.join(', ')} (median ${[...samples].sort((x, y) => x - y)[1]})\n`);
+}
