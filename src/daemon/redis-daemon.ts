@@ -236,6 +236,7 @@ export class RedisDaemon implements RunningDaemon {
       return 'deadline';
     }
     const sentAtMs = Date.now();
+    if (record.next_poll_at !== null) this.#metrics.pollLateness.observe(Math.max(0, sentAtMs - record.next_poll_at) / 1000);
     const outcome: PollOutcome<Snapshot> = await this.#client.retrieve(KIND, { thread_id: record.thread_id, run_id: record.run_id }, { watchId: record.id });
     const now = Date.now();
     this.#metrics.polls.inc({ outcome: outcome.ok ? 'ok' : outcome.code });

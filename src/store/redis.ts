@@ -33,7 +33,9 @@ for e = 1, n do
   i = i + 5
 end
 local fields = cjson.decode(ARGV[2])
-for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+local flat = {}
+for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+redis.call('HSET', KEYS[1], unpack(flat))
 if ARGV[3] ~= 'active' then redis.call('SREM', KEYS[5], redis.call('HGET', KEYS[1], 'id')) end
 return 1`;
 
