@@ -18,7 +18,7 @@ import type { Sink } from '../sinks/sink.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import type { Emission, Progress, StepSettings } from '../step.js';
 import { applyOutcome, deadlineMessage, initialProgress } from '../step.js';
-import { pairs, RedisState, watchIdFor } from '../store/redis.js';
+import { pairs, RedisState } from '../store/redis.js';
 import type { WatchRecord, WatchState } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import { createControlApi } from './api.js';
@@ -167,6 +167,7 @@ export class RedisDaemon implements RunningDaemon {
     // events committed by other replicas: wake SSE streams when the log grows
     this.#timers.push(setInterval(() => void this.#watchLog(), 250));
     this.#timers.push(setInterval(() => void this.#refreshGauges(), 5_000));
+    this.#timers.push(setInterval(() => void this.#prune(), this.#config.retention.pruneIntervalMs));
     const { server } = this.#api;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -188,6 +189,16 @@ export class RedisDaemon implements RunningDaemon {
       }
     } catch {
       // Redis away: readiness says so; nothing to wake
+    }
+  }
+
+  async #prune(): Promise<void> {
+    try {
+      // every replica may prune: deleting an ended watch twice is harmless
+      const removed = await this.#state.pruneWatches(Date.now(), this.#config.retention.watchesMs);
+      if (removed > 0) this.#logger.info({ removed }, 'pruned ended watches');
+    } catch (error) {
+      this.#logger.debug({ err: error }, 'pruning failed');
     }
   }
 
@@ -346,10 +357,9 @@ export class RedisDaemon implements RunningDaemon {
 
   async #addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }) {
     if (this.#shutdown) return undefined;
-    const id = watchIdFor(input.thread_id, input.run_id);
-    const { watch, created } = await this.#state.createWatch({ id, ...input }, Date.now());
-    // the job id is the watch id: the same run added on two replicas is one job
-    if (created) await this.#queue.add('poll', { watchId: id }, { jobId: id, removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } });
+    const { watch, created } = await this.#state.createWatch({ id: randomWatchId(), ...input }, Date.now());
+    // the job id is the watch id the run maps to: the same run added on two replicas is one job
+    if (created) await this.#queue.add('poll', { watchId: watch.id }, { jobId: watch.id, removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } });
     return { watch: watchView(watch, null)!, created };
   }
 

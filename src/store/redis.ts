@@ -7,14 +7,18 @@ import type { EventFilter, NewWatch, StoredEvent, WatchRecord, WatchState } from
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
 
+// KEYS: runs map, watches zset, order counter, active set; ARGV: run key, new id, thread, run, metadata, callback, now, watch key prefix
 const CREATE = `
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local existing = redis.call('HGET', KEYS[1], ARGV[1])
+if existing and redis.call('EXISTS', ARGV[8] .. existing) == 1 then return {0, existing} end
+local id = ARGV[2]
 local order = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'thread_id', ARGV[2], 'run_id', ARGV[3], 'metadata', ARGV[4], 'callback_url', ARGV[5],
-  'state', 'active', 'seq', 0, 'created_at', ARGV[6], 'updated_at', ARGV[6], 'order', order)
-redis.call('ZADD', KEYS[2], order, ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[1])
-return 1`;
+redis.call('HSET', ARGV[8] .. id, 'id', id, 'thread_id', ARGV[3], 'run_id', ARGV[4], 'metadata', ARGV[5], 'callback_url', ARGV[6],
+  'state', 'active', 'seq', 0, 'created_at', ARGV[7], 'updated_at', ARGV[7], 'order', order)
+redis.call('HSET', KEYS[1], ARGV[1], id)
+redis.call('ZADD', KEYS[2], order, id)
+redis.call('SADD', KEYS[4], id)
+return {1, id}`;
 
 // KEYS: watch, pos counter, log stream, partition stream, active set
 // ARGV: expected seq, fields (JSON object), new state, event count, then 5 values per event
@@ -40,16 +44,16 @@ if ARGV[3] ~= 'active' then redis.call('SREM', KEYS[5], redis.call('HGET', KEYS[
 return 1`;
 
 interface Commands {
-  rwCreate(watch: string, watches: string, order: string, active: string, ...args: string[]): Promise<number>;
+  rwCreate(runs: string, watches: string, order: string, active: string, ...args: string[]): Promise<[number, string]>;
   rwCommit(watch: string, pos: string, log: string, partition: string, active: string, ...args: string[]): Promise<number>;
 }
 
 /** Why a commit was refused. */
 export type CommitRefusal = 'stale' | 'ended' | 'missing';
 
-/** The watch id for a run: the same on every replica, so adding a run twice is idempotent. */
-export function watchIdFor(threadId: string, runId: string): string {
-  return `w_${createHash('sha256').update(`${threadId}\n${runId}`).digest('hex').slice(0, 24)}`;
+/** The key of a run in the runs map (thread and run ids cannot contain a newline). */
+function runKey(threadId: string, runId: string): string {
+  return `${threadId}\n${runId}`;
 }
 
 /** The outbox partition of a run: one run always maps to the same one, which keeps its order. */
@@ -98,22 +102,28 @@ export class RedisState {
     return `${this.prefix}log`;
   }
 
-  /** Creates the watch for a run, or returns the existing one. */
+  /**
+   * Creates the watch for a run with `input.id`, or returns the run's existing watch: one
+   * script, so two replicas adding the same run get one watch. A run added again after its
+   * watch was pruned gets a new id, so its event ids never repeat.
+   */
   async createWatch(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }> {
-    const created = await this.#redis.rwCreate(
-      this.watchKey(input.id),
+    const [created, id] = await this.#redis.rwCreate(
+      `${this.prefix}runs`,
       `${this.prefix}watches`,
       `${this.prefix}order`,
       `${this.prefix}active`,
+      runKey(input.thread_id, input.run_id),
       input.id,
       input.thread_id,
       input.run_id,
       input.metadata ? JSON.stringify(input.metadata) : '',
       input.callback_url ?? '',
       String(nowMs),
+      this.watchKey(''),
     );
-    const watch = await this.getWatch(input.id);
-    if (!watch) throw new Error(`watch ${input.id} vanished after creation`);
+    const watch = await this.getWatch(id);
+    if (!watch) throw new Error(`watch ${id} vanished after creation`);
     return { watch, created: created === 1 };
   }
 
@@ -191,6 +201,35 @@ export class RedisState {
       start = `(${entries[entries.length - 1]![0]}`;
     }
     return out;
+  }
+
+  /**
+   * Deletes watches that ended more than `olderThanMs` ago (a chunk per call). The streams are
+   * capped instead (about a million entries each). Returns how many were removed.
+   */
+  async pruneWatches(nowMs: number, olderThanMs: number): Promise<number> {
+    let removed = 0;
+    let from = '-inf';
+    for (;;) {
+      const ids = await this.#redis.zrangebyscore(`${this.prefix}watches`, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 500);
+      if (ids.length === 0) return removed;
+      const pipeline = this.#redis.pipeline();
+      for (let i = 0; i < ids.length; i += 2) pipeline.hmget(this.watchKey(ids[i]!), 'state', 'finished_at');
+      const rows = ((await pipeline.exec()) ?? []).map(([, value]) => value as [string | null, string | null]);
+      const stale = rows.flatMap(([state, finishedAt], i) => (state && state !== 'active' && finishedAt && Number(finishedAt) < nowMs - olderThanMs ? [ids[i * 2]!] : []));
+      if (stale.length > 0) {
+        const keys = await Promise.all(stale.map(async (id) => ((await this.#redis.hmget(this.watchKey(id), 'thread_id', 'run_id')) as [string, string])));
+        await this.#redis
+          .multi()
+          .del(...stale.map((id) => this.watchKey(id)))
+          .zrem(`${this.prefix}watches`, ...stale)
+          // only this watch's mapping: a newer watch of the same run keeps its own
+          .eval(`for i = 1, #ARGV, 2 do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end end`, 1, `${this.prefix}runs`, ...keys.flatMap(([t, r], i) => [runKey(t, r), stale[i]!]))
+          .exec();
+        removed += stale.length;
+      }
+      from = `(${ids[ids.length - 1]}`;
+    }
   }
 
   /** The last event position written. */
