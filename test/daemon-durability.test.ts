@@ -2,12 +2,10 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator, SimulatedRun } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
-import { byRun, startReceiver } from './receiver.js';
-import type { Receiver } from './receiver.js';
+import { expectCompleteAndOrdered, startReceiver, terminalRuns } from './receiver.js';
 import { startCli } from './spawn.js';
 import type { CliProcess } from './spawn.js';
 
@@ -96,35 +94,6 @@ async function addWatches(base: string, runs: readonly SimulatedRun[]): Promise<
         expect([200, 201]).toContain(res.status);
       }),
     );
-  }
-}
-
-/** How many runs have a terminal event at the receiver. */
-function terminalRuns(receiver: Receiver): number {
-  let count = 0;
-  for (const events of byRun(receiver.received).values()) if (events.some((e) => e.type !== 'watch.error' && TERMINAL.has(e.to))) count += 1;
-  return count;
-}
-
-/** The acceptance checks on everything the receiver got. */
-function expectCompleteAndOrdered(receiver: Receiver, runs: readonly SimulatedRun[]): void {
-  expect(receiver.received.every((r) => r.signatureValid)).toBe(true);
-  const payloads = new Map<string, string>();
-  for (const { id, body } of receiver.received) {
-    expect(payloads.get(id) ?? body).toBe(body);
-    payloads.set(id, body);
-  }
-  const arrivals = new Map<string, number[]>();
-  for (const { event } of receiver.received) arrivals.set(event.run_id, [...(arrivals.get(event.run_id) ?? []), event.seq]);
-  const runsSeen = byRun(receiver.received);
-  for (const run of runs) {
-    const seqs = arrivals.get(run.runId) ?? [];
-    // redeliveries repeat a seq, never go back
-    expect(seqs, run.runId).toEqual([...seqs].sort((a, b) => a - b));
-    const events: WatchEvent[] = runsSeen.get(run.runId) ?? [];
-    expect(events.map((e) => e.seq), run.runId).toEqual(events.map((_, i) => i + 1));
-    const last = events.at(-1);
-    expect(last?.type, run.runId).toBe(`run.${run.timeline.at(-1)!.status}`);
   }
 }
 

@@ -1,6 +1,9 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { expect } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
+import type { SimulatedRun } from '../src/simulator.js';
+import { TERMINAL_RUN_STATUSES } from '../src/status.js';
 import { verifyWebhook } from '../src/sinks/webhook.js';
 
 /** A webhook delivery as the receiver saw it. */
@@ -83,4 +86,36 @@ export function byRun(received: readonly Received[]): Map<string, WatchEvent[]> 
     runs.set(event.run_id, list);
   }
   return runs;
+}
+
+const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
+
+/** How many runs have a terminal event at the receiver. */
+export function terminalRuns(receiver: Receiver): number {
+  let count = 0;
+  for (const events of byRun(receiver.received).values()) if (events.some((e) => e.type !== 'watch.error' && TERMINAL.has(e.to))) count += 1;
+  return count;
+}
+
+/**
+ * The acceptance checks on everything a receiver got: valid signatures, one payload per event
+ * id, per run seqs that never go back (redeliveries repeat one), no gap, the right last status.
+ */
+export function expectCompleteAndOrdered(receiver: Receiver, runs: readonly SimulatedRun[]): void {
+  expect(receiver.received.every((r) => r.signatureValid)).toBe(true);
+  const payloads = new Map<string, string>();
+  for (const { id, body } of receiver.received) {
+    expect(payloads.get(id) ?? body).toBe(body);
+    payloads.set(id, body);
+  }
+  const arrivals = new Map<string, number[]>();
+  for (const { event } of receiver.received) arrivals.set(event.run_id, [...(arrivals.get(event.run_id) ?? []), event.seq]);
+  const runsSeen = byRun(receiver.received);
+  for (const run of runs) {
+    const seqs = arrivals.get(run.runId) ?? [];
+    expect(seqs, run.runId).toEqual([...seqs].sort((a, b) => a - b));
+    const events = runsSeen.get(run.runId) ?? [];
+    expect(events.map((e) => e.seq), run.runId).toEqual(events.map((_, i) => i + 1));
+    expect(events.at(-1)?.type, run.runId).toBe(`run.${run.timeline.at(-1)!.status}`);
+  }
 }

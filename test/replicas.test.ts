@@ -5,8 +5,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { SimulatedRun } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
-import { byRun, startReceiver } from './receiver.js';
-import type { Receiver } from './receiver.js';
+import { expectCompleteAndOrdered, startReceiver, terminalRuns } from './receiver.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 import { startCli } from './spawn.js';
 import type { CliProcess } from './spawn.js';
@@ -42,12 +41,6 @@ async function startReplica(simUrl: string, webhookUrl: string): Promise<Replica
   );
   const line = await cli.waitForStderr((l) => l.includes('daemon listening'));
   return { cli, base: `http://127.0.0.1:${(JSON.parse(line) as { port: number }).port}` };
-}
-
-function terminalRuns(receiver: Receiver): number {
-  let count = 0;
-  for (const events of byRun(receiver.received).values()) if (events.some((e) => e.type !== 'watch.error' && TERMINAL.has(e.to))) count += 1;
-  return count;
 }
 
 describe.skipIf(!available)('several replicas on Redis (needs Redis)', () => {
@@ -97,23 +90,8 @@ describe.skipIf(!available)('several replicas on Redis (needs Redis)', () => {
       replicas[2]!.cli.child.kill('SIGTERM');
       expect((await replicas[2]!.cli.done).code).toBe(0);
 
-      expect(receiver.received.every((r) => r.signatureValid)).toBe(true);
-      const payloads = new Map<string, string>();
-      for (const { id, body } of receiver.received) {
-        expect(payloads.get(id) ?? body).toBe(body);
-        payloads.set(id, body);
-      }
-      const arrivals = new Map<string, number[]>();
-      for (const { event } of receiver.received) arrivals.set(event.run_id, [...(arrivals.get(event.run_id) ?? []), event.seq]);
-      const events = byRun(receiver.received);
-      for (const run of runs) {
-        const seqs = arrivals.get(run.runId) ?? [];
-        expect(seqs, run.runId).toEqual([...seqs].sort((a, b) => a - b));
-        const list = events.get(run.runId) ?? [];
-        expect(list.map((e) => e.seq), run.runId).toEqual(list.map((_, i) => i + 1));
-        expect(list.at(-1)?.type, run.runId).toBe(`run.${run.timeline.at(-1)!.status}`);
-        expect(sim.maxConcurrent(run.runId), run.runId).toBe(1);
-      }
+      expectCompleteAndOrdered(receiver, runs);
+      for (const run of runs) expect(sim.maxConcurrent(run.runId), run.runId).toBe(1);
       const instances = new Set(runs.flatMap((run) => sim.requests(run.runId).map((r) => String(r.headers['x-runwatch-instance']))));
       expect(instances.size).toBeGreaterThanOrEqual(3);
     } finally {

@@ -1,3 +1,4 @@
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -65,6 +66,25 @@ export function watchView(record: WatchRecord | undefined, nextPollAtMs: number 
     created_at: new Date(record.created_at).toISOString(),
     updated_at: new Date(record.updated_at).toISOString(),
   };
+}
+
+/** Refuses a public address without a control token (throws `ConfigError`). */
+export function assertSafeBind(config: DaemonConfig, secrets: DaemonSecrets): void {
+  if (!isLoopback(config.daemon.host) && !secrets.controlToken) {
+    throw new ConfigError(`refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN (or bind 127.0.0.1)`);
+  }
+}
+
+/** Starts the control API on the configured address. */
+export async function listen(server: Server, config: DaemonConfig): Promise<AddressInfo> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.daemon.port, config.daemon.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  return server.address() as AddressInfo;
 }
 
 /** What the CLI needs from a running daemon, whatever its store. */
@@ -190,9 +210,7 @@ export class Daemon implements RunningDaemon {
    * Throws `ConfigError` for settings that cannot work (a public address without a token).
    */
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<Daemon> {
-    if (!isLoopback(config.daemon.host) && !secrets.controlToken) {
-      throw new ConfigError(`refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN (or bind 127.0.0.1)`);
-    }
+    assertSafeBind(config, secrets);
     const sinks = await createSinks(config, secrets);
     const daemon = new Daemon(config, secrets, logger, sinks);
     await daemon.#begin();
@@ -211,15 +229,7 @@ export class Daemon implements RunningDaemon {
     for (const worker of this.#workers) worker.start();
     this.#timers.push(setInterval(() => this.#saveNextPolls(), SAVE_NEXT_POLLS_MS));
     this.#timers.push(setInterval(() => this.#prune(), this.#config.retention.pruneIntervalMs));
-    const { server } = this.#api;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.#config.daemon.port, this.#config.daemon.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.#address = server.address() as AddressInfo;
+    this.#address = await listen(this.#api.server, this.#config);
     this.#logger.info({ host: this.#address.address, port: this.#address.port, resumed: active.length, sinks: this.#sinkNames }, 'daemon listening');
   }
 

@@ -23,9 +23,9 @@ import type { WatchRecord, WatchState } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import { createControlApi } from './api.js';
 import type { DaemonConfig } from './config.js';
-import { effectiveBaseUrl, isLoopback } from './config.js';
+import { effectiveBaseUrl } from './config.js';
 import type { DaemonSecrets, RunningDaemon } from './daemon.js';
-import { createSinks, watchView } from './daemon.js';
+import { assertSafeBind, createSinks, listen, watchView } from './daemon.js';
 import { DaemonMetrics } from './metrics.js';
 import { PartitionedOutbox } from './redis-outbox.js';
 
@@ -136,9 +136,7 @@ export class RedisDaemon implements RunningDaemon {
 
   /** Connects to Redis, starts the worker, the outboxes and the control API. */
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<RedisDaemon> {
-    if (!isLoopback(config.daemon.host) && !secrets.controlToken) {
-      throw new ConfigError(`refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN (or bind 127.0.0.1)`);
-    }
+    assertSafeBind(config, secrets);
     if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
     const daemon = new RedisDaemon(config, secrets, logger, await createSinks(config, secrets), secrets.redisUrl);
     await daemon.#begin();
@@ -168,15 +166,7 @@ export class RedisDaemon implements RunningDaemon {
     this.#timers.push(setInterval(() => void this.#watchLog(), 250));
     this.#timers.push(setInterval(() => void this.#refreshGauges(), 5_000));
     this.#timers.push(setInterval(() => void this.#prune(), this.#config.retention.pruneIntervalMs));
-    const { server } = this.#api;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.#config.daemon.port, this.#config.daemon.host, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
-    this.#address = server.address() as AddressInfo;
+    this.#address = await listen(this.#api.server, this.#config);
     this.#logger.info({ host: this.#address.address, port: this.#address.port, store: 'redis', replica: this.#replicaId, resumed: await this.#state.activeCount() }, 'daemon listening');
   }
 

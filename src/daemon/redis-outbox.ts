@@ -23,6 +23,13 @@ const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 interface Held {
+  /**
+   * Deliver only before this: half a lease after the last confirmed renewal, so this replica
+   * stops well before Redis lets the lease (and the pending entries) go to another one.
+   */
+  validUntilMs: number;
+  /** Aborted when the lease is lost or unconfirmed: stops the delivery in flight. */
+  readonly lost: AbortController;
   /** The previous holder's pending entries were claimed. */
   claimed: boolean;
   /** A failed entry holds the partition until then. */
@@ -46,7 +53,8 @@ export class PartitionedOutbox {
   readonly #stop = new AbortController();
   #loop: Promise<void> | null = null;
   #wake: (() => void) | null = null;
-  #leasesCheckedAtMs = 0;
+  #leaseTimer: NodeJS.Timeout | null = null;
+  #renewing = false;
 
   constructor(redis: Redis, state: RedisState, sink: Sink, options: PartitionedOutboxOptions) {
     this.#redis = redis;
@@ -61,6 +69,8 @@ export class PartitionedOutbox {
 
   /** Starts delivering. */
   start(): void {
+    // leases are kept on their own clock: a slow delivery round must not let one lapse unnoticed
+    this.#leaseTimer ??= setInterval(() => void this.#leases(), Math.max(50, Math.floor(this.#options.leaseMs / 5)));
     this.#loop ??= this.#run();
   }
 
@@ -71,6 +81,7 @@ export class PartitionedOutbox {
 
   /** Stops after the delivery in flight, and hands the leases back. */
   async stop(): Promise<void> {
+    if (this.#leaseTimer) clearInterval(this.#leaseTimer);
     this.#stop.abort();
     this.#wake?.();
     await this.#loop;
@@ -86,7 +97,7 @@ export class PartitionedOutbox {
     while (!this.#stop.signal.aborted) {
       try {
         await Promise.all(groups);
-        await this.#leases();
+        if (this.#held.size === 0) await this.#leases();
         let delivered = 0;
         for (const [partition, held] of this.#held) delivered += await this.#drain(partition, held);
         if (delivered === 0) await this.#sleep(200);
@@ -99,23 +110,40 @@ export class PartitionedOutbox {
   }
 
   async #leases(): Promise<void> {
-    const now = Date.now();
-    if (now - this.#leasesCheckedAtMs < this.#options.leaseMs / 4) return;
-    this.#leasesCheckedAtMs = now;
+    if (this.#renewing || this.#stop.signal.aborted) return;
+    this.#renewing = true;
     const me = this.#options.replicaId;
-    for (let p = 0; p < this.#state.partitions; p++) {
-      const key = this.#leaseKey(p);
-      if (this.#held.has(p)) {
-        if ((await this.#redis.eval(RENEW, 1, key, me, this.#options.leaseMs)) !== 1) this.#held.delete(p);
-      } else if ((await this.#redis.set(key, me, 'PX', this.#options.leaseMs, 'NX')) === 'OK') {
-        this.#held.set(p, { claimed: false, blockedUntilMs: 0, attempts: new Map() });
+    const { leaseMs } = this.#options;
+    try {
+      for (let p = 0; p < this.#state.partitions; p++) {
+        const key = this.#leaseKey(p);
+        // validity counts from before the command: the reply may come late
+        const sentAtMs = Date.now();
+        const held = this.#held.get(p);
+        if (held) {
+          if ((await this.#redis.eval(RENEW, 1, key, me, leaseMs)) === 1) held.validUntilMs = sentAtMs + leaseMs / 2;
+          else this.#drop(p, held);
+        } else if ((await this.#redis.set(key, me, 'PX', leaseMs, 'NX')) === 'OK') {
+          this.#held.set(p, { validUntilMs: sentAtMs + leaseMs / 2, lost: new AbortController(), claimed: false, blockedUntilMs: 0, attempts: new Map() });
+        }
       }
+    } catch (error) {
+      this.#options.logger.debug({ err: error, sink: this.sink.name }, 'lease renewal failed');
+    } finally {
+      // Redis away or slow: what could not be confirmed in time is given up before it expires
+      for (const [p, held] of this.#held) if (Date.now() >= held.validUntilMs) this.#drop(p, held);
+      this.#renewing = false;
     }
+  }
+
+  #drop(partition: number, held: Held): void {
+    held.lost.abort();
+    if (this.#held.get(partition) === held) this.#held.delete(partition);
   }
 
   /** Delivers what is due in one partition; returns how many entries were settled. */
   async #drain(partition: number, held: Held): Promise<number> {
-    if (Date.now() < held.blockedUntilMs) return 0;
+    if (Date.now() < held.blockedUntilMs || Date.now() >= held.validUntilMs) return 0;
     const stream = this.#state.partitionKey(partition);
     const group = this.sink.name;
     const me = this.#options.replicaId;
@@ -134,6 +162,11 @@ export class PartitionedOutbox {
     let settled = 0;
     for (const [id, flat] of entries) {
       if (this.#stop.signal.aborted) break;
+      if (Date.now() >= held.validUntilMs || held.lost.signal.aborted) {
+        // not confirmed lately: another replica may take over; leave the rest pending for it
+        this.#drop(partition, held);
+        break;
+      }
       const fields = pairs(flat);
       const outcome = await this.#deliver(id, fields, held);
       if (outcome === 'retry') break;
@@ -152,7 +185,8 @@ export class PartitionedOutbox {
     const sink = this.sink.name;
     if (sink === 'callback' && !fields.callback_url) return 'delivered';
     try {
-      await this.sink.deliver(JSON.parse(fields.payload ?? 'null') as WatchEvent, { signal: this.#stop.signal, url: fields.callback_url || undefined });
+      const signal = AbortSignal.any([this.#stop.signal, held.lost.signal]);
+      await this.sink.deliver(JSON.parse(fields.payload ?? 'null') as WatchEvent, { signal, url: fields.callback_url || undefined });
       held.attempts.delete(id);
       this.#options.onOutcome?.(sink, 'delivered');
       return 'delivered';
@@ -163,7 +197,8 @@ export class PartitionedOutbox {
       attempt.count += 1;
       held.attempts.set(id, attempt);
       const permanent = error instanceof DeliveryError && error.permanent;
-      if (this.#stop.signal.aborted) return 'retry';
+      // stopped, or the lease went: the entry stays pending for whoever holds the partition next
+      if (this.#stop.signal.aborted || held.lost.signal.aborted) return 'retry';
       if (permanent || now - attempt.firstMs >= this.#options.retryForMs) {
         await this.#redis.xadd(`${this.#state.prefix}dead:${sink}`, 'MAXLEN', '~', 100_000, '*', 'event_id', fields.event_id ?? '', 'error', message, 'payload', fields.payload ?? '');
         held.attempts.delete(id);
