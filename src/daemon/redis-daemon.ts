@@ -14,6 +14,7 @@ import { RUN_KIND } from '../resource.js';
 import type { ResourceKind, Snapshot } from '../resource.js';
 import { resolvePollPolicy, retryAfterFloorMs } from '../schedule.js';
 import type { PollPolicy } from '../schedule.js';
+import { FileSink } from '../sinks/file.js';
 import type { Sink } from '../sinks/sink.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import type { Emission, Progress, StepSettings } from '../step.js';
@@ -365,8 +366,9 @@ export class RedisDaemon implements RunningDaemon {
     return watchView(await this.#state.getWatch(id), null);
   }
 
+  /** Reopens this replica's file sink (SIGHUP, for logrotate). */
   async reopen(): Promise<void> {
-    // the file sink is per replica; nothing shared to reopen
+    await Promise.all(this.#outboxes.map(async ({ sink }) => (sink instanceof FileSink ? sink.reopen() : undefined)));
   }
 
   /** Stops accepting, lets polls in flight finish, stops the outboxes, closes connections. Idempotent. */
