@@ -1,5 +1,6 @@
 import type { ErrorCode } from './errors.js';
-import type { RunSnapshot } from './resource.js';
+import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
+import type { Emission, Progress } from './step.js';
 
 /** Fields every event has, whatever is watched. */
 export interface EventEnvelope {
@@ -59,4 +60,42 @@ export function eventId(watchId: string, seq: number): string {
 /** True for events that end a watch with an error. */
 export function isWatchError(event: WatchEvent): event is RunWatchErrorEvent {
   return event.type === 'watch.error';
+}
+
+/** The details of a `watch.error`: a code, a one-line message, the HTTP status if one answered. */
+export interface WatchErrorCause {
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly httpStatus?: number | undefined;
+}
+
+/** The fields every event of one watch starts with: `id`, `type`, `seq`, `watch_id`, then the kind's id fields. */
+function envelope(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, type: string, seq: number): Record<string, unknown> {
+  const event: Record<string, unknown> = { id: eventId(watchId, seq), type, seq, watch_id: watchId };
+  for (const field of kind.idFields) event[field] = (ref as Record<string, unknown>)[field];
+  return event;
+}
+
+/** The event for a step's emission (a transition, or `<prefix>.stalled`): the one schema both engines emit. */
+export function emissionEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, emission: Emission, nowMs: number): WatchEvent {
+  const stalled = emission.kind === 'stalled';
+  const to = stalled ? emission.status : emission.to;
+  const event = envelope(kind, watchId, ref, `${kind.eventPrefix}.${stalled ? 'stalled' : to}`, emission.seq);
+  event.from = stalled ? emission.status : emission.from;
+  event.to = to;
+  event.observed_at = new Date(nowMs).toISOString();
+  event[kind.snapshotField] = emission.snapshot;
+  if (stalled) event.stalled_for_ms = emission.stalledForMs;
+  return event as unknown as WatchEvent;
+}
+
+/** The `watch.error` that ends a watch, with the seq after `progress.seq`. */
+export function watchErrorEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, progress: Progress, cause: WatchErrorCause, nowMs: number): RunWatchErrorEvent {
+  const event = envelope(kind, watchId, ref, 'watch.error', progress.seq + 1);
+  event.from = progress.status;
+  event.to = null;
+  event.observed_at = new Date(nowMs).toISOString();
+  event.error = cause.httpStatus === undefined ? { code: cause.code, message: cause.message } : { code: cause.code, message: cause.message, http_status: cause.httpStatus };
+  event[kind.snapshotField] = progress.lastSnapshot;
+  return event as unknown as RunWatchErrorEvent;
 }

@@ -8,8 +8,8 @@ import type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome }
 import { ApiClient, assertValidHeader } from './client.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
-import type { RunWatchErrorEvent, RunTransitionEvent, WatchEvent } from './events.js';
-import { eventId } from './events.js';
+import type { WatchEvent } from './events.js';
+import { emissionEvent, watchErrorEvent } from './events.js';
 import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
 import { assertValidId, RUN_KIND } from './resource.js';
@@ -496,16 +496,9 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const { progress, emissions, result } = applyOutcome(w.kind, w.progress, outcome, w.settings, now);
     w.progress = progress;
     for (const emission of emissions) {
-      if (emission.kind === 'transition') {
-        w.logger.info({ from: emission.from, to: emission.to }, 'status changed');
-        this.#emitEvent(w, this.#transitionEvent(w, emission.from, emission.to, emission.seq, emission.snapshot, now));
-      } else {
-        w.logger.warn({ status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
-        const event = this.#transitionEvent(w, emission.status, emission.status, emission.seq, emission.snapshot, now) as unknown as Record<string, unknown>;
-        event.type = `${w.kind.eventPrefix}.stalled`;
-        event.stalled_for_ms = emission.stalledForMs;
-        this.#emitEvent(w, event as unknown as WatchEvent);
-      }
+      if (emission.kind === 'transition') w.logger.info({ from: emission.from, to: emission.to }, 'status changed');
+      else w.logger.warn({ status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
+      this.#emitEvent(w, emissionEvent(w.kind, w.id, w.ref, emission, now));
     }
     if (result.kind === 'resolved') {
       this.#end(w, { ok: true, snapshot: result.snapshot });
@@ -556,7 +549,11 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       w.resolve(result.snapshot);
       this.#safeEmit('settled', { watchId: w.id, ok: true, status: result.snapshot.status });
     } else {
-      if (result.emit) this.#emitEvent(w, this.#errorEvent(w, result.error, Date.now()));
+      if (result.emit) {
+        const event = watchErrorEvent(w.kind, w.id, w.ref, w.progress, result.error, Date.now());
+        w.progress = { ...w.progress, seq: event.seq };
+        this.#emitEvent(w, event);
+      }
       w.reject(result.error);
       this.#safeEmit('settled', { watchId: w.id, ok: false, code: result.error.code });
     }
@@ -566,29 +563,6 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       this.#ready.clear();
       this.#clearTimer();
     }
-  }
-
-  #transitionEvent(w: AnyWatch, from: string | null, to: string, seq: number, snapshot: Snapshot, now: number): WatchEvent {
-    const event: Record<string, unknown> = { id: eventId(w.id, seq), type: `${w.kind.eventPrefix}.${to}`, seq, watch_id: w.id };
-    for (const field of w.kind.idFields) event[field] = (w.ref as Record<string, unknown>)[field];
-    event.from = from;
-    event.to = to;
-    event.observed_at = new Date(now).toISOString();
-    event[w.kind.snapshotField] = snapshot;
-    return event as unknown as RunTransitionEvent;
-  }
-
-  #errorEvent(w: AnyWatch, error: WatchError<Snapshot>, now: number): WatchEvent {
-    const seq = w.progress.seq + 1;
-    w.progress = { ...w.progress, seq };
-    const event: Record<string, unknown> = { id: eventId(w.id, seq), type: 'watch.error', seq, watch_id: w.id };
-    for (const field of w.kind.idFields) event[field] = (w.ref as Record<string, unknown>)[field];
-    event.from = w.progress.status;
-    event.to = null;
-    event.observed_at = new Date(now).toISOString();
-    event.error = error.httpStatus === undefined ? { code: error.code, message: error.message } : { code: error.code, message: error.message, http_status: error.httpStatus };
-    event[w.kind.snapshotField] = w.progress.lastSnapshot;
-    return event as unknown as RunWatchErrorEvent;
   }
 
   #emitEvent(w: AnyWatch, event: WatchEvent): void {

@@ -9,7 +9,7 @@ import type { PollOutcome } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
 import type { WatchEvent } from '../events.js';
-import { eventId } from '../events.js';
+import { emissionEvent, watchErrorEvent } from '../events.js';
 import { RUN_KIND } from '../resource.js';
 import type { ResourceKind, Snapshot } from '../resource.js';
 import { resolvePollPolicy, retryAfterFloorMs } from '../schedule.js';
@@ -17,7 +17,7 @@ import type { PollPolicy } from '../schedule.js';
 import { FileSink } from '../sinks/file.js';
 import type { Sink } from '../sinks/sink.js';
 import { WebhookSink } from '../sinks/webhook.js';
-import type { Emission, Progress, StepSettings } from '../step.js';
+import type { Progress, StepSettings } from '../step.js';
 import { applyOutcome, deadlineMessage, initialProgress } from '../step.js';
 import { pairs, RedisState } from '../store/redis.js';
 import type { WatchRecord, WatchState } from '../store/store.js';
@@ -249,7 +249,7 @@ export class RedisDaemon implements RunningDaemon {
       await this.#queue.rateLimit(pauseMs).catch(() => undefined);
     }
     const step = applyOutcome(KIND, progress, outcome, settings, now);
-    const events = step.emissions.map((emission) => this.#event(record, emission, now));
+    const events = step.emissions.map((emission) => emissionEvent(KIND, record.id, record, emission, now));
     if (step.result.kind === 'failed') {
       const failure = step.result.failure;
       await this.#end(record, step.progress, progress.seq, failure.code, `run threads/${record.thread_id}/runs/${record.run_id}: ${failure.message}`, failure.httpStatus, events);
@@ -265,25 +265,6 @@ export class RedisDaemon implements RunningDaemon {
     }
     await job.moveToDelayed(next!.atMs, token);
     throw new DelayedError();
-  }
-
-  #event(record: WatchRecord, emission: Emission, now: number): WatchEvent {
-    const stalled = emission.kind === 'stalled';
-    const to = stalled ? emission.status : emission.to;
-    const event = {
-      id: eventId(record.id, emission.seq),
-      type: `run.${stalled ? 'stalled' : to}`,
-      seq: emission.seq,
-      watch_id: record.id,
-      thread_id: record.thread_id,
-      run_id: record.run_id,
-      from: stalled ? emission.status : emission.from,
-      to,
-      observed_at: new Date(now).toISOString(),
-      run: emission.snapshot,
-      ...(stalled ? { stalled_for_ms: emission.stalledForMs } : {}),
-    };
-    return event as WatchEvent;
   }
 
   async #commit(
@@ -327,23 +308,9 @@ export class RedisDaemon implements RunningDaemon {
     httpStatus: number | undefined,
     before: readonly WatchEvent[] = [],
   ): Promise<void> {
-    const seq = progress.seq + 1;
-    const error = httpStatus === undefined ? { code, message } : { code, message, http_status: httpStatus };
-    const event = {
-      id: eventId(record.id, seq),
-      type: 'watch.error',
-      seq,
-      watch_id: record.id,
-      thread_id: record.thread_id,
-      run_id: record.run_id,
-      from: progress.status,
-      to: null,
-      observed_at: new Date().toISOString(),
-      error,
-      run: progress.lastSnapshot,
-    } as WatchEvent;
+    const event = watchErrorEvent(KIND, record.id, record, progress, { code, message, httpStatus }, Date.now());
     const state: WatchState = code === 'aborted' ? 'deleted' : 'failed';
-    await this.#commit(record, expectedSeq, { ...progress, seq }, state, [...before, event], null, { error: JSON.stringify(error) });
+    await this.#commit(record, expectedSeq, { ...progress, seq: event.seq }, state, [...before, event], null, { error: JSON.stringify(event.error) });
   }
 
   async #addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }) {
