@@ -7,19 +7,53 @@ import type { PendingDelivery, Store } from '../store/store.js';
 /** How one delivery attempt ended. */
 export type DeliveryOutcome = 'delivered' | 'retry' | 'dead';
 
-/** Options of an `OutboxWorker`. */
-export interface OutboxWorkerOptions {
+/** How both outboxes treat failed deliveries. */
+export interface DeliveryPolicy {
   /** Keep retrying an event this long after its first failure, then dead-letter it. */
   readonly retryForMs: number;
   /** Backoff between attempts: `baseMs * 2^(attempts-1)`, capped, half jittered. */
   readonly backoff: { readonly baseMs: number; readonly capMs: number };
+  readonly logger: Logger;
+  /** Called after every attempt (metrics). */
+  readonly onOutcome?: (sink: string, outcome: DeliveryOutcome) => void;
+}
+
+/** What a failed delivery becomes: dead-lettered now, or retried after `delayMs`. */
+export type FailureDecision = { readonly dead: true; readonly message: string } | { readonly dead: false; readonly delayMs: number; readonly message: string };
+
+/**
+ * Decides, logs and reports what a failed delivery becomes: dead when the sink said it is
+ * permanent or the event has failed for `retryForMs`, else a retry after the backoff (never
+ * sooner than the receiver's `retry-after`). `priorFailures` counts the failures before this one.
+ */
+export function settleFailure(
+  policy: DeliveryPolicy,
+  failure: { readonly sink: string; readonly eventId: string | undefined; readonly error: unknown; readonly priorFailures: number; readonly firstFailureMs: number },
+  nowMs: number,
+): FailureDecision {
+  const { sink, eventId, error, priorFailures } = failure;
+  const message = error instanceof Error ? error.message : String(error);
+  const permanent = error instanceof DeliveryError && error.permanent;
+  const attempts = priorFailures + 1;
+  if (permanent || nowMs - failure.firstFailureMs >= policy.retryForMs) {
+    policy.logger.error({ sink, eventId, attempts, permanent }, `dead-lettered an event: ${message}`);
+    policy.onOutcome?.(sink, 'dead');
+    return { dead: true, message };
+  }
+  const { baseMs, capMs } = policy.backoff;
+  const backoffMs = Math.min(capMs, baseMs * 2 ** Math.min(priorFailures, 30));
+  const delayMs = Math.max(backoffMs / 2 + (Math.random() * backoffMs) / 2, error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0);
+  policy.logger[priorFailures === 0 ? 'warn' : 'debug']({ sink, eventId, attempts, retryInMs: Math.round(delayMs) }, `delivery failed: ${message}`);
+  policy.onOutcome?.(sink, 'retry');
+  return { dead: false, delayMs, message };
+}
+
+/** Options of an `OutboxWorker`. */
+export interface OutboxWorkerOptions extends DeliveryPolicy {
   /** Runs delivered in parallel (events of one run are always delivered one after another). @default 8 */
   readonly concurrency?: number;
   /** Rows read per round. @default 500 */
   readonly batchSize?: number;
-  readonly logger: Logger;
-  /** Called after every attempt (metrics). */
-  readonly onOutcome?: (sink: string, outcome: DeliveryOutcome) => void;
 }
 
 /**
@@ -150,21 +184,12 @@ export class OutboxWorker {
     } catch (error) {
       if (this.#stop.signal.aborted) return 'aborted';
       const now = Date.now();
-      const message = error instanceof Error ? error.message : String(error);
-      const permanent = error instanceof DeliveryError && error.permanent;
-      const firstFailureMs = row.first_attempt_at ?? now;
-      if (permanent || now - firstFailureMs >= this.#options.retryForMs) {
-        this.#store.markDead(sink, row.pos, message, now);
-        this.#options.logger.error({ sink, eventId: row.event_id, attempts: row.attempts + 1, permanent }, `dead-lettered an event: ${message}`);
-        this.#options.onOutcome?.(sink, 'dead');
+      const decision = settleFailure(this.#options, { sink, eventId: row.event_id, error, priorFailures: row.attempts, firstFailureMs: row.first_attempt_at ?? now }, now);
+      if (decision.dead) {
+        this.#store.markDead(sink, row.pos, decision.message, now);
         return 'dead';
       }
-      const { baseMs, capMs } = this.#options.backoff;
-      const backoffMs = Math.min(capMs, baseMs * 2 ** Math.min(row.attempts, 30));
-      const delayMs = Math.max(backoffMs / 2 + (Math.random() * backoffMs) / 2, error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0);
-      this.#store.markRetry(sink, row.pos, now + delayMs, message, now);
-      this.#options.logger[row.attempts === 0 ? 'warn' : 'debug']({ sink, eventId: row.event_id, attempts: row.attempts + 1, retryInMs: Math.round(delayMs) }, `delivery failed: ${message}`);
-      this.#options.onOutcome?.(sink, 'retry');
+      this.#store.markRetry(sink, row.pos, now + decision.delayMs, decision.message, now);
       return 'retry';
     }
   }

@@ -1,22 +1,17 @@
 import type { Redis } from 'ioredis';
-import type { Logger } from 'pino';
-import { DeliveryError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import type { Sink } from '../sinks/sink.js';
 import { pairs } from '../store/redis.js';
 import type { RedisState } from '../store/redis.js';
-import type { DeliveryOutcome } from './outbox.js';
+import type { DeliveryOutcome, DeliveryPolicy } from './outbox.js';
+import { settleFailure } from './outbox.js';
 
 /** Options of a `PartitionedOutbox`. */
-export interface PartitionedOutboxOptions {
+export interface PartitionedOutboxOptions extends DeliveryPolicy {
   /** This replica's name (the consumer name in every group). */
   readonly replicaId: string;
-  readonly retryForMs: number;
-  readonly backoff: { readonly baseMs: number; readonly capMs: number };
   /** A partition's lease lasts this long unless renewed; a dead replica's partitions move after it. */
   readonly leaseMs: number;
-  readonly logger: Logger;
-  readonly onOutcome?: (sink: string, outcome: DeliveryOutcome) => void;
 }
 
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
@@ -192,26 +187,18 @@ export class PartitionedOutbox {
       return 'delivered';
     } catch (error) {
       const now = Date.now();
-      const message = error instanceof Error ? error.message : String(error);
       const attempt = held.attempts.get(id) ?? { count: 0, firstMs: now };
       attempt.count += 1;
       held.attempts.set(id, attempt);
-      const permanent = error instanceof DeliveryError && error.permanent;
       // stopped, or the lease went: the entry stays pending for whoever holds the partition next
       if (this.#stop.signal.aborted || held.lost.signal.aborted) return 'retry';
-      if (permanent || now - attempt.firstMs >= this.#options.retryForMs) {
-        await this.#redis.xadd(`${this.#state.prefix}dead:${sink}`, 'MAXLEN', '~', 100_000, '*', 'event_id', fields.event_id ?? '', 'error', message, 'payload', fields.payload ?? '');
+      const decision = settleFailure(this.#options, { sink, eventId: fields.event_id, error, priorFailures: attempt.count - 1, firstFailureMs: attempt.firstMs }, now);
+      if (decision.dead) {
+        await this.#redis.xadd(`${this.#state.prefix}dead:${sink}`, 'MAXLEN', '~', 100_000, '*', 'event_id', fields.event_id ?? '', 'error', decision.message, 'payload', fields.payload ?? '');
         held.attempts.delete(id);
-        this.#options.logger.error({ sink, eventId: fields.event_id, attempts: attempt.count, permanent }, `dead-lettered an event: ${message}`);
-        this.#options.onOutcome?.(sink, 'dead');
         return 'dead';
       }
-      const { baseMs, capMs } = this.#options.backoff;
-      const backoffMs = Math.min(capMs, baseMs * 2 ** Math.min(attempt.count - 1, 30));
-      const delayMs = Math.max(backoffMs / 2 + (Math.random() * backoffMs) / 2, error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0);
-      held.blockedUntilMs = now + delayMs;
-      this.#options.logger[attempt.count === 1 ? 'warn' : 'debug']({ sink, eventId: fields.event_id, attempts: attempt.count, retryInMs: Math.round(delayMs) }, `delivery failed: ${message}`);
-      this.#options.onOutcome?.(sink, 'retry');
+      held.blockedUntilMs = now + decision.delayMs;
       return 'retry';
     }
   }
