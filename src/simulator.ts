@@ -79,6 +79,36 @@ export interface SimulatorOptions {
   readonly errorStyle?: 'openai' | 'portkey';
   /** Runs to serve from the start. */
   readonly runs?: readonly SimulatedRun[];
+  /**
+   * A fleet-wide rate limit, as an API enforces per key: beyond it, retrieve requests get 429
+   * with `retry-after` and `retry-after-ms` (time until a request would be accepted).
+   * @default undefined (no limit)
+   */
+  readonly rateLimit?: RateLimit;
+  /**
+   * Keep every request (method, path, headers) for `requests()`. Off for large benchmarks:
+   * counters and true transitions are always kept.
+   * @default true
+   */
+  readonly recordRequests?: boolean;
+}
+
+/** A token bucket over all runs' retrieve requests. */
+export interface RateLimit {
+  /** Sustained requests per second. */
+  readonly requestsPerSecond: number;
+  /** Requests accepted at once after a quiet period. @default requestsPerSecond */
+  readonly burst?: number;
+}
+
+/** Counters of a simulator, cheap enough for any load. */
+export interface SimulatorStats {
+  /** Every request received, for any path. */
+  readonly requests: number;
+  /** Requests answered 429 by the rate limit. */
+  readonly rateLimited: number;
+  /** Requests and 429s per wall-clock second (epoch seconds as keys). */
+  readonly perSecond: ReadonlyMap<number, { readonly requests: number; readonly rateLimited: number }>;
 }
 
 /** A running simulator. */
@@ -96,6 +126,10 @@ export interface RunningSimulator {
   maxConcurrent(runId: string): number;
   /** Every request received, for any path (including rejected ones). */
   totalRequests(): number;
+  /** Retrieve requests received for a run (answered or not). */
+  retrieveCount(runId: string): number;
+  /** Counters, including the rate limit's. */
+  stats(): SimulatorStats;
   /** Stops the server and drops every connection (hung ones too). */
   close(): Promise<void>;
 }
@@ -246,7 +280,18 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const runs = new Map<string, RunState>();
   const hung = new Set<http.ServerResponse>();
   const errorStyle = options.errorStyle ?? 'openai';
+  const recordRequests = options.recordRequests ?? true;
+  const limiter = options.rateLimit ? new Limiter(options.rateLimit) : null;
+  const perSecond = new Map<number, { requests: number; rateLimited: number }>();
   let total = 0;
+  let rateLimited = 0;
+  const countSecond = (nowMs: number, limited: boolean): void => {
+    const second = Math.floor(nowMs / 1000);
+    let bucket = perSecond.get(second);
+    if (!bucket) perSecond.set(second, (bucket = { requests: 0, rateLimited: 0 }));
+    bucket.requests += 1;
+    if (limited) bucket.rateLimited += 1;
+  };
 
   const addRun = (input: SimulatedRun): void => {
     const spec = parseSimulatedRun(input);
@@ -305,8 +350,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     const now = Date.now();
-    const record = { method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: { ...req.headers }, status: null as string | null };
-    run.requests.push(record);
+    const record = { method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: recordRequests ? { ...req.headers } : {}, status: null as string | null };
+    if (recordRequests) run.requests.push(record);
     if (req.method === 'POST') {
       run.advance(now);
       handleAction(run, action ?? '', res, now);
@@ -318,6 +363,13 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     }
     if (!run.started) run.begin(now);
     run.retrieves += 1;
+    const waitMs = limiter?.take(now) ?? 0;
+    countSecond(now, waitMs > 0);
+    if (waitMs > 0) {
+      rateLimited += 1;
+      sendError(res, 429, 'Rate limit reached for requests.', 'rate_limit_exceeded', { 'retry-after': String(Math.ceil(waitMs / 1000)), 'retry-after-ms': String(waitMs) });
+      return;
+    }
     run.inFlight += 1;
     run.maxConcurrent = Math.max(run.maxConcurrent, run.inFlight);
     res.once('close', () => (run.inFlight -= 1));
@@ -389,6 +441,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     transitions: (runId) => runs.get(runId)?.transitions ?? [],
     maxConcurrent: (runId) => runs.get(runId)?.maxConcurrent ?? 0,
     totalRequests: () => total,
+    retrieveCount: (runId) => runs.get(runId)?.retrieves ?? 0,
+    stats: () => ({ requests: total, rateLimited, perSecond }),
     close: async () => {
       for (const res of hung) res.destroy();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -396,6 +450,32 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       await closed;
     },
   };
+}
+
+/** The simulated API's rate limit: a token bucket; `take` says how long until a token. */
+class Limiter {
+  readonly #ratePerMs: number;
+  readonly #burst: number;
+  #tokens: number;
+  #atMs = Date.now();
+
+  constructor(limit: RateLimit) {
+    if (!(limit.requestsPerSecond > 0)) throw new ConfigError('rateLimit.requestsPerSecond must be positive');
+    this.#ratePerMs = limit.requestsPerSecond / 1000;
+    this.#burst = limit.burst ?? limit.requestsPerSecond;
+    this.#tokens = this.#burst;
+  }
+
+  /** Takes a token and returns 0, or returns the ms until one is available. */
+  take(nowMs: number): number {
+    this.#tokens = Math.min(this.#burst, this.#tokens + (nowMs - this.#atMs) * this.#ratePerMs);
+    this.#atMs = nowMs;
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      return 0;
+    }
+    return Math.max(1, Math.ceil((1 - this.#tokens) / this.#ratePerMs));
+  }
 }
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
