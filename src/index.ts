@@ -16,8 +16,13 @@ export { ACTIVE_RUN_STATUSES, StatusMachine, TERMINAL_RUN_STATUSES, normalizeSta
 export type { KnownRunStatus, MachineState, Observation, RunStatus, StatusRules } from './status.js';
 export { DEFAULT_BUDGET, RequestBudget } from './budget.js';
 export type { BudgetOptions } from './budget.js';
-export { FileSink, SinkDispatcher, StdoutSink, WebhookSink, loadModuleSink, signWebhook, verifyWebhook, webhookKey } from './sinks/index.js';
-export type { DeliveryContext, FileSinkOptions, FsyncPolicy, Sink, SinkDispatcherOptions, SinkFailure, WebhookSinkOptions } from './sinks/index.js';
-// the daemon (node:sqlite, prom-client) is a separate entry point: import from 'runwatch/daemon'
-export { startSimulator } from './simulator.js';
-export type { SimulatedRun, SimulatorOptions, RunningSimulator, TimelineStep, Fault } from './simulator.js';
+export { SinkDispatcher } from './sinks/sink.js';
+export type { DeliveryContext, Sink, SinkDispatcherOptions, SinkFailure } from './sinks/sink.js';
+export { StdoutSink } from './sinks/stdout.js';
+export { FileSink } from './sinks/file.js';
+export type { FileSinkOptions, FsyncPolicy } from './sinks/file.js';
+export { WebhookSink, signWebhook, verifyWebhook, webhookKey } from './sinks/webhook.js';
+export type { WebhookSinkOptions } from './sinks/webhook.js';
+export { loadModuleSink } from './sinks/module.js';
+// separate entry points, so a watcher does not load what it does not use: 'runwatch/daemon'
+// (node:sqlite, prom-client, zod, ioredis; also the Redis stream sink), 'runwatch/simulator' (zod)

@@ -1,4 +1,5 @@
 import http from 'node:http';
+import { gzipSync } from 'node:zlib';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient, buildHeaders, classifyResponse, normalizeBaseUrl, parseHints, parseServerMessage, redactSecrets } from '../src/client.js';
@@ -187,6 +188,24 @@ describe('ApiClient over real HTTP', () => {
     const pending = client.retrieve(RUN_KIND, { thread_id: 't', run_id: 'r' }, { watchId: 'w', signal: controller.signal });
     setTimeout(() => controller.abort(), 20);
     expect(await pending).toMatchObject({ ok: false, aborted: true, code: 'aborted' });
+    client.close();
+  });
+
+  it('reads a compressed body, and turns a body cut midway or too slow into a transient failure', async () => {
+    const ref = { thread_id: 't', run_id: 'r' };
+    const client = new ApiClient({ provider: 'openai', baseUrl, requestTimeoutMs: 300 });
+    handler = (_req, res) => res.writeHead(200, { 'content-encoding': 'gzip' }).end(gzipSync(RUN));
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: true, snapshot: { status: 'in_progress' } });
+    handler = (req, res) => {
+      res.writeHead(200, { 'content-length': '1000' }).write(RUN.slice(0, 10));
+      setTimeout(() => req.socket.destroy(), 20);
+    };
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: false, retryable: true, message: 'network error ECONNRESET' });
+    // headers come at once, the body never ends: the timeout covers the whole exchange
+    handler = (_req, res) => res.writeHead(200, { 'content-length': '1000' }).write(RUN.slice(0, 10));
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: false, retryable: true, message: 'request timed out after 300 ms' });
+    handler = (_req, res) => res.end(Buffer.alloc(9 * 1024 * 1024, 0x20));
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: false, retryable: true, message: 'network error EBODYTOOLARGE' });
     client.close();
   });
 

@@ -9,3 +9,5 @@ export { OutboxWorker } from './outbox.js';
 export type { DeliveryOutcome, OutboxWorkerOptions } from './outbox.js';
 export { SqliteStore } from '../store/sqlite.js';
 export type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, WatchRecord, WatchState } from '../store/store.js';
+export { RedisStreamSink } from '../sinks/redis-stream.js';
+export type { RedisStreamSinkOptions } from '../sinks/redis-stream.js';

@@ -1,7 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
-import got, { RequestError } from 'got';
 import type { Got } from 'got';
 import pRetry from 'p-retry';
 import { parseHints } from '../client.js';
@@ -67,7 +66,8 @@ export class WebhookSink implements Sink {
   readonly #url: string | undefined;
   readonly #key: Buffer | undefined;
   readonly #quickRetries: number;
-  readonly #got: Got;
+  readonly #timeoutMs: number;
+  #got: Promise<Got> | undefined;
   readonly #agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
 
   constructor(options: WebhookSinkOptions) {
@@ -75,13 +75,15 @@ export class WebhookSink implements Sink {
     this.#url = options.url;
     this.#key = options.secret ? webhookKey(options.secret) : undefined;
     this.#quickRetries = options.quickRetries ?? 2;
-    this.#got = got.extend({
-      agent: this.#agents,
-      retry: { limit: 0 },
-      throwHttpErrors: false,
-      followRedirect: false,
-      timeout: { request: options.timeoutMs ?? 10_000 },
-    });
+    this.#timeoutMs = options.timeoutMs ?? 10_000;
+  }
+
+  /** got is loaded on the first delivery: it costs a process about 35 MB that a watcher without webhooks need not pay. */
+  #client(): Promise<Got> {
+    this.#got ??= import('got').then(({ default: got }) =>
+      got.extend({ agent: this.#agents, retry: { limit: 0 }, throwHttpErrors: false, followRedirect: false, timeout: { request: this.#timeoutMs } }),
+    );
+    return this.#got;
   }
 
   /** Posts the event; throws `DeliveryError` when it could not. */
@@ -112,12 +114,14 @@ export class WebhookSink implements Sink {
       'webhook-timestamp': String(timestampSec),
     };
     if (this.#key) headers['webhook-signature'] = signWebhook(this.#key, id, timestampSec, body);
+    const client = await this.#client();
     let response;
     try {
-      response = await this.#got.post(url, { body, headers, signal });
+      response = await client.post(url, { body, headers, signal });
     } catch (error) {
-      const code = error instanceof RequestError ? error.code : 'error';
-      throw new DeliveryError(`POST failed: ${code}`);
+      // got's messages quote the URL, which may carry a token; keep only the code
+      const code = (error as { code?: unknown } | null)?.code;
+      throw new DeliveryError(`POST failed: ${typeof code === 'string' ? code : 'error'}`);
     }
     const status = response.statusCode;
     if (status >= 200 && status < 300) return;
