@@ -151,7 +151,8 @@ interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
   readonly credentials: Credentials | undefined;
   readonly headers: Readonly<Record<string, string>> | undefined;
   readonly onEvent: ((event: WatchEvent) => void) | undefined;
-  readonly logger: Logger;
+  /** Created on first use: a pino child per watch is memory that 10,000 silent watches need not hold. */
+  logger: Logger | null;
   readonly settings: StepSettings;
   progress: Progress;
   /** Bumped whenever the planned step changes; heap entries of older generations are skipped. */
@@ -341,8 +342,6 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     });
     // a caller that only listens to events must not crash the process with an unhandled rejection
     promise.catch(() => undefined);
-    const idFields: Record<string, unknown> = { watchId: id };
-    for (const field of kind.idFields) idFields[field] = ref[field];
     const settings: StepSettings = {
       policy: this.policy,
       resolveOn: new Set(options.resolveOn ?? []),
@@ -361,7 +360,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       credentials: options.credentials,
       headers: options.headers,
       onEvent: options.onEvent,
-      logger: this.#logger.child(idFields),
+      logger: null,
       settings,
       progress: initialProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, resume, now),
       generation: 0,
@@ -389,7 +388,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       w.detach = () => signal.removeEventListener('abort', onAbort);
     }
     this.#watches.set(id, aw);
-    w.logger.debug({ deadlineAt: new Date(w.progress.deadlineAtMs).toISOString() }, 'watch started');
+    this.#log(aw, 'debug')?.debug({ deadlineAt: new Date(w.progress.deadlineAtMs).toISOString() }, 'watch started');
     this.#plan(aw, { kind: 'poll', atMs: now });
     return { id, promise, abort };
   }
@@ -496,8 +495,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const { progress, emissions, result } = applyOutcome(w.kind, w.progress, outcome, w.settings, now);
     w.progress = progress;
     for (const emission of emissions) {
-      if (emission.kind === 'transition') w.logger.info({ from: emission.from, to: emission.to }, 'status changed');
-      else w.logger.warn({ status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
+      if (emission.kind === 'transition') this.#log(w, 'info')?.info({ from: emission.from, to: emission.to }, 'status changed');
+      else this.#log(w, 'warn')?.warn({ status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
       this.#emitEvent(w, emissionEvent(w.kind, w.id, w.ref, emission, now));
     }
     if (result.kind === 'resolved') {
@@ -506,14 +505,14 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     }
     if (result.kind === 'failed') {
       const failure = result.failure;
-      w.logger.warn({ code: failure.code, httpStatus: failure.httpStatus, requestId: failure.requestId }, failure.message);
+      this.#log(w, 'warn')?.warn({ code: failure.code, httpStatus: failure.httpStatus, requestId: failure.requestId }, failure.message);
       this.#end(w, { ok: false, error: this.#errorFromFailure(w, failure), emit: true });
       return;
     }
     if (!outcome.ok) {
       // the first of a series is worth a warning; the rest would flood the log
       const level = progress.consecutiveErrors === 1 ? 'warn' : 'debug';
-      w.logger[level]({ httpStatus: outcome.httpStatus, consecutiveErrors: progress.consecutiveErrors, retryAfterMs: outcome.hints.retryAfterMs }, `transient error: ${outcome.message}`);
+      this.#log(w, level)?.[level]({ httpStatus: outcome.httpStatus, consecutiveErrors: progress.consecutiveErrors, retryAfterMs: outcome.hints.retryAfterMs }, `transient error: ${outcome.message}`);
     }
     this.#plan(w, result.next);
   }
@@ -525,7 +524,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       requestId: progress.lastFailure?.requestId,
       lastSnapshot: progress.lastSnapshot,
     });
-    w.logger.warn({ code: error.code }, error.message);
+    this.#log(w, 'warn')?.warn({ code: error.code }, error.message);
     this.#end(w, { ok: false, error, emit: true });
   }
 
@@ -570,10 +569,21 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       try {
         w.onEvent(event);
       } catch (error) {
-        w.logger.error({ err: error }, 'onEvent threw; polling goes on');
+        this.#log(w, 'error')?.error({ err: error }, 'onEvent threw; polling goes on');
       }
     }
     this.#safeEmit('event', event);
+  }
+
+  /** The watch's child logger, or `undefined` when `level` is off (the usual case, and then nothing is allocated). */
+  #log(w: AnyWatch, level: 'debug' | 'info' | 'warn' | 'error'): Logger | undefined {
+    if (!this.#logger.isLevelEnabled(level)) return undefined;
+    if (!w.logger) {
+      const fields: Record<string, unknown> = { watchId: w.id };
+      for (const field of w.kind.idFields) fields[field] = (w.ref as Record<string, unknown>)[field];
+      w.logger = this.#logger.child(fields);
+    }
+    return w.logger;
   }
 
   /** A throwing listener is logged, never allowed to break the polling loop. */
