@@ -15,17 +15,20 @@ export interface IntervalPolicy {
 export interface PollPolicy {
   /**
    * Per-status intervals; statuses not listed (future API values) use `unknown`.
-   * @default queued 500..5000, in_progress 1000..8000, cancelling 500..4000, requires_action 5000..60000, unknown 2000..30000
+   * @default queued 1000..5000, in_progress 1750..8000, cancelling 500..4000, requires_action 5000..60000, unknown 2000..30000
    */
   readonly intervals: Readonly<Record<string, IntervalPolicy>> & { readonly unknown: IntervalPolicy };
   /**
-   * Factor applied to the interval after each poll that sees the same status.
-   * @default 1.5
+   * Factor applied to the interval after each poll that sees the same status. Slow on purpose:
+   * run durations are heavy-tailed, and the best interval grows only with the square root of
+   * the age (see the README's Performance section).
+   * @default 1.05
    */
   readonly growth: number;
   /**
-   * Share of each delay that is randomised: 1 is full jitter (uniform in [0, d]), 0 none.
-   * @default 1
+   * Share of each poll delay that is randomised: uniform in `[d * (1 - jitter), d]`. Enough to
+   * keep watches from moving in lockstep; more costs requests for the same latency.
+   * @default 0.1
    */
   readonly jitter: number;
   /**
@@ -35,10 +38,11 @@ export interface PollPolicy {
   readonly minIntervalMs: number;
   /**
    * Backoff after transient errors (network, timeout, 408, 409, 429, 5xx, malformed body):
-   * `baseMs * growth^(n-1)` capped, jittered like the intervals.
-   * @default { baseMs: 500, capMs: 30000, growth: 2 }
+   * `baseMs * growth^(n-1)` capped, with its own jitter (full by default, so that watches
+   * hit by the same outage do not come back together).
+   * @default { baseMs: 500, capMs: 30000, growth: 2, jitter: 1 }
    */
-  readonly errorBackoff: IntervalPolicy & { readonly growth: number };
+  readonly errorBackoff: IntervalPolicy & { readonly growth: number; readonly jitter: number };
   /**
    * Largest `retry-after` / `retry-after-ms` obeyed; larger hints are clamped to it.
    * @default 600000
@@ -54,16 +58,16 @@ export interface PollPolicy {
 /** The default polling policy (see the README's "Polling policy" table). */
 export const DEFAULT_POLL_POLICY: PollPolicy = Object.freeze({
   intervals: Object.freeze({
-    queued: Object.freeze({ baseMs: 500, capMs: 5_000 }),
-    in_progress: Object.freeze({ baseMs: 1_000, capMs: 8_000 }),
+    queued: Object.freeze({ baseMs: 1_000, capMs: 5_000 }),
+    in_progress: Object.freeze({ baseMs: 1_750, capMs: 8_000 }),
     cancelling: Object.freeze({ baseMs: 500, capMs: 4_000 }),
     requires_action: Object.freeze({ baseMs: 5_000, capMs: 60_000 }),
     unknown: Object.freeze({ baseMs: 2_000, capMs: 30_000 }),
   }),
-  growth: 1.5,
-  jitter: 1,
+  growth: 1.05,
+  jitter: 0.1,
   minIntervalMs: 100,
-  errorBackoff: Object.freeze({ baseMs: 500, capMs: 30_000, growth: 2 }),
+  errorBackoff: Object.freeze({ baseMs: 500, capMs: 30_000, growth: 2, jitter: 1 }),
   maxRetryAfterMs: 600_000,
   maxPollAfterMs: 60_000,
 });
@@ -110,6 +114,7 @@ export function resolvePollPolicy(overrides: PartialPollPolicy = {}, base: PollP
   checkNumber('growth', policy.growth, 1, 100);
   checkNumber('errorBackoff.growth', policy.errorBackoff.growth, 1, 100);
   checkNumber('jitter', policy.jitter, 0, 1);
+  checkNumber('errorBackoff.jitter', policy.errorBackoff.jitter, 0, 1);
   checkNumber('minIntervalMs', policy.minIntervalMs, 0, MAX_TIMER_MS);
   checkNumber('maxRetryAfterMs', policy.maxRetryAfterMs, 0, MAX_TIMER_MS);
   checkNumber('maxPollAfterMs', policy.maxPollAfterMs, 0, MAX_TIMER_MS);
@@ -163,7 +168,7 @@ function jittered(nominalMs: number, jitter: number, random: () => number): numb
 export function nextDelayMs(policy: PollPolicy, input: ScheduleInput, random: () => number = Math.random): number {
   let delayMs =
     input.consecutiveErrors > 0
-      ? jittered(grown(policy.errorBackoff, policy.errorBackoff.growth, input.consecutiveErrors - 1), policy.jitter, random)
+      ? jittered(grown(policy.errorBackoff, policy.errorBackoff.growth, input.consecutiveErrors - 1), policy.errorBackoff.jitter, random)
       : jittered(grown(intervalFor(policy, input.status), policy.growth, input.unchangedPolls), policy.jitter, random);
   delayMs = Math.max(delayMs, policy.minIntervalMs, clampHint(input.hints?.pollAfterMs, policy.maxPollAfterMs));
   delayMs = Math.max(delayMs, clampHint(input.hints?.retryAfterMs, policy.maxRetryAfterMs));

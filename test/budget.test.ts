@@ -19,19 +19,28 @@ describe('RequestBudget', () => {
     expect(budget.tryAcquire(0)).toBe(true);
   });
 
-  it('halves the rate on 429 once per second, then grows back over ten seconds', () => {
+  it('cuts the rate to 70 % on 429 once per second, and grows it back 2 % per second only under demand', () => {
     const budget = new RequestBudget({ maxRequestsPerSecond: 100, minRequestsPerSecond: 20 }, 0);
     budget.penalize(0);
-    expect(budget.currentRatePerSecond).toBe(50);
-    // a second 429 within the same second is the same congestion: no second halving (and 500 ms of growth)
+    expect(budget.currentRatePerSecond).toBe(70);
+    // a second 429 within the same second is the same congestion: no second cut
     budget.penalize(500);
-    expect(budget.currentRatePerSecond).toBe(55);
-    // a 429 every second: +10 and halve each time would settle near 10, the floor holds it at 20
+    expect(budget.currentRatePerSecond).toBe(70);
     for (const t of [1500, 2500, 3500, 4500, 5500, 6500]) budget.penalize(t);
     expect(budget.currentRatePerSecond).toBe(20);
-    budget.waitMs(7500);
-    expect(budget.currentRatePerSecond).toBeCloseTo(30);
-    budget.waitMs(30_000);
+    // idle: no request waited for a token, so the rate stays where the server put it
+    budget.waitMs(16_500);
+    expect(budget.currentRatePerSecond).toBe(20);
+    // under demand: every attempt fails for lack of tokens, and the rate grows 2 % per second
+    while (budget.tryAcquire(16_500)) budget.release();
+    expect(budget.tryAcquire(16_500)).toBe(false);
+    budget.waitMs(17_500);
+    expect(budget.currentRatePerSecond).toBeCloseTo(20.4);
+    // doubles in about 35 s, so from 20 to 100 in about 80 s
+    for (let t = 18_500; t <= 52_500; t += 1000) while (budget.tryAcquire(t)) budget.release();
+    expect(budget.currentRatePerSecond).toBeGreaterThan(39);
+    expect(budget.currentRatePerSecond).toBeLessThan(42);
+    for (let t = 53_500; t < 110_000; t += 1000) while (budget.tryAcquire(t)) budget.release();
     expect(budget.currentRatePerSecond).toBe(100);
   });
 

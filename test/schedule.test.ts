@@ -3,7 +3,8 @@ import { ConfigError } from '../src/errors.js';
 import { DEFAULT_POLL_POLICY, MAX_TIMER_MS, deadlineFor, nextDelayMs, planNextStep, resolvePollPolicy } from '../src/schedule.js';
 
 const noJitter = (): number => 0;
-const policy = DEFAULT_POLL_POLICY;
+// the mechanics are tested on round numbers (fast growth, full jitter); the defaults have their own test
+const policy = resolvePollPolicy({ intervals: { queued: { baseMs: 500, capMs: 5_000 }, in_progress: { baseMs: 1_000, capMs: 8_000 } }, growth: 1.5, jitter: 1 });
 
 describe('nextDelayMs', () => {
   it('starts at the base interval of the status and grows while it is unchanged, up to the cap', () => {
@@ -34,7 +35,7 @@ describe('nextDelayMs', () => {
   });
 
   it('applies partial jitter as a share of the delay', () => {
-    const half = resolvePollPolicy({ jitter: 0.5 });
+    const half = resolvePollPolicy({ intervals: policy.intervals, jitter: 0.5 });
     expect(nextDelayMs(half, { status: 'in_progress', unchangedPolls: 0, consecutiveErrors: 0 }, () => 0.999999)).toBe(501);
     expect(nextDelayMs(half, { status: 'in_progress', unchangedPolls: 0, consecutiveErrors: 0 }, noJitter)).toBe(1000);
   });
@@ -67,10 +68,20 @@ describe('nextDelayMs', () => {
   });
 });
 
+describe('DEFAULT_POLL_POLICY', () => {
+  it('grows slowly from 1.75 s to 8 s in progress, jitters polls by 10 % and error backoffs fully', () => {
+    const delays = [0, 1, 10, 31, 32].map((n) => nextDelayMs(DEFAULT_POLL_POLICY, { status: 'in_progress', unchangedPolls: n, consecutiveErrors: 0 }, noJitter));
+    expect(delays).toEqual([1750, 1838, 2851, 7942, 8000]);
+    expect(nextDelayMs(DEFAULT_POLL_POLICY, { status: 'queued', unchangedPolls: 0, consecutiveErrors: 0 }, noJitter)).toBe(1000);
+    expect(nextDelayMs(DEFAULT_POLL_POLICY, { status: 'in_progress', unchangedPolls: 0, consecutiveErrors: 0 }, () => 0.999999)).toBe(1576);
+    expect(nextDelayMs(DEFAULT_POLL_POLICY, { status: 'in_progress', unchangedPolls: 0, consecutiveErrors: 1 }, () => 0.999999)).toBe(100);
+  });
+});
+
 describe('resolvePollPolicy', () => {
   it('merges a partial interval over the default of that status', () => {
     const merged = resolvePollPolicy({ intervals: { in_progress: { capMs: 20_000 }, thinking: { baseMs: 300 } } });
-    expect(merged.intervals.in_progress).toEqual({ baseMs: 1000, capMs: 20_000 });
+    expect(merged.intervals.in_progress).toEqual({ baseMs: 1750, capMs: 20_000 });
     expect(merged.intervals.thinking).toEqual({ baseMs: 300, capMs: 30_000 });
     expect(merged.intervals.queued).toEqual(DEFAULT_POLL_POLICY.intervals.queued);
   });

@@ -23,9 +23,9 @@ describe('applyOutcome', () => {
   it('is plain data in, plain data out: a stored progress continues where it stopped', () => {
     const first = applyOutcome(kind, start, ok('queued'), settings, 0);
     expect(first.emissions).toEqual([{ kind: 'transition', from: null, to: 'queued', seq: 1, snapshot: expect.objectContaining({ status: 'queued' }) as unknown }]);
-    expect(first.result).toEqual({ kind: 'continue', next: { kind: 'poll', atMs: 500 } });
+    expect(first.result).toEqual({ kind: 'continue', next: { kind: 'poll', atMs: 1000 } });
     const restored = JSON.parse(JSON.stringify(first.progress)) as typeof first.progress;
-    const second = applyOutcome(kind, restored, ok('completed'), settings, 500);
+    const second = applyOutcome(kind, restored, ok('completed'), settings, 1000);
     expect(second.emissions).toMatchObject([{ from: 'queued', to: 'completed', seq: 2 }]);
     expect(second.result).toMatchObject({ kind: 'resolved', snapshot: { status: 'completed' } });
   });

@@ -44,14 +44,14 @@ describe('RunWatcher polling', () => {
     await clock.runAllAsync();
     const run = await handle.promise;
     expect(run.status).toBe('completed');
-    // queued: 500, then 750; in_progress (reset): 1000, 1500, 2250
-    expect(offsets(client.calls)).toEqual([0, 500, 1250, 2250, 3750, 6000]);
+    // queued: 1000, then 1050; in_progress (reset): 1750, 1838, 1930 (5 % growth)
+    expect(offsets(client.calls)).toEqual([0, 1000, 2050, 3800, 5638, 7568]);
     expect(events.map((e) => [e.type, e.seq, e.from, e.to])).toEqual([
       ['run.queued', 1, null, 'queued'],
       ['run.in_progress', 2, 'queued', 'in_progress'],
       ['run.completed', 3, 'in_progress', 'completed'],
     ]);
-    expect(events[2]).toMatchObject({ id: 'w_test.3', watch_id: 'w_test', thread_id: 'thread_1', run_id: 'run_1', observed_at: new Date(T0 + 6000).toISOString() });
+    expect(events[2]).toMatchObject({ id: 'w_test.3', watch_id: 'w_test', thread_id: 'thread_1', run_id: 'run_1', observed_at: new Date(T0 + 7568).toISOString() });
     expect(watcher.size).toBe(0);
     expect(clock.countTimers()).toBe(0);
     await watcher.close();
@@ -128,8 +128,8 @@ describe('RunWatcher errors and hints', () => {
     const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
     await clock.runAllAsync();
     await handle.promise;
-    // errors: 500, 1000, 2000; then in_progress base 1000
-    expect(offsets(client.calls)).toEqual([0, 500, 1500, 3500, 4500]);
+    // errors: 500, 1000, 2000; then in_progress base 1750
+    expect(offsets(client.calls)).toEqual([0, 500, 1500, 3500, 5250]);
     expect(events.map((e) => e.type)).toEqual(['run.in_progress', 'run.completed']);
   });
 
@@ -366,11 +366,11 @@ describe('RunWatcher for the daemon', () => {
     expect(clock.countTimers()).toBe(0);
   });
 
-  it('halves its rate after a 429', async () => {
+  it('cuts its rate to 70 % after a 429', async () => {
     const { watcher } = setup([failure(429, 'transient'), ok('completed')], { maxRequestsPerSecond: 40 });
     const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
     await clock.tickAsync(1);
-    expect(watcher.budget.ratePerSecond).toBe(20);
+    expect(watcher.budget.ratePerSecond).toBeCloseTo(28);
     await clock.runAllAsync();
     await handle.promise;
   });
