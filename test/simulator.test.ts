@@ -66,3 +66,29 @@ describe('simulator', () => {
     expect(parseSimulatedRun({ threadId: 't', runId: 'r', timeline: [{ status: 'queued', durationMs: 5 }] }).timeline).toHaveLength(1);
   });
 });
+
+describe('simulator rate limit', () => {
+  it('answers 429 with retry-after beyond its rate, counts per second, and can skip recording requests', async () => {
+    const limited = await startSimulator({ rateLimit: { requestsPerSecond: 0.01, burst: 5 }, recordRequests: false, runs: [{ threadId: 'thread_r', runId: 'run_r', timeline: [{ status: 'in_progress' }] }] });
+    try {
+      const answers = [];
+      for (let i = 0; i < 8; i++) answers.push(await fetch(`${limited.baseUrl}/threads/thread_r/runs/run_r`));
+      expect(answers.map((a) => a.status)).toEqual([200, 200, 200, 200, 200, 429, 429, 429]);
+      const last = answers.at(-1)!;
+      // one token per 100 s (so the test does not depend on how fast it runs)
+      const waitMs = Number(last.headers.get('retry-after-ms'));
+      expect(waitMs).toBeGreaterThan(90_000);
+      expect(waitMs).toBeLessThanOrEqual(100_000);
+      expect(last.headers.get('retry-after')).toBe(String(Math.ceil(waitMs / 1000)));
+      expect(await last.json()).toMatchObject({ error: { code: 'rate_limit_exceeded' } });
+      const stats = limited.stats();
+      expect(stats).toMatchObject({ requests: 8, rateLimited: 3 });
+      expect([...stats.perSecond.values()].reduce((sum, b) => sum + b.rateLimited, 0)).toBe(3);
+      expect(limited.retrieveCount('run_r')).toBe(8);
+      expect(limited.requests('run_r')).toEqual([]);
+      expect(limited.transitions('run_r')).toMatchObject([{ status: 'in_progress' }]);
+    } finally {
+      await limited.close();
+    }
+  });
+});
