@@ -158,8 +158,8 @@ interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
   /** Bumped whenever the planned step changes; heap entries of older generations are skipped. */
   generation: number;
   step: NextStep | null;
-  /** Aborts the request in flight when the watch ends. */
-  request: AbortController | null;
+  /** Aborts the request in flight when the watch ends; one per watch, not per poll (a watch has one request at a time). */
+  readonly request: AbortController;
   done: boolean;
   resolve: (snapshot: TSnapshot) => void;
   reject: (error: WatchError<TSnapshot>) => void;
@@ -365,7 +365,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       progress: initialProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, resume, now),
       generation: 0,
       step: null,
-      request: null,
+      request: new AbortController(),
       done: false,
       resolve,
       reject,
@@ -460,13 +460,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   async #poll(w: AnyWatch, sentAtMs: number): Promise<void> {
     const plannedAtMs = w.step?.atMs ?? sentAtMs;
     w.step = null;
-    const request = new AbortController();
-    w.request = request;
     let outcome: PollOutcome<Snapshot>;
     try {
-      outcome = await this.#client.retrieve(w.kind, w.ref, { watchId: w.id, signal: request.signal, credentials: w.credentials, headers: w.headers });
+      outcome = await this.#client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.request.signal, credentials: w.credentials, headers: w.headers });
     } finally {
-      w.request = null;
       this.#budget.release();
     }
     const now = Date.now();
@@ -541,7 +538,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     w.done = true;
     w.generation += 1;
     w.step = null;
-    w.request?.abort();
+    w.request.abort();
     w.detach();
     this.#watches.delete(w.id);
     if (result.ok) {
