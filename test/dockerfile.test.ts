@@ -22,7 +22,7 @@ describe('Dockerfile', () => {
     expect(runtime).toMatch(/^EXPOSE 8080$/m);
     expect(runtime).toMatch(/^HEALTHCHECK .*\n.*\/healthz/m);
     expect(runtime).toMatch(/^STOPSIGNAL SIGTERM$/m);
-    expect(runtime).toMatch(/^CMD \["node", "dist\/cli.js", "daemon"\]$/m);
+    expect(runtime).toMatch(/^CMD \["node", "--max-semi-space-size=8", "dist\/cli.js", "daemon"\]$/m);
     expect(runtime).toMatch(/RUNWATCH_HOST=0\.0\.0\.0/);
   });
 
