@@ -3,7 +3,9 @@
 // run in their own processes, one contender at a time, so CPU and memory are each one's own.
 // Prints tables and writes bench/results/latest.{json,md} and bench/results/heavy-tail.svg.
 //
-// Usage: npm run bench [-- --only fixed,heavy,scale,budget] [--repeat 3] [--quick]
+// Usage: npm run bench [-- --only fixed,heavy,scale,budget] [--match <contender substring>] [--repeat 3] [--quick]
+// npm run bench compiles bench/ to bench-dist/ first: type stripping at run time would add
+// about 17 MB to every contender's RSS.
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
@@ -17,7 +19,7 @@ import type { WorkloadSpec } from './workloads.ts';
 import { HEAVY_MAX_MS } from './workloads.ts';
 
 const HERE = import.meta.dirname;
-const RESULTS = path.join(HERE, 'results');
+const RESULTS = path.join(HERE, '..', 'bench', 'results');
 const SEED = 20261125;
 const WORKLOADS = ['fixed', 'heavy', 'scale', 'budget'] as const;
 type WorkloadName = (typeof WORKLOADS)[number];
@@ -25,6 +27,7 @@ type WorkloadName = (typeof WORKLOADS)[number];
 const { values: args } = parseArgs({
   options: {
     only: { type: 'string', default: WORKLOADS.join(',') },
+    match: { type: 'string', default: '' },
     repeat: { type: 'string', default: '1' },
     quick: { type: 'boolean', default: false },
   },
@@ -56,7 +59,7 @@ function percentile(sorted: readonly number[], p: number): number {
 }
 
 function worker(file: string, nodeFlags: readonly string[] = []): ChildProcess {
-  return fork(path.join(HERE, file), [], { execArgv: ['--experimental-strip-types', '--no-warnings', ...nodeFlags], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  return fork(path.join(HERE, file), [], { execArgv: [...nodeFlags], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
 }
 
 async function ask<T>(child: ChildProcess, message: object): Promise<T> {
@@ -68,11 +71,11 @@ async function ask<T>(child: ChildProcess, message: object): Promise<T> {
 
 /** Runs one contender against a fresh simulator and returns both sides' reports. */
 async function measure(spec: WorkloadSpec, contender: Contender, scale?: ContenderRequest['scale'], nodeFlags: readonly string[] = []): Promise<{ sim: SimReport; seen: ContenderReport; startedAtMs: number }> {
-  const simProcess = worker('sim-worker.ts');
+  const simProcess = worker('sim-worker.js');
   try {
     const { baseUrl } = await ask<{ baseUrl: string }>(simProcess, { type: 'start', spec } satisfies SimRequest);
     const startedAtMs = Date.now();
-    const contenderProcess = worker('contender-worker.ts', nodeFlags);
+    const contenderProcess = worker('contender-worker.js', nodeFlags);
     const seen = await ask<ContenderReport>(contenderProcess, { contender, baseUrl, runs: spec.runs, scale } satisfies ContenderRequest);
     await once(contenderProcess, 'exit');
     const sim = await ask<SimReport>(simProcess, { type: 'collect' } satisfies SimRequest);
@@ -116,7 +119,7 @@ async function fixed(): Promise<Row[]> {
     ['fetch (undici) alone, 1000 ms loop', { type: 'fetch-only', intervalMs: 1_000 }],
   ];
   const rows: Row[] = [];
-  for (const [name, contender] of contenders) {
+  for (const [name, contender] of contenders.filter(([n]) => n.includes(args.match))) {
     const { sim, seen } = await measure(spec, contender);
     rows.push({ workload: 'fixed', contender: name, metrics: common(sim, seen, spec.runs) });
     log(rows.at(-1)!);
@@ -133,7 +136,7 @@ async function heavy(): Promise<Row[]> {
     ['fixed 5000 ms (openai SDK poll)', sdk(5_000)],
   ];
   const rows: Row[] = [];
-  for (const [name, contender] of contenders) {
+  for (const [name, contender] of contenders.filter(([n]) => n.includes(args.match))) {
     const { sim, seen } = await measure(spec, contender);
     rows.push({ workload: 'heavy', contender: name, metrics: common(sim, seen, spec.runs) });
     log(rows.at(-1)!);
@@ -145,7 +148,7 @@ async function scale(): Promise<Row[]> {
   const rows: Row[] = [];
   // the last point again with V8's young generation capped: at a high allocation rate V8 grows it to 2 x 32 MB
   const points: [number, string[]][] = [...SCALE_POINTS.map((n): [number, string[]] => [n, []]), [SCALE_POINTS.at(-2)!, ['--max-semi-space-size=8']]];
-  for (const [watches, nodeFlags] of points) {
+  for (const [watches, nodeFlags] of points.filter(([n, flags]) => `${n} watches ${flags.join(' ')}`.includes(args.match))) {
     const spec: WorkloadSpec = { kind: 'scale', runs: watches, seed: SEED + 2 };
     const contender: Contender = { ...RUNWATCH, policy: { jitter: 0, intervals: { in_progress: { baseMs: SCALE_INTERVAL_MS, capMs: SCALE_INTERVAL_MS } } } };
     const { seen } = await measure(spec, contender, { intervalMs: SCALE_INTERVAL_MS, measureMs: SCALE_MEASURE_MS }, nodeFlags);
@@ -177,7 +180,7 @@ async function budget(): Promise<Row[]> {
     ['openai SDK poll, 5000 ms', sdk(5_000)],
   ];
   const rows: Row[] = [];
-  for (const [name, contender] of contenders) {
+  for (const [name, contender] of contenders.filter(([n]) => n.includes(args.match))) {
     const { sim, seen, startedAtMs } = await measure(spec, contender);
     const after = sim.perSecond.filter(([second]) => second * 1000 >= startedAtMs + 10_000);
     const late = after.reduce((a, [, requests, limited]) => [a[0]! + requests, a[1]! + limited], [0, 0]);

@@ -2,8 +2,6 @@
 // scale workload, holds N watches for a measurement window) and reports what it saw and cost.
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import got from 'got';
-import OpenAI from 'openai';
 import { ApiClient, RUN_KIND, RunWatcher } from '../dist/index.js';
 import type { PartialPollPolicy, RunRef } from '../dist/index.js';
 import { runIds } from './workloads.ts';
@@ -63,6 +61,8 @@ async function watchAll(request: ContenderRequest): Promise<Pick<ContenderReport
   };
   const ids = Array.from({ length: runs }, (_, i) => runIds(i));
   if (contender.type === 'sdk') {
+    // imported here, not at the top: a contender's memory must not include the others' libraries
+    const { default: OpenAI } = await import('openai');
     const client = new OpenAI({ apiKey: API_KEY, baseURL: baseUrl });
     await Promise.all(
       ids.map(async ({ threadId, runId }, i) => {
@@ -98,6 +98,7 @@ async function watchAll(request: ContenderRequest): Promise<Pick<ContenderReport
   } else {
     const client = new ApiClient({ provider: 'openai', baseUrl, credentials: { apiKey: API_KEY }, maxSockets: 256 });
     const headers = { authorization: `Bearer ${API_KEY}`, 'openai-beta': 'assistants=v2', accept: 'application/json' };
+    const { default: got } = await import('got');
     const gotClient = got.extend({ retry: { limit: 0 }, throwHttpErrors: false, followRedirect: false, decompress: false, responseType: 'text', agent: { http: new http.Agent({ keepAlive: true, maxSockets: 256 }) } });
     const retrieve =
       contender.type === 'client-only'
