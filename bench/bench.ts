@@ -112,6 +112,8 @@ async function fixed(): Promise<Row[]> {
   const spec: WorkloadSpec = { kind: 'fixed', runs: RUNS, seed: SEED };
   const contenders: [string, Contender][] = [
     ['runwatch (default policy)', RUNWATCH],
+    // the same requests as the SDK at 1000 ms: CPU per poll compared like for like
+    ['runwatch, fixed 1000 ms policy', { ...RUNWATCH, policy: { jitter: 0, intervals: { queued: { baseMs: 1_000, capMs: 1_000 }, in_progress: { baseMs: 1_000, capMs: 1_000 } } } }],
     ['openai SDK poll, 1000 ms', sdk(1_000)],
     ['openai SDK poll, 5000 ms', sdk(5_000)],
     ['runwatch ApiClient (node:http) alone, 1000 ms loop', { type: 'client-only', intervalMs: 1_000 }],
