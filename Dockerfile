@@ -27,6 +27,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.RUNWATCH_PORT || 8080) + '/healthz').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 STOPSIGNAL SIGTERM
-# V8 grows its young generation to 2 x 32 MB+ under a high allocation rate; 8 MB semi-spaces
+# V8 grows its young generation under a high allocation rate; 8 MB semi-spaces
 # keep 10,000 watches under 150 MB RSS for the same CPU (npm run bench, README Performance)
 CMD ["node", "--max-semi-space-size=8", "dist/cli.js", "daemon"]

@@ -4,12 +4,13 @@
 // Prints tables and writes bench/results/latest.{json,md} and bench/results/heavy-tail.svg.
 //
 // Usage: npm run bench [-- --only fixed,heavy,scale,budget] [--match <contender substring>] [--repeat 3] [--quick]
+//        npm run bench -- --replot   (redraw the chart from bench/results/latest.json)
 // npm run bench compiles bench/ to bench-dist/ first: type stripping at run time would add
 // about 17 MB to every contender's RSS.
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -30,6 +31,7 @@ const { values: args } = parseArgs({
     match: { type: 'string', default: '' },
     repeat: { type: 'string', default: '1' },
     quick: { type: 'boolean', default: false },
+    replot: { type: 'boolean', default: false },
   },
 });
 const only = new Set(args.only.split(',').map((s) => s.trim()));
@@ -148,7 +150,7 @@ async function heavy(): Promise<Row[]> {
 
 async function scale(): Promise<Row[]> {
   const rows: Row[] = [];
-  // the last point again with V8's young generation capped: at a high allocation rate V8 grows it to 2 x 32 MB
+  // the 10,000 point again with V8's young generation capped: it grows under a high allocation rate
   const points: [number, string[]][] = [...SCALE_POINTS.map((n): [number, string[]] => [n, []]), [SCALE_POINTS.at(-2)!, ['--max-semi-space-size=8']]];
   for (const [watches, nodeFlags] of points.filter(([n, flags]) => `${n} watches ${flags.join(' ')}`.includes(args.match))) {
     const spec: WorkloadSpec = { kind: 'scale', runs: watches, seed: SEED + 2 };
@@ -292,8 +294,10 @@ function chart(rows: Row[]): string {
       `<line x1="${cx}" y1="${y(row.metrics.latencyMeanMs!)}" x2="${cx}" y2="${y(row.metrics.latencyP99Ms!)}" stroke="${color}" stroke-dasharray="3 3"/>`,
       `<circle cx="${cx}" cy="${y(row.metrics.latencyMeanMs!)}" r="5" fill="${color}"/>`,
       `<circle cx="${cx}" cy="${y(row.metrics.latencyP99Ms!)}" r="5" fill="none" stroke="${color}"/>`,
-      `<text x="${cx + 8}" y="${y(row.metrics.latencyMeanMs!) + 4}" fill="${color}">${escapeXml(row.contender)}</text>`,
     );
+    // a legend, not labels by the points: close points would overprint each other
+    const ly = m.top + 8 + i * 18;
+    parts.push(`<circle cx="${w - m.right - 250}" cy="${ly}" r="5" fill="${color}"/>`, `<text x="${w - m.right - 240}" y="${ly + 4}">${escapeXml(row.contender)}</text>`);
   });
   parts.push('</svg>');
   return parts.join('\n');
@@ -311,6 +315,12 @@ const TITLES: Record<WorkloadName, string> = {
 };
 
 async function main(): Promise<void> {
+  if (args.replot) {
+    // redraw the chart from the last results, without measuring again
+    const last = JSON.parse(readFileSync(path.join(RESULTS, 'latest.json'), 'utf8')) as { medians: Row[] };
+    writeFileSync(path.join(RESULTS, 'heavy-tail.svg'), `${chart(last.medians.filter((row) => row.workload === 'heavy'))}\n`);
+    return;
+  }
   const cpus = os.cpus();
   const machine = `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
   process.stderr.write(`runwatch bench on ${machine}; ${repeat} repetition(s)${quick ? ', quick' : ''}\n`);
