@@ -12,10 +12,10 @@ import { parseDurationMs } from './duration.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, RunwatchError } from './errors.js';
 import { createLogger } from './logger.js';
-import type { RunSnapshot } from './resource.js';
-import { SinkDispatcher, StdoutSink } from './sinks/index.js';
-import type { SimulatedRun } from './simulator.js';
-import { DEMO_RUNS, startSimulator } from './simulator.js';
+import type { Snapshot } from './resource.js';
+import { SinkDispatcher } from './sinks/sink.js';
+import { StdoutSink } from './sinks/stdout.js';
+import type { SimulatedResponse, SimulatedRun } from './simulator.js';
 import { VERSION } from './version.js';
 import { RunWatcher } from './watcher.js';
 
@@ -49,6 +49,7 @@ const STATUS_EXIT: Readonly<Record<string, number>> = {
 /** What to do about each watch error, appended to the one-line message. */
 const HINTS: Partial<Record<ErrorCode, string>> = {
   run_not_found: 'check the thread and run ids, the base URL, and that the key belongs to the project that owns the run',
+  response_not_found: 'check the response id and the base URL; only responses created with background: true (and store: true) can be polled',
   unauthorized: 'check the API key (PORTKEY_API_KEY or OPENAI_API_KEY) and --provider',
   forbidden: 'the key may not read this run; use a key of the project that owns it',
   bad_request: 'check --base-url and --provider: the server rejected the request',
@@ -62,6 +63,7 @@ const MAIN_HELP = `runwatch ${VERSION}: watch long-running LLM runs until they f
 
 Usage:
   runwatch watch <thread_id> <run_id> [options]   watch one run, events as NDJSON on stdout
+  runwatch watch-response <response_id> [options] watch one background response (Responses API)
   runwatch daemon [options]                       run the service: control API, durable watches, sinks
   runwatch config [options]                       print the effective daemon configuration (secrets redacted)
   runwatch sim [options]                          start the runs simulator on loopback
@@ -97,6 +99,20 @@ Secrets (each also as <NAME>_FILE, a path to a file holding it):
 
 Exit codes: 0 completed, 10 requires_action (--until requires_action), 20 failed,
 21 cancelled, 22 expired, 23 incomplete, 2 watch error, 64 usage, 130 SIGINT, 143 SIGTERM.
+`;
+
+const WATCH_RESPONSE_HELP = `Usage: runwatch watch-response <response_id> [options]
+
+Polls GET {base-url}/responses/{response_id} (a response created with background: true)
+until it is completed, failed, cancelled or incomplete, and writes one JSON event per status
+change (response.queued, response.in_progress, response.completed, ...) to stdout.
+
+Options: as for runwatch watch (--provider, --base-url, --timeout, --request-timeout,
+--header, --watch-id, --policy, --log-level), without --until. A background response has no
+expires_at: without --timeout the watch gives up after 1h.
+
+Exit codes: 0 completed, 20 failed, 21 cancelled, 23 incomplete, 2 watch error, 64 usage,
+130 SIGINT, 143 SIGTERM.
 `;
 
 const SIM_HELP = `Usage: runwatch sim [options]
@@ -138,7 +154,7 @@ function oneOf<T extends string>(name: string, value: string, allowed: readonly 
   return value as T;
 }
 
-async function watchCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run' | 'response'): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -156,11 +172,12 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv): Promise<num
     },
   });
   if (values.help) {
-    process.stdout.write(WATCH_HELP);
+    process.stdout.write(target === 'run' ? WATCH_HELP : WATCH_RESPONSE_HELP);
     return EXIT.completed;
   }
-  if (positionals.length !== 2) throw new ConfigError(`expected <thread_id> <run_id>, got ${positionals.length} argument(s)`);
-  const [threadId, runId] = positionals as [string, string];
+  const expected = target === 'run' ? 2 : 1;
+  if (positionals.length !== expected) throw new ConfigError(`expected ${target === 'run' ? '<thread_id> <run_id>' : '<response_id>'}, got ${positionals.length} argument(s)`);
+  if (target === 'response' && values.until !== 'terminal') throw new ConfigError('--until applies to runs only: a background response has no requires_action');
   const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
   const until = oneOf('--until', values.until, ['terminal', 'requires_action'] as const);
   const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
@@ -187,16 +204,12 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv): Promise<num
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const run: RunSnapshot = await watcher.watchRun({
-      threadId,
-      runId,
-      watchId: values['watch-id'],
-      timeoutMs,
-      resolveOn: until === 'requires_action' ? ['requires_action'] : [],
-      signal: controller.signal,
-    }).promise;
-    logger.info({ status: run.status }, 'run ended');
-    return STATUS_EXIT[run.status] ?? EXIT.watchError;
+    const common = { watchId: values['watch-id'], timeoutMs, resolveOn: until === 'requires_action' ? ['requires_action'] : [], signal: controller.signal };
+    const [threadId, runId] = positionals as [string, string];
+    const handle = target === 'run' ? watcher.watchRun({ ...common, threadId, runId }) : watcher.watchResponse({ ...common, responseId: positionals[0]! });
+    const snapshot: Snapshot = await handle.promise;
+    logger.info({ status: snapshot.status }, `${target} ended`);
+    return STATUS_EXIT[snapshot.status] ?? EXIT.watchError;
   } catch (error) {
     if (signalExit !== null) return signalExit;
     if (error instanceof RunwatchError) {
@@ -235,7 +248,10 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new ConfigError(`invalid --port ${JSON.stringify(values.port)}: use 0 to 65535`);
   const errorStyle = oneOf('--error-style', values['error-style'], ['openai', 'portkey'] as const);
   const logger: Logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
+  // loaded here: the simulator (and zod) is not needed by the other commands
+  const { DEMO_RESPONSES, DEMO_RUNS, startSimulator } = await import('./simulator.js');
   const runs: SimulatedRun[] = values.demo ? [...DEMO_RUNS] : [];
+  const responses: SimulatedResponse[] = values.demo ? [...DEMO_RESPONSES] : [];
   if (values.runs) {
     let parsed: unknown;
     try {
@@ -244,18 +260,24 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
       throw new ConfigError(`cannot read --runs ${values.runs}: ${error instanceof Error ? error.message : String(error)}`);
     }
     if (!Array.isArray(parsed)) throw new ConfigError(`--runs ${values.runs} must hold a JSON array of runs`);
-    runs.push(...(parsed as SimulatedRun[]));
+    // an entry with a responseId is a background response
+    for (const entry of parsed as unknown[]) {
+      if (typeof entry === 'object' && entry !== null && 'responseId' in entry) responses.push(entry as SimulatedResponse);
+      else runs.push(entry as SimulatedRun);
+    }
   }
   const apiKey = values['api-key'] ?? readSecret(env, 'RUNWATCH_SIM_API_KEY');
   let sim;
   try {
-    sim = await startSimulator({ port, host: values.host, apiKey, errorStyle, runs });
+    sim = await startSimulator({ port, host: values.host, apiKey, errorStyle, runs, responses });
   } catch (error) {
     if (error instanceof RunwatchError) throw error;
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
     throw new ConfigError(`cannot listen on ${values.host}:${port} (${code}): pick another --port`);
   }
-  process.stdout.write(`${JSON.stringify({ base_url: sim.baseUrl, runs: runs.map((r) => ({ thread_id: r.threadId, run_id: r.runId })) })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ base_url: sim.baseUrl, runs: runs.map((r) => ({ thread_id: r.threadId, run_id: r.runId })), responses: responses.map((r) => ({ response_id: r.responseId })) })}\n`,
+  );
   logger.info({ baseUrl: sim.baseUrl, runs: runs.length }, 'simulator listening');
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', resolve);
@@ -413,7 +435,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   try {
     switch (command) {
       case 'watch':
-        return await watchCommand(rest, env);
+        return await watchCommand(rest, env, 'run');
+      case 'watch-response':
+        return await watchCommand(rest, env, 'response');
       case 'sim':
         return await simCommand(rest, env);
       case 'daemon':

@@ -136,13 +136,9 @@ export function buildHeaders(
   extra: Readonly<Record<string, string>>,
   watchId: string,
   traceId = true,
+  kindHeaders: Readonly<Record<string, string>> = {},
 ): Record<string, string> {
-  const headers: Record<string, string> = {
-    accept: 'application/json',
-    'user-agent': `runwatch/${VERSION}`,
-    // the runs endpoints still require it on OpenAI-compatible servers and through Portkey
-    'openai-beta': 'assistants=v2',
-  };
+  const headers: Record<string, string> = { accept: 'application/json', 'user-agent': `runwatch/${VERSION}`, ...kindHeaders };
   if (provider === 'openai') {
     if (credentials.apiKey) headers.authorization = `Bearer ${credentials.apiKey}`;
   } else {
@@ -336,8 +332,8 @@ export class ApiClient implements PollClient {
   readonly #transport: typeof http | typeof https;
   readonly #target: { readonly protocol: string; readonly hostname: string; readonly port: string; readonly basePath: string };
   readonly #secrets: readonly string[];
-  /** The headers of a request that has no per-watch part, built once (`null` when the trace id is per watch). */
-  readonly #sharedHeaders: Readonly<Record<string, string>> | null;
+  /** Per kind, the headers of a request that has no per-watch part, built once (unused when the trace id is per watch). */
+  readonly #sharedHeaders = new WeakMap<object, Readonly<Record<string, string>>>();
 
   constructor(options: ClientOptions = {}) {
     this.provider = options.provider ?? DEFAULT_CLIENT.provider;
@@ -352,7 +348,6 @@ export class ApiClient implements PollClient {
     for (const [name, value] of Object.entries(this.#headers)) assertValidHeader(name, value);
     this.#traceId = options.traceId ?? DEFAULT_CLIENT.traceId;
     this.#secrets = secretsOf(this.#credentials, this.#headers);
-    this.#sharedHeaders = this.provider === 'portkey' && this.#traceId ? null : buildHeaders(this.provider, this.#credentials, this.#headers, '', false);
     const maxSockets = options.maxSockets ?? DEFAULT_CLIENT.maxSockets;
     const url = new URL(this.baseUrl);
     // parsed once: a URL per request is measurable at thousands of polls per second
@@ -371,7 +366,7 @@ export class ApiClient implements PollClient {
     const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
     const own = context.credentials !== undefined || context.headers !== undefined;
     const secrets = own ? secretsOf(credentials, extra) : this.#secrets;
-    const headers = !own && this.#sharedHeaders ? this.#sharedHeaders : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId);
+    const headers = own || (this.provider === 'portkey' && this.#traceId) ? buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders) : this.#shared(kind);
     try {
       const response = await this.#get(`${this.#target.basePath}/${kind.path(ref)}`, headers, context.signal);
       return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
@@ -379,6 +374,15 @@ export class ApiClient implements PollClient {
       if (context.signal?.aborted) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
       return classifyRequestError(error, this.requestTimeoutMs);
     }
+  }
+
+  #shared(kind: { readonly requestHeaders: Readonly<Record<string, string>> }): Readonly<Record<string, string>> {
+    let headers = this.#sharedHeaders.get(kind);
+    if (!headers) {
+      headers = buildHeaders(this.provider, this.#credentials, this.#headers, '', false, kind.requestHeaders);
+      this.#sharedHeaders.set(kind, headers);
+    }
+    return headers;
   }
 
   /** One GET, read whole within `requestTimeoutMs`; rejects on network errors, abort and timeout. */

@@ -9,6 +9,8 @@ export type ErrorCode =
   | 'invalid_config'
   /** The server answered 404: the run (or thread) does not exist for these credentials. */
   | 'run_not_found'
+  /** The server answered 404 for a background response: it does not exist for these credentials (or was not stored). */
+  | 'response_not_found'
   /** The server answered 401: the API key is missing or wrong. */
   | 'unauthorized'
   /** The server answered 403: the key may not read this run. */

@@ -1,5 +1,5 @@
 import type { ErrorCode } from './errors.js';
-import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
+import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot } from './resource.js';
 import type { Emission, Progress } from './step.js';
 
 /** Fields every event has, whatever is watched. */
@@ -49,8 +49,42 @@ export interface RunWatchErrorEvent extends EventEnvelope {
   readonly run: RunSnapshot | null;
 }
 
-/** Every event runwatch emits, delivered alike to every sink. */
-export type WatchEvent = RunTransitionEvent | RunWatchErrorEvent;
+/** A background response changed status; `type` is `response.<to>`. */
+export interface ResponseTransitionEvent extends EventEnvelope {
+  /** `response.` followed by the new status, e.g. `response.completed`. */
+  readonly type: `response.${string}`;
+  readonly response_id: string;
+  /** The new status. */
+  readonly to: string;
+  /** The full response snapshot in which the new status was seen. */
+  readonly response: ResponseSnapshot;
+  /** Only on `response.stalled`. */
+  readonly stalled_for_ms?: number;
+}
+
+/** A watch on a background response ended without a terminal (or `resolveOn`) status. */
+export interface ResponseWatchErrorEvent extends EventEnvelope {
+  readonly type: 'watch.error';
+  readonly response_id: string;
+  readonly to: null;
+  readonly error: WatchErrorDetails;
+  /** The last snapshot seen, or `null` if none was. */
+  readonly response: ResponseSnapshot | null;
+}
+
+/** The events of a run watch. */
+export type RunEvent = RunTransitionEvent | RunWatchErrorEvent;
+
+/** The events of a background response watch. */
+export type ResponseEvent = ResponseTransitionEvent | ResponseWatchErrorEvent;
+
+/** Every event runwatch emits, delivered alike to every sink; `run.*` / `response.*` by what is watched. */
+export type WatchEvent = RunEvent | ResponseEvent;
+
+/** True for the events of a run watch (they carry `thread_id` and `run_id`). */
+export function isRunEvent(event: WatchEvent): event is RunEvent {
+  return 'run_id' in event;
+}
 
 /** Builds the stable event id from the watch id and seq. */
 export function eventId(watchId: string, seq: number): string {
@@ -58,7 +92,7 @@ export function eventId(watchId: string, seq: number): string {
 }
 
 /** True for events that end a watch with an error. */
-export function isWatchError(event: WatchEvent): event is RunWatchErrorEvent {
+export function isWatchError(event: WatchEvent): event is RunWatchErrorEvent | ResponseWatchErrorEvent {
   return event.type === 'watch.error';
 }
 
@@ -90,12 +124,12 @@ export function emissionEvent(kind: ResourceKind<object, Snapshot>, watchId: str
 }
 
 /** The `watch.error` that ends a watch, with the seq after `progress.seq`. */
-export function watchErrorEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, progress: Progress, cause: WatchErrorCause, nowMs: number): RunWatchErrorEvent {
+export function watchErrorEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, progress: Progress, cause: WatchErrorCause, nowMs: number): RunWatchErrorEvent | ResponseWatchErrorEvent {
   const event = envelope(kind, watchId, ref, 'watch.error', progress.seq + 1);
   event.from = progress.status;
   event.to = null;
   event.observed_at = new Date(nowMs).toISOString();
   event.error = cause.httpStatus === undefined ? { code: cause.code, message: cause.message } : { code: cause.code, message: cause.message, http_status: cause.httpStatus };
   event[kind.snapshotField] = progress.lastSnapshot;
-  return event as unknown as RunWatchErrorEvent;
+  return event as unknown as RunWatchErrorEvent | ResponseWatchErrorEvent;
 }

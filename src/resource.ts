@@ -77,6 +77,8 @@ export interface ResourceKind<TRef extends object, TSnapshot extends Snapshot> {
   parseSnapshot(body: unknown): TSnapshot | undefined;
   /** The resource's own expiry, epoch milliseconds, when the snapshot has one. */
   expiresAtMs(snapshot: TSnapshot): number | undefined;
+  /** Headers every request for this kind carries (before the user's own), e.g. `openai-beta`. */
+  readonly requestHeaders: Readonly<Record<string, string>>;
 }
 
 /** Parses `{ id, status, ... }` and normalises the status; shared by every kind. */
@@ -105,6 +107,8 @@ export const RUN_KIND: ResourceKind<RunRef, RunSnapshot> = Object.freeze<Resourc
     ]),
   },
   notFoundCode: 'run_not_found',
+  // the runs endpoints still require it on OpenAI-compatible servers, Azure and through Portkey
+  requestHeaders: Object.freeze({ 'openai-beta': 'assistants=v2' }),
   path: (ref: RunRef) => `threads/${ref.thread_id}/runs/${ref.run_id}`,
   validate(ref: RunRef): void {
     assertValidId('thread_id', ref.thread_id);
@@ -115,4 +119,45 @@ export const RUN_KIND: ResourceKind<RunRef, RunSnapshot> = Object.freeze<Resourc
     const expiresAt = snapshot.expires_at;
     return typeof expiresAt === 'number' && Number.isFinite(expiresAt) && expiresAt > 0 ? expiresAt * 1000 : undefined;
   },
+});
+
+/** Statuses after which a background response never changes. */
+export const TERMINAL_RESPONSE_STATUSES = ['completed', 'failed', 'cancelled', 'incomplete'] as const;
+
+/** A response object (`GET /responses/{response_id}`, background mode); unknown fields are kept. */
+export interface ResponseSnapshot extends Snapshot {
+  readonly object?: 'response';
+  /** `queued`, `in_progress`, then one of `TERMINAL_RESPONSE_STATUSES` (others handled as unknown). */
+  readonly status: string;
+  readonly background?: boolean | null;
+  readonly created_at?: number;
+  readonly error?: { readonly code: string; readonly message: string } | null;
+  readonly incomplete_details?: { readonly reason: string } | null;
+  readonly output?: readonly unknown[];
+}
+
+/** Identifies one background response. */
+export interface ResponseRef {
+  readonly response_id: string;
+}
+
+/** A background response: `GET /responses/{response_id}`, events `response.<status>`. */
+export const RESPONSE_KIND: ResourceKind<ResponseRef, ResponseSnapshot> = Object.freeze<ResourceKind<ResponseRef, ResponseSnapshot>>({
+  name: 'response',
+  eventPrefix: 'response',
+  snapshotField: 'response',
+  idFields: ['response_id'],
+  rules: {
+    terminal: new Set<string>(TERMINAL_RESPONSE_STATUSES),
+    staleAfter: new Map<string, ReadonlySet<string>>([['in_progress', new Set(['queued'])]]),
+  },
+  notFoundCode: 'response_not_found',
+  requestHeaders: Object.freeze({}),
+  path: (ref: ResponseRef) => `responses/${ref.response_id}`,
+  validate(ref: ResponseRef): void {
+    assertValidId('response_id', ref.response_id);
+  },
+  parseSnapshot: (body: unknown) => parseSnapshotBase(body, 'response'),
+  // a background response has no expires_at: the watch's timeout (or defaultTimeoutMs) bounds it
+  expiresAtMs: () => undefined,
 });

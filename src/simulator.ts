@@ -51,6 +51,18 @@ export interface SimulatedRun {
   readonly start?: 'created' | 'first_request';
 }
 
+/** A background response the simulator serves at `GET /v1/responses/{id}`. */
+export interface SimulatedResponse {
+  readonly responseId: string;
+  /** Statuses it goes through: `queued`, `in_progress`, then `completed`, `failed`, `cancelled` or `incomplete`. */
+  readonly timeline: readonly TimelineStep[];
+  readonly faults?: readonly Fault[];
+  readonly pollAfterMs?: number;
+  readonly latencyMs?: number;
+  /** @default 'created' */
+  readonly start?: 'created' | 'first_request';
+}
+
 /** One request the simulator received for a run. */
 export interface RecordedRequest {
   readonly method: string;
@@ -79,6 +91,8 @@ export interface SimulatorOptions {
   readonly errorStyle?: 'openai' | 'portkey';
   /** Runs to serve from the start. */
   readonly runs?: readonly SimulatedRun[];
+  /** Background responses to serve from the start. */
+  readonly responses?: readonly SimulatedResponse[];
   /**
    * A fleet-wide rate limit, as an API enforces per key: beyond it, retrieve requests get 429
    * with `retry-after` and `retry-after-ms` (time until a request would be accepted).
@@ -118,7 +132,9 @@ export interface RunningSimulator {
   readonly port: number;
   /** Adds (or replaces) a run; its timeline starts now. */
   addRun(run: SimulatedRun): void;
-  /** Requests received for a run (retrieve, submit and cancel). */
+  /** Adds (or replaces) a background response; its timeline starts now (or at its first request). */
+  addResponse(response: SimulatedResponse): void;
+  /** Requests received for a run or response (retrieve, submit and cancel). */
   requests(runId: string): readonly RecordedRequest[];
   /** The run's true status changes, for measuring detection latency. */
   transitions(runId: string): readonly TrueTransition[];
@@ -157,7 +173,16 @@ export const DEMO_RUNS: readonly SimulatedRun[] = ([
   },
 ] satisfies SimulatedRun[]).map((run) => ({ ...run, start: 'first_request' as const }));
 
+/** Ready-made background responses, served with `--demo`; each starts at its first request. */
+export const DEMO_RESPONSES: readonly SimulatedResponse[] = [
+  { responseId: 'resp_demo_completed', timeline: [{ status: 'queued', durationMs: 500 }, { status: 'in_progress', durationMs: 1_500 }, { status: 'completed' }], start: 'first_request' },
+  { responseId: 'resp_demo_failed', timeline: [{ status: 'queued', durationMs: 300 }, { status: 'in_progress', durationMs: 1_000 }, { status: 'failed' }], start: 'first_request' },
+  { responseId: 'resp_demo_incomplete', timeline: [{ status: 'in_progress', durationMs: 800 }, { status: 'incomplete' }], start: 'first_request' },
+];
+
 class RunState {
+  /** Runs and responses share the timeline machinery; a response's spec has an empty thread id. */
+  readonly kind: 'run' | 'response';
   readonly spec: SimulatedRun;
   readonly createdAtMs: number;
   readonly steps: TimelineStep[];
@@ -171,7 +196,8 @@ class RunState {
 
   started = false;
 
-  constructor(spec: SimulatedRun, nowMs: number) {
+  constructor(spec: SimulatedRun, nowMs: number, kind: 'run' | 'response' = 'run') {
+    this.kind = kind;
     this.spec = spec;
     this.steps = [...spec.timeline];
     this.createdAtMs = nowMs;
@@ -210,6 +236,22 @@ class RunState {
   toJSON(): Record<string, unknown> {
     const status = this.step.status;
     const seconds = (ms: number): number => Math.floor(ms / 1000);
+    if (this.kind === 'response') {
+      const done = status === 'completed';
+      return {
+        id: this.spec.runId,
+        object: 'response',
+        created_at: seconds(this.createdAtMs),
+        status,
+        background: true,
+        error: status === 'failed' ? { code: 'server_error', message: 'Simulated failure.' } : null,
+        incomplete_details: status === 'incomplete' ? { reason: 'max_output_tokens' } : null,
+        model: 'sim-1',
+        output: done ? [{ type: 'message', id: 'msg_sim', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: 'Simulated answer.', annotations: [] }] }] : [],
+        usage: done ? { input_tokens: 10, output_tokens: 20, total_tokens: 30 } : null,
+        metadata: {},
+      };
+    }
     const terminal = TERMINAL.has(status);
     const endedAt = terminal ? seconds(this.stepStartedAtMs) : null;
     return {
@@ -261,6 +303,18 @@ const runSchema = z.object({
   start: z.enum(['created', 'first_request']).optional(),
 });
 
+const responseSchema = runSchema.omit({ threadId: true, runId: true, expiresInMs: true }).extend({ responseId: idSchema });
+
+/** Validates a background response specification; throws `ConfigError` naming the field. */
+export function parseSimulatedResponse(input: unknown): SimulatedResponse {
+  const result = responseSchema.safeParse(input);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    throw new ConfigError(`invalid simulated response: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'unknown error'}`);
+  }
+  return result.data;
+}
+
 /** Validates a run specification (from JSON or code); throws `ConfigError` naming the field. */
 export function parseSimulatedRun(input: unknown): SimulatedRun {
   const result = runSchema.safeParse(input);
@@ -297,7 +351,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     const spec = parseSimulatedRun(input);
     runs.set(spec.runId, new RunState(spec, Date.now()));
   };
+  const addResponse = (input: SimulatedResponse): void => {
+    const spec = parseSimulatedResponse(input);
+    runs.set(spec.responseId, new RunState({ ...spec, threadId: '', runId: spec.responseId }, Date.now(), 'response'));
+  };
   for (const run of options.runs ?? []) addRun(run);
+  for (const response of options.responses ?? []) addResponse(response);
 
   const sendError = (res: http.ServerResponse, status: number, message: string, code: string | null = null, headers: Record<string, string> = {}): void => {
     const body =
@@ -322,9 +381,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     total += 1;
     const url = new URL(req.url ?? '/', 'http://sim');
     const body = req.method === 'POST' ? await readBody(req) : '';
-    if (url.pathname === '/_sim/runs' && req.method === 'POST') {
+    if ((url.pathname === '/_sim/runs' || url.pathname === '/_sim/responses') && req.method === 'POST') {
       try {
-        addRun(JSON.parse(body) as SimulatedRun);
+        if (url.pathname === '/_sim/runs') addRun(JSON.parse(body) as SimulatedRun);
+        else addResponse(JSON.parse(body) as SimulatedResponse);
       } catch (error) {
         sendError(res, 400, error instanceof Error ? error.message : 'invalid run');
         return;
@@ -332,7 +392,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendJson(res, 201, { ok: true });
       return;
     }
-    const match = /^\/v1\/threads\/([^/]+)\/runs\/([^/]+)(\/submit_tool_outputs|\/cancel)?$/.exec(url.pathname);
+    const responseMatch = /^\/v1\/responses\/([^/]+)(\/cancel)?$/.exec(url.pathname);
+    const match = responseMatch ? [url.pathname, '', responseMatch[1], responseMatch[2]] : /^\/v1\/threads\/([^/]+)\/runs\/([^/]+)(\/submit_tool_outputs|\/cancel)?$/.exec(url.pathname);
     if (!match) {
       sendError(res, 404, `Invalid URL (${req.method ?? 'GET'} ${url.pathname})`, 'unknown_url');
       return;
@@ -345,8 +406,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     }
     const [, threadId, runId, action] = match;
     const run = runs.get(decodeURIComponent(runId!));
-    if (!run || run.spec.threadId !== decodeURIComponent(threadId!)) {
-      sendError(res, 404, `No run found with id '${runId}'.`);
+    if (!run || run.spec.threadId !== decodeURIComponent(threadId!) || (run.kind === 'response') !== (responseMatch !== null)) {
+      sendError(res, 404, responseMatch ? `Response with id '${runId}' not found.` : `No run found with id '${runId}'.`);
       return;
     }
     const now = Date.now();
@@ -411,6 +472,21 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendJson(res, 200, run.toJSON());
       return;
     }
+    if (action === '/cancel' && run.kind === 'response') {
+      // a background response is cancelled at once (and cancelling a finished one is a no-op error)
+      if (TERMINAL.has(status)) {
+        sendError(res, 400, `Cannot cancel a response with status '${status}'.`);
+        return;
+      }
+      run.steps.splice(run.cursor + 1, run.steps.length, { status: 'cancelled' });
+      run.next(now);
+      sendJson(res, 200, run.toJSON());
+      return;
+    }
+    if (action === '/submit_tool_outputs' && run.kind === 'response') {
+      sendError(res, 404, 'Invalid URL (POST submit_tool_outputs on a response)', 'unknown_url');
+      return;
+    }
     if (action === '/cancel') {
       if (TERMINAL.has(status) || status === 'cancelling') {
         sendError(res, 400, `Cannot cancel run with status '${status}'.`);
@@ -437,6 +513,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     baseUrl: `http://${host.includes(':') ? `[${host}]` : host}:${port}/v1`,
     port,
     addRun,
+    addResponse,
     requests: (runId) => runs.get(runId)?.requests ?? [],
     transitions: (runId) => runs.get(runId)?.transitions ?? [],
     maxConcurrent: (runId) => runs.get(runId)?.maxConcurrent ?? 0,

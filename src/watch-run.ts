@@ -1,5 +1,5 @@
-import type { RunSnapshot } from './resource.js';
-import type { RunWatcherOptions, WatchRunOptions } from './watcher.js';
+import type { ResponseSnapshot, RunSnapshot } from './resource.js';
+import type { RunWatcherOptions, WatchResponseOptions, WatchRunOptions } from './watcher.js';
 import { RunWatcher } from './watcher.js';
 
 /** Options of `watchRun()`: the run, and how to reach and poll it. */
@@ -23,6 +23,30 @@ export async function watchRun(options: WatchRunCallOptions): Promise<RunSnapsho
   const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
   try {
     return await watcher.watchRun(options).promise;
+  } finally {
+    await watcher.close();
+  }
+}
+
+/** Options of `watchResponse()`: the background response, and how to reach and poll it. */
+export interface WatchResponseCallOptions extends WatchResponseOptions, Omit<RunWatcherOptions, 'client'> {}
+
+/**
+ * Watches one background response (`GET /responses/{id}`, created with `background: true`)
+ * until it is `completed`, `failed`, `cancelled` or `incomplete`, and resolves with the last
+ * snapshot. Same engine, policy, events (`response.<status>`) and errors as `watchRun()`.
+ *
+ * @example
+ * const response = await watchResponse({
+ *   provider: 'openai', credentials: { apiKey: process.env.OPENAI_API_KEY },
+ *   responseId: 'resp_abc',
+ * });
+ * if (response.status === 'completed') ...
+ */
+export async function watchResponse(options: WatchResponseCallOptions): Promise<ResponseSnapshot> {
+  const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
+  try {
+    return await watcher.watchResponse(options).promise;
   } finally {
     await watcher.close();
   }

@@ -11,8 +11,8 @@ import { ConfigError, WatchError } from './errors.js';
 import type { WatchEvent } from './events.js';
 import { emissionEvent, watchErrorEvent } from './events.js';
 import { Fifo, MinHeap } from './queues.js';
-import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
-import { assertValidId, RUN_KIND } from './resource.js';
+import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot } from './resource.js';
+import { assertValidId, RESPONSE_KIND, RUN_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
 import { MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
 import type { MachineState } from './status.js';
@@ -56,12 +56,8 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
   readonly client?: PollClient;
 }
 
-/** Options of one run watch. */
-export interface WatchRunOptions {
-  /** The thread id (`thread_...`). */
-  readonly threadId: string;
-  /** The run id (`run_...`). */
-  readonly runId: string;
+/** Options of one watch, whatever it watches. */
+export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
   /**
    * Names the watch in events and logs; must match `^[A-Za-z0-9_-]{1,128}$`.
    * @default a random `w_...` id
@@ -92,7 +88,21 @@ export interface WatchRunOptions {
   /** Resume: since when the run has had `initial.status` (for stall detection). @default now */
   readonly statusSinceMs?: number;
   /** Resume: the last snapshot seen before. */
-  readonly lastSnapshot?: RunSnapshot | null;
+  readonly lastSnapshot?: TSnapshot | null;
+}
+
+/** Options of one run watch. */
+export interface WatchRunOptions extends WatchOptions<RunSnapshot> {
+  /** The thread id (`thread_...`). */
+  readonly threadId: string;
+  /** The run id (`run_...`). */
+  readonly runId: string;
+}
+
+/** Options of one background response watch. */
+export interface WatchResponseOptions extends WatchOptions<ResponseSnapshot> {
+  /** The response id (`resp_...`), of a response created with `background: true`. */
+  readonly responseId: string;
 }
 
 /** A running watch. */
@@ -243,6 +253,14 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     return this.#start(RUN_KIND, { thread_id: options.threadId, run_id: options.runId }, options);
   }
 
+  /**
+   * Starts watching a background response (`GET /responses/{id}`); events are
+   * `response.<status>`. Throws `InvalidIdError` or `ConfigError` before any request.
+   */
+  watchResponse(options: WatchResponseOptions): WatchHandle<ResponseSnapshot> {
+    return this.#start(RESPONSE_KIND, { response_id: options.responseId }, options);
+  }
+
   /** The current state of a watch, or `undefined` once it ended. */
   info(watchId: string): WatchInfo | undefined {
     const w = this.#watches.get(watchId);
@@ -323,7 +341,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   #start<TRef extends object, TSnapshot extends Snapshot>(
     kind: ResourceKind<TRef, TSnapshot>,
     ref: TRef,
-    options: WatchRunOptions,
+    options: WatchOptions<TSnapshot>,
   ): WatchHandle<TSnapshot> {
     if (this.#closing) throw new ConfigError('the watcher is closed');
     kind.validate(ref);

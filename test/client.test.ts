@@ -84,7 +84,7 @@ describe('parseHints', () => {
 
 describe('headers and secrets', () => {
   it('builds Portkey headers with the trace id set to the watch id', () => {
-    const headers = buildHeaders('portkey', { apiKey: 'pk-key', virtualKey: 'vk', portkeyConfig: 'pc-1' }, { 'x-portkey-provider': 'openai' }, 'w_1');
+    const headers = buildHeaders('portkey', { apiKey: 'pk-key', virtualKey: 'vk', portkeyConfig: 'pc-1' }, { 'x-portkey-provider': 'openai' }, 'w_1', true, RUN_KIND.requestHeaders);
     expect(headers).toMatchObject({
       'x-portkey-api-key': 'pk-key',
       'x-portkey-virtual-key': 'vk',
@@ -97,8 +97,10 @@ describe('headers and secrets', () => {
   });
 
   it('builds OpenAI headers', () => {
-    const headers = buildHeaders('openai', { apiKey: 'sk-key' }, {}, 'w_1');
+    const headers = buildHeaders('openai', { apiKey: 'sk-key' }, {}, 'w_1', true, RUN_KIND.requestHeaders);
     expect(headers).toMatchObject({ authorization: 'Bearer sk-key', 'openai-beta': 'assistants=v2' });
+    // the beta header belongs to the runs endpoints, not to every request
+    expect(buildHeaders('openai', { apiKey: 'sk-key' }, {}, 'w_1')['openai-beta']).toBeUndefined();
     expect(headers['x-portkey-trace-id']).toBeUndefined();
   });
 

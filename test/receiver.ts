@@ -1,7 +1,8 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { expect } from 'vitest';
-import type { WatchEvent } from '../src/events.js';
+// the daemon delivers run events (its store holds run watches)
+import type { RunEvent } from '../src/events.js';
 import type { SimulatedRun } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
 import { verifyWebhook } from '../src/sinks/webhook.js';
@@ -10,7 +11,7 @@ import { verifyWebhook } from '../src/sinks/webhook.js';
 export interface Received {
   readonly id: string;
   readonly body: string;
-  readonly event: WatchEvent;
+  readonly event: RunEvent;
   readonly signatureValid: boolean;
 }
 
@@ -63,7 +64,7 @@ export async function startReceiver(secret: string): Promise<Receiver> {
       const body = Buffer.concat(chunks).toString('utf8');
       receiver.attempts += 1;
       if (receiver.answer >= 200 && receiver.answer < 300) {
-        receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as WatchEvent, signatureValid: verifyWebhook(secret, req.headers, body) });
+        receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as RunEvent, signatureValid: verifyWebhook(secret, req.headers, body) });
       }
       res.writeHead(receiver.answer).end();
       for (const check of [...waiters]) check();
@@ -75,8 +76,8 @@ export async function startReceiver(secret: string): Promise<Receiver> {
 }
 
 /** Events per run in arrival order, redeliveries removed. */
-export function byRun(received: readonly Received[]): Map<string, WatchEvent[]> {
-  const runs = new Map<string, WatchEvent[]>();
+export function byRun(received: readonly Received[]): Map<string, RunEvent[]> {
+  const runs = new Map<string, RunEvent[]>();
   const seen = new Set<string>();
   for (const { event } of received) {
     if (seen.has(event.id)) continue;

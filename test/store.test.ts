@@ -5,11 +5,12 @@ import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { OutboxWorker } from '../src/daemon/outbox.js';
 import { DeliveryError } from '../src/errors.js';
-import type { WatchEvent } from '../src/events.js';
+import type { RunEvent } from '../src/events.js';
+import { isRunEvent } from '../src/events.js';
 import type { Sink } from '../src/sinks/sink.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
-function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): WatchEvent {
+function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunEvent {
   return { id: `${watchId}.${seq}`, type: `run.${to}`, seq, watch_id: watchId, thread_id: 'thread_1', run_id: runId, from, to, observed_at: '2026-01-01T00:00:00.000Z', run: { id: runId, status: to } };
 }
 
@@ -52,7 +53,7 @@ describe('SqliteStore', () => {
   it('marks a watch failed on watch.error and deleted on an abort', () => {
     const s = store();
     for (const id of ['w_1', 'w_2']) s.createWatch({ id, thread_id: 'thread_1', run_id: `run_${id}` }, 0);
-    const error = (watchId: string, code: 'run_not_found' | 'aborted'): WatchEvent => ({ ...event(watchId, `run_${watchId}`, 1, 'x'), type: 'watch.error', to: null, error: { code, message: code }, run: null });
+    const error = (watchId: string, code: 'run_not_found' | 'aborted'): RunEvent => ({ ...event(watchId, `run_${watchId}`, 1, 'x'), type: 'watch.error', to: null, error: { code, message: code }, run: null });
     s.recordEvent(error('w_1', 'run_not_found'), [], 1);
     s.recordEvent(error('w_2', 'aborted'), [], 1);
     expect(s.getWatch('w_1')).toMatchObject({ state: 'failed', error: { code: 'run_not_found' } });
@@ -113,7 +114,7 @@ describe('OutboxWorker', () => {
     const sink: Sink = {
       name: 'test',
       deliver(e) {
-        if (e.run_id === 'run_a' && e.seq === 2 && failuresLeft-- > 0) throw new DeliveryError('receiver down');
+        if (isRunEvent(e) && e.run_id === 'run_a' && e.seq === 2 && failuresLeft-- > 0) throw new DeliveryError('receiver down');
         delivered.push(e.id);
       },
     };

@@ -147,7 +147,7 @@ describe('RunWatcher errors and hints', () => {
     expect(client.calls.length).toBeGreaterThan(6);
     expect(client.calls.every((c) => c.atMs <= T0 + 120_000)).toBe(true);
     expect(events.at(-1)).toMatchObject({ type: 'watch.error', from: 'in_progress', to: null, error: { code: 'deadline_exceeded', http_status: 503 } });
-    expect(events.at(-1)?.run).toMatchObject({ status: 'in_progress' });
+    expect(events.at(-1)).toMatchObject({ run: { status: 'in_progress' } });
     expect(clock.countTimers()).toBe(0);
   });
 

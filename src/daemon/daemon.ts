@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import type { Credentials } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
+import { isRunEvent } from '../events.js';
 import { FileSink } from '../sinks/file.js';
 import { loadModuleSink } from '../sinks/module.js';
 import type { Sink } from '../sinks/sink.js';
@@ -248,6 +249,8 @@ export class Daemon implements RunningDaemon {
   }
 
   #record(event: WatchEvent): void {
+    // the daemon's store holds run watches only (responses are a library and CLI feature so far)
+    if (!isRunEvent(event)) return;
     try {
       // synchronous: the event, its watch's new state and one delivery per sink, in one transaction
       this.#store.recordEvent(event, this.#sinkNames, Date.now());

@@ -8,7 +8,7 @@ import { ApiClient } from '../client.js';
 import type { PollOutcome } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
-import type { WatchEvent } from '../events.js';
+import type { RunEvent, RunWatchErrorEvent } from '../events.js';
 import { emissionEvent, watchErrorEvent } from '../events.js';
 import { RUN_KIND } from '../resource.js';
 import type { ResourceKind, Snapshot } from '../resource.js';
@@ -249,7 +249,8 @@ export class RedisDaemon implements RunningDaemon {
       await this.#queue.rateLimit(pauseMs).catch(() => undefined);
     }
     const step = applyOutcome(KIND, progress, outcome, settings, now);
-    const events = step.emissions.map((emission) => emissionEvent(KIND, record.id, record, emission, now));
+    // KIND is the run kind: its events are run events
+    const events = step.emissions.map((emission) => emissionEvent(KIND, record.id, record, emission, now) as RunEvent);
     if (step.result.kind === 'failed') {
       const failure = step.result.failure;
       await this.#end(record, step.progress, progress.seq, failure.code, `run threads/${record.thread_id}/runs/${record.run_id}: ${failure.message}`, failure.httpStatus, events);
@@ -272,7 +273,7 @@ export class RedisDaemon implements RunningDaemon {
     expectedSeq: number,
     progress: Progress,
     state: WatchState,
-    events: readonly WatchEvent[],
+    events: readonly RunEvent[],
     nextPollAt: number | null,
     extra: Record<string, string> = {},
   ): Promise<true | 'stale' | 'ended' | 'missing'> {
@@ -306,9 +307,9 @@ export class RedisDaemon implements RunningDaemon {
     code: ErrorCode,
     message: string,
     httpStatus: number | undefined,
-    before: readonly WatchEvent[] = [],
+    before: readonly RunEvent[] = [],
   ): Promise<void> {
-    const event = watchErrorEvent(KIND, record.id, record, progress, { code, message, httpStatus }, Date.now());
+    const event = watchErrorEvent(KIND, record.id, record, progress, { code, message, httpStatus }, Date.now()) as RunWatchErrorEvent;
     const state: WatchState = code === 'aborted' ? 'deleted' : 'failed';
     await this.#commit(record, expectedSeq, { ...progress, seq: event.seq }, state, [...before, event], null, { error: JSON.stringify(event.error) });
   }

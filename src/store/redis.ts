@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { WatchEvent } from '../events.js';
+import type { RunEvent } from '../events.js';
 import type { Progress } from '../step.js';
 import type { EventFilter, NewWatch, StoredEvent, WatchRecord, WatchState } from './store.js';
 
@@ -170,7 +170,7 @@ export class RedisState {
    * Writes a step: its events (to the log and the run's partition) and the watch's new fields,
    * atomically, if the stored seq is still `expectedSeq` and the watch still active.
    */
-  async commit(watch: WatchRecord, expectedSeq: number, fields: Record<string, string>, state: WatchState, events: readonly WatchEvent[]): Promise<true | CommitRefusal> {
+  async commit(watch: WatchRecord, expectedSeq: number, fields: Record<string, string>, state: WatchState, events: readonly RunEvent[]): Promise<true | CommitRefusal> {
     const args: string[] = [String(expectedSeq), JSON.stringify({ ...fields, state }), state, String(events.length)];
     for (const event of events) args.push(event.id, event.watch_id, event.thread_id, event.run_id, JSON.stringify(event));
     const result = await this.#redis.rwCommit(

@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import type { StatementSync } from 'node:sqlite';
-import type { WatchEvent } from '../events.js';
+import type { RunEvent } from '../events.js';
 import { RUN_KIND } from '../resource.js';
 import type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, WatchRecord, WatchState } from './store.js';
 
@@ -90,7 +90,7 @@ function toRecord(row: WatchRow): WatchRecord {
 }
 
 /** Which state an event leaves its watch in. */
-function stateAfter(event: WatchEvent): WatchState {
+function stateAfter(event: RunEvent): WatchState {
   if (event.type === 'watch.error') return event.error.code === 'aborted' ? 'deleted' : 'failed';
   return RUN_KIND.rules.terminal.has(event.to) ? 'finished' : 'active';
 }
@@ -163,7 +163,7 @@ export class SqliteStore implements Store {
     return (this.#sql("SELECT * FROM watches WHERE state = 'active' ORDER BY created_order").all() as unknown as WatchRow[]).map(toRecord);
   }
 
-  recordEvent(event: WatchEvent, sinks: readonly string[], nowMs: number): number {
+  recordEvent(event: RunEvent, sinks: readonly string[], nowMs: number): number {
     const payload = JSON.stringify(event);
     return this.#transaction(() => {
       // a redelivered engine event (same id) must not become a second, different payload

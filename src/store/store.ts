@@ -1,4 +1,4 @@
-import type { WatchErrorDetails, WatchEvent } from '../events.js';
+import type { RunEvent, WatchErrorDetails } from '../events.js';
 import type { RunSnapshot } from '../resource.js';
 
 /** Where a watch is in its life. */
@@ -85,7 +85,7 @@ export interface Store {
    * Appends an event, updates its watch, and queues a delivery per sink (and to the watch's
    * callback when it has one); one transaction. Returns the event's position.
    */
-  recordEvent(event: WatchEvent, sinks: readonly string[], nowMs: number): number;
+  recordEvent(event: RunEvent, sinks: readonly string[], nowMs: number): number;
   /** Marks a watch deleted (no more polling). */
   markDeleted(id: string, nowMs: number): WatchRecord | undefined;
   /** Saves planned poll times (best effort, batched). */

@@ -1,0 +1,111 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { WatchError } from '../src/errors.js';
+import type { ResponseEvent, WatchEvent } from '../src/events.js';
+import { isRunEvent } from '../src/events.js';
+import { RESPONSE_KIND } from '../src/resource.js';
+import type { RunningSimulator, SimulatedResponse } from '../src/simulator.js';
+import { startSimulator } from '../src/simulator.js';
+import { StatusMachine } from '../src/status.js';
+import { watchResponse } from '../src/watch-run.js';
+import { RunWatcher } from '../src/watcher.js';
+import { runCli } from './spawn.js';
+
+const KEY = 'sk-test-RESPONSES-777777';
+// fast and deterministic: every status polled each 150 ms
+const FAST = { jitter: 0, intervals: { queued: { baseMs: 150, capMs: 150 }, in_progress: { baseMs: 150, capMs: 150 } } };
+let sim: RunningSimulator;
+let counter = 0;
+
+beforeAll(async () => {
+  sim = await startSimulator({ apiKey: KEY });
+});
+afterAll(async () => {
+  await sim.close();
+});
+
+function addResponse(timeline: SimulatedResponse['timeline']): string {
+  counter += 1;
+  const responseId = `resp_t${counter}`;
+  sim.addResponse({ responseId, timeline, start: 'first_request' });
+  return responseId;
+}
+
+describe('RESPONSE_KIND', () => {
+  it('ends on completed, failed, cancelled and incomplete, and ignores a stale queued after in_progress', () => {
+    expect([...RESPONSE_KIND.rules.terminal].sort()).toEqual(['cancelled', 'completed', 'failed', 'incomplete']);
+    const machine = new StatusMachine(RESPONSE_KIND.rules);
+    expect(machine.observe('in_progress')).toMatchObject({ kind: 'transition' });
+    expect(machine.observe('queued')).toMatchObject({ kind: 'stale' });
+    expect(RESPONSE_KIND.path({ response_id: 'resp_1' })).toBe('responses/resp_1');
+    expect(() => RESPONSE_KIND.validate({ response_id: '../runs' })).toThrow('invalid response_id');
+    expect(RESPONSE_KIND.parseSnapshot({ id: 'resp_1', object: 'thread.run', status: 'completed' })).toBeUndefined();
+  });
+});
+
+describe('watching a background response', () => {
+  it('emits response.<status> events with the response id and snapshot, without the Assistants beta header', async () => {
+    const responseId = addResponse([{ status: 'queued', durationMs: 200 }, { status: 'in_progress', durationMs: 400 }, { status: 'completed' }]);
+    const watcher = new RunWatcher({ provider: 'openai', baseUrl: sim.baseUrl, credentials: { apiKey: KEY }, policy: FAST });
+    const events: WatchEvent[] = [];
+    watcher.on('event', (event) => events.push(event));
+    const response = await watcher.watchResponse({ responseId, watchId: 'w_resp' }).promise;
+    await watcher.close();
+    expect(response).toMatchObject({ id: responseId, object: 'response', status: 'completed', output: [{ type: 'message' }] });
+    expect(events.map((e) => e.type)).toEqual(['response.queued', 'response.in_progress', 'response.completed']);
+    expect(events.some(isRunEvent)).toBe(false);
+    const last = events.at(-1) as ResponseEvent;
+    expect(last).toMatchObject({ id: 'w_resp.3', seq: 3, watch_id: 'w_resp', response_id: responseId, from: 'in_progress', to: 'completed', response: { status: 'completed' } });
+    expect(Object.keys(last).slice(0, 5)).toEqual(['id', 'type', 'seq', 'watch_id', 'response_id']);
+    const gets = sim.requests(responseId);
+    expect(gets.length).toBeGreaterThanOrEqual(3);
+    expect(gets.every((r) => r.path === `/v1/responses/${responseId}` && r.headers['openai-beta'] === undefined && r.headers.authorization === `Bearer ${KEY}`)).toBe(true);
+  });
+
+  it('resolves watchResponse() with a failed response, and rejects with response_not_found on 404', async () => {
+    const responseId = addResponse([{ status: 'in_progress', durationMs: 200 }, { status: 'failed' }]);
+    const options = { provider: 'openai' as const, baseUrl: sim.baseUrl, credentials: { apiKey: KEY }, policy: FAST };
+    const failed = await watchResponse({ ...options, responseId });
+    expect(failed).toMatchObject({ status: 'failed', error: { code: 'server_error' } });
+    const missing = await watchResponse({ ...options, responseId: 'resp_nope' }).catch((error: unknown) => error);
+    expect(missing).toBeInstanceOf(WatchError);
+    expect(missing).toMatchObject({ code: 'response_not_found', httpStatus: 404 });
+    expect((missing as Error).message).toContain('responses/resp_nope');
+  });
+
+  it('does not confuse a run id with a response id', async () => {
+    sim.addRun({ threadId: 'thread_x', runId: 'run_as_resp', timeline: [{ status: 'completed' }] });
+    const error = await watchResponse({ provider: 'openai', baseUrl: sim.baseUrl, credentials: { apiKey: KEY }, responseId: 'run_as_resp' }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'response_not_found' });
+  });
+});
+
+describe('runwatch watch-response', () => {
+  const policy = JSON.stringify(FAST);
+  const run = (args: string[]) => runCli(['watch-response', ...args, '--provider', 'openai', '--base-url', sim.baseUrl, '--policy', policy], { OPENAI_API_KEY: KEY });
+
+  it.each([
+    ['completed', 0],
+    ['failed', 20],
+    ['cancelled', 21],
+    ['incomplete', 23],
+  ])('exits on %s with code %i and NDJSON response events', async (terminal, code) => {
+    const responseId = addResponse([{ status: 'queued', durationMs: 200 }, { status: terminal }]);
+    const result = await run([responseId]);
+    expect(result.code, result.stderr).toBe(code);
+    expect(result.events.map((e) => e.type)).toEqual(['response.queued', `response.${terminal}`]);
+    expect(result.events.at(-1)).toMatchObject({ response_id: responseId, to: terminal });
+    expect(result.stderr).not.toContain(KEY);
+  });
+
+  it('refuses bad arguments with exit 64 and a one-line error', async () => {
+    const twoIds = await run(['resp_a', 'resp_b']);
+    expect(twoIds.code).toBe(64);
+    expect(twoIds.stderr).toMatch(/^runwatch: expected <response_id>, got 2 argument\(s\)$/m);
+    const until = await run(['resp_a', '--until', 'requires_action']);
+    expect(until.code).toBe(64);
+    expect(until.stderr).toMatch(/--until applies to runs only/);
+    const missing = await run(['resp_missing']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/\(response_not_found\); check the response id/);
+  });
+});
