@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import type { Provider } from './client.js';
-import { assertValidHeader, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
+import { assertValidHeader, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
 import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
 import type { ConfigSources, DaemonConfig } from './daemon/config.js';
@@ -78,9 +78,12 @@ Polls GET {base-url}/threads/{thread_id}/runs/{run_id} until the run ends and wr
 JSON event per status change to stdout. Logs go to stderr.
 
 Options:
-  --provider portkey|openai   API dialect (env RUNWATCH_PROVIDER)          [portkey]
+  --provider portkey|openai|azure
+                              API dialect (env RUNWATCH_PROVIDER)          [portkey]
   --base-url URL              API base URL (env RUNWATCH_BASE_URL)
-                              [portkey: ${DEFAULT_BASE_URLS.portkey}, openai: ${DEFAULT_BASE_URLS.openai}]
+                              [portkey: ${DEFAULT_BASE_URLS.portkey}, openai: ${DEFAULT_BASE_URLS.openai},
+                               azure: required, the project endpoint]
+  --api-version V             azure: the api-version query parameter (env RUNWATCH_API_VERSION) [${DEFAULT_AZURE_API_VERSION}]
   --until terminal|requires_action
                               stop at a terminal status, or already at requires_action [terminal]
   --timeout DURATION          give up after this long (e.g. 90s, 10m)
@@ -95,6 +98,7 @@ Options:
 Secrets (each also as <NAME>_FILE, a path to a file holding it):
   portkey: PORTKEY_API_KEY, PORTKEY_VIRTUAL_KEY, PORTKEY_CONFIG
   openai:  OPENAI_API_KEY
+  azure:   AZURE_AI_TOKEN (an Entra ID token); AZURE_AI_TOKEN_FILE is re-read when it changes
   A key is required for the hosted APIs; a self-hosted gateway may need none.
 
 Exit codes: 0 completed, 10 requires_action (--until requires_action), 20 failed,
@@ -126,7 +130,7 @@ Options:
   --demo            serve the demo runs (thread_demo: run_completed, run_failed, ...)
   --runs FILE       serve the runs in FILE (a JSON array of SimulatedRun)
   --api-key KEY     require this key (env RUNWATCH_SIM_API_KEY)
-  --error-style openai|portkey                                          [openai]
+  --error-style openai|portkey|azure   azure: serves under /api/projects/sim, needs ?api-version= [openai]
   --log-level LEVEL                                                     [info]
 `;
 
@@ -164,6 +168,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
       until: { type: 'string', default: 'terminal' },
       timeout: { type: 'string' },
       'request-timeout': { type: 'string', default: '30s' },
+      'api-version': { type: 'string' },
       header: { type: 'string', multiple: true, default: [] },
       'watch-id': { type: 'string' },
       policy: { type: 'string' },
@@ -188,7 +193,8 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
   const logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
   const credentials = credentialsFromEnv(provider, baseUrl, env);
 
-  const watcher = new RunWatcher({ provider, baseUrl, credentials, headers, requestTimeoutMs, policy, logger, maxInFlight: 1 });
+  const apiVersion = values['api-version'] ?? env.RUNWATCH_API_VERSION;
+  const watcher = new RunWatcher({ provider, baseUrl, apiVersion, credentials, headers, requestTimeoutMs, policy, logger, maxInFlight: 1 });
   const dispatcher = new SinkDispatcher([new StdoutSink()], { logger });
   watcher.on('event', (event) => dispatcher.dispatch(event));
 
@@ -246,7 +252,7 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   }
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new ConfigError(`invalid --port ${JSON.stringify(values.port)}: use 0 to 65535`);
-  const errorStyle = oneOf('--error-style', values['error-style'], ['openai', 'portkey'] as const);
+  const errorStyle = oneOf('--error-style', values['error-style'], ['openai', 'portkey', 'azure'] as const);
   const logger: Logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
   // loaded here: the simulator (and zod) is not needed by the other commands
   const { DEMO_RESPONSES, DEMO_RUNS, startSimulator } = await import('./simulator.js');

@@ -1,3 +1,4 @@
+import { readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
@@ -8,14 +9,17 @@ import type { ResourceKind, Snapshot } from './resource.js';
 import type { ServerHints } from './schedule.js';
 import { VERSION } from './version.js';
 
-/** Which API dialect to speak. */
-export type Provider = 'portkey' | 'openai';
+/** Which API dialect to speak: Portkey's gateway, OpenAI (and compatible servers), or Azure AI Foundry Agent Service. */
+export type Provider = 'portkey' | 'openai' | 'azure';
 
 /** Every supported provider. */
-export const PROVIDERS: readonly Provider[] = ['portkey', 'openai'];
+export const PROVIDERS: readonly Provider[] = ['portkey', 'openai', 'azure'];
 
-/** Base URL used when none is given, per provider. */
-export const DEFAULT_BASE_URLS: Readonly<Record<Provider, string>> = Object.freeze({
+/** The `api-version` sent to Azure when none is configured (Foundry Agent Service GA). */
+export const DEFAULT_AZURE_API_VERSION = '2025-05-01';
+
+/** Base URL used when none is given, per provider; Azure has none (each project has its endpoint). */
+export const DEFAULT_BASE_URLS: Readonly<Partial<Record<Provider, string>>> = Object.freeze({
   portkey: 'https://api.portkey.ai/v1',
   openai: 'https://api.openai.com/v1',
 });
@@ -36,6 +40,11 @@ export interface Credentials {
   readonly virtualKey?: string | undefined;
   /** Portkey only: `x-portkey-config`, a config id or JSON (may carry provider keys). */
   readonly portkeyConfig?: string | undefined;
+  /**
+   * Azure only: a file holding the bearer token (e.g. written by a sidecar that refreshes it).
+   * Re-read when it changes (checked at most once a second) and after a 401. Not a secret itself.
+   */
+  readonly tokenFile?: string | undefined;
 }
 
 /** Options of an `ApiClient`. */
@@ -72,6 +81,11 @@ export interface ClientOptions {
    * @default true
    */
   readonly traceId?: boolean;
+  /**
+   * Azure only: the `api-version` query parameter of every request.
+   * @default '2025-05-01'
+   */
+  readonly apiVersion?: string;
 }
 
 /** Per-request additions: which watch asks, its signal, its own credentials and headers. */
@@ -139,7 +153,7 @@ export function buildHeaders(
   kindHeaders: Readonly<Record<string, string>> = {},
 ): Record<string, string> {
   const headers: Record<string, string> = { accept: 'application/json', 'user-agent': `runwatch/${VERSION}`, ...kindHeaders };
-  if (provider === 'openai') {
+  if (provider === 'openai' || provider === 'azure') {
     if (credentials.apiKey) headers.authorization = `Bearer ${credentials.apiKey}`;
   } else {
     if (credentials.apiKey) headers['x-portkey-api-key'] = credentials.apiKey;
@@ -239,7 +253,7 @@ export function classifyResponse<TRef extends object, TSnapshot extends Snapshot
   options: { readonly nowMs: number; readonly secrets?: readonly string[] },
 ): PollOutcome<TSnapshot> {
   const hints = parseHints(headers, options.nowMs);
-  const requestId = header(headers, 'x-request-id') ?? header(headers, 'apim-request-id');
+  const requestId = header(headers, 'x-request-id') ?? header(headers, 'apim-request-id') ?? header(headers, 'x-ms-request-id');
   const shouldRetry = header(headers, 'x-should-retry');
   if (statusCode >= 200 && statusCode < 300) {
     let parsed: unknown;
@@ -334,16 +348,26 @@ export class ApiClient implements PollClient {
   readonly #secrets: readonly string[];
   /** Per kind, the headers of a request that has no per-watch part, built once (unused when the trace id is per watch). */
   readonly #sharedHeaders = new WeakMap<object, Readonly<Record<string, string>>>();
+  /** Azure: `?api-version=...`; empty for the other providers. */
+  readonly #query: string;
+  /** Azure: the token file, when the token comes from one. */
+  readonly #tokenFile: TokenFile | null;
 
   constructor(options: ClientOptions = {}) {
     this.provider = options.provider ?? DEFAULT_CLIENT.provider;
     if (!PROVIDERS.includes(this.provider)) throw new ConfigError(`unknown provider ${JSON.stringify(this.provider)}: use ${PROVIDERS.join(' or ')}`);
-    this.baseUrl = normalizeBaseUrl(options.baseUrl ?? DEFAULT_BASE_URLS[this.provider]);
+    const baseUrl = options.baseUrl ?? DEFAULT_BASE_URLS[this.provider];
+    if (baseUrl === undefined) throw new ConfigError('provider azure needs a base URL: the project endpoint, e.g. https://<resource>.services.ai.azure.com/api/projects/<project>');
+    this.baseUrl = normalizeBaseUrl(baseUrl);
     this.requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_CLIENT.requestTimeoutMs;
     if (!Number.isInteger(this.requestTimeoutMs) || this.requestTimeoutMs < 1) {
       throw new ConfigError(`Expected \`requestTimeoutMs\` to be a positive integer, got ${JSON.stringify(options.requestTimeoutMs)}`);
     }
     this.#credentials = options.credentials ?? {};
+    this.#tokenFile = this.provider === 'azure' && this.#credentials.tokenFile && !this.#credentials.apiKey ? new TokenFile(this.#credentials.tokenFile) : null;
+    const apiVersion = options.apiVersion ?? DEFAULT_AZURE_API_VERSION;
+    if (!/^[A-Za-z0-9._-]{1,40}$/.test(apiVersion)) throw new ConfigError(`invalid apiVersion ${JSON.stringify(apiVersion.slice(0, 60))}: expected e.g. ${DEFAULT_AZURE_API_VERSION}`);
+    this.#query = this.provider === 'azure' ? `?api-version=${apiVersion}` : '';
     this.#headers = options.headers ?? {};
     for (const [name, value] of Object.entries(this.#headers)) assertValidHeader(name, value);
     this.#traceId = options.traceId ?? DEFAULT_CLIENT.traceId;
@@ -362,18 +386,41 @@ export class ApiClient implements PollClient {
     ref: TRef,
     context: RequestContext,
   ): Promise<PollOutcome<TSnapshot>> {
-    const credentials = context.credentials ?? this.#credentials;
-    const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
-    const own = context.credentials !== undefined || context.headers !== undefined;
-    const secrets = own ? secretsOf(credentials, extra) : this.#secrets;
-    const headers = own || (this.provider === 'portkey' && this.#traceId) ? buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders) : this.#shared(kind);
+    const path = `${this.#target.basePath}/${kind.path(ref)}${this.#query}`;
     try {
-      const response = await this.#get(`${this.#target.basePath}/${kind.path(ref)}`, headers, context.signal);
+      if (this.#tokenFile && context.credentials === undefined) return await this.#retrieveWithTokenFile(this.#tokenFile, kind, path, context);
+      const credentials = context.credentials ?? this.#credentials;
+      const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
+      const own = context.credentials !== undefined || context.headers !== undefined;
+      const secrets = own ? secretsOf(credentials, extra) : this.#secrets;
+      const headers = own || (this.provider === 'portkey' && this.#traceId) ? buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders) : this.#shared(kind);
+      const response = await this.#get(path, headers, context.signal);
       return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
     } catch (error) {
       if (context.signal?.aborted) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
       return classifyRequestError(error, this.requestTimeoutMs);
     }
+  }
+
+  /** Azure with a token file: the current token; after a 401, the file once more and, if the token changed, one retry. */
+  async #retrieveWithTokenFile<TRef extends object, TSnapshot extends Snapshot>(
+    tokens: TokenFile,
+    kind: ResourceKind<TRef, TSnapshot>,
+    path: string,
+    context: RequestContext,
+  ): Promise<PollOutcome<TSnapshot>> {
+    const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
+    const send = async (token: string | undefined): Promise<PollOutcome<TSnapshot>> => {
+      const credentials = { apiKey: token };
+      const response = await this.#get(path, buildHeaders(this.provider, credentials, extra, context.watchId, false, kind.requestHeaders), context.signal);
+      return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets: secretsOf(credentials, extra) });
+    };
+    const token = tokens.current(Date.now());
+    const outcome = await send(token);
+    if (outcome.ok || outcome.httpStatus !== 401) return outcome;
+    // tokens rotate: a 401 may only mean the file changed since it was last read
+    const fresh = tokens.current(Date.now(), true);
+    return fresh !== undefined && fresh !== token ? send(fresh) : outcome;
   }
 
   #shared(kind: { readonly requestHeaders: Readonly<Record<string, string>> }): Readonly<Record<string, string>> {
@@ -429,6 +476,34 @@ export class ApiClient implements PollClient {
   /** Closes idle keep-alive sockets. Idempotent. */
   close(): void {
     this.#agent.destroy();
+  }
+}
+
+/** A bearer token kept in a file that another process refreshes. */
+class TokenFile {
+  readonly #path: string;
+  #token: string | undefined;
+  #mtimeMs = -1;
+  #checkedAtMs = -Infinity;
+
+  constructor(path: string) {
+    this.#path = path;
+  }
+
+  /** The token; the file is looked at again when a second has passed since, or when forced. */
+  current(nowMs: number, force = false): string | undefined {
+    if (!force && nowMs - this.#checkedAtMs < 1000) return this.#token;
+    this.#checkedAtMs = nowMs;
+    try {
+      const { mtimeMs } = statSync(this.#path);
+      if (force || mtimeMs !== this.#mtimeMs) {
+        this.#token = readFileSync(this.#path, 'utf8').trim() || undefined;
+        this.#mtimeMs = mtimeMs;
+      }
+    } catch {
+      // keep the last token: a file being replaced may be missing for a moment, and a bad token answers 401 by itself
+    }
+    return this.#token;
   }
 }
 

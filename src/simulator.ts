@@ -87,8 +87,14 @@ export interface SimulatorOptions {
   readonly host?: string;
   /** When set, requests must carry it as `Authorization: Bearer` or `x-portkey-api-key`. */
   readonly apiKey?: string;
-  /** Shape of error bodies. @default 'openai' */
-  readonly errorStyle?: 'openai' | 'portkey';
+  /**
+   * Shape of error bodies. `azure` also serves under `/api/projects/sim` (a Foundry project
+   * endpoint), answers with `apim-request-id`, and requires `?api-version=` (see `apiVersion`).
+   * @default 'openai'
+   */
+  readonly errorStyle?: 'openai' | 'portkey' | 'azure';
+  /** Azure style: the `api-version` every request must carry. @default '2025-05-01' */
+  readonly apiVersion?: string;
   /** Runs to serve from the start. */
   readonly runs?: readonly SimulatedRun[];
   /** Background responses to serve from the start. */
@@ -146,11 +152,15 @@ export interface RunningSimulator {
   retrieveCount(runId: string): number;
   /** Counters, including the rate limit's. */
   stats(): SimulatorStats;
+  /** Changes the key requests must carry (a rotated token); `undefined` accepts any. */
+  setApiKey(key: string | undefined): void;
   /** Stops the server and drops every connection (hung ones too). */
   close(): Promise<void>;
 }
 
 const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
+/** Azure's error codes by HTTP status, as Foundry answers them. */
+const AZURE_CODES: Readonly<Record<number, string>> = { 400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 429: 'TooManyRequests' };
 const MAX_BODY_BYTES = 1_000_000;
 
 /** Ready-made timelines, used by `runwatch sim --demo` and `npm run demo`; each starts at its first request. */
@@ -358,7 +368,16 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   for (const run of options.runs ?? []) addRun(run);
   for (const response of options.responses ?? []) addResponse(response);
 
+  const prefix = errorStyle === 'azure' ? '/api/projects/sim' : '/v1';
+  const apiVersion = options.apiVersion ?? '2025-05-01';
+  let apiKey = options.apiKey;
+  let azureRequests = 0;
   const sendError = (res: http.ServerResponse, status: number, message: string, code: string | null = null, headers: Record<string, string> = {}): void => {
+    if (errorStyle === 'azure') {
+      azureRequests += 1;
+      sendJson(res, status, { error: { code: AZURE_CODES[status] ?? (status >= 500 ? 'InternalServerError' : 'BadRequest'), message } }, { 'apim-request-id': `sim-${azureRequests}`, ...headers });
+      return;
+    }
     const body =
       errorStyle === 'portkey'
         ? { status: 'failure', message }
@@ -367,8 +386,8 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   };
 
   const authorized = (req: http.IncomingMessage): boolean => {
-    if (options.apiKey === undefined) return true;
-    return req.headers.authorization === `Bearer ${options.apiKey}` || req.headers['x-portkey-api-key'] === options.apiKey;
+    if (apiKey === undefined) return true;
+    return req.headers.authorization === `Bearer ${apiKey}` || (errorStyle !== 'azure' && req.headers['x-portkey-api-key'] === apiKey);
   };
 
   const server = http.createServer((req, res) => {
@@ -392,10 +411,20 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendJson(res, 201, { ok: true });
       return;
     }
-    const responseMatch = /^\/v1\/responses\/([^/]+)(\/cancel)?$/.exec(url.pathname);
-    const match = responseMatch ? [url.pathname, '', responseMatch[1], responseMatch[2]] : /^\/v1\/threads\/([^/]+)\/runs\/([^/]+)(\/submit_tool_outputs|\/cancel)?$/.exec(url.pathname);
+    const local = url.pathname.startsWith(`${prefix}/`) ? url.pathname.slice(prefix.length) : '';
+    const responseMatch = /^\/responses\/([^/]+)(\/cancel)?$/.exec(local);
+    const match = responseMatch ? [local, '', responseMatch[1], responseMatch[2]] : /^\/threads\/([^/]+)\/runs\/([^/]+)(\/submit_tool_outputs|\/cancel)?$/.exec(local);
     if (!match) {
       sendError(res, 404, `Invalid URL (${req.method ?? 'GET'} ${url.pathname})`, 'unknown_url');
+      return;
+    }
+    if (errorStyle === 'azure' && url.searchParams.get('api-version') !== apiVersion) {
+      const given = url.searchParams.get('api-version');
+      sendError(res, 400, given === null ? 'Missing required query parameter: api-version' : `Unsupported api-version '${given.slice(0, 40)}'. The supported version is ${apiVersion}.`);
+      return;
+    }
+    if (!authorized(req) && errorStyle === 'azure') {
+      sendError(res, 401, 'Access token is missing, invalid, audience is incorrect (https://ai.azure.com), or have expired.');
       return;
     }
     if (!authorized(req)) {
@@ -510,7 +539,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const { port } = server.address() as AddressInfo;
   const host = options.host ?? '127.0.0.1';
   return {
-    baseUrl: `http://${host.includes(':') ? `[${host}]` : host}:${port}/v1`,
+    baseUrl: `http://${host.includes(':') ? `[${host}]` : host}:${port}${prefix}`,
     port,
     addRun,
     addResponse,
@@ -520,6 +549,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     totalRequests: () => total,
     retrieveCount: (runId) => runs.get(runId)?.retrieves ?? 0,
     stats: () => ({ requests: total, rateLimited, perSecond }),
+    setApiKey: (key) => {
+      apiKey = key;
+    },
     close: async () => {
       for (const res of hung) res.destroy();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -8,7 +8,7 @@ import { credentialsFromEnv, readSecret } from '../src/credentials.js';
 import { parseDurationMs } from '../src/duration.js';
 import { ConfigError } from '../src/errors.js';
 import { DEFAULT_BUDGET } from '../src/budget.js';
-import { DEFAULT_CLIENT } from '../src/client.js';
+import { DEFAULT_AZURE_API_VERSION, DEFAULT_CLIENT } from '../src/client.js';
 import { DEFAULT_POLL_POLICY } from '../src/schedule.js';
 import { DEFAULT_DEADLINES } from '../src/watcher.js';
 
@@ -83,6 +83,6 @@ describe('config/default.json', () => {
   it('documents exactly the defaults the code uses', () => {
     const file = JSON.parse(readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8')) as unknown;
     expect(file).toEqual(DEFAULT_CONFIG);
-    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
+    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
   });
 });

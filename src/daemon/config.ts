@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_BUDGET } from '../budget.js';
-import { DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PROVIDERS } from '../client.js';
+import { DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PROVIDERS } from '../client.js';
 import { describeIssue } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
@@ -20,7 +20,7 @@ export type StoreKind = 'sqlite' | 'redis';
 
 /** Every setting with its default; `config/default.json` is this object (a test checks it). */
 export const DEFAULT_CONFIG = Object.freeze({
-  watch: { ...DEFAULT_CLIENT, baseUrl: null as string | null, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: defaultPolicy },
+  watch: { ...DEFAULT_CLIENT, baseUrl: null as string | null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: defaultPolicy },
   daemon: {
     host: '127.0.0.1',
     port: 8080,
@@ -63,6 +63,7 @@ const schema = z
       .object({
         provider: z.enum(PROVIDERS as [string, ...string[]]),
         baseUrl: z.string().nullable(),
+        apiVersion: z.string().regex(/^[A-Za-z0-9._-]{1,40}$/, 'expected an api-version such as 2025-05-01'),
         requestTimeoutMs: durationMs,
         maxSockets: positiveInt,
         traceId: z.boolean(),
@@ -131,6 +132,7 @@ export const ENV_ALIASES: Readonly<Record<string, string>> = {
   RUNWATCH_LOG_LEVEL: 'daemon.logLevel',
   RUNWATCH_PROVIDER: 'watch.provider',
   RUNWATCH_BASE_URL: 'watch.baseUrl',
+  RUNWATCH_API_VERSION: 'watch.apiVersion',
   RUNWATCH_WEBHOOK_URL: 'sinks.webhook.url',
   RUNWATCH_STORE: 'store.kind',
 };
@@ -216,6 +218,9 @@ export function validateConfig(input: unknown): DaemonConfig {
   }
   const config = parsed.data as unknown as DaemonConfig;
   if (config.watch.baseUrl !== null) normalizeBaseUrl(config.watch.baseUrl);
+  if (config.watch.provider === 'azure' && config.watch.baseUrl === null) {
+    throw new ConfigError('invalid config.watch.baseUrl: provider azure needs the project endpoint, e.g. https://<resource>.services.ai.azure.com/api/projects/<project>');
+  }
   try {
     resolvePollPolicy(config.watch.policy);
   } catch (error) {
@@ -225,9 +230,9 @@ export function validateConfig(input: unknown): DaemonConfig {
   return config;
 }
 
-/** The base URL in force: the configured one, else the provider's hosted API. */
+/** The base URL in force: the configured one, else the provider's hosted API (validation makes sure there is one). */
 export function effectiveBaseUrl(config: DaemonConfig): string {
-  return config.watch.baseUrl ?? DEFAULT_BASE_URLS[config.watch.provider];
+  return config.watch.baseUrl ?? DEFAULT_BASE_URLS[config.watch.provider] ?? '';
 }
 
 /** True for addresses only this machine can reach. */

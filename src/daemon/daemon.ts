@@ -139,6 +139,7 @@ export class Daemon implements RunningDaemon {
     this.#watcher = new RunWatcher({
       provider: watch.provider,
       baseUrl: effectiveBaseUrl(config),
+      apiVersion: config.watch.apiVersion,
       credentials: secrets.credentials,
       requestTimeoutMs: watch.requestTimeoutMs,
       maxSockets: watch.maxSockets,

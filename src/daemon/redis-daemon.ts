@@ -79,6 +79,7 @@ export class RedisDaemon implements RunningDaemon {
     this.#client = new ApiClient({
       provider: config.watch.provider,
       baseUrl: effectiveBaseUrl(config),
+      apiVersion: config.watch.apiVersion,
       credentials: secrets.credentials,
       // lets a server (and the simulator) see which replica polled
       headers: { 'x-runwatch-instance': this.#replicaId },

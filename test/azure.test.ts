@@ -1,0 +1,139 @@
+import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiClient, DEFAULT_AZURE_API_VERSION } from '../src/client.js';
+import { ConfigError } from '../src/errors.js';
+import type { WatchEvent } from '../src/events.js';
+import { RUN_KIND } from '../src/resource.js';
+import type { RunningSimulator } from '../src/simulator.js';
+import { startSimulator } from '../src/simulator.js';
+import { watchRun } from '../src/watch-run.js';
+import { RunWatcher } from '../src/watcher.js';
+import { runCli } from './spawn.js';
+
+const TOKEN_A = 'eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.token-A-1111111111';
+const TOKEN_B = 'eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.token-B-2222222222';
+const FAST = { jitter: 0, intervals: { queued: { baseMs: 100, capMs: 100 }, in_progress: { baseMs: 100, capMs: 100 } }, errorBackoff: { baseMs: 100, capMs: 100 } };
+let sim: RunningSimulator;
+let counter = 0;
+
+beforeAll(async () => {
+  sim = await startSimulator({ errorStyle: 'azure', apiKey: TOKEN_A });
+});
+afterAll(async () => {
+  await sim.close();
+});
+
+function addRun(timeline: { status: string; durationMs?: number }[]): { threadId: string; runId: string } {
+  counter += 1;
+  const ids = { threadId: `thread_az${counter}`, runId: `run_az${counter}` };
+  sim.addRun({ ...ids, timeline, start: 'first_request' });
+  return ids;
+}
+
+describe('provider azure', () => {
+  it('sends the api-version query parameter and the bearer token to the project endpoint', async () => {
+    const ids = addRun([{ status: 'in_progress', durationMs: 150 }, { status: 'completed' }]);
+    expect(sim.baseUrl).toMatch(/\/api\/projects\/sim$/);
+    const run = await watchRun({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { apiKey: TOKEN_A }, policy: FAST, ...ids });
+    expect(run.status).toBe('completed');
+    const gets = sim.requests(ids.runId);
+    expect(gets.length).toBeGreaterThanOrEqual(2);
+    for (const request of gets) {
+      expect(request.path).toBe(`/api/projects/sim/threads/${ids.threadId}/runs/${ids.runId}`);
+      expect(request.headers.authorization).toBe(`Bearer ${TOKEN_A}`);
+    }
+  });
+
+  it("reads Azure's error shape: a wrong api-version is a bad request, a 404 is run_not_found, with the server's message", async () => {
+    const ids = addRun([{ status: 'completed' }]);
+    const client = new ApiClient({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { apiKey: TOKEN_A }, apiVersion: '2024-01-01-preview' });
+    const wrong = await client.retrieve(RUN_KIND, { thread_id: ids.threadId, run_id: ids.runId }, { watchId: 'w' });
+    expect(wrong).toMatchObject({ ok: false, retryable: false, code: 'bad_request', httpStatus: 400, requestId: expect.stringMatching(/^sim-/) as unknown });
+    expect(!wrong.ok && wrong.message).toContain("Unsupported api-version '2024-01-01-preview'. The supported version is 2025-05-01. (BadRequest)");
+    client.close();
+    const right = new ApiClient({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { apiKey: TOKEN_A } });
+    expect(await right.retrieve(RUN_KIND, { thread_id: ids.threadId, run_id: 'run_missing' }, { watchId: 'w' })).toMatchObject({ ok: false, code: 'run_not_found', message: expect.stringContaining('(NotFound)') as unknown });
+    const denied = new ApiClient({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { apiKey: 'not-the-token-0000' } });
+    expect(await denied.retrieve(RUN_KIND, { thread_id: ids.threadId, run_id: ids.runId }, { watchId: 'w' })).toMatchObject({ ok: false, code: 'unauthorized', message: expect.stringContaining('audience is incorrect') as unknown });
+    right.close();
+    denied.close();
+    expect(DEFAULT_AZURE_API_VERSION).toBe('2025-05-01');
+  });
+
+  it('refuses to start without a project endpoint', () => {
+    expect(() => new ApiClient({ provider: 'azure', credentials: { apiKey: TOKEN_A } })).toThrow(ConfigError);
+    expect(() => new ApiClient({ provider: 'azure', baseUrl: sim.baseUrl, apiVersion: 'x&y=1' })).toThrow('invalid apiVersion');
+  });
+
+  it('re-reads a rotated token file after a 401 and goes on without an error event', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rw-azure-'));
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, `${TOKEN_A}\n`);
+    const ids = addRun([{ status: 'in_progress', durationMs: 1500 }, { status: 'completed' }]);
+    const watcher = new RunWatcher({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { tokenFile }, policy: FAST });
+    const events: WatchEvent[] = [];
+    watcher.on('event', (event) => events.push(event));
+    const handle = watcher.watchRun(ids);
+    await new Promise<void>((resolve) => watcher.once('event', () => resolve()));
+    // the identity provider rotates: the server accepts only the new token, and the file gets it
+    sim.setApiKey(TOKEN_B);
+    writeFileSync(`${tokenFile}.tmp`, TOKEN_B);
+    renameSync(`${tokenFile}.tmp`, tokenFile);
+    try {
+      expect((await handle.promise).status).toBe('completed');
+    } finally {
+      await watcher.close();
+      sim.setApiKey(TOKEN_A);
+    }
+    expect(events.map((e) => e.type)).toEqual(['run.in_progress', 'run.completed']);
+    const gets = sim.requests(ids.runId);
+    expect(gets.at(-1)?.headers.authorization).toBe(`Bearer ${TOKEN_B}`);
+    expect(gets.filter((r) => r.headers.authorization === `Bearer ${TOKEN_B}`).length).toBeGreaterThan(0);
+  });
+
+  it('answers a 401 by reading the token file again (even within the second it is cached) and retrying once', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rw-azure-'));
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, TOKEN_A);
+    const ids = addRun([{ status: 'in_progress' }]);
+    const ref = { thread_id: ids.threadId, run_id: ids.runId };
+    const client = new ApiClient({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { tokenFile } });
+    try {
+      expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: true });
+      sim.setApiKey(TOKEN_B);
+      writeFileSync(tokenFile, TOKEN_B);
+      // right away: the cached TOKEN_A gets a 401, the file is read again, the retry carries TOKEN_B
+      expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: true });
+      // a token that is wrong in the file too stays a 401 (one retry, no loop)
+      sim.setApiKey('yet-another-token-3333');
+      expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: false, code: 'unauthorized' });
+    } finally {
+      client.close();
+      sim.setApiKey(TOKEN_A);
+    }
+  });
+
+  it('runwatch watch --provider azure: token from AZURE_AI_TOKEN_FILE, never printed', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'rw-azure-cli-'));
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, TOKEN_A);
+    const ids = addRun([{ status: 'queued', durationMs: 100 }, { status: 'completed' }]);
+    const args = ['watch', ids.threadId, ids.runId, '--provider', 'azure', '--base-url', sim.baseUrl, '--policy', JSON.stringify(FAST), '--log-level', 'debug'];
+    const ok = await runCli(args, { AZURE_AI_TOKEN_FILE: tokenFile });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.events.map((e) => e.type)).toEqual(['run.queued', 'run.completed']);
+    expect(ok.stdout + ok.stderr).not.toContain('token-A');
+    const noEndpoint = await runCli(['watch', ids.threadId, ids.runId, '--provider', 'azure'], { AZURE_AI_TOKEN: TOKEN_A });
+    expect(noEndpoint.code).toBe(64);
+    expect(noEndpoint.stderr).toMatch(/^runwatch: provider azure needs a base URL: the project endpoint/m);
+    const noToken = await runCli(args, {});
+    expect(noToken.code).toBe(64);
+    expect(noToken.stderr).toMatch(/missing token: set AZURE_AI_TOKEN or AZURE_AI_TOKEN_FILE/);
+    const wrongVersion = await runCli([...args, '--api-version', '2024-01-01'], { AZURE_AI_TOKEN: TOKEN_A });
+    expect(wrongVersion.code).toBe(2);
+    expect(wrongVersion.stderr).toMatch(/HTTP 400: Unsupported api-version/);
+    expect(wrongVersion.stderr).not.toContain('token-A');
+  });
+});
