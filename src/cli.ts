@@ -3,7 +3,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import type { Provider } from './client.js';
-import { assertValidHeader, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
+import { ApiClient, assertValidHeader, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
 import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
 import type { ConfigSources, DaemonConfig } from './daemon/config.js';
@@ -13,6 +13,7 @@ import type { ErrorCode } from './errors.js';
 import { ConfigError, RunwatchError } from './errors.js';
 import { createLogger } from './logger.js';
 import type { Snapshot } from './resource.js';
+import { RESPONSE_KIND, RUN_KIND } from './resource.js';
 import { SinkDispatcher } from './sinks/sink.js';
 import { StdoutSink } from './sinks/stdout.js';
 import type { SimulatedResponse, SimulatedRun } from './simulator.js';
@@ -64,6 +65,8 @@ const MAIN_HELP = `runwatch ${VERSION}: watch long-running LLM runs until they f
 Usage:
   runwatch watch <thread_id> <run_id> [options]   watch one run, events as NDJSON on stdout
   runwatch watch-response <response_id> [options] watch one background response (Responses API)
+  runwatch wait-thread <thread_id> [options]      wait until a thread has no active run
+  runwatch cancel <thread_id> <run_id> [options]  cancel a run; cancel-response <response_id> for a response
   runwatch daemon [options]                       run the service: control API, durable watches, sinks
   runwatch config [options]                       print the effective daemon configuration (secrets redacted)
   runwatch sim [options]                          start the runs simulator on loopback
@@ -91,6 +94,9 @@ Options:
   --request-timeout DURATION  timeout of one request                       [30s]
   --header 'name: value'      extra request header, repeatable (e.g. x-portkey-provider)
   --watch-id ID               id of the watch in events                    [random w_...]
+  --cancel-after-stall DURATION
+                              cancel the run when it stays in one status this long (event
+                              run.cancel_requested), then watch it to cancelled   [never]
   --policy JSON|@FILE         polling policy overrides, e.g. '{"jitter":0.5}' (README: Polling policy)
   --log-level LEVEL           trace|debug|info|warn|error|silent (env LOG_LEVEL) [info]
   -h, --help                  show this help
@@ -117,6 +123,28 @@ expires_at: without --timeout the watch gives up after 1h.
 
 Exit codes: 0 completed, 20 failed, 21 cancelled, 23 incomplete, 2 watch error, 64 usage,
 130 SIGINT, 143 SIGTERM.
+`;
+
+const WAIT_THREAD_HELP = `Usage: runwatch wait-thread <thread_id> [options]
+
+The thread guard: polls GET {base-url}/threads/{thread_id}/runs?limit=1 until the thread's
+latest run is no longer active (queued, in_progress, requires_action, cancelling), so that
+messages and runs may be added. Events thread.busy and thread.idle go to stdout.
+
+Options: as for runwatch watch (--provider, --base-url, --api-version, --timeout, --header,
+--watch-id, --policy, --log-level). Exit codes: 0 idle, 2 watch error (e.g. deadline_exceeded),
+64 usage, 130 SIGINT, 143 SIGTERM.
+`;
+
+const CANCEL_HELP = `Usage: runwatch cancel <thread_id> <run_id> [options]
+       runwatch cancel-response <response_id> [options]
+
+Asks the server to cancel a run (POST .../cancel) or a background response, and prints the
+snapshot it answers with (a run goes to cancelling, a response to cancelled) as one JSON line.
+Follow it with runwatch watch to see it end.
+
+Options: --provider, --base-url, --api-version, --header, --request-timeout (as for watch).
+Exit codes: 0 accepted, 2 refused (e.g. the run already ended) or not found, 64 usage.
 `;
 
 const SIM_HELP = `Usage: runwatch sim [options]
@@ -158,7 +186,7 @@ function oneOf<T extends string>(name: string, value: string, allowed: readonly 
   return value as T;
 }
 
-async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run' | 'response'): Promise<number> {
+async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run' | 'response' | 'thread'): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -169,6 +197,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
       timeout: { type: 'string' },
       'request-timeout': { type: 'string', default: '30s' },
       'api-version': { type: 'string' },
+      'cancel-after-stall': { type: 'string' },
       header: { type: 'string', multiple: true, default: [] },
       'watch-id': { type: 'string' },
       policy: { type: 'string' },
@@ -177,12 +206,15 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
     },
   });
   if (values.help) {
-    process.stdout.write(target === 'run' ? WATCH_HELP : WATCH_RESPONSE_HELP);
+    process.stdout.write(target === 'run' ? WATCH_HELP : target === 'response' ? WATCH_RESPONSE_HELP : WAIT_THREAD_HELP);
     return EXIT.completed;
   }
   const expected = target === 'run' ? 2 : 1;
-  if (positionals.length !== expected) throw new ConfigError(`expected ${target === 'run' ? '<thread_id> <run_id>' : '<response_id>'}, got ${positionals.length} argument(s)`);
-  if (target === 'response' && values.until !== 'terminal') throw new ConfigError('--until applies to runs only: a background response has no requires_action');
+  const usage = { run: '<thread_id> <run_id>', response: '<response_id>', thread: '<thread_id>' }[target];
+  if (positionals.length !== expected) throw new ConfigError(`expected ${usage}, got ${positionals.length} argument(s)`);
+  if (target !== 'run' && values.until !== 'terminal') throw new ConfigError('--until applies to runs only: a background response has no requires_action');
+  if (target === 'thread' && values['cancel-after-stall'] !== undefined) throw new ConfigError('--cancel-after-stall applies to runs and responses, not to a thread');
+  const cancelAfterStallMs = values['cancel-after-stall'] === undefined ? undefined : parseDurationMs('--cancel-after-stall', values['cancel-after-stall']);
   const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
   const until = oneOf('--until', values.until, ['terminal', 'requires_action'] as const);
   const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
@@ -210,11 +242,18 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    const common = { watchId: values['watch-id'], timeoutMs, resolveOn: until === 'requires_action' ? ['requires_action'] : [], signal: controller.signal };
-    const [threadId, runId] = positionals as [string, string];
-    const handle = target === 'run' ? watcher.watchRun({ ...common, threadId, runId }) : watcher.watchResponse({ ...common, responseId: positionals[0]! });
+    const common = { watchId: values['watch-id'], timeoutMs, signal: controller.signal };
+    const [first, second] = positionals as [string, string];
+    const resolveOn = until === 'requires_action' ? ['requires_action'] : [];
+    const handle =
+      target === 'run'
+        ? watcher.watchRun({ ...common, threadId: first, runId: second, resolveOn, cancelAfterStallMs })
+        : target === 'response'
+          ? watcher.watchResponse({ ...common, responseId: first, cancelAfterStallMs })
+          : watcher.waitForIdleThread({ ...common, threadId: first });
     const snapshot: Snapshot = await handle.promise;
     logger.info({ status: snapshot.status }, `${target} ended`);
+    if (target === 'thread') return EXIT.completed;
     return STATUS_EXIT[snapshot.status] ?? EXIT.watchError;
   } catch (error) {
     if (signalExit !== null) return signalExit;
@@ -230,6 +269,63 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+async function cancelCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run' | 'response'): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      provider: { type: 'string' },
+      'base-url': { type: 'string' },
+      'api-version': { type: 'string' },
+      'request-timeout': { type: 'string', default: '30s' },
+      header: { type: 'string', multiple: true, default: [] },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(CANCEL_HELP);
+    return EXIT.completed;
+  }
+  const expected = target === 'run' ? 2 : 1;
+  if (positionals.length !== expected) throw new ConfigError(`expected ${target === 'run' ? '<thread_id> <run_id>' : '<response_id>'}, got ${positionals.length} argument(s)`);
+  const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
+  const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
+  const credentials = credentialsFromEnv(provider, baseUrl, env);
+  const client = new ApiClient({
+    provider,
+    baseUrl,
+    credentials,
+    apiVersion: values['api-version'] ?? env.RUNWATCH_API_VERSION,
+    headers: parseHeaders(values.header),
+    requestTimeoutMs: parseDurationMs('--request-timeout', values['request-timeout']),
+  });
+  try {
+    const [first, second] = positionals as [string, string];
+    const outcome =
+      target === 'run'
+        ? await client.act(RUN_KIND, validRef(RUN_KIND, { thread_id: first, run_id: second }), 'cancel', {}, { watchId: 'cancel' })
+        : await client.act(RESPONSE_KIND, validRef(RESPONSE_KIND, { response_id: first }), 'cancel', {}, { watchId: 'cancel' });
+    if (!outcome.ok) {
+      const hint = HINTS[outcome.code];
+      return fail(EXIT.watchError, `cancel refused: ${outcome.message} (${outcome.code})${hint && outcome.code !== 'bad_request' ? `; ${hint}` : ''}`);
+    }
+    process.stdout.write(`${JSON.stringify(outcome.snapshot)}\n`);
+    return EXIT.completed;
+  } finally {
+    client.close();
+  }
+}
+
+/** Validates ids before any request (InvalidIdError is a usage error). */
+function validRef<TRef extends object>(kind: { validate(ref: TRef): void }, ref: TRef): TRef {
+  try {
+    kind.validate(ref);
+  } catch (error) {
+    throw new ConfigError(error instanceof Error ? error.message : String(error));
+  }
+  return ref;
 }
 
 async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
@@ -444,6 +540,12 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await watchCommand(rest, env, 'run');
       case 'watch-response':
         return await watchCommand(rest, env, 'response');
+      case 'wait-thread':
+        return await watchCommand(rest, env, 'thread');
+      case 'cancel':
+        return await cancelCommand(rest, env, 'run');
+      case 'cancel-response':
+        return await cancelCommand(rest, env, 'response');
       case 'sim':
         return await simCommand(rest, env);
       case 'daemon':

@@ -302,10 +302,18 @@ export function normalizeBaseUrl(raw: string): string {
   return url.toString().replace(/\/+$/, '');
 }
 
-/** What the engine needs from a client: one classified poll, and closing. */
+/** Actions runwatch can take on a resource: `POST {path}/{action}`. */
+export type ResourceAction = 'submit_tool_outputs' | 'cancel';
+
+/** What the engine needs from a client: one classified poll, actions, and closing. */
 export interface PollClient {
   /** Polls a resource once; never throws. */
   retrieve<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, context: RequestContext): Promise<PollOutcome<TSnapshot>>;
+  /**
+   * POSTs an action (submit tool outputs, cancel); the answer is the resource's new snapshot.
+   * Never throws. Optional: a client without it cannot run tool handlers or cancel.
+   */
+  act?<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, action: ResourceAction, body: unknown, context: RequestContext): Promise<PollOutcome<TSnapshot>>;
   /** Releases sockets. */
   close(): void;
 }
@@ -348,7 +356,7 @@ export class ApiClient implements PollClient {
   readonly #secrets: readonly string[];
   /** Per kind, the headers of a request that has no per-watch part, built once (unused when the trace id is per watch). */
   readonly #sharedHeaders = new WeakMap<object, Readonly<Record<string, string>>>();
-  /** Azure: `?api-version=...`; empty for the other providers. */
+  /** Azure: `api-version=...` (joined with ? or &); empty for the other providers. */
   readonly #query: string;
   /** Azure: the token file, when the token comes from one. */
   readonly #tokenFile: TokenFile | null;
@@ -367,7 +375,7 @@ export class ApiClient implements PollClient {
     this.#tokenFile = this.provider === 'azure' && this.#credentials.tokenFile && !this.#credentials.apiKey ? new TokenFile(this.#credentials.tokenFile) : null;
     const apiVersion = options.apiVersion ?? DEFAULT_AZURE_API_VERSION;
     if (!/^[A-Za-z0-9._-]{1,40}$/.test(apiVersion)) throw new ConfigError(`invalid apiVersion ${JSON.stringify(apiVersion.slice(0, 60))}: expected e.g. ${DEFAULT_AZURE_API_VERSION}`);
-    this.#query = this.provider === 'azure' ? `?api-version=${apiVersion}` : '';
+    this.#query = this.provider === 'azure' ? `api-version=${apiVersion}` : '';
     this.#headers = options.headers ?? {};
     for (const [name, value] of Object.entries(this.#headers)) assertValidHeader(name, value);
     this.#traceId = options.traceId ?? DEFAULT_CLIENT.traceId;
@@ -381,20 +389,31 @@ export class ApiClient implements PollClient {
   }
 
   /** Polls a resource once. Never throws: every outcome is a `PollOutcome`. */
-  async retrieve<TRef extends object, TSnapshot extends Snapshot>(
-    kind: ResourceKind<TRef, TSnapshot>,
-    ref: TRef,
-    context: RequestContext,
-  ): Promise<PollOutcome<TSnapshot>> {
-    const path = `${this.#target.basePath}/${kind.path(ref)}${this.#query}`;
+  retrieve<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
+    return this.#call(kind, this.#path(kind.path(ref)), undefined, context);
+  }
+
+  /** POSTs `{path}/{action}` with a JSON body. Never throws; the outcome carries the new snapshot. */
+  act<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, action: ResourceAction, body: unknown, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
+    return this.#call(kind, this.#path(`${kind.path(ref)}/${action}`), JSON.stringify(body ?? {}), context);
+  }
+
+  /** The request path: base path, resource path, then Azure's api-version (after any query the kind has). */
+  #path(resourcePath: string): string {
+    const path = `${this.#target.basePath}/${resourcePath}`;
+    return this.#query === '' ? path : `${path}${path.includes('?') ? '&' : '?'}${this.#query}`;
+  }
+
+  async #call<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, path: string, body: string | undefined, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
+    const requestHeaders = kind.requestHeaders;
     try {
-      if (this.#tokenFile && context.credentials === undefined) return await this.#retrieveWithTokenFile(this.#tokenFile, kind, path, context);
+      if (this.#tokenFile && context.credentials === undefined) return await this.#callWithTokenFile(this.#tokenFile, kind, path, body, context);
       const credentials = context.credentials ?? this.#credentials;
       const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
       const own = context.credentials !== undefined || context.headers !== undefined;
       const secrets = own ? secretsOf(credentials, extra) : this.#secrets;
-      const headers = own || (this.provider === 'portkey' && this.#traceId) ? buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders) : this.#shared(kind);
-      const response = await this.#get(path, headers, context.signal);
+      const headers = own || (this.provider === 'portkey' && this.#traceId) ? buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, requestHeaders) : this.#shared(kind);
+      const response = await this.#send(path, headers, body, context.signal);
       return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
     } catch (error) {
       if (context.signal?.aborted) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
@@ -403,16 +422,17 @@ export class ApiClient implements PollClient {
   }
 
   /** Azure with a token file: the current token; after a 401, the file once more and, if the token changed, one retry. */
-  async #retrieveWithTokenFile<TRef extends object, TSnapshot extends Snapshot>(
+  async #callWithTokenFile<TRef extends object, TSnapshot extends Snapshot>(
     tokens: TokenFile,
     kind: ResourceKind<TRef, TSnapshot>,
     path: string,
+    body: string | undefined,
     context: RequestContext,
   ): Promise<PollOutcome<TSnapshot>> {
     const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
     const send = async (token: string | undefined): Promise<PollOutcome<TSnapshot>> => {
       const credentials = { apiKey: token };
-      const response = await this.#get(path, buildHeaders(this.provider, credentials, extra, context.watchId, false, kind.requestHeaders), context.signal);
+      const response = await this.#send(path, buildHeaders(this.provider, credentials, extra, context.watchId, false, kind.requestHeaders), body, context.signal);
       return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets: secretsOf(credentials, extra) });
     };
     const token = tokens.current(Date.now());
@@ -432,11 +452,13 @@ export class ApiClient implements PollClient {
     return headers;
   }
 
-  /** One GET, read whole within `requestTimeoutMs`; rejects on network errors, abort and timeout. */
-  #get(path: string, headers: Readonly<Record<string, string>>, signal: AbortSignal | undefined): Promise<RawResponse> {
+  /** One GET (or POST when there is a body), read whole within `requestTimeoutMs`; rejects on network errors, abort and timeout. */
+  #send(path: string, headers: Readonly<Record<string, string>>, body: string | undefined, signal: AbortSignal | undefined): Promise<RawResponse> {
     return new Promise<RawResponse>((resolve, reject) => {
       const { protocol, hostname, port } = this.#target;
-      const req = this.#transport.request({ protocol, hostname, port, path, method: 'GET', headers, agent: this.#agent, signal });
+      const method = body === undefined ? 'GET' : 'POST';
+      const all = body === undefined ? headers : { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) };
+      const req = this.#transport.request({ protocol, hostname, port, path, method, headers: all, agent: this.#agent, signal });
       let settled = false;
       const fail = (error: Error): void => {
         if (settled) return;
@@ -469,7 +491,7 @@ export class ApiClient implements PollClient {
           resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8') });
         });
       });
-      req.end();
+      req.end(body);
     });
   }
 

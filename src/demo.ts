@@ -1,7 +1,7 @@
 // `npm run demo`: the simulator and a RunWatcher in one process, no keys and no network.
 // Events go to stdout as NDJSON (what the CLI and the stdout sink write); a summary to stderr.
 import type { WatchEvent } from './events.js';
-import { isRunEvent } from './events.js';
+import { idFieldsOf } from './events.js';
 import { createLogger } from './logger.js';
 import { SinkDispatcher, StdoutSink } from './sinks/index.js';
 import type { Sink } from './sinks/index.js';
@@ -17,7 +17,7 @@ const terminalSink: Sink = {
   name: 'terminal',
   deliver: (event) => {
     const detail = event.type === 'watch.error' ? `${event.error.code}: ${event.error.message}` : `${event.from ?? '(first seen)'} -> ${event.to}`;
-    process.stdout.write(`${event.observed_at.slice(11, 23)}  ${(isRunEvent(event) ? event.run_id : event.response_id).padEnd(22)} #${event.seq}  ${detail}\n`);
+    process.stdout.write(`${event.observed_at.slice(11, 23)}  ${(idFieldsOf(event).at(-1)?.[1] ?? '').padEnd(22)} #${event.seq}  ${detail}\n`);
   },
 };
 const dispatcher = new SinkDispatcher([process.stdout.isTTY ? terminalSink : new StdoutSink()], { logger });

@@ -28,7 +28,11 @@ export type ErrorCode =
   /** The watcher was closed while the watch was still running. */
   | 'closed'
   /** A sink could not take an event. */
-  | 'delivery_failed';
+  | 'delivery_failed'
+  /** A tool handler (`onRequiresAction`) threw or returned no output for some tool call. */
+  | 'tool_handler_failed'
+  /** The server answered 404 for a thread (thread guard). */
+  | 'thread_not_found';
 
 /**
  * Base class of every error runwatch throws: a literal `name`, a stable `code`, an optional

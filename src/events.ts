@@ -1,5 +1,5 @@
 import type { ErrorCode } from './errors.js';
-import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot } from './resource.js';
+import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import type { Emission, Progress } from './step.js';
 
 /** Fields every event has, whatever is watched. */
@@ -28,6 +28,12 @@ export interface RunTransitionEvent extends EventEnvelope {
   readonly run: RunSnapshot;
   /** Only on `run.stalled` (where `from` and `to` are the same status): how long it has lasted. */
   readonly stalled_for_ms?: number;
+  /** On `run.tool_outputs_submitted` and `run.action_failed`: the tool calls concerned. */
+  readonly tool_call_ids?: readonly string[];
+  /** On `run.action_failed`: what went wrong (the handler threw, or the server refused). */
+  readonly error?: WatchErrorDetails;
+  /** On `run.cancel_requested` and `run.action_failed`: `requested`, `stalled` (the watch's threshold), or the action. */
+  readonly reason?: string;
 }
 
 /** Details of why a watch ended without reaching a status it resolves on. */
@@ -60,6 +66,10 @@ export interface ResponseTransitionEvent extends EventEnvelope {
   readonly response: ResponseSnapshot;
   /** Only on `response.stalled`. */
   readonly stalled_for_ms?: number;
+  /** On `response.action_failed`: what went wrong. */
+  readonly error?: WatchErrorDetails;
+  /** On `response.cancel_requested` and `response.action_failed`: why, or which action. */
+  readonly reason?: string;
 }
 
 /** A watch on a background response ended without a terminal (or `resolveOn`) status. */
@@ -72,14 +82,42 @@ export interface ResponseWatchErrorEvent extends EventEnvelope {
   readonly response: ResponseSnapshot | null;
 }
 
+/** The thread guard saw the thread become busy or idle; `type` is `thread.busy` or `thread.idle`. */
+export interface ThreadTransitionEvent extends EventEnvelope {
+  readonly type: `thread.${string}`;
+  readonly thread_id: string;
+  readonly to: string;
+  /** `{ status, latest_run }`. */
+  readonly thread: ThreadSnapshot;
+}
+
+/** A thread guard ended without seeing the thread idle (deadline, 404, ...). */
+export interface ThreadWatchErrorEvent extends EventEnvelope {
+  readonly type: 'watch.error';
+  readonly thread_id: string;
+  readonly to: null;
+  readonly error: WatchErrorDetails;
+  readonly thread: ThreadSnapshot | null;
+}
+
 /** The events of a run watch. */
 export type RunEvent = RunTransitionEvent | RunWatchErrorEvent;
 
 /** The events of a background response watch. */
 export type ResponseEvent = ResponseTransitionEvent | ResponseWatchErrorEvent;
 
-/** Every event runwatch emits, delivered alike to every sink; `run.*` / `response.*` by what is watched. */
-export type WatchEvent = RunEvent | ResponseEvent;
+/** The events of a thread guard. */
+export type ThreadEvent = ThreadTransitionEvent | ThreadWatchErrorEvent;
+
+/** Every event runwatch emits, delivered alike to every sink; `run.*`, `response.*` or `thread.*` by what is watched. */
+export type WatchEvent = RunEvent | ResponseEvent | ThreadEvent;
+
+/** The id fields of an event, in order: `thread_id`/`run_id`, `response_id` or `thread_id`. */
+export function idFieldsOf(event: WatchEvent): Array<[string, string]> {
+  if ('run_id' in event) return [['thread_id', event.thread_id], ['run_id', event.run_id]];
+  if ('response_id' in event) return [['response_id', event.response_id]];
+  return [['thread_id', event.thread_id]];
+}
 
 /** True for the events of a run watch (they carry `thread_id` and `run_id`). */
 export function isRunEvent(event: WatchEvent): event is RunEvent {
@@ -92,7 +130,7 @@ export function eventId(watchId: string, seq: number): string {
 }
 
 /** True for events that end a watch with an error. */
-export function isWatchError(event: WatchEvent): event is RunWatchErrorEvent | ResponseWatchErrorEvent {
+export function isWatchError(event: WatchEvent): event is RunWatchErrorEvent | ResponseWatchErrorEvent | ThreadWatchErrorEvent {
   return event.type === 'watch.error';
 }
 
@@ -124,12 +162,37 @@ export function emissionEvent(kind: ResourceKind<object, Snapshot>, watchId: str
 }
 
 /** The `watch.error` that ends a watch, with the seq after `progress.seq`. */
-export function watchErrorEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, progress: Progress, cause: WatchErrorCause, nowMs: number): RunWatchErrorEvent | ResponseWatchErrorEvent {
+export function watchErrorEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, progress: Progress, cause: WatchErrorCause, nowMs: number): RunWatchErrorEvent | ResponseWatchErrorEvent | ThreadWatchErrorEvent {
   const event = envelope(kind, watchId, ref, 'watch.error', progress.seq + 1);
   event.from = progress.status;
   event.to = null;
   event.observed_at = new Date(nowMs).toISOString();
   event.error = cause.httpStatus === undefined ? { code: cause.code, message: cause.message } : { code: cause.code, message: cause.message, http_status: cause.httpStatus };
   event[kind.snapshotField] = progress.lastSnapshot;
-  return event as unknown as RunWatchErrorEvent | ResponseWatchErrorEvent;
+  return event as unknown as RunWatchErrorEvent | ResponseWatchErrorEvent | ThreadWatchErrorEvent;
+}
+
+/** What runwatch did to a resource: submitted tool outputs, asked for a cancel, or failed to. */
+export type ActionEventName = 'tool_outputs_submitted' | 'cancel_requested' | 'action_failed';
+
+/**
+ * The event of an action (`<prefix>.tool_outputs_submitted`, `.cancel_requested`,
+ * `.action_failed`) with the seq after `progress.seq`; `from` and `to` are the current status.
+ */
+export function actionEvent(
+  kind: ResourceKind<object, Snapshot>,
+  watchId: string,
+  ref: object,
+  progress: Progress,
+  action: ActionEventName,
+  details: { readonly tool_call_ids?: readonly string[]; readonly error?: WatchErrorDetails; readonly reason?: string; readonly stalled_for_ms?: number },
+  nowMs: number,
+): WatchEvent {
+  const event = envelope(kind, watchId, ref, `${kind.eventPrefix}.${action}`, progress.seq + 1);
+  event.from = progress.status;
+  event.to = progress.status;
+  event.observed_at = new Date(nowMs).toISOString();
+  Object.assign(event, details);
+  event[kind.snapshotField] = progress.lastSnapshot;
+  return event as unknown as WatchEvent;
 }

@@ -161,3 +161,48 @@ export const RESPONSE_KIND: ResourceKind<ResponseRef, ResponseSnapshot> = Object
   // a background response has no expires_at: the watch's timeout (or defaultTimeoutMs) bounds it
   expiresAtMs: () => undefined,
 });
+
+/** Run statuses during which a thread takes no new message or run. */
+const ACTIVE_RUN = new Set(['queued', 'in_progress', 'requires_action', 'cancelling']);
+
+/**
+ * A thread as the thread guard sees it: `busy` while its latest run is active, `idle`
+ * otherwise (no run, or the latest one ended). `latest_run` is that run, if any.
+ */
+export interface ThreadSnapshot extends Snapshot {
+  readonly status: 'busy' | 'idle';
+  readonly latest_run: RunSnapshot | null;
+}
+
+/** Identifies one thread. */
+export interface ThreadRef {
+  readonly thread_id: string;
+}
+
+/**
+ * The thread guard: `GET /threads/{thread_id}/runs?limit=1` (newest first) until the latest
+ * run is no longer active; events `thread.busy` and `thread.idle`.
+ */
+export const THREAD_KIND: ResourceKind<ThreadRef, ThreadSnapshot> = Object.freeze<ResourceKind<ThreadRef, ThreadSnapshot>>({
+  name: 'thread',
+  eventPrefix: 'thread',
+  snapshotField: 'thread',
+  idFields: ['thread_id'],
+  rules: { terminal: new Set(['idle']), staleAfter: new Map() },
+  notFoundCode: 'thread_not_found',
+  requestHeaders: RUN_KIND.requestHeaders,
+  path: (ref: ThreadRef) => `threads/${ref.thread_id}/runs?limit=1&order=desc`,
+  validate(ref: ThreadRef): void {
+    assertValidId('thread_id', ref.thread_id);
+  },
+  parseSnapshot(body: unknown): ThreadSnapshot | undefined {
+    if (typeof body !== 'object' || body === null || (body as { object?: unknown }).object !== 'list') return undefined;
+    const data = (body as { data?: unknown }).data;
+    if (!Array.isArray(data)) return undefined;
+    const latest = data.length > 0 ? RUN_KIND.parseSnapshot(data[0]) : undefined;
+    if (data.length > 0 && !latest) return undefined;
+    const busy = latest !== undefined && ACTIVE_RUN.has(latest.status);
+    return { id: latest?.thread_id ?? 'thread', status: busy ? 'busy' : 'idle', latest_run: latest ?? null };
+  },
+  expiresAtMs: () => undefined,
+});

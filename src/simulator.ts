@@ -71,6 +71,8 @@ export interface RecordedRequest {
   readonly headers: Readonly<Record<string, string | string[] | undefined>>;
   /** The status served in the answer; `null` when a fault answered instead. */
   readonly status: string | null;
+  /** The body of a POST. */
+  readonly body?: string;
 }
 
 /** A status change as the simulator made it, with its true time. */
@@ -390,6 +392,39 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     return req.headers.authorization === `Bearer ${apiKey}` || (errorStyle !== 'azure' && req.headers['x-portkey-api-key'] === apiKey);
   };
 
+  /** Azure's api-version check and the key check; answers and returns true when the request may not go on. */
+  const rejected = (req: http.IncomingMessage, url: URL, res: http.ServerResponse): boolean => {
+    if (errorStyle === 'azure' && url.searchParams.get('api-version') !== apiVersion) {
+      const given = url.searchParams.get('api-version');
+      sendError(res, 400, given === null ? 'Missing required query parameter: api-version' : `Unsupported api-version '${given.slice(0, 40)}'. The supported version is ${apiVersion}.`);
+      return true;
+    }
+    if (!authorized(req) && errorStyle === 'azure') {
+      sendError(res, 401, 'Access token is missing, invalid, audience is incorrect (https://ai.azure.com), or have expired.');
+      return true;
+    }
+    if (!authorized(req)) {
+      const given = req.headers.authorization?.replace(/^Bearer /, '') ?? String(req.headers['x-portkey-api-key'] ?? '');
+      // echo the key the way OpenAI does, so clients are tested on not logging it
+      sendError(res, 401, `Incorrect API key provided: ${given.slice(0, 3)}***${given.slice(-4)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
+      return true;
+    }
+    return false;
+  };
+
+  /** `GET /threads/{id}/runs?limit=&order=`: the thread's runs, newest first unless order=asc. */
+  const listRuns = (threadId: string, url: URL, res: http.ServerResponse): void => {
+    const now = Date.now();
+    const limit = Math.min(100, Math.max(1, Number(url.searchParams.get('limit') ?? 20) || 20));
+    const all = [...runs.values()].filter((r) => r.kind === 'run' && r.spec.threadId === threadId);
+    all.sort((a, b) => (url.searchParams.get('order') === 'asc' ? a.createdAtMs - b.createdAtMs : b.createdAtMs - a.createdAtMs));
+    const data = all.slice(0, limit).map((r) => {
+      r.advance(now);
+      return r.toJSON();
+    });
+    sendJson(res, 200, { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: all.length > limit });
+  };
+
   const server = http.createServer((req, res) => {
     void handle(req, res).catch((error: unknown) => {
       if (!res.headersSent) sendError(res, 500, `simulator error: ${String(error)}`);
@@ -412,27 +447,19 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     const local = url.pathname.startsWith(`${prefix}/`) ? url.pathname.slice(prefix.length) : '';
+    const listMatch = req.method === 'GET' ? /^\/threads\/([^/]+)\/runs$/.exec(local) : null;
+    if (listMatch) {
+      if (rejected(req, url, res)) return;
+      listRuns(decodeURIComponent(listMatch[1]!), url, res);
+      return;
+    }
     const responseMatch = /^\/responses\/([^/]+)(\/cancel)?$/.exec(local);
     const match = responseMatch ? [local, '', responseMatch[1], responseMatch[2]] : /^\/threads\/([^/]+)\/runs\/([^/]+)(\/submit_tool_outputs|\/cancel)?$/.exec(local);
     if (!match) {
       sendError(res, 404, `Invalid URL (${req.method ?? 'GET'} ${url.pathname})`, 'unknown_url');
       return;
     }
-    if (errorStyle === 'azure' && url.searchParams.get('api-version') !== apiVersion) {
-      const given = url.searchParams.get('api-version');
-      sendError(res, 400, given === null ? 'Missing required query parameter: api-version' : `Unsupported api-version '${given.slice(0, 40)}'. The supported version is ${apiVersion}.`);
-      return;
-    }
-    if (!authorized(req) && errorStyle === 'azure') {
-      sendError(res, 401, 'Access token is missing, invalid, audience is incorrect (https://ai.azure.com), or have expired.');
-      return;
-    }
-    if (!authorized(req)) {
-      const given = req.headers.authorization?.replace(/^Bearer /, '') ?? String(req.headers['x-portkey-api-key'] ?? '');
-      // echo the key the way OpenAI does, so clients are tested on not logging it
-      sendError(res, 401, `Incorrect API key provided: ${given.slice(0, 3)}***${given.slice(-4)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
-      return;
-    }
+    if (rejected(req, url, res)) return;
     const [, threadId, runId, action] = match;
     const run = runs.get(decodeURIComponent(runId!));
     if (!run || run.spec.threadId !== decodeURIComponent(threadId!) || (run.kind === 'response') !== (responseMatch !== null)) {
@@ -440,11 +467,11 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     const now = Date.now();
-    const record = { method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: recordRequests ? { ...req.headers } : {}, status: null as string | null };
+    const record = { method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: recordRequests ? { ...req.headers } : {}, status: null as string | null, ...(body === '' ? {} : { body }) };
     if (recordRequests) run.requests.push(record);
     if (req.method === 'POST') {
       run.advance(now);
-      handleAction(run, action ?? '', res, now);
+      handleAction(run, action ?? '', body, res, now);
       return;
     }
     if (req.method !== 'GET') {
@@ -490,11 +517,23 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     sendJson(res, 200, run.toJSON(), headers);
   };
 
-  const handleAction = (run: RunState, action: string, res: http.ServerResponse, now: number): void => {
+  const handleAction = (run: RunState, action: string, body: string, res: http.ServerResponse, now: number): void => {
     const status = run.step.status;
     if (action === '/submit_tool_outputs') {
       if (status !== 'requires_action') {
         sendError(res, 400, `Runs in status "${status}" do not accept tool outputs.`);
+        return;
+      }
+      // as the API does: every tool call needs an output, in one submission
+      let outputs: unknown;
+      try {
+        outputs = (JSON.parse(body) as { tool_outputs?: unknown }).tool_outputs;
+      } catch {
+        outputs = undefined;
+      }
+      const callId = `call_${run.cursor}`;
+      if (!Array.isArray(outputs) || !outputs.some((o) => (o as { tool_call_id?: unknown } | null)?.tool_call_id === callId)) {
+        sendError(res, 400, `Expected tool outputs for call_ids ['${callId}'], got ${Array.isArray(outputs) ? outputs.length : 0} output(s).`, null);
         return;
       }
       run.next(now);

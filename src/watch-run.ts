@@ -1,5 +1,5 @@
-import type { ResponseSnapshot, RunSnapshot } from './resource.js';
-import type { RunWatcherOptions, WatchResponseOptions, WatchRunOptions } from './watcher.js';
+import type { ResponseSnapshot, RunSnapshot, ThreadSnapshot } from './resource.js';
+import type { RunWatcherOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
 import { RunWatcher } from './watcher.js';
 
 /** Options of `watchRun()`: the run, and how to reach and poll it. */
@@ -47,6 +47,26 @@ export async function watchResponse(options: WatchResponseCallOptions): Promise<
   const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
   try {
     return await watcher.watchResponse(options).promise;
+  } finally {
+    await watcher.close();
+  }
+}
+
+/** Options of `waitForIdleThread()`: the thread, and how to reach and poll it. */
+export interface WaitForIdleThreadOptions extends WatchThreadOptions, Omit<RunWatcherOptions, 'client'> {}
+
+/**
+ * Waits until a thread has no active run, the fix for "Can't add messages to thread while a
+ * run is active". Resolves with `{ status: 'idle', latest_run }`.
+ *
+ * @example
+ * await waitForIdleThread({ provider: 'openai', credentials: { apiKey }, threadId, timeoutMs: 120_000 });
+ * await openai.beta.threads.messages.create(threadId, { role: 'user', content: 'next question' });
+ */
+export async function waitForIdleThread(options: WaitForIdleThreadOptions): Promise<ThreadSnapshot> {
+  const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
+  try {
+    return await watcher.waitForIdleThread(options).promise;
   } finally {
     await watcher.close();
   }

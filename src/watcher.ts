@@ -4,17 +4,18 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { BudgetOptions } from './budget.js';
 import { RequestBudget } from './budget.js';
-import type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome } from './client.js';
+import type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, ResourceAction } from './client.js';
 import { ApiClient, assertValidHeader } from './client.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
 import type { WatchEvent } from './events.js';
-import { emissionEvent, watchErrorEvent } from './events.js';
+import type { ActionEventName, WatchErrorDetails } from './events.js';
+import { actionEvent, emissionEvent, watchErrorEvent } from './events.js';
 import { Fifo, MinHeap } from './queues.js';
-import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot } from './resource.js';
-import { assertValidId, RESPONSE_KIND, RUN_KIND } from './resource.js';
+import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
+import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
-import { MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
+import { MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy } from './schedule.js';
 import type { MachineState } from './status.js';
 import type { Progress, StepSettings } from './step.js';
 import { applyOutcome, deadlineMessage, initialProgress } from './step.js';
@@ -89,7 +90,43 @@ export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
   readonly statusSinceMs?: number;
   /** Resume: the last snapshot seen before. */
   readonly lastSnapshot?: TSnapshot | null;
+  /**
+   * Cancel the resource (`POST .../cancel`) when it stays in one non-terminal status this
+   * long, and emit `<prefix>.cancel_requested` with `reason: "stalled"`; the watch then goes
+   * on until the resource is cancelled.
+   * @default undefined (never)
+   */
+  readonly cancelAfterStallMs?: number;
 }
+
+/** One tool call of a run in `requires_action`. */
+export interface ToolCall {
+  readonly id: string;
+  readonly type: string;
+  readonly function?: { readonly name: string; readonly arguments: string };
+}
+
+/** One output to submit: the tool call it answers, and its output (a string, often JSON). */
+export interface ToolOutput {
+  readonly tool_call_id: string;
+  readonly output: string;
+}
+
+/** What a tool handler gets: the run's tool calls, the run, and the watch's signal. */
+export interface RequiresActionContext {
+  readonly toolCalls: readonly ToolCall[];
+  readonly run: RunSnapshot;
+  /** Aborted when the watch ends (aborted, closed): stop the work. */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Answers a run's tool calls. Must return one output per tool call; they are submitted in one
+ * `POST .../submit_tool_outputs`. If it throws (or returns too few outputs), a
+ * `run.action_failed` event says so and the run is left for a person: the handler is not
+ * called again for the same tool calls.
+ */
+export type ToolHandler = (context: RequiresActionContext) => Promise<readonly ToolOutput[]> | readonly ToolOutput[];
 
 /** Options of one run watch. */
 export interface WatchRunOptions extends WatchOptions<RunSnapshot> {
@@ -97,6 +134,18 @@ export interface WatchRunOptions extends WatchOptions<RunSnapshot> {
   readonly threadId: string;
   /** The run id (`run_...`). */
   readonly runId: string;
+  /**
+   * Runs tools for the run: called at each `requires_action` with new tool calls; its outputs
+   * are submitted and the watch goes on. Needs a client with `act` (the default one has).
+   * @default undefined (the watch just reports requires_action)
+   */
+  readonly onRequiresAction?: ToolHandler;
+}
+
+/** Options of a thread guard: wait until a thread has no active run. */
+export interface WatchThreadOptions extends Omit<WatchOptions<ThreadSnapshot>, 'cancelAfterStallMs' | 'resolveOn'> {
+  /** The thread id (`thread_...`). */
+  readonly threadId: string;
 }
 
 /** Options of one background response watch. */
@@ -171,6 +220,11 @@ interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
   /** Aborts the request in flight when the watch ends; one per watch, not per poll (a watch has one request at a time). */
   readonly request: AbortController;
   done: boolean;
+  readonly onRequiresAction: ToolHandler | undefined;
+  /** The tool call ids last given to the handler: it is called once per set. */
+  handledCalls: string | null;
+  readonly cancelAfterStallMs: number | undefined;
+  cancelRequested: boolean;
   resolve: (snapshot: TSnapshot) => void;
   reject: (error: WatchError<TSnapshot>) => void;
   detach: () => void;
@@ -250,7 +304,12 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** Starts watching a run. Throws `InvalidIdError` or `ConfigError` before any request. */
   watchRun(options: WatchRunOptions): WatchHandle<RunSnapshot> {
-    return this.#start(RUN_KIND, { thread_id: options.threadId, run_id: options.runId }, options);
+    if (options.onRequiresAction !== undefined) {
+      if (typeof options.onRequiresAction !== 'function') throw new ConfigError('onRequiresAction must be a function');
+      if (!this.#client.act) throw new ConfigError('onRequiresAction needs a client that can POST (PollClient.act)');
+      if (options.resolveOn?.includes('requires_action')) throw new ConfigError('onRequiresAction and resolveOn requires_action exclude each other: pick one');
+    }
+    return this.#start(RUN_KIND, { thread_id: options.threadId, run_id: options.runId }, options, options.onRequiresAction);
   }
 
   /**
@@ -259,6 +318,16 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
    */
   watchResponse(options: WatchResponseOptions): WatchHandle<ResponseSnapshot> {
     return this.#start(RESPONSE_KIND, { response_id: options.responseId }, options);
+  }
+
+  /**
+   * The thread guard: resolves when the thread's latest run is no longer active (queued,
+   * in_progress, requires_action, cancelling), i.e. when messages and runs may be added.
+   * Polls `GET /threads/{id}/runs?limit=1` with the policy's intervals for `busy`
+   * (`unknown` unless set); events are `thread.busy` and `thread.idle`.
+   */
+  waitForIdleThread(options: WatchThreadOptions): WatchHandle<ThreadSnapshot> {
+    return this.#start(THREAD_KIND, { thread_id: options.threadId }, options);
   }
 
   /** The current state of a watch, or `undefined` once it ended. */
@@ -342,6 +411,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     kind: ResourceKind<TRef, TSnapshot>,
     ref: TRef,
     options: WatchOptions<TSnapshot>,
+    onRequiresAction?: ToolHandler,
   ): WatchHandle<TSnapshot> {
     if (this.#closing) throw new ConfigError('the watcher is closed');
     kind.validate(ref);
@@ -349,6 +419,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     assertValidId('watch id', id);
     if (this.#watches.has(id)) throw new ConfigError(`a watch with id ${id} is already running`);
     if (options.timeoutMs !== undefined) checkDuration('timeoutMs', options.timeoutMs);
+    if (options.cancelAfterStallMs !== undefined) {
+      checkDuration('cancelAfterStallMs', options.cancelAfterStallMs);
+      if (!this.#client.act) throw new ConfigError('cancelAfterStallMs needs a client that can POST (PollClient.act)');
+    }
     for (const [name, value] of Object.entries(options.headers ?? {})) assertValidHeader(name, value);
     const now = Date.now();
     const startedAtMs = options.startedAtMs ?? now;
@@ -385,6 +459,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       step: null,
       request: new AbortController(),
       done: false,
+      onRequiresAction,
+      handledCalls: null,
+      cancelAfterStallMs: options.cancelAfterStallMs,
+      cancelRequested: false,
       resolve,
       reject,
       detach: () => undefined,
@@ -529,7 +607,127 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       const level = progress.consecutiveErrors === 1 ? 'warn' : 'debug';
       this.#log(w, level)?.[level]({ httpStatus: outcome.httpStatus, consecutiveErrors: progress.consecutiveErrors, retryAfterMs: outcome.hints.retryAfterMs }, `transient error: ${outcome.message}`);
     }
+    if (outcome.ok && w.onRequiresAction && progress.status === 'requires_action' && this.#startToolHandler(w)) return;
+    if (outcome.ok && w.cancelAfterStallMs !== undefined && !w.cancelRequested && progress.status !== null && now - progress.statusSinceMs >= w.cancelAfterStallMs) {
+      this.#track(this.#cancel(w, 'stalled', now - progress.statusSinceMs));
+    }
     this.#plan(w, result.next);
+  }
+
+  /**
+   * Asks the server to cancel a watched run or response (`POST .../cancel`). Resolves once the
+   * server accepted (a `<prefix>.cancel_requested` event is emitted; the watch goes on until
+   * the resource is cancelled); rejects with a `WatchError` when it refused.
+   */
+  async cancel(watchId: string): Promise<void> {
+    const w = this.#watches.get(watchId);
+    if (!w) throw new ConfigError(`no running watch ${watchId}`);
+    if (!this.#client.act) throw new ConfigError('cancel needs a client that can POST (PollClient.act)');
+    const failure = await this.#cancel(w, 'requested');
+    if (failure) throw this.#errorFromFailure(w, failure);
+  }
+
+  /** Cancels and reports; returns the failure, if any (already reported as an event). */
+  async #cancel(w: AnyWatch, reason: 'requested' | 'stalled', stalledForMs?: number): Promise<PollFailure | undefined> {
+    w.cancelRequested = true;
+    const outcome = await this.#act(w, 'cancel', {});
+    if (w.done) return undefined;
+    if (!outcome.ok) {
+      this.#emitAction(w, 'action_failed', { reason: 'cancel', error: errorDetails(outcome) });
+      return outcome;
+    }
+    this.#emitAction(w, 'cancel_requested', stalledForMs === undefined ? { reason } : { reason, stalled_for_ms: stalledForMs });
+    this.#apply(w, outcome, Date.now());
+    return undefined;
+  }
+
+  /** Calls the tool handler for tool calls it has not seen; false when there are none (then polling goes on). */
+  #startToolHandler(w: AnyWatch): boolean {
+    const run = w.progress.lastSnapshot;
+    const calls = toolCallsOf(run);
+    const key = calls.map((call) => call.id).join(',');
+    if (calls.length === 0 || key === w.handledCalls || !run) return false;
+    w.handledCalls = key;
+    // no poll while the handler works, but the deadline still holds (it aborts the handler's signal)
+    this.#plan(w, { kind: 'deadline', atMs: w.progress.deadlineAtMs });
+    this.#track(this.#runToolHandler(w, run, calls));
+    return true;
+  }
+
+  async #runToolHandler(w: AnyWatch, run: RunSnapshot, calls: readonly ToolCall[]): Promise<void> {
+    const ids = calls.map((call) => call.id);
+    let outputs: readonly ToolOutput[];
+    try {
+      const handler = w.onRequiresAction!;
+      // a handler that never settles must not hold close() or the deadline: the watch's signal ends the wait
+      outputs = await untilAborted(
+        Promise.resolve().then(() => handler({ toolCalls: calls, run, signal: w.request.signal })),
+        w.request.signal,
+      );
+      const missing = ids.filter((id) => !outputs.some((o) => o.tool_call_id === id && typeof o.output === 'string'));
+      if (missing.length > 0) throw new Error(`no output for tool call(s) ${missing.join(', ')}`);
+    } catch (error) {
+      if (w.done) return;
+      const message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').slice(0, 300);
+      this.#log(w, 'warn')?.warn({ toolCalls: ids }, `tool handler failed: ${message}`);
+      this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: { code: 'tool_handler_failed', message } });
+      this.#planAgain(w);
+      return;
+    }
+    if (w.done) return;
+    const outcome = await this.#act(w, 'submit_tool_outputs', { tool_outputs: outputs.map(({ tool_call_id, output }) => ({ tool_call_id, output })) });
+    if (w.done) return;
+    if (!outcome.ok) {
+      this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(outcome) });
+      this.#planAgain(w);
+      return;
+    }
+    this.#emitAction(w, 'tool_outputs_submitted', { tool_call_ids: ids });
+    // the answer is the run after the submission: an observation like any poll
+    this.#apply(w, outcome, Date.now());
+  }
+
+  /** One POST with up to three tries on transient failures (obeying retry-after up to 5 s); actions bypass the rate budget. */
+  async #act(w: AnyWatch, action: ResourceAction, body: unknown): Promise<PollOutcome<Snapshot>> {
+    let outcome: PollOutcome<Snapshot> = { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+    for (let attempt = 1; attempt <= 3 && !w.done; attempt += 1) {
+      outcome = await this.#client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal: w.request.signal, credentials: w.credentials, headers: w.headers });
+      if (outcome.ok || !outcome.retryable || attempt === 3) break;
+      const waitMs = Math.min(5_000, Math.max(500 * attempt, outcome.hints.retryAfterMs ?? 0));
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, waitMs);
+        function done(): void {
+          clearTimeout(timer);
+          w.request.signal.removeEventListener('abort', done);
+          resolve();
+        }
+        w.request.signal.addEventListener('abort', done, { once: true });
+      });
+    }
+    return outcome;
+  }
+
+  /** After an action that did not move the resource on: the next poll as the policy says. */
+  #planAgain(w: AnyWatch): void {
+    const now = Date.now();
+    const delayMs = nextDelayMs(this.policy, { status: w.progress.status, unchangedPolls: w.progress.unchangedPolls, consecutiveErrors: 0 }, this.#random);
+    this.#plan(w, planNextStep(now, delayMs, w.progress.deadlineAtMs));
+  }
+
+  #emitAction(w: AnyWatch, action: ActionEventName, details: Parameters<typeof actionEvent>[5]): void {
+    const event = actionEvent(w.kind, w.id, w.ref, w.progress, action, details, Date.now());
+    w.progress = { ...w.progress, seq: event.seq };
+    this.#emitEvent(w, event);
+  }
+
+  /** Keeps a background task in the in-flight set, so close() waits for it. */
+  #track(task: Promise<unknown>): void {
+    const tracked = task.then(
+      () => undefined,
+      (error: unknown) => this.#logger.error({ err: error }, 'an action failed unexpectedly'),
+    );
+    this.#inFlight.add(tracked);
+    void tracked.finally(() => this.#inFlight.delete(tracked));
   }
 
   #deadline(w: AnyWatch): void {
@@ -609,6 +807,38 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       this.#logger.error({ err: error, listener: name }, 'a listener threw; polling goes on');
     }
   }
+}
+
+/** The tool calls of a run in `requires_action` (checked: the snapshot is the server's data). */
+function toolCallsOf(snapshot: Snapshot | null): ToolCall[] {
+  const action = snapshot?.required_action;
+  if (typeof action !== 'object' || action === null) return [];
+  const calls = (action as { submit_tool_outputs?: { tool_calls?: unknown } }).submit_tool_outputs?.tool_calls;
+  if (!Array.isArray(calls)) return [];
+  return calls.filter((call): call is ToolCall => typeof call === 'object' && call !== null && typeof (call as { id?: unknown }).id === 'string');
+}
+
+/** Settles like `promise`, or rejects when `signal` aborts first; the listener is removed either way. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+function errorDetails(failure: PollFailure): WatchErrorDetails {
+  return failure.httpStatus === undefined ? { code: failure.code, message: failure.message } : { code: failure.code, message: failure.message, http_status: failure.httpStatus };
 }
 
 function checkDuration(name: string, value: unknown): number {

@@ -225,7 +225,7 @@ describe('runwatch: usage', () => {
     [['watch', 'thread_1', 'run_1', '--provider', 'openai'], {}, /missing API key: set OPENAI_API_KEY/],
     [['watch', 'thread_1'], { PORTKEY_API_KEY: 'x' }, /expected <thread_id> <run_id>/],
     [['watch', 'thread_1', 'run_1', '--timeout', 'soon'], { PORTKEY_API_KEY: 'x' }, /invalid --timeout "soon"/],
-    [['watch', 'thread_1', 'run_1', '--provider', 'azure'], {}, /invalid --provider "azure": use portkey or openai/],
+    [['watch', 'thread_1', 'run_1', '--provider', 'bedrock'], {}, /invalid --provider "bedrock": use portkey or openai or azure/],
     [['watch', 'thread_1', 'run_1', '--until', 'forever'], {}, /invalid --until/],
     [['watch', 'thread_1', 'run_1', '--header', 'novalue'], { PORTKEY_API_KEY: 'x' }, /invalid --header "novalue"/],
     [['watch', 'thread_1', 'run_1', '--bogus'], {}, /Unknown option '--bogus'/],

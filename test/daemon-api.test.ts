@@ -167,6 +167,38 @@ describe('control API: reading and deleting', () => {
   });
 });
 
+describe('control API: cancel', () => {
+  it('cancels the run of an active watch: 202, run.cancel_requested recorded, then cancelled; 409 once it ended', async () => {
+    sim.addRun({ threadId: 'thread_api5', runId: 'run_api5', timeline: [{ status: 'in_progress' }] });
+    const id = String((await api('POST', '/v1/watches', { thread_id: 'thread_api5', run_id: 'run_api5' })).json.id);
+    await readEvents('?run_id=run_api5', (list) => list.some((e) => e.type === 'run.in_progress'));
+    const accepted = await api('POST', `/v1/watches/${id}/cancel`);
+    expect(accepted.status).toBe(202);
+    expect(accepted.json).toMatchObject({ id, state: 'active' });
+    await waitForState(id, 'finished');
+    const events = await readEvents('?run_id=run_api5', (list) => list.some((e) => e.type === 'run.cancelled'));
+    expect(events.map((e) => e.type)).toEqual(['run.in_progress', 'run.cancel_requested', 'run.cancelling', 'run.cancelled']);
+    expect(sim.requests('run_api5').filter((r) => r.method === 'POST')).toHaveLength(1);
+    const again = await api('POST', `/v1/watches/${id}/cancel`);
+    expect(again.status).toBe(409);
+    expect(again.json).toMatchObject({ error: { code: 'conflict' } });
+    expect((await api('POST', '/v1/watches/w_nope/cancel')).status).toBe(404);
+    expect((await api('GET', `/v1/watches/${id}/cancel`)).status).toBe(405);
+  });
+
+  it('answers 502 cancel_refused with the provider message when the provider refuses', async () => {
+    sim.addRun({ threadId: 'thread_api6', runId: 'run_api6', timeline: [{ status: 'cancelling' }] });
+    const id = String((await api('POST', '/v1/watches', { thread_id: 'thread_api6', run_id: 'run_api6' })).json.id);
+    await readEvents('?run_id=run_api6', (list) => list.some((e) => e.type === 'run.cancelling'));
+    const refused = await api('POST', `/v1/watches/${id}/cancel`);
+    expect(refused.status).toBe(502);
+    expect(refused.json).toMatchObject({ error: { code: 'cancel_refused', message: expect.stringContaining("Cannot cancel run with status 'cancelling'") as unknown } });
+    const events = await readEvents('?run_id=run_api6', (list) => list.some((e) => e.type === 'run.action_failed'));
+    expect(events.at(-1)).toMatchObject({ type: 'run.action_failed', reason: 'cancel', error: { code: 'bad_request', http_status: 400 } });
+    await api('DELETE', `/v1/watches/${id}`);
+  });
+});
+
 describe('control API: SSE', () => {
   it('resumes with Last-Event-ID and misses nothing', async () => {
     // each step shorter than the 300 ms stall threshold, so no run.stalled in between

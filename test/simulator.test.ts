@@ -32,7 +32,13 @@ describe('simulator', () => {
     sim.addRun({ threadId: 'thread_s2', runId: 'run_s2', timeline: [{ status: 'requires_action' }, { status: 'in_progress', durationMs: 60_000 }, { status: 'completed' }] });
     const first = await get('/threads/thread_s2/runs/run_s2');
     expect(first.body).toMatchObject({ status: 'requires_action', required_action: { type: 'submit_tool_outputs' } });
-    expect((await post('/threads/thread_s2/runs/run_s2/submit_tool_outputs', { tool_outputs: [] })).body.status).toBe('in_progress');
+    // an output is needed for every tool call, as the API demands
+    const missing = await post('/threads/thread_s2/runs/run_s2/submit_tool_outputs', { tool_outputs: [] });
+    expect(missing.status).toBe(400);
+    expect(missing.body).toMatchObject({ error: { message: "Expected tool outputs for call_ids ['call_0'], got 0 output(s)." } });
+    const submitted = await post('/threads/thread_s2/runs/run_s2/submit_tool_outputs', { tool_outputs: [{ tool_call_id: 'call_0', output: '{"temp":21}' }] });
+    expect(submitted.body.status).toBe('in_progress');
+    expect(sim.requests('run_s2').at(-1)).toMatchObject({ method: 'POST', body: JSON.stringify({ tool_outputs: [{ tool_call_id: 'call_0', output: '{"temp":21}' }] }) });
     expect((await post('/threads/thread_s2/runs/run_s2/submit_tool_outputs')).status).toBe(400);
     expect(sim.transitions('run_s2').map((t) => t.status)).toEqual(['requires_action', 'in_progress']);
   });

@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+import { WatchError } from '../errors.js';
 import { ID_PATTERN } from '../resource.js';
 import type { EventFilter, StoredEvent, WatchRecord, WatchState } from '../store/store.js';
 import { WATCH_STATES } from '../store/store.js';
@@ -33,6 +34,12 @@ export interface ControlApiDeps {
   getWatch(id: string): MaybePromise<WatchView | undefined>;
   listWatches(query: { state?: WatchState; limit: number; after?: string }): MaybePromise<WatchView[]>;
   deleteWatch(id: string): MaybePromise<WatchView | undefined>;
+  /**
+   * Asks the provider to cancel the watched run; the watch goes on to `cancelled`. Resolves
+   * `undefined` for an unknown watch; rejects with `WatchError` when the provider refused.
+   * Absent when the store does not support it (Redis mode).
+   */
+  cancelWatch?(id: string): Promise<WatchView | undefined>;
   eventsAfter(pos: number, filter: EventFilter, limit: number): MaybePromise<StoredEvent[]>;
   /** Calls `listener` whenever events were recorded; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
@@ -263,6 +270,26 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       const watch = await (method === 'DELETE' ? deps.deleteWatch(id) : deps.getWatch(id));
       if (!watch) throw new ApiError(404, 'not_found', `no watch ${id}`);
       send(res, 200, watch);
+      return;
+    }
+    const cancelMatch = /^\/v1\/watches\/([^/]+)\/cancel$/.exec(path);
+    if (cancelMatch) {
+      only('POST');
+      const id = decodeURIComponent(cancelMatch[1]!);
+      checkId('watch id', id);
+      if (!deps.cancelWatch) throw new ApiError(501, 'not_implemented', 'cancel is not available with this store; use runwatch cancel <thread_id> <run_id>');
+      const current = await deps.getWatch(id);
+      if (!current) throw new ApiError(404, 'not_found', `no watch ${id}`);
+      if (current.state !== 'active') throw new ApiError(409, 'conflict', `watch ${id} is ${current.state}: only an active watch can be cancelled`);
+      let watch: WatchView | undefined;
+      try {
+        watch = await deps.cancelWatch(id);
+      } catch (error) {
+        if (error instanceof WatchError) throw new ApiError(502, 'cancel_refused', `the provider refused the cancel: ${error.message} (${error.code})`);
+        throw error;
+      }
+      if (!watch) throw new ApiError(404, 'not_found', `no watch ${id}`);
+      send(res, 202, watch);
       return;
     }
     if (path === '/v1/events') {

@@ -29,6 +29,7 @@ export const DEFAULT_CONFIG = Object.freeze({
     shutdownTimeoutMs: 10_000,
     maxBodyBytes: 65_536,
     stallThresholdMs: 600_000,
+    cancelAfterStallMs: null as number | null,
     callbackHosts: [] as string[],
   },
   sinks: {
@@ -83,6 +84,7 @@ const schema = z
         shutdownTimeoutMs: durationMs,
         maxBodyBytes: positiveInt.max(10_000_000),
         stallThresholdMs: durationMs,
+        cancelAfterStallMs: durationMs.nullable(),
         callbackHosts: z.array(z.string().min(1)),
       })
       .strict(),
@@ -225,6 +227,9 @@ export function validateConfig(input: unknown): DaemonConfig {
     resolvePollPolicy(config.watch.policy);
   } catch (error) {
     throw new ConfigError(`invalid config.watch.policy: ${(error as Error).message}`);
+  }
+  if (config.daemon.cancelAfterStallMs !== null && config.store.kind === 'redis') {
+    throw new ConfigError('invalid config.daemon.cancelAfterStallMs: not available with store.kind "redis" yet; leave it null');
   }
   if (config.sinks.delivery.backoffCapMs < config.sinks.delivery.backoffBaseMs) throw new ConfigError('invalid config.sinks.delivery.backoffCapMs: must be >= backoffBaseMs');
   return config;

@@ -190,6 +190,10 @@ export class Daemon implements RunningDaemon {
         getWatch: (id) => this.#view(this.#store.getWatch(id)),
         listWatches: (query) => this.#store.listWatches(query).map((w) => this.#view(w)!),
         deleteWatch: (id) => this.#deleteWatch(id),
+        cancelWatch: async (id) => {
+          await this.#watcher.cancel(id);
+          return this.#view(this.#store.getWatch(id));
+        },
         eventsAfter: (pos, filter, limit) => this.#store.eventsAfter(pos, filter, limit),
         subscribe: (listener) => {
           this.#listeners.add(listener);
@@ -245,6 +249,7 @@ export class Daemon implements RunningDaemon {
       startedAtMs: record.created_at,
       statusSinceMs: record.status_since ?? undefined,
       lastSnapshot: record.last_snapshot,
+      cancelAfterStallMs: this.#config.daemon.cancelAfterStallMs ?? undefined,
     });
     this.#handles.set(record.id, handle);
   }

@@ -1,7 +1,7 @@
 import { Redis } from 'ioredis';
 import { DeliveryError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
-import { isRunEvent } from '../events.js';
+import { idFieldsOf } from '../events.js';
 import type { Sink } from './sink.js';
 
 /** Options of a `RedisStreamSink`. */
@@ -50,7 +50,7 @@ export class RedisStreamSink implements Sink {
         event.type,
         'watch_id',
         event.watch_id,
-        ...(isRunEvent(event) ? ['thread_id', event.thread_id, 'run_id', event.run_id] : ['response_id', event.response_id]),
+        ...idFieldsOf(event).flat(),
         'seq',
         event.seq,
         'event',
