@@ -47,6 +47,19 @@ export interface ContenderReport {
 
 const API_KEY = 'sk-bench-not-a-secret';
 
+/** The runwatch contender: one RunWatcher with the contender's policy and budget. */
+function runwatchFor(baseUrl: string, contender: Extract<Contender, { type: 'runwatch' }>): RunWatcher {
+  return new RunWatcher({
+    provider: 'openai',
+    baseUrl,
+    credentials: { apiKey: API_KEY },
+    policy: contender.policy,
+    maxRequestsPerSecond: contender.maxRequestsPerSecond,
+    maxInFlight: contender.maxInFlight,
+    maxSockets: contender.maxInFlight,
+  });
+}
+
 function percentile(sorted: readonly number[], p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
@@ -75,15 +88,7 @@ async function watchAll(request: ContenderRequest): Promise<Pick<ContenderReport
       }),
     );
   } else if (contender.type === 'runwatch') {
-    const watcher = new RunWatcher({
-      provider: 'openai',
-      baseUrl,
-      credentials: { apiKey: API_KEY },
-      policy: contender.policy,
-      maxRequestsPerSecond: contender.maxRequestsPerSecond,
-      maxInFlight: contender.maxInFlight,
-      maxSockets: contender.maxInFlight,
-    });
+    const watcher = runwatchFor(baseUrl, contender);
     await Promise.all(
       ids.map(async ({ threadId, runId }, i) => {
         try {
@@ -136,15 +141,7 @@ async function holdMany(request: ContenderRequest): Promise<Omit<ContenderReport
   const { contender, baseUrl, runs } = request;
   const scale = request.scale!;
   if (contender.type !== 'runwatch') throw new Error('the scale workload is for runwatch');
-  const watcher = new RunWatcher({
-    provider: 'openai',
-    baseUrl,
-    credentials: { apiKey: API_KEY },
-    policy: contender.policy,
-    maxRequestsPerSecond: contender.maxRequestsPerSecond,
-    maxInFlight: contender.maxInFlight,
-    maxSockets: contender.maxInFlight,
-  });
+  const watcher = runwatchFor(baseUrl, contender);
   let measuring = false;
   const lateness: number[] = [];
   let failedPolls = 0;

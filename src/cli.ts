@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import type { ParseArgsConfig } from 'node:util';
 import type { Logger } from 'pino';
-import type { Provider } from './client.js';
+import type { Credentials, Provider } from './client.js';
 import { ApiClient, assertValidHeader, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, PROVIDERS } from './client.js';
 import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
@@ -186,23 +187,45 @@ function oneOf<T extends string>(name: string, value: string, allowed: readonly 
   return value as T;
 }
 
+/** The flags that say how to reach the API, shared by every command that sends requests. */
+const CONNECTION_FLAGS = {
+  provider: { type: 'string' },
+  'base-url': { type: 'string' },
+  'api-version': { type: 'string' },
+  'request-timeout': { type: 'string', default: '30s' },
+  header: { type: 'string', multiple: true, default: [] as string[] },
+  help: { type: 'boolean', short: 'h' },
+} satisfies NonNullable<ParseArgsConfig['options']>;
+
+/** Client options from the connection flags and the environment (secrets from env only). */
+function connection(
+  values: { provider?: string | undefined; 'base-url'?: string | undefined; 'api-version'?: string | undefined; 'request-timeout': string; header: string[] },
+  env: NodeJS.ProcessEnv,
+): { provider: Provider; baseUrl: string | undefined; apiVersion: string | undefined; credentials: Credentials; headers: Record<string, string>; requestTimeoutMs: number } {
+  const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
+  const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
+  return {
+    provider,
+    baseUrl,
+    apiVersion: values['api-version'] ?? env.RUNWATCH_API_VERSION,
+    credentials: credentialsFromEnv(provider, baseUrl, env),
+    headers: parseHeaders(values.header),
+    requestTimeoutMs: parseDurationMs('--request-timeout', values['request-timeout']),
+  };
+}
+
 async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run' | 'response' | 'thread'): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
     options: {
-      provider: { type: 'string' },
-      'base-url': { type: 'string' },
+      ...CONNECTION_FLAGS,
       until: { type: 'string', default: 'terminal' },
       timeout: { type: 'string' },
-      'request-timeout': { type: 'string', default: '30s' },
-      'api-version': { type: 'string' },
       'cancel-after-stall': { type: 'string' },
-      header: { type: 'string', multiple: true, default: [] },
       'watch-id': { type: 'string' },
       policy: { type: 'string' },
       'log-level': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) {
@@ -215,18 +238,12 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
   if (target !== 'run' && values.until !== 'terminal') throw new ConfigError('--until applies to runs only: a background response has no requires_action');
   if (target === 'thread' && values['cancel-after-stall'] !== undefined) throw new ConfigError('--cancel-after-stall applies to runs and responses, not to a thread');
   const cancelAfterStallMs = values['cancel-after-stall'] === undefined ? undefined : parseDurationMs('--cancel-after-stall', values['cancel-after-stall']);
-  const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
   const until = oneOf('--until', values.until, ['terminal', 'requires_action'] as const);
-  const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
   const timeoutMs = values.timeout === undefined ? undefined : parseDurationMs('--timeout', values.timeout);
-  const requestTimeoutMs = parseDurationMs('--request-timeout', values['request-timeout']);
-  const headers = parseHeaders(values.header);
+  const client = connection(values, env);
   const policy = values.policy === undefined ? undefined : parsePolicyArgument(values.policy);
   const logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
-  const credentials = credentialsFromEnv(provider, baseUrl, env);
-
-  const apiVersion = values['api-version'] ?? env.RUNWATCH_API_VERSION;
-  const watcher = new RunWatcher({ provider, baseUrl, apiVersion, credentials, headers, requestTimeoutMs, policy, logger, maxInFlight: 1 });
+  const watcher = new RunWatcher({ ...client, policy, logger, maxInFlight: 1 });
   const dispatcher = new SinkDispatcher([new StdoutSink()], { logger });
   watcher.on('event', (event) => dispatcher.dispatch(event));
 
@@ -275,14 +292,7 @@ async function cancelCommand(args: string[], env: NodeJS.ProcessEnv, target: 'ru
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: {
-      provider: { type: 'string' },
-      'base-url': { type: 'string' },
-      'api-version': { type: 'string' },
-      'request-timeout': { type: 'string', default: '30s' },
-      header: { type: 'string', multiple: true, default: [] },
-      help: { type: 'boolean', short: 'h' },
-    },
+    options: CONNECTION_FLAGS,
   });
   if (values.help) {
     process.stdout.write(CANCEL_HELP);
@@ -290,17 +300,7 @@ async function cancelCommand(args: string[], env: NodeJS.ProcessEnv, target: 'ru
   }
   const expected = target === 'run' ? 2 : 1;
   if (positionals.length !== expected) throw new ConfigError(`expected ${target === 'run' ? '<thread_id> <run_id>' : '<response_id>'}, got ${positionals.length} argument(s)`);
-  const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
-  const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
-  const credentials = credentialsFromEnv(provider, baseUrl, env);
-  const client = new ApiClient({
-    provider,
-    baseUrl,
-    credentials,
-    apiVersion: values['api-version'] ?? env.RUNWATCH_API_VERSION,
-    headers: parseHeaders(values.header),
-    requestTimeoutMs: parseDurationMs('--request-timeout', values['request-timeout']),
-  });
+  const client = new ApiClient(connection(values, env));
   try {
     const [first, second] = positionals as [string, string];
     const outcome =

@@ -334,8 +334,10 @@ class RequestTimeout extends Error {
 }
 
 /**
- * Sends one retrieve request and classifies the answer. Keeps one keep-alive agent per
- * client; headers are built per request. Never retries by itself (the scheduler does).
+ * Sends one retrieve request (or an action's POST) and classifies the answer. Keeps one
+ * keep-alive agent per client; headers are built once per kind, or per request when a watch
+ * brings its own credentials or headers (and for Portkey's per-watch trace id). Never retries
+ * by itself (the scheduler does).
  *
  * Built on `node:http`, not got: the poll is the hot path, and in `npm run bench` got cost
  * about twice the CPU per poll and most of the memory at 10,000 watches (see the README).

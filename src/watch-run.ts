@@ -1,5 +1,5 @@
-import type { ResponseSnapshot, RunSnapshot, ThreadSnapshot } from './resource.js';
-import type { RunWatcherOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
+import type { ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
+import type { RunWatcherOptions, WatchHandle, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
 import { RunWatcher } from './watcher.js';
 
 /** Options of `watchRun()`: the run, and how to reach and poll it. */
@@ -20,12 +20,7 @@ export interface WatchRunCallOptions extends WatchRunOptions, Omit<RunWatcherOpt
  * if (run.status === 'completed') ...
  */
 export async function watchRun(options: WatchRunCallOptions): Promise<RunSnapshot> {
-  const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
-  try {
-    return await watcher.watchRun(options).promise;
-  } finally {
-    await watcher.close();
-  }
+  return once(options, (watcher) => watcher.watchRun(options));
 }
 
 /** Options of `watchResponse()`: the background response, and how to reach and poll it. */
@@ -44,12 +39,7 @@ export interface WatchResponseCallOptions extends WatchResponseOptions, Omit<Run
  * if (response.status === 'completed') ...
  */
 export async function watchResponse(options: WatchResponseCallOptions): Promise<ResponseSnapshot> {
-  const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
-  try {
-    return await watcher.watchResponse(options).promise;
-  } finally {
-    await watcher.close();
-  }
+  return once(options, (watcher) => watcher.watchResponse(options));
 }
 
 /** Options of `waitForIdleThread()`: the thread, and how to reach and poll it. */
@@ -64,9 +54,14 @@ export interface WaitForIdleThreadOptions extends WatchThreadOptions, Omit<RunWa
  * await openai.beta.threads.messages.create(threadId, { role: 'user', content: 'next question' });
  */
 export async function waitForIdleThread(options: WaitForIdleThreadOptions): Promise<ThreadSnapshot> {
+  return once(options, (watcher) => watcher.waitForIdleThread(options));
+}
+
+/** One watch on a watcher of its own (one request in flight by default), closed when it settles. */
+async function once<T extends Snapshot>(options: Omit<RunWatcherOptions, 'client'>, start: (watcher: RunWatcher) => WatchHandle<T>): Promise<T> {
   const watcher = new RunWatcher({ ...options, maxInFlight: options.maxInFlight ?? 1 });
   try {
-    return await watcher.waitForIdleThread(options).promise;
+    return await start(watcher).promise;
   } finally {
     await watcher.close();
   }

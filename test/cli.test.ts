@@ -60,7 +60,7 @@ describe('runwatch watch: endings', () => {
     ['expired', 22],
     ['incomplete', 23],
   ])('exits on %s with code %i and the exact event sequence', async (terminal, code) => {
-    // polls at 0 (queued), 500 (in_progress), 1500 (terminal): each margin is 250 ms or more
+    // polls at 0 (queued), 1000 (in_progress), 2750 (terminal): each margin is 250 ms or more
     const ids = addRun([{ status: 'queued', durationMs: 250 }, { status: 'in_progress', durationMs: 1000 }, { status: terminal }]);
     const result = await watch(ids);
     expect(result.code, result.stderr).toBe(code);
