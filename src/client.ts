@@ -407,42 +407,36 @@ export class ApiClient implements PollClient {
   }
 
   async #call<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, path: string, body: string | undefined, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
-    const requestHeaders = kind.requestHeaders;
     try {
-      if (this.#tokenFile && context.credentials === undefined) return await this.#callWithTokenFile(this.#tokenFile, kind, path, body, context);
-      const credentials = context.credentials ?? this.#credentials;
-      const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
-      const own = context.credentials !== undefined || context.headers !== undefined;
-      const secrets = own ? secretsOf(credentials, extra) : this.#secrets;
-      const headers = own || (this.provider === 'portkey' && this.#traceId) ? buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, requestHeaders) : this.#shared(kind);
-      const response = await this.#send(path, headers, body, context.signal);
-      return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
+      const tokens = context.credentials === undefined ? this.#tokenFile : null;
+      if (!tokens) return await this.#attempt(kind, path, body, context, context.credentials);
+      // Azure with a token file: after a 401, the file once more and, if the token changed (tokens rotate), one retry
+      const token = tokens.current(Date.now());
+      const outcome = await this.#attempt(kind, path, body, context, { apiKey: token });
+      if (outcome.ok || outcome.httpStatus !== 401) return outcome;
+      const fresh = tokens.current(Date.now(), true);
+      return fresh !== undefined && fresh !== token ? await this.#attempt(kind, path, body, context, { apiKey: fresh }) : outcome;
     } catch (error) {
       if (context.signal?.aborted) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
       return classifyRequestError(error, this.requestTimeoutMs);
     }
   }
 
-  /** Azure with a token file: the current token; after a 401, the file once more and, if the token changed, one retry. */
-  async #callWithTokenFile<TRef extends object, TSnapshot extends Snapshot>(
-    tokens: TokenFile,
+  /** One request with these credentials (the client's when `undefined`), classified; rejects on network errors. */
+  async #attempt<TRef extends object, TSnapshot extends Snapshot>(
     kind: ResourceKind<TRef, TSnapshot>,
     path: string,
     body: string | undefined,
     context: RequestContext,
+    own: Credentials | undefined,
   ): Promise<PollOutcome<TSnapshot>> {
+    const credentials = own ?? this.#credentials;
     const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
-    const send = async (token: string | undefined): Promise<PollOutcome<TSnapshot>> => {
-      const credentials = { apiKey: token };
-      const response = await this.#send(path, buildHeaders(this.provider, credentials, extra, context.watchId, false, kind.requestHeaders), body, context.signal);
-      return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets: secretsOf(credentials, extra) });
-    };
-    const token = tokens.current(Date.now());
-    const outcome = await send(token);
-    if (outcome.ok || outcome.httpStatus !== 401) return outcome;
-    // tokens rotate: a 401 may only mean the file changed since it was last read
-    const fresh = tokens.current(Date.now(), true);
-    return fresh !== undefined && fresh !== token ? send(fresh) : outcome;
+    const shared = own === undefined && context.headers === undefined;
+    const secrets = shared ? this.#secrets : secretsOf(credentials, extra);
+    const headers = shared && !(this.provider === 'portkey' && this.#traceId) ? this.#shared(kind) : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders);
+    const response = await this.#send(path, headers, body, context.signal);
+    return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
   }
 
   #shared(kind: { readonly requestHeaders: Readonly<Record<string, string>> }): Readonly<Record<string, string>> {
