@@ -319,20 +319,19 @@ const responseSchema = runSchema.omit({ threadId: true, runId: true, expiresInMs
 
 /** Validates a background response specification; throws `ConfigError` naming the field. */
 export function parseSimulatedResponse(input: unknown): SimulatedResponse {
-  const result = responseSchema.safeParse(input);
-  if (!result.success) {
-    const issue = result.error.issues[0];
-    throw new ConfigError(`invalid simulated response: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'unknown error'}`);
-  }
-  return result.data;
+  return parseSpec(responseSchema, 'response', input);
 }
 
 /** Validates a run specification (from JSON or code); throws `ConfigError` naming the field. */
 export function parseSimulatedRun(input: unknown): SimulatedRun {
-  const result = runSchema.safeParse(input);
+  return parseSpec(runSchema, 'run', input);
+}
+
+function parseSpec<T>(schema: z.ZodType<T>, what: string, input: unknown): T {
+  const result = schema.safeParse(input);
   if (!result.success) {
     const issue = result.error.issues[0];
-    throw new ConfigError(`invalid simulated run: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'unknown error'}`);
+    throw new ConfigError(`invalid simulated ${what}: ${issue ? `${issue.path.join('.') || '(root)'}: ${issue.message}` : 'unknown error'}`);
   }
   return result.data;
 }
@@ -399,17 +398,15 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendError(res, 400, given === null ? 'Missing required query parameter: api-version' : `Unsupported api-version '${given.slice(0, 40)}'. The supported version is ${apiVersion}.`);
       return true;
     }
-    if (!authorized(req) && errorStyle === 'azure') {
+    if (authorized(req)) return false;
+    if (errorStyle === 'azure') {
       sendError(res, 401, 'Access token is missing, invalid, audience is incorrect (https://ai.azure.com), or have expired.');
-      return true;
-    }
-    if (!authorized(req)) {
+    } else {
       const given = req.headers.authorization?.replace(/^Bearer /, '') ?? String(req.headers['x-portkey-api-key'] ?? '');
       // echo the key the way OpenAI does, so clients are tested on not logging it
       sendError(res, 401, `Incorrect API key provided: ${given.slice(0, 3)}***${given.slice(-4)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
-      return true;
     }
-    return false;
+    return true;
   };
 
   /** `GET /threads/{id}/runs?limit=&order=`: the thread's runs, newest first unless order=asc. */
