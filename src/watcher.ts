@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
@@ -694,15 +695,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       outcome = await this.#client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal: w.request.signal, credentials: w.credentials, headers: w.headers });
       if (outcome.ok || !outcome.retryable || attempt === 3) break;
       const waitMs = Math.min(5_000, Math.max(500 * attempt, outcome.hints.retryAfterMs ?? 0));
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, waitMs);
-        function done(): void {
-          clearTimeout(timer);
-          w.request.signal.removeEventListener('abort', done);
-          resolve();
-        }
-        w.request.signal.addEventListener('abort', done, { once: true });
-      });
+      // the watch ending (its signal) cuts the wait short; the loop then stops on w.done
+      await sleep(waitMs, undefined, { signal: w.request.signal }).catch(() => undefined);
     }
     return outcome;
   }
