@@ -110,6 +110,17 @@ function common(sim: SimReport, seen: ContenderReport, runs: number): Record<str
   };
 }
 
+/** Runs each (selected) contender on the workload, one after the other, with the common metrics. */
+async function runEach(workload: WorkloadName, spec: WorkloadSpec, contenders: readonly [string, Contender][]): Promise<Row[]> {
+  const rows: Row[] = [];
+  for (const [name, contender] of contenders.filter(([n]) => n.includes(args.match))) {
+    const { sim, seen } = await measure(spec, contender);
+    rows.push({ workload, contender: name, metrics: common(sim, seen, spec.runs) });
+    log(rows.at(-1)!);
+  }
+  return rows;
+}
+
 async function fixed(): Promise<Row[]> {
   const spec: WorkloadSpec = { kind: 'fixed', runs: RUNS, seed: SEED };
   const contenders: [string, Contender][] = [
@@ -122,13 +133,7 @@ async function fixed(): Promise<Row[]> {
     ['got alone, 1000 ms loop', { type: 'got-only', intervalMs: 1_000 }],
     ['fetch (undici) alone, 1000 ms loop', { type: 'fetch-only', intervalMs: 1_000 }],
   ];
-  const rows: Row[] = [];
-  for (const [name, contender] of contenders.filter(([n]) => n.includes(args.match))) {
-    const { sim, seen } = await measure(spec, contender);
-    rows.push({ workload: 'fixed', contender: name, metrics: common(sim, seen, spec.runs) });
-    log(rows.at(-1)!);
-  }
-  return rows;
+  return runEach('fixed', spec, contenders);
 }
 
 async function heavy(): Promise<Row[]> {
@@ -139,13 +144,7 @@ async function heavy(): Promise<Row[]> {
     ['fixed 2000 ms (openai SDK poll)', sdk(2_000)],
     ['fixed 5000 ms (openai SDK poll)', sdk(5_000)],
   ];
-  const rows: Row[] = [];
-  for (const [name, contender] of contenders.filter(([n]) => n.includes(args.match))) {
-    const { sim, seen } = await measure(spec, contender);
-    rows.push({ workload: 'heavy', contender: name, metrics: common(sim, seen, spec.runs) });
-    log(rows.at(-1)!);
-  }
-  return rows;
+  return runEach('heavy', spec, contenders);
 }
 
 async function scale(): Promise<Row[]> {
