@@ -124,6 +124,18 @@ export function isRunEvent(event: WatchEvent): event is RunEvent {
   return 'run_id' in event;
 }
 
+/** True for the events of a background response watch (they carry `response_id`). */
+export function isResponseEvent(event: WatchEvent): event is ResponseEvent {
+  return 'response_id' in event;
+}
+
+/** The snapshot an event carries (`run`, `response` or `thread`), `null` when none was seen yet. */
+export function snapshotOf(event: WatchEvent): Snapshot | null {
+  if ('run' in event) return event.run;
+  if ('response' in event) return event.response;
+  return event.thread;
+}
+
 /** Builds the stable event id from the watch id and seq. */
 export function eventId(watchId: string, seq: number): string {
   return `${watchId}.${seq}`;

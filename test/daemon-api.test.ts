@@ -87,6 +87,9 @@ describe('control API: POST /v1/watches', () => {
     ['an array', '[]', 400, 'invalid_request'],
     ['a missing run_id', { thread_id: 'thread_1' }, 400, 'invalid_request'],
     ['a number for thread_id', { thread_id: 5, run_id: 'run_1' }, 400, 'invalid_request'],
+    ['a run and a response at once', { thread_id: 'thread_1', run_id: 'run_1', response_id: 'resp_1' }, 400, 'invalid_request'],
+    ['a path in a response_id', { response_id: '../responses' }, 400, 'invalid_id'],
+    ['no target at all', { metadata: { a: 'b' } }, 400, 'invalid_request'],
     ['an unknown field', { thread_id: 'thread_1', run_id: 'run_1', extra: true }, 400, 'invalid_request'],
     ['a path in an id', { thread_id: '../assistants', run_id: 'run_1' }, 400, 'invalid_id'],
     ['metadata that is not strings', { thread_id: 'thread_1', run_id: 'run_1', metadata: { a: 1 } }, 400, 'invalid_request'],
@@ -196,6 +199,32 @@ describe('control API: cancel', () => {
     const events = await readEvents('?run_id=run_api6', (list) => list.some((e) => e.type === 'run.action_failed'));
     expect(events.at(-1)).toMatchObject({ type: 'run.action_failed', reason: 'cancel', error: { code: 'bad_request', http_status: 400 } });
     await api('DELETE', `/v1/watches/${id}`);
+  });
+});
+
+describe('control API: background responses', () => {
+  it('watches a response to its terminal status: 201 once, its events filtered by response_id, cancel over the API', async () => {
+    sim.addResponse({ responseId: 'resp_api1', timeline: [{ status: 'queued', durationMs: 150 }, { status: 'in_progress', durationMs: 250 }, { status: 'completed' }], start: 'first_request' });
+    const first = await api('POST', '/v1/watches', { response_id: 'resp_api1', metadata: { job: 'report' } });
+    expect(first.status).toBe(201);
+    expect(first.json).toMatchObject({ kind: 'response', response_id: 'resp_api1', state: 'active', metadata: { job: 'report' } });
+    expect(first.json).not.toHaveProperty('run_id');
+    expect((await api('POST', '/v1/watches', { response_id: 'resp_api1' })).json).toMatchObject({ id: first.json.id });
+    const id = String(first.json.id);
+    await waitForState(id, 'finished');
+    expect((await api('GET', `/v1/watches/${id}`)).json).toMatchObject({ kind: 'response', status: 'completed', last_snapshot: { object: 'response', status: 'completed' } });
+    const events = await readEvents('?response_id=resp_api1', (list) => list.some((e) => e.type === 'response.completed'));
+    expect(events.map((e) => e.type)).toEqual(['response.queued', 'response.in_progress', 'response.completed']);
+    expect(events[2]).toMatchObject({ response_id: 'resp_api1', from: 'in_progress', to: 'completed', seq: 3, watch_id: id });
+
+    sim.addResponse({ responseId: 'resp_api2', timeline: [{ status: 'in_progress' }] });
+    const second = String((await api('POST', '/v1/watches', { response_id: 'resp_api2' })).json.id);
+    await readEvents('?response_id=resp_api2', (list) => list.some((e) => e.type === 'response.in_progress'));
+    expect((await api('POST', `/v1/watches/${second}/cancel`)).status).toBe(202);
+    await waitForState(second, 'finished');
+    const cancelled = await readEvents('?response_id=resp_api2', (list) => list.some((e) => e.type === 'response.cancelled'));
+    expect(cancelled.map((e) => e.type)).toEqual(['response.in_progress', 'response.cancel_requested', 'response.cancelled']);
+    expect((await api('GET', '/v1/events?response_id=../x')).status).toBe(400);
   });
 });
 

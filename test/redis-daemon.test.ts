@@ -1,6 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
@@ -8,6 +9,7 @@ import { RedisDaemon } from '../src/daemon/redis-daemon.js';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
+import { RedisState } from '../src/store/redis.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 
 const available = await requireRedis();
@@ -82,6 +84,30 @@ describe.skipIf(!available)('RedisDaemon control API (needs Redis)', () => {
     ]);
     const stored = (await (await fetch(`${base}/v1/watches/${watch.id}`)).json()) as { state: string; status: string; metadata: unknown };
     expect(stored).toMatchObject({ state: 'finished', status: 'completed', metadata: { team: 'a' } });
+  });
+
+  it('watches a background response: one watch per response, response.* events filtered by response_id', async () => {
+    sim.addResponse({ responseId: 'resp_rd1', timeline: [{ status: 'queued', durationMs: 150 }, { status: 'completed' }], start: 'first_request' });
+    const first = await post({ response_id: 'resp_rd1' });
+    expect(first.status).toBe(201);
+    const watch = (await first.json()) as { id: string; kind: string; response_id: string };
+    expect(watch).toMatchObject({ kind: 'response', response_id: 'resp_rd1' });
+    expect(watch).not.toHaveProperty('thread_id');
+    expect((await post({ response_id: 'resp_rd1' })).status).toBe(200);
+    const events = await readEvents('?response_id=resp_rd1', (list) => list.some((e) => e.type === 'response.completed'));
+    expect(events.map((e) => [e.type, e.seq])).toEqual([
+      ['response.queued', 1],
+      ['response.completed', 2],
+    ]);
+    // (the ended watch itself is pruned within 300 ms in this file: its events are the record)
+  });
+
+  it('reads a watch stored before responses existed (no kind field) as a run', async () => {
+    const redis = new Redis(REDIS_URL);
+    const state = new RedisState(redis, `${prefix}legacy:`, 4);
+    await redis.hset(state.watchKey('w_legacy'), { id: 'w_legacy', thread_id: 'thread_l', run_id: 'run_l', metadata: '', callback_url: '', state: 'active', seq: '3', created_at: '1', updated_at: '1' });
+    expect(await state.getWatch('w_legacy')).toMatchObject({ kind: 'run', thread_id: 'thread_l', run_id: 'run_l', seq: 3, state: 'active' });
+    await redis.quit();
   });
 
   it('stops a watch on DELETE with a watch.error', async () => {

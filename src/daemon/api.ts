@@ -4,14 +4,15 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { WatchError } from '../errors.js';
 import { ID_PATTERN } from '../resource.js';
-import type { EventFilter, StoredEvent, WatchRecord, WatchState } from '../store/store.js';
+import type { EventFilter, StoredEvent, WatchRecord, WatchState, WatchTarget } from '../store/store.js';
 import { WATCH_STATES } from '../store/store.js';
 
-/** A watch as the API shows it. */
-export interface WatchView {
+/** A watch as the API shows it: `kind` and its ids (`thread_id`, `run_id` or `response_id`), then its fields. */
+export type WatchView = WatchTarget & WatchViewFields;
+
+/** The fields of a watch view besides its target. */
+export interface WatchViewFields {
   readonly id: string;
-  readonly thread_id: string;
-  readonly run_id: string;
   readonly state: WatchState;
   readonly status: string | null;
   readonly seq: number;
@@ -27,10 +28,13 @@ export interface WatchView {
 /** A value, or a promise of it: the embedded store answers at once, a remote one later. */
 type MaybePromise<T> = T | Promise<T>;
 
+/** A watch as a client asks for it over the API (validated). */
+export type NewWatchInput = WatchTarget & { readonly metadata: Record<string, string> | null; readonly callback_url: string | null };
+
 /** What the API needs from the daemon. */
 export interface ControlApiDeps {
   /** Returns `undefined` when the daemon no longer accepts watches (shutting down). */
-  addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }): MaybePromise<{ watch: WatchView; created: boolean } | undefined>;
+  addWatch(input: NewWatchInput): MaybePromise<{ watch: WatchView; created: boolean } | undefined>;
   getWatch(id: string): MaybePromise<WatchView | undefined>;
   listWatches(query: { state?: WatchState; limit: number; after?: string }): MaybePromise<WatchView[]>;
   deleteWatch(id: string): MaybePromise<WatchView | undefined>;
@@ -76,8 +80,9 @@ const metadataSchema = z
   .refine((m) => Object.keys(m).length <= 16, 'at most 16 keys');
 const createSchema = z
   .object({
-    thread_id: z.string(),
-    run_id: z.string(),
+    thread_id: z.string().optional(),
+    run_id: z.string().optional(),
+    response_id: z.string().optional(),
     metadata: metadataSchema.nullable().optional(),
     callback_url: z.string().max(2048).nullable().optional(),
   })
@@ -155,13 +160,22 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       const issue = parsed.error.issues[0];
       throw new ApiError(400, 'invalid_request', issue ? `${issue.path.join('.') || 'body'}: ${issue.message}` : 'invalid body');
     }
-    const { thread_id, run_id, metadata, callback_url } = parsed.data;
-    checkId('thread_id', thread_id);
-    checkId('run_id', run_id);
+    const { thread_id, run_id, response_id, metadata, callback_url } = parsed.data;
+    let target: WatchTarget;
+    if (response_id !== undefined) {
+      if (thread_id !== undefined || run_id !== undefined) throw new ApiError(400, 'invalid_request', 'give thread_id and run_id (a run) or response_id (a background response), not both');
+      checkId('response_id', response_id);
+      target = { kind: 'response', response_id };
+    } else {
+      if (thread_id === undefined || run_id === undefined) throw new ApiError(400, 'invalid_request', 'thread_id and run_id are required (or response_id for a background response)');
+      checkId('thread_id', thread_id);
+      checkId('run_id', run_id);
+      target = { kind: 'run', thread_id, run_id };
+    }
     if (callback_url && !callbackAllowed(callback_url, options.callbackHosts)) {
       throw new ApiError(400, 'callback_not_allowed', 'callback_url must be http(s) on a host listed in daemon.callbackHosts');
     }
-    const added = await deps.addWatch({ thread_id, run_id, metadata: metadata ?? null, callback_url: callback_url ?? null });
+    const added = await deps.addWatch({ ...target, metadata: metadata ?? null, callback_url: callback_url ?? null });
     if (!added) throw new ApiError(503, 'shutting_down', 'the daemon is shutting down; retry on another replica or after the restart', { 'retry-after': '5' });
     const { watch, created } = added;
     send(res, created ? 201 : 200, watch, created ? { location: `/v1/watches/${watch.id}` } : {});
@@ -180,8 +194,8 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
   };
 
   const streamEvents = (req: http.IncomingMessage, url: URL, res: http.ServerResponse): void => {
-    const filter: { run_id?: string; thread_id?: string } = {};
-    for (const field of ['run_id', 'thread_id'] as const) {
+    const filter: { -readonly [K in keyof EventFilter]: EventFilter[K] } = {};
+    for (const field of ['run_id', 'thread_id', 'response_id'] as const) {
       const value = url.searchParams.get(field);
       if (value !== null) {
         checkId(field, value);
@@ -277,7 +291,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       only('POST');
       const id = decodeURIComponent(cancelMatch[1]!);
       checkId('watch id', id);
-      if (!deps.cancelWatch) throw new ApiError(501, 'not_implemented', 'cancel is not available with this store; use runwatch cancel <thread_id> <run_id>');
+      if (!deps.cancelWatch) throw new ApiError(501, 'not_implemented', 'cancel is not available with this store; use runwatch cancel <thread_id> <run_id> (or cancel-response <response_id>)');
       const current = await deps.getWatch(id);
       if (!current) throw new ApiError(404, 'not_found', `no watch ${id}`);
       if (current.state !== 'active') throw new ApiError(409, 'conflict', `watch ${id} is ${current.state}: only an active watch can be cancelled`);

@@ -5,7 +5,8 @@ import type { Logger } from 'pino';
 import type { Credentials } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
-import { isRunEvent } from '../events.js';
+import { isResponseEvent, isRunEvent } from '../events.js';
+import type { ResponseSnapshot, RunSnapshot, Snapshot } from '../resource.js';
 import { FileSink } from '../sinks/file.js';
 import { loadModuleSink } from '../sinks/module.js';
 import type { Sink } from '../sinks/sink.js';
@@ -14,9 +15,10 @@ import { StdoutSink } from '../sinks/stdout.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { Store, WatchRecord } from '../store/store.js';
+import { targetOf } from '../store/store.js';
 import type { WatchHandle } from '../watcher.js';
 import { randomWatchId, RunWatcher } from '../watcher.js';
-import type { WatchView } from './api.js';
+import type { NewWatchInput, WatchView } from './api.js';
 import { createControlApi } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { effectiveBaseUrl, isLoopback } from './config.js';
@@ -53,9 +55,8 @@ export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets):
 export function watchView(record: WatchRecord | undefined, nextPollAtMs: number | null): WatchView | undefined {
   if (!record) return undefined;
   return {
+    ...targetOf(record),
     id: record.id,
-    thread_id: record.thread_id,
-    run_id: record.run_id,
     state: record.state,
     status: record.status,
     seq: record.seq,
@@ -241,22 +242,24 @@ export class Daemon implements RunningDaemon {
 
   #startWatch(record: WatchRecord): void {
     if (this.#handles.has(record.id)) return;
-    const handle = this.#watcher.watchRun({
+    const options = {
       watchId: record.id,
-      threadId: record.thread_id,
-      runId: record.run_id,
       initial: { status: record.status, seq: record.seq },
       startedAtMs: record.created_at,
       statusSinceMs: record.status_since ?? undefined,
-      lastSnapshot: record.last_snapshot,
       cancelAfterStallMs: this.#config.daemon.cancelAfterStallMs ?? undefined,
-    });
+    };
+    // the stored snapshot is the kind's own: the store wrote it from that kind's events
+    const handle: WatchHandle<Snapshot> =
+      record.kind === 'run'
+        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, lastSnapshot: record.last_snapshot as RunSnapshot | null })
+        : this.#watcher.watchResponse({ ...options, responseId: record.response_id, lastSnapshot: record.last_snapshot as ResponseSnapshot | null });
     this.#handles.set(record.id, handle);
   }
 
   #record(event: WatchEvent): void {
-    // the daemon's store holds run watches only (responses are a library and CLI feature so far)
-    if (!isRunEvent(event)) return;
+    // the store holds runs and responses; thread guards are never started here
+    if (!isRunEvent(event) && !isResponseEvent(event)) return;
     try {
       // synchronous: the event, its watch's new state and one delivery per sink, in one transaction
       this.#store.recordEvent(event, this.#sinkNames, Date.now());
@@ -271,7 +274,7 @@ export class Daemon implements RunningDaemon {
     for (const listener of this.#listeners) listener();
   }
 
-  #addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }): { watch: WatchView; created: boolean } | undefined {
+  #addWatch(input: NewWatchInput): { watch: WatchView; created: boolean } | undefined {
     if (this.#shutdown) return undefined;
     const { watch, created } = this.#store.createWatch({ id: randomWatchId(), ...input }, Date.now());
     if (created) this.#startWatch(watch);

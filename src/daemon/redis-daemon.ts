@@ -8,10 +8,8 @@ import { ApiClient } from '../client.js';
 import type { PollOutcome } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
-import type { RunEvent, RunWatchErrorEvent } from '../events.js';
 import { emissionEvent, watchErrorEvent } from '../events.js';
-import { RUN_KIND } from '../resource.js';
-import type { ResourceKind, Snapshot } from '../resource.js';
+import type { Snapshot } from '../resource.js';
 import { resolvePollPolicy, retryAfterFloorMs } from '../schedule.js';
 import type { PollPolicy } from '../schedule.js';
 import { FileSink } from '../sinks/file.js';
@@ -20,9 +18,11 @@ import { WebhookSink } from '../sinks/webhook.js';
 import type { Progress, StepSettings } from '../step.js';
 import { applyOutcome, deadlineMessage, initialProgress } from '../step.js';
 import { pairs, RedisState } from '../store/redis.js';
-import type { WatchRecord, WatchState } from '../store/store.js';
+import type { StoredWatchEvent, WatchRecord, WatchState } from '../store/store.js';
+import { kindOf, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import { createControlApi } from './api.js';
+import type { NewWatchInput } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { effectiveBaseUrl } from './config.js';
 import type { DaemonSecrets, RunningDaemon } from './daemon.js';
@@ -30,7 +30,6 @@ import { assertSafeBind, createSinks, listen, watchView } from './daemon.js';
 import { DaemonMetrics } from './metrics.js';
 import { PartitionedOutbox } from './redis-outbox.js';
 
-const KIND = RUN_KIND as unknown as ResourceKind<object, Snapshot>;
 const QUEUE = 'polls';
 
 /**
@@ -233,14 +232,16 @@ export class RedisDaemon implements RunningDaemon {
     if (!stored || stored.record.state !== 'active') return 'ended';
     const { record } = stored;
     const settings = this.#settings(record);
-    const progress = stored.progress ?? initialProgress(KIND, settings, {}, Date.now());
+    const kind = kindOf(record);
+    const target = targetOf(record);
+    const progress = stored.progress ?? initialProgress(kind, settings, {}, Date.now());
     if (Date.now() >= progress.deadlineAtMs) {
       await this.#end(record, progress, progress.seq, 'deadline_exceeded', deadlineMessage(progress), progress.lastFailure?.httpStatus);
       return 'deadline';
     }
     const sentAtMs = Date.now();
     if (record.next_poll_at !== null) this.#metrics.pollLateness.observe(Math.max(0, sentAtMs - record.next_poll_at) / 1000);
-    const outcome: PollOutcome<Snapshot> = await this.#client.retrieve(KIND, { thread_id: record.thread_id, run_id: record.run_id }, { watchId: record.id });
+    const outcome: PollOutcome<Snapshot> = await this.#client.retrieve(kind, target, { watchId: record.id });
     const now = Date.now();
     this.#metrics.polls.inc({ outcome: outcome.ok ? 'ok' : outcome.code });
     this.#metrics.pollLatency.observe((now - sentAtMs) / 1000);
@@ -249,12 +250,12 @@ export class RedisDaemon implements RunningDaemon {
       const pauseMs = retryAfterFloorMs(this.#policy, outcome.hints) || 1_000;
       await this.#queue.rateLimit(pauseMs).catch(() => undefined);
     }
-    const step = applyOutcome(KIND, progress, outcome, settings, now);
-    // KIND is the run kind: its events are run events
-    const events = step.emissions.map((emission) => emissionEvent(KIND, record.id, record, emission, now) as RunEvent);
+    const step = applyOutcome(kind, progress, outcome, settings, now);
+    // a stored watch is a run or a response: so are its events
+    const events = step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent);
     if (step.result.kind === 'failed') {
       const failure = step.result.failure;
-      await this.#end(record, step.progress, progress.seq, failure.code, `run threads/${record.thread_id}/runs/${record.run_id}: ${failure.message}`, failure.httpStatus, events);
+      await this.#end(record, step.progress, progress.seq, failure.code, `${kind.name} ${kind.path(target)}: ${failure.message}`, failure.httpStatus, events);
       return 'failed';
     }
     const resolved = step.result.kind === 'resolved';
@@ -274,7 +275,7 @@ export class RedisDaemon implements RunningDaemon {
     expectedSeq: number,
     progress: Progress,
     state: WatchState,
-    events: readonly RunEvent[],
+    events: readonly StoredWatchEvent[],
     nextPollAt: number | null,
     extra: Record<string, string> = {},
   ): Promise<true | 'stale' | 'ended' | 'missing'> {
@@ -308,17 +309,17 @@ export class RedisDaemon implements RunningDaemon {
     code: ErrorCode,
     message: string,
     httpStatus: number | undefined,
-    before: readonly RunEvent[] = [],
+    before: readonly StoredWatchEvent[] = [],
   ): Promise<void> {
-    const event = watchErrorEvent(KIND, record.id, record, progress, { code, message, httpStatus }, Date.now()) as RunWatchErrorEvent;
+    const event = watchErrorEvent(kindOf(record), record.id, targetOf(record), progress, { code, message, httpStatus }, Date.now()) as StoredWatchEvent & { type: 'watch.error' };
     const state: WatchState = code === 'aborted' ? 'deleted' : 'failed';
     await this.#commit(record, expectedSeq, { ...progress, seq: event.seq }, state, [...before, event], null, { error: JSON.stringify(event.error) });
   }
 
-  async #addWatch(input: { thread_id: string; run_id: string; metadata: Record<string, string> | null; callback_url: string | null }) {
+  async #addWatch(input: NewWatchInput) {
     if (this.#shutdown) return undefined;
     const { watch, created } = await this.#state.createWatch({ id: randomWatchId(), ...input }, Date.now());
-    // the job id is the watch id the run maps to: the same run added on two replicas is one job
+    // the job id is the watch id the target maps to: the same run added on two replicas is one job
     if (created) await this.#queue.add('poll', { watchId: watch.id }, { jobId: watch.id, removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } });
     return { watch: watchView(watch, null)!, created };
   }
@@ -327,7 +328,7 @@ export class RedisDaemon implements RunningDaemon {
     const stored = await this.#state.load(id);
     if (!stored) return undefined;
     if (stored.record.state === 'active') {
-      const progress = stored.progress ?? initialProgress(KIND, this.#settings(stored.record), {}, Date.now());
+      const progress = stored.progress ?? initialProgress(kindOf(stored.record), this.#settings(stored.record), {}, Date.now());
       await this.#end(stored.record, progress, stored.record.seq, 'aborted', 'the watch was aborted', undefined);
       // an active (locked) job cannot be removed; it finds the watch deleted and ends
       await this.#queue.remove(id).catch(() => undefined);

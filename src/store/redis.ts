@@ -1,27 +1,28 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import type { RunEvent } from '../events.js';
 import type { Progress } from '../step.js';
-import type { EventFilter, NewWatch, StoredEvent, WatchRecord, WatchState } from './store.js';
+import type { EventFilter, NewWatch, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
+import { eventTarget, orderingId, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
 
-// KEYS: runs map, watches zset, order counter, active set; ARGV: run key, new id, thread, run, metadata, callback, now, watch key prefix
+// KEYS: targets map, watches zset, order counter, active set
+// ARGV: target key, new id, kind, thread, run, response, metadata, callback, now, watch key prefix
 const CREATE = `
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
-if existing and redis.call('EXISTS', ARGV[8] .. existing) == 1 then return {0, existing} end
+if existing and redis.call('EXISTS', ARGV[10] .. existing) == 1 then return {0, existing} end
 local id = ARGV[2]
 local order = redis.call('INCR', KEYS[3])
-redis.call('HSET', ARGV[8] .. id, 'id', id, 'thread_id', ARGV[3], 'run_id', ARGV[4], 'metadata', ARGV[5], 'callback_url', ARGV[6],
-  'state', 'active', 'seq', 0, 'created_at', ARGV[7], 'updated_at', ARGV[7], 'order', order)
+redis.call('HSET', ARGV[10] .. id, 'id', id, 'kind', ARGV[3], 'thread_id', ARGV[4], 'run_id', ARGV[5], 'response_id', ARGV[6],
+  'metadata', ARGV[7], 'callback_url', ARGV[8], 'state', 'active', 'seq', 0, 'created_at', ARGV[9], 'updated_at', ARGV[9], 'order', order)
 redis.call('HSET', KEYS[1], ARGV[1], id)
 redis.call('ZADD', KEYS[2], order, id)
 redis.call('SADD', KEYS[4], id)
 return {1, id}`;
 
 // KEYS: watch, pos counter, log stream, partition stream, active set
-// ARGV: expected seq, fields (JSON object), new state, event count, then 5 values per event
+// ARGV: expected seq, fields (JSON object), new state, event count, then 6 values per event
 const COMMIT = `
 local seq = redis.call('HGET', KEYS[1], 'seq')
 if not seq then return -3 end
@@ -32,9 +33,10 @@ local n = tonumber(ARGV[4])
 local i = 5
 for e = 1, n do
   local pos = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ${STREAM_CAP}, pos .. '-0', 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'thread_id', ARGV[i + 2], 'run_id', ARGV[i + 3], 'payload', ARGV[i + 4])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ${STREAM_CAP}, '*', 'pos', pos, 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'payload', ARGV[i + 4], 'callback_url', callback)
-  i = i + 5
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ${STREAM_CAP}, pos .. '-0', 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'thread_id', ARGV[i + 2], 'run_id', ARGV[i + 3],
+    'response_id', ARGV[i + 4], 'payload', ARGV[i + 5])
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ${STREAM_CAP}, '*', 'pos', pos, 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'payload', ARGV[i + 5], 'callback_url', callback)
+  i = i + 6
 end
 local fields = cjson.decode(ARGV[2])
 local flat = {}
@@ -51,14 +53,12 @@ interface Commands {
 /** Why a commit was refused. */
 export type CommitRefusal = 'stale' | 'ended' | 'missing';
 
-/** The key of a run in the runs map (thread and run ids cannot contain a newline). */
-function runKey(threadId: string, runId: string): string {
-  return `${threadId}\n${runId}`;
-}
-
-/** The outbox partition of a run: one run always maps to the same one, which keeps its order. */
-export function partitionOf(runId: string, partitions: number): number {
-  return createHash('sha1').update(runId).digest().readUInt32BE(0) % partitions;
+/**
+ * The outbox partition of a run or response (by `orderingId`): one target always maps to the
+ * same one, which keeps its order.
+ */
+export function partitionOf(orderingKey: string, partitions: number): number {
+  return createHash('sha1').update(orderingKey).digest().readUInt32BE(0) % partitions;
 }
 
 /** A watch with its engine progress, as one replica loads it for one step. */
@@ -103,20 +103,24 @@ export class RedisState {
   }
 
   /**
-   * Creates the watch for a run with `input.id`, or returns the run's existing watch: one
-   * script, so two replicas adding the same run get one watch. A run added again after its
-   * watch was pruned gets a new id, so its event ids never repeat.
+   * Creates the watch for a run or response with `input.id`, or returns its existing watch:
+   * one script, so two replicas adding the same target get one watch. A target added again
+   * after its watch was pruned gets a new id, so its event ids never repeat.
    */
   async createWatch(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }> {
+    const ids = idFields(input);
     const [created, id] = await this.#redis.rwCreate(
+      // the key name predates responses: it maps every target key to its watch
       `${this.prefix}runs`,
       `${this.prefix}watches`,
       `${this.prefix}order`,
       `${this.prefix}active`,
-      runKey(input.thread_id, input.run_id),
+      targetKey(input),
       input.id,
-      input.thread_id,
-      input.run_id,
+      input.kind,
+      ids.thread_id,
+      ids.run_id,
+      ids.response_id,
       input.metadata ? JSON.stringify(input.metadata) : '',
       input.callback_url ?? '',
       String(nowMs),
@@ -167,17 +171,20 @@ export class RedisState {
   }
 
   /**
-   * Writes a step: its events (to the log and the run's partition) and the watch's new fields,
+   * Writes a step: its events (to the log and the target's partition) and the watch's new fields,
    * atomically, if the stored seq is still `expectedSeq` and the watch still active.
    */
-  async commit(watch: WatchRecord, expectedSeq: number, fields: Record<string, string>, state: WatchState, events: readonly RunEvent[]): Promise<true | CommitRefusal> {
+  async commit(watch: WatchRecord, expectedSeq: number, fields: Record<string, string>, state: WatchState, events: readonly StoredWatchEvent[]): Promise<true | CommitRefusal> {
     const args: string[] = [String(expectedSeq), JSON.stringify({ ...fields, state }), state, String(events.length)];
-    for (const event of events) args.push(event.id, event.watch_id, event.thread_id, event.run_id, JSON.stringify(event));
+    for (const event of events) {
+      const ids = idFields(eventTarget(event));
+      args.push(event.id, event.watch_id, ids.thread_id, ids.run_id, ids.response_id, JSON.stringify(event));
+    }
     const result = await this.#redis.rwCommit(
       this.watchKey(watch.id),
       `${this.prefix}pos`,
       this.logKey,
-      this.partitionKey(partitionOf(watch.run_id, this.partitions)),
+      this.partitionKey(partitionOf(orderingId(watch), this.partitions)),
       `${this.prefix}active`,
       ...args,
     );
@@ -193,7 +200,7 @@ export class RedisState {
       if (entries.length === 0) break;
       for (const [id, flat] of entries) {
         const fields = pairs(flat);
-        if ((!filter.run_id || fields.run_id === filter.run_id) && (!filter.thread_id || fields.thread_id === filter.thread_id)) {
+        if ((!filter.run_id || fields.run_id === filter.run_id) && (!filter.thread_id || fields.thread_id === filter.thread_id) && (!filter.response_id || fields.response_id === filter.response_id)) {
           out.push({ pos: Number(id.split('-')[0]), event_id: fields.event_id ?? '', watch_id: fields.watch_id ?? '', payload: fields.payload ?? '' });
           if (out.length === limit) break;
         }
@@ -218,13 +225,13 @@ export class RedisState {
       const rows = ((await pipeline.exec()) ?? []).map(([, value]) => value as [string | null, string | null]);
       const stale = rows.flatMap(([state, finishedAt], i) => (state && state !== 'active' && finishedAt && Number(finishedAt) < nowMs - olderThanMs ? [ids[i * 2]!] : []));
       if (stale.length > 0) {
-        const keys = await Promise.all(stale.map(async (id) => ((await this.#redis.hmget(this.watchKey(id), 'thread_id', 'run_id')) as [string, string])));
+        const keys = await Promise.all(stale.map(async (id) => targetKey(targetFromHash(await this.#redis.hgetall(this.watchKey(id))))));
         await this.#redis
           .multi()
           .del(...stale.map((id) => this.watchKey(id)))
           .zrem(`${this.prefix}watches`, ...stale)
           // only this watch's mapping: a newer watch of the same run keeps its own
-          .eval(`for i = 1, #ARGV, 2 do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end end`, 1, `${this.prefix}runs`, ...keys.flatMap(([t, r], i) => [runKey(t, r), stale[i]!]))
+          .eval(`for i = 1, #ARGV, 2 do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end end`, 1, `${this.prefix}runs`, ...keys.flatMap((key, i) => [key, stale[i]!]))
           .exec();
         removed += stale.length;
       }
@@ -253,11 +260,20 @@ function num(value: string | undefined): number | null {
   return value === undefined || value === '' ? null : Number(value);
 }
 
+/** The target of a stored hash; a hash without `kind` was written before responses: a run. */
+function targetFromHash(hash: Record<string, string>): WatchTarget {
+  return hash.kind === 'response' ? { kind: 'response', response_id: hash.response_id! } : { kind: 'run', thread_id: hash.thread_id!, run_id: hash.run_id! };
+}
+
+/** The id fields of a target as stream and hash values ('' where the kind has none). */
+function idFields(target: WatchTarget): { thread_id: string; run_id: string; response_id: string } {
+  return target.kind === 'run' ? { thread_id: target.thread_id, run_id: target.run_id, response_id: '' } : { thread_id: '', run_id: '', response_id: target.response_id };
+}
+
 function toRecord(hash: Record<string, string>): WatchRecord {
   return {
+    ...targetFromHash(hash),
     id: hash.id!,
-    thread_id: hash.thread_id!,
-    run_id: hash.run_id!,
     metadata: json(hash.metadata),
     callback_url: hash.callback_url || null,
     state: hash.state as WatchState,

@@ -2,15 +2,22 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import type { StatementSync } from 'node:sqlite';
-import type { RunEvent } from '../events.js';
-import { RUN_KIND } from '../resource.js';
-import type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, WatchRecord, WatchState } from './store.js';
+import { ConfigError } from '../errors.js';
+import { snapshotOf } from '../events.js';
+import type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
+import { eventTarget, stateAfter, targetKey } from './store.js';
 
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS watches (
+/** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x. */
+const SCHEMA_VERSION = 2;
+
+const WATCHES = `
+CREATE TABLE watches (
   id TEXT PRIMARY KEY,
-  thread_id TEXT NOT NULL,
-  run_id TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  target TEXT NOT NULL,
+  thread_id TEXT,
+  run_id TEXT,
+  response_id TEXT,
   metadata TEXT,
   callback_url TEXT,
   state TEXT NOT NULL DEFAULT 'active',
@@ -25,19 +32,25 @@ CREATE TABLE IF NOT EXISTS watches (
   finished_at INTEGER,
   created_order INTEGER NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS watches_run ON watches (thread_id, run_id);
-CREATE INDEX IF NOT EXISTS watches_state ON watches (state, created_order);
-CREATE TABLE IF NOT EXISTS events (
+CREATE UNIQUE INDEX watches_target ON watches (target);
+CREATE INDEX watches_state ON watches (state, created_order);
+`;
+
+/** The event log and the outbox; events of a response watch have '' as thread_id and run_id (NOT NULL since 0.x). */
+const LOG = `
+CREATE TABLE events (
   pos INTEGER PRIMARY KEY AUTOINCREMENT,
   event_id TEXT NOT NULL UNIQUE,
   watch_id TEXT NOT NULL,
   thread_id TEXT NOT NULL,
   run_id TEXT NOT NULL,
   payload TEXT NOT NULL,
-  created_at INTEGER NOT NULL
+  created_at INTEGER NOT NULL,
+  response_id TEXT
 );
-CREATE INDEX IF NOT EXISTS events_run ON events (run_id, pos);
-CREATE TABLE IF NOT EXISTS deliveries (
+CREATE INDEX events_run ON events (run_id, pos);
+CREATE INDEX events_response ON events (response_id, pos);
+CREATE TABLE deliveries (
   sink TEXT NOT NULL,
   pos INTEGER NOT NULL,
   state TEXT NOT NULL DEFAULT 'pending',
@@ -48,13 +61,34 @@ CREATE TABLE IF NOT EXISTS deliveries (
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (sink, pos)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, state, pos);
+CREATE INDEX deliveries_pending ON deliveries (sink, state, pos);
+`;
+
+/**
+ * From the run-only schema (version 0): watches get a kind and a target key (rebuilt: the
+ * unique index changes), events a response_id column (added in place: positions, deliveries
+ * and the AUTOINCREMENT counter stay as they are).
+ */
+const MIGRATE_FROM_0 = `
+ALTER TABLE watches RENAME TO watches_v0;
+DROP INDEX IF EXISTS watches_run;
+DROP INDEX IF EXISTS watches_state;
+${WATCHES}
+INSERT INTO watches (id, kind, target, thread_id, run_id, response_id, metadata, callback_url, state, status, seq, last_snapshot, error,
+                     status_since, next_poll_at, created_at, updated_at, finished_at, created_order)
+  SELECT id, 'run', thread_id || char(10) || run_id, thread_id, run_id, NULL, metadata, callback_url, state, status, seq, last_snapshot, error,
+         status_since, next_poll_at, created_at, updated_at, finished_at, created_order FROM watches_v0;
+DROP TABLE watches_v0;
+ALTER TABLE events ADD COLUMN response_id TEXT;
+CREATE INDEX events_response ON events (response_id, pos);
 `;
 
 interface WatchRow {
   id: string;
-  thread_id: string;
-  run_id: string;
+  kind: string;
+  thread_id: string | null;
+  run_id: string | null;
+  response_id: string | null;
   metadata: string | null;
   callback_url: string | null;
   state: string;
@@ -70,10 +104,10 @@ interface WatchRow {
 }
 
 function toRecord(row: WatchRow): WatchRecord {
+  const target: WatchTarget = row.kind === 'response' ? { kind: 'response', response_id: row.response_id! } : { kind: 'run', thread_id: row.thread_id!, run_id: row.run_id! };
   return {
+    ...target,
     id: row.id,
-    thread_id: row.thread_id,
-    run_id: row.run_id,
     metadata: row.metadata === null ? null : (JSON.parse(row.metadata) as Record<string, string>),
     callback_url: row.callback_url,
     state: row.state as WatchState,
@@ -87,12 +121,6 @@ function toRecord(row: WatchRow): WatchRecord {
     updated_at: row.updated_at,
     finished_at: row.finished_at,
   };
-}
-
-/** Which state an event leaves its watch in. */
-function stateAfter(event: RunEvent): WatchState {
-  if (event.type === 'watch.error') return event.error.code === 'aborted' ? 'deleted' : 'failed';
-  return RUN_KIND.rules.terminal.has(event.to) ? 'finished' : 'active';
 }
 
 /**
@@ -109,7 +137,22 @@ export class SqliteStore implements Store {
     if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
     this.#db = new DatabaseSync(file);
     this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;');
-    this.#db.exec(SCHEMA);
+    this.#migrate(file);
+  }
+
+  /** Creates the schema, or brings an older one up to date in one transaction; refuses a newer one. */
+  #migrate(file: string): void {
+    const version = (this.#db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version;
+    if (version === SCHEMA_VERSION) return;
+    if (version > SCHEMA_VERSION) {
+      this.#db.close();
+      throw new ConfigError(`${file} was written by a newer runwatch (schema ${version}, this one knows ${SCHEMA_VERSION}): run that version, or start on an empty data dir`);
+    }
+    const hasWatches = this.#db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'watches'").get() !== undefined;
+    this.#transaction(() => {
+      this.#db.exec(hasWatches ? MIGRATE_FROM_0 : WATCHES + LOG);
+      this.#db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+    });
   }
 
   #sql(sql: string): StatementSync {
@@ -134,14 +177,16 @@ export class SqliteStore implements Store {
   }
 
   createWatch(input: NewWatch, nowMs: number): { watch: WatchRecord; created: boolean } {
+    const key = targetKey(input);
     return this.#transaction(() => {
-      const existing = this.#sql('SELECT * FROM watches WHERE thread_id = ? AND run_id = ?').get(input.thread_id, input.run_id) as WatchRow | undefined;
+      const existing = this.#sql('SELECT * FROM watches WHERE target = ?').get(key) as WatchRow | undefined;
       if (existing) return { watch: toRecord(existing), created: false };
       const order = (this.#sql('SELECT COALESCE(MAX(created_order), 0) + 1 AS n FROM watches').get() as { n: number }).n;
+      const ids = idColumns(input);
       this.#sql(
-        `INSERT INTO watches (id, thread_id, run_id, metadata, callback_url, state, seq, created_at, updated_at, created_order)
-         VALUES (?, ?, ?, ?, ?, 'active', 0, ?, ?, ?)`,
-      ).run(input.id, input.thread_id, input.run_id, input.metadata ? JSON.stringify(input.metadata) : null, input.callback_url ?? null, nowMs, nowMs, order);
+        `INSERT INTO watches (id, kind, target, thread_id, run_id, response_id, metadata, callback_url, state, seq, created_at, updated_at, created_order)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?, ?)`,
+      ).run(input.id, input.kind, key, ids.thread_id, ids.run_id, ids.response_id, input.metadata ? JSON.stringify(input.metadata) : null, input.callback_url ?? null, nowMs, nowMs, order);
       return { watch: this.getWatch(input.id)!, created: true };
     });
   }
@@ -163,18 +208,20 @@ export class SqliteStore implements Store {
     return (this.#sql("SELECT * FROM watches WHERE state = 'active' ORDER BY created_order").all() as unknown as WatchRow[]).map(toRecord);
   }
 
-  recordEvent(event: RunEvent, sinks: readonly string[], nowMs: number): number {
+  recordEvent(event: StoredWatchEvent, sinks: readonly string[], nowMs: number): number {
     const payload = JSON.stringify(event);
+    const ids = idColumns(eventTarget(event));
     return this.#transaction(() => {
       // a redelivered engine event (same id) must not become a second, different payload
       const existing = this.#sql('SELECT pos FROM events WHERE event_id = ?').get(event.id) as { pos: number } | undefined;
       if (existing) return existing.pos;
       const pos = Number(
-        this.#sql('INSERT INTO events (event_id, watch_id, thread_id, run_id, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)').run(
+        this.#sql('INSERT INTO events (event_id, watch_id, thread_id, run_id, response_id, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
           event.id,
           event.watch_id,
-          event.thread_id,
-          event.run_id,
+          ids.thread_id ?? '',
+          ids.run_id ?? '',
+          ids.response_id,
           payload,
           nowMs,
         ).lastInsertRowid,
@@ -199,7 +246,7 @@ export class SqliteStore implements Store {
         this.#sql(
           `UPDATE watches SET state = ?, status = ?, seq = ?, last_snapshot = ?, updated_at = ?, finished_at = ?,
              status_since = CASE WHEN ? THEN ? ELSE status_since END WHERE id = ?`,
-        ).run(state, event.to, event.seq, JSON.stringify(event.run), nowMs, ended, changed ? 1 : 0, nowMs, event.watch_id);
+        ).run(state, event.to, event.seq, JSON.stringify(snapshotOf(event)), nowMs, ended, changed ? 1 : 0, nowMs, event.watch_id);
       }
       return pos;
     });
@@ -249,13 +296,12 @@ export class SqliteStore implements Store {
   eventsAfter(pos: number, filter: EventFilter, limit: number): StoredEvent[] {
     const clauses = ['pos > ?'];
     const params: Array<string | number> = [pos];
-    if (filter.run_id) {
-      clauses.push('run_id = ?');
-      params.push(filter.run_id);
-    }
-    if (filter.thread_id) {
-      clauses.push('thread_id = ?');
-      params.push(filter.thread_id);
+    for (const field of ['run_id', 'thread_id', 'response_id'] as const) {
+      const value = filter[field];
+      if (value) {
+        clauses.push(`${field} = ?`);
+        params.push(value);
+      }
     }
     params.push(limit);
     return this.#sql(`SELECT pos, event_id, watch_id, payload FROM events WHERE ${clauses.join(' AND ')} ORDER BY pos LIMIT ?`).all(...params) as unknown as StoredEvent[];
@@ -294,4 +340,9 @@ export class SqliteStore implements Store {
   close(): void {
     if (this.#db.isOpen) this.#db.close();
   }
+}
+
+/** The id columns of a target; the others are null. */
+function idColumns(target: WatchTarget): { thread_id: string | null; run_id: string | null; response_id: string | null } {
+  return target.kind === 'run' ? { thread_id: target.thread_id, run_id: target.run_id, response_id: null } : { thread_id: null, run_id: null, response_id: target.response_id };
 }

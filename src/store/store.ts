@@ -1,5 +1,6 @@
-import type { RunEvent, WatchErrorDetails } from '../events.js';
-import type { RunSnapshot } from '../resource.js';
+import type { ResponseEvent, RunEvent, WatchErrorDetails } from '../events.js';
+import { RESPONSE_KIND, RUN_KIND } from '../resource.js';
+import type { ResourceKind, Snapshot } from '../resource.js';
 
 /** Where a watch is in its life. */
 export type WatchState = 'active' | 'finished' | 'failed' | 'deleted';
@@ -7,11 +8,20 @@ export type WatchState = 'active' | 'finished' | 'failed' | 'deleted';
 /** Every watch state. */
 export const WATCH_STATES: readonly WatchState[] = ['active', 'finished', 'failed', 'deleted'];
 
-/** A watch as stored. Times are epoch milliseconds. */
-export interface WatchRecord {
+/** What a stored watch watches: a run (`thread_id`, `run_id`) or a background response (`response_id`). */
+export type WatchTarget =
+  | { readonly kind: 'run'; readonly thread_id: string; readonly run_id: string }
+  | { readonly kind: 'response'; readonly response_id: string };
+
+/** The kinds a stored watch can have. */
+export type WatchKindName = WatchTarget['kind'];
+
+/** The events of stored watches (thread guards are a library and CLI feature, never stored). */
+export type StoredWatchEvent = RunEvent | ResponseEvent;
+
+/** Fields of a stored watch besides its target. Times are epoch milliseconds. */
+export interface WatchFields {
   readonly id: string;
-  readonly thread_id: string;
-  readonly run_id: string;
   readonly metadata: Readonly<Record<string, string>> | null;
   readonly callback_url: string | null;
   readonly state: WatchState;
@@ -19,7 +29,7 @@ export interface WatchRecord {
   readonly status: string | null;
   /** Last event seq handed out. */
   readonly seq: number;
-  readonly last_snapshot: RunSnapshot | null;
+  readonly last_snapshot: Snapshot | null;
   readonly error: WatchErrorDetails | null;
   /** Since when the run has had `status`. */
   readonly status_since: number | null;
@@ -29,13 +39,49 @@ export interface WatchRecord {
   readonly finished_at: number | null;
 }
 
+/** A watch as stored: its target and its fields. */
+export type WatchRecord = WatchTarget & WatchFields;
+
 /** What a client asks to watch. */
-export interface NewWatch {
+export type NewWatch = WatchTarget & {
   readonly id: string;
-  readonly thread_id: string;
-  readonly run_id: string;
   readonly metadata?: Readonly<Record<string, string>> | null;
   readonly callback_url?: string | null;
+};
+
+/** The target alone (the id fields), e.g. to build a view or a request. */
+export function targetOf(target: WatchTarget): WatchTarget {
+  return target.kind === 'run' ? { kind: 'run', thread_id: target.thread_id, run_id: target.run_id } : { kind: 'response', response_id: target.response_id };
+}
+
+/** The resource kind that polls a target. */
+export function kindOf(target: WatchTarget | WatchKindName): ResourceKind<object, Snapshot> {
+  const name = typeof target === 'string' ? target : target.kind;
+  return (name === 'run' ? RUN_KIND : RESPONSE_KIND) as unknown as ResourceKind<object, Snapshot>;
+}
+
+/**
+ * The unique key of a target: one watch per run or response. A run's key is the one earlier
+ * versions stored (`thread\nrun`); `:` never occurs in an id, so the two forms cannot collide.
+ */
+export function targetKey(target: WatchTarget): string {
+  return target.kind === 'run' ? `${target.thread_id}\n${target.run_id}` : `response:${target.response_id}`;
+}
+
+/** The id an event's target is ordered by (its run or response id): one target, one outbox partition. */
+export function orderingId(target: WatchTarget): string {
+  return target.kind === 'run' ? target.run_id : target.response_id;
+}
+
+/** The target of a stored event. */
+export function eventTarget(event: StoredWatchEvent): WatchTarget {
+  return 'run_id' in event ? { kind: 'run', thread_id: event.thread_id, run_id: event.run_id } : { kind: 'response', response_id: event.response_id };
+}
+
+/** Which state an event leaves its watch in. */
+export function stateAfter(event: StoredWatchEvent): WatchState {
+  if (event.type === 'watch.error') return event.error.code === 'aborted' ? 'deleted' : 'failed';
+  return kindOf(eventTarget(event)).rules.terminal.has(event.to) ? 'finished' : 'active';
 }
 
 /** A stored event with its position in the log (the SSE id). */
@@ -67,6 +113,7 @@ export interface SinkStats {
 export interface EventFilter {
   readonly thread_id?: string;
   readonly run_id?: string;
+  readonly response_id?: string;
 }
 
 /**
@@ -74,7 +121,7 @@ export interface EventFilter {
  * with its watch's new state and one delivery row per sink in a single transaction.
  */
 export interface Store {
-  /** Creates a watch, or returns the one for the same (thread_id, run_id). */
+  /** Creates a watch, or returns the one for the same target (run or response). */
   createWatch(input: NewWatch, nowMs: number): { watch: WatchRecord; created: boolean };
   getWatch(id: string): WatchRecord | undefined;
   /** Watches ordered by creation, after the cursor `after` (a watch id). */
@@ -85,7 +132,7 @@ export interface Store {
    * Appends an event, updates its watch, and queues a delivery per sink (and to the watch's
    * callback when it has one); one transaction. Returns the event's position.
    */
-  recordEvent(event: RunEvent, sinks: readonly string[], nowMs: number): number;
+  recordEvent(event: StoredWatchEvent, sinks: readonly string[], nowMs: number): number;
   /** Marks a watch deleted (no more polling). */
   markDeleted(id: string, nowMs: number): WatchRecord | undefined;
   /** Saves planned poll times (best effort, batched). */
