@@ -6,7 +6,7 @@ import type { Credentials } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import { isResponseEvent, isRunEvent } from '../events.js';
-import type { ResponseSnapshot, RunSnapshot, Snapshot } from '../resource.js';
+import type { Snapshot } from '../resource.js';
 import { FileSink } from '../sinks/file.js';
 import { loadModuleSink } from '../sinks/module.js';
 import type { Sink } from '../sinks/sink.js';
@@ -249,11 +249,10 @@ export class Daemon implements RunningDaemon {
       statusSinceMs: record.status_since ?? undefined,
       cancelAfterStallMs: this.#config.daemon.cancelAfterStallMs ?? undefined,
     };
-    // the stored snapshot is the kind's own: the store wrote it from that kind's events
     const handle: WatchHandle<Snapshot> =
       record.kind === 'run'
-        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, lastSnapshot: record.last_snapshot as RunSnapshot | null })
-        : this.#watcher.watchResponse({ ...options, responseId: record.response_id, lastSnapshot: record.last_snapshot as ResponseSnapshot | null });
+        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, lastSnapshot: record.last_snapshot })
+        : this.#watcher.watchResponse({ ...options, responseId: record.response_id, lastSnapshot: record.last_snapshot });
     this.#handles.set(record.id, handle);
   }
 
