@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ToolCall, ToolHandler } from './actions.js';
+import { actWithRetries, callToolHandler, errorDetails, toolCallsKey, toolCallsOf } from './actions.js';
 import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
@@ -10,7 +12,7 @@ import { ApiClient, assertValidHeader } from './client.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
 import type { WatchEvent } from './events.js';
-import type { ActionEventName, WatchErrorDetails } from './events.js';
+import type { ActionEventName } from './events.js';
 import { actionEvent, emissionEvent, watchErrorEvent } from './events.js';
 import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
@@ -20,6 +22,8 @@ import { MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy } from './sc
 import type { MachineState } from './status.js';
 import type { Progress, StepSettings } from './step.js';
 import { applyOutcome, deadlineMessage, initialProgress } from './step.js';
+
+export type { RequiresActionContext, ToolCall, ToolHandler, ToolOutput } from './actions.js';
 
 /** Defaults of the deadline settings of `RunWatcherOptions`. */
 export const DEFAULT_DEADLINES = Object.freeze({ defaultTimeoutMs: 3_600_000, expiresGraceMs: 120_000 });
@@ -99,35 +103,6 @@ export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
    */
   readonly cancelAfterStallMs?: number;
 }
-
-/** One tool call of a run in `requires_action`. */
-export interface ToolCall {
-  readonly id: string;
-  readonly type: string;
-  readonly function?: { readonly name: string; readonly arguments: string };
-}
-
-/** One output to submit: the tool call it answers, and its output (a string, often JSON). */
-export interface ToolOutput {
-  readonly tool_call_id: string;
-  readonly output: string;
-}
-
-/** What a tool handler gets: the run's tool calls, the run, and the watch's signal. */
-export interface RequiresActionContext {
-  readonly toolCalls: readonly ToolCall[];
-  readonly run: RunSnapshot;
-  /** Aborted when the watch ends (aborted, closed): stop the work. */
-  readonly signal: AbortSignal;
-}
-
-/**
- * Answers a run's tool calls. Must return one output per tool call; they are submitted in one
- * `POST .../submit_tool_outputs`. If it throws (or returns too few outputs), a
- * `run.action_failed` event says so and the run is left for a person: the handler is not
- * called again for the same tool calls.
- */
-export type ToolHandler = (context: RequiresActionContext) => Promise<readonly ToolOutput[]> | readonly ToolOutput[];
 
 /** Options of one run watch. */
 export interface WatchRunOptions extends WatchOptions<RunSnapshot> {
@@ -646,7 +621,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   #startToolHandler(w: AnyWatch): boolean {
     const run = w.progress.lastSnapshot;
     const calls = toolCallsOf(run);
-    const key = calls.map((call) => call.id).join(',');
+    const key = toolCallsKey(calls);
     if (calls.length === 0 || key === w.handledCalls || !run) return false;
     w.handledCalls = key;
     // no poll while the handler works, but the deadline still holds (it aborts the handler's signal)
@@ -657,26 +632,16 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   async #runToolHandler(w: AnyWatch, run: RunSnapshot, calls: readonly ToolCall[]): Promise<void> {
     const ids = calls.map((call) => call.id);
-    let outputs: readonly ToolOutput[];
-    try {
-      const handler = w.onRequiresAction!;
-      // a handler that never settles must not hold close() or the deadline: the watch's signal ends the wait
-      outputs = await untilAborted(
-        Promise.resolve().then(() => handler({ toolCalls: calls, run, signal: w.request.signal })),
-        w.request.signal,
-      );
-      const missing = ids.filter((id) => !outputs.some((o) => o.tool_call_id === id && typeof o.output === 'string'));
-      if (missing.length > 0) throw new Error(`no output for tool call(s) ${missing.join(', ')}`);
-    } catch (error) {
-      if (w.done) return;
-      const message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').slice(0, 300);
-      this.#log(w, 'warn')?.warn({ toolCalls: ids }, `tool handler failed: ${message}`);
-      this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: { code: 'tool_handler_failed', message } });
+    // a handler that never settles must not hold close() or the deadline: the watch's signal ends the wait
+    const result = await callToolHandler(w.onRequiresAction!, run, calls, w.request.signal);
+    if (w.done) return;
+    if (!result.ok) {
+      this.#log(w, 'warn')?.warn({ toolCalls: ids }, `tool handler failed: ${result.error.message}`);
+      this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: result.error });
       this.#planAgain(w);
       return;
     }
-    if (w.done) return;
-    const outcome = await this.#act(w, 'submit_tool_outputs', { tool_outputs: outputs.map(({ tool_call_id, output }) => ({ tool_call_id, output })) });
+    const outcome = await this.#act(w, 'submit_tool_outputs', { tool_outputs: result.outputs });
     if (w.done) return;
     if (!outcome.ok) {
       this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(outcome) });
@@ -688,17 +653,29 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#apply(w, outcome, Date.now());
   }
 
-  /** One POST with up to three tries on transient failures (obeying retry-after up to 5 s); actions bypass the rate budget. */
+  /** One POST with retries on transient failures; each try takes a slot of the request budget like a poll. */
   async #act(w: AnyWatch, action: ResourceAction, body: unknown): Promise<PollOutcome<Snapshot>> {
-    let outcome: PollOutcome<Snapshot> = { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
-    for (let attempt = 1; attempt <= 3 && !w.done; attempt += 1) {
-      outcome = await this.#client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal: w.request.signal, credentials: w.credentials, headers: w.headers });
-      if (outcome.ok || !outcome.retryable || attempt === 3) break;
-      const waitMs = Math.min(5_000, Math.max(500 * attempt, outcome.hints.retryAfterMs ?? 0));
-      // the watch ending (its signal) cuts the wait short; the loop then stops on w.done
-      await sleep(waitMs, undefined, { signal: w.request.signal }).catch(() => undefined);
+    const signal = w.request.signal;
+    return actWithRetries(async () => {
+      if (!(await this.#acquire(signal))) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+      try {
+        return await this.#client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers });
+      } finally {
+        this.#budget.release();
+        this.#pump();
+      }
+    }, signal);
+  }
+
+  /** Waits for a slot of the request budget (rate and in-flight), for an action; false when `signal` aborted first. */
+  async #acquire(signal: AbortSignal): Promise<boolean> {
+    while (!signal.aborted) {
+      const now = Date.now();
+      if (this.#budget.tryAcquire(now)) return true;
+      // no refill time means the in-flight cap is the limit: a poll ends within its request timeout
+      await sleep(Math.max(1, this.#budget.waitMs(now) ?? 25), undefined, { signal }).catch(() => undefined);
     }
-    return outcome;
+    return false;
   }
 
   /** After an action that did not move the resource on: the next poll as the policy says. */
@@ -801,38 +778,6 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       this.#logger.error({ err: error, listener: name }, 'a listener threw; polling goes on');
     }
   }
-}
-
-/** The tool calls of a run in `requires_action` (checked: the snapshot is the server's data). */
-function toolCallsOf(snapshot: Snapshot | null): ToolCall[] {
-  const action = snapshot?.required_action;
-  if (typeof action !== 'object' || action === null) return [];
-  const calls = (action as { submit_tool_outputs?: { tool_calls?: unknown } }).submit_tool_outputs?.tool_calls;
-  if (!Array.isArray(calls)) return [];
-  return calls.filter((call): call is ToolCall => typeof call === 'object' && call !== null && typeof (call as { id?: unknown }).id === 'string');
-}
-
-/** Settles like `promise`, or rejects when `signal` aborts first; the listener is removed either way. */
-function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(signal.reason as Error);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason as Error);
-    signal.addEventListener('abort', onAbort, { once: true });
-    promise.then(
-      (value) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(value);
-      },
-      (error: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(error instanceof Error ? error : new Error(String(error)));
-      },
-    );
-  });
-}
-
-function errorDetails(failure: PollFailure): WatchErrorDetails {
-  return failure.httpStatus === undefined ? { code: failure.code, message: failure.message } : { code: failure.code, message: failure.message, http_status: failure.httpStatus };
 }
 
 function checkDuration(name: string, value: unknown): number {

@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiClient } from '../src/client.js';
+import type { PollClient } from '../src/client.js';
 import type { RunEvent, WatchEvent } from '../src/events.js';
 import type { RunningSimulator, TimelineStep } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
@@ -103,6 +105,30 @@ describe('tool handler (onRequiresAction)', () => {
     }).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'deadline_exceeded' });
     expect(aborted).toBe(true);
+  });
+
+  it('sends the submission inside the request budget, like a poll', async () => {
+    const ids = addRun([{ status: 'requires_action' }, { status: 'completed' }]);
+    const api = new ApiClient(client());
+    const inFlightDuringPost: number[] = [];
+    const counting: PollClient = {
+      retrieve: (kind, ref, context) => api.retrieve(kind, ref, context),
+      act: (kind, ref, action, body, context) => {
+        inFlightDuringPost.push(watcher.budget.inFlight);
+        return api.act(kind, ref, action, body, context);
+      },
+      close: () => api.close(),
+    };
+    const watcher = new RunWatcher({ client: counting, policy: FAST, maxInFlight: 1 });
+    try {
+      const handle = watcher.watchRun({ ...ids, onRequiresAction: ({ toolCalls }) => toolCalls.map((c) => ({ tool_call_id: c.id, output: 'ok' })) });
+      expect((await handle.promise).status).toBe('completed');
+    } finally {
+      await watcher.close();
+      api.close();
+    }
+    // the POST held the only slot: no poll could run beside it
+    expect(inFlightDuringPost).toEqual([1]);
   });
 
   it('refuses onRequiresAction together with resolveOn requires_action', () => {

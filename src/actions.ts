@@ -1,0 +1,133 @@
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
+import type { PollFailure, PollOutcome } from './client.js';
+import { ConfigError } from './errors.js';
+import type { WatchErrorDetails } from './events.js';
+import type { RunSnapshot, Snapshot } from './resource.js';
+
+/** One tool call of a run in `requires_action`. */
+export interface ToolCall {
+  readonly id: string;
+  readonly type: string;
+  readonly function?: { readonly name: string; readonly arguments: string };
+}
+
+/** One output to submit: the tool call it answers, and its output (a string, often JSON). */
+export interface ToolOutput {
+  readonly tool_call_id: string;
+  readonly output: string;
+}
+
+/** What a tool handler gets: the run's tool calls, the run, and the watch's signal. */
+export interface RequiresActionContext {
+  readonly toolCalls: readonly ToolCall[];
+  readonly run: RunSnapshot;
+  /** Aborted when the watch ends (aborted, closed, deadline, daemon shutdown): stop the work. */
+  readonly signal: AbortSignal;
+}
+
+/**
+ * Answers a run's tool calls. Must return one output per tool call; they are submitted in one
+ * `POST .../submit_tool_outputs`. If it throws (or returns too few outputs), a
+ * `run.action_failed` event says so and the run is left for a person: the handler is not
+ * called again for the same tool calls.
+ */
+export type ToolHandler = (context: RequiresActionContext) => Promise<readonly ToolOutput[]> | readonly ToolOutput[];
+
+/** The tool calls of a run in `requires_action` (checked: the snapshot is the server's data). */
+export function toolCallsOf(snapshot: Snapshot | null): ToolCall[] {
+  const action = snapshot?.required_action;
+  if (typeof action !== 'object' || action === null) return [];
+  const calls = (action as { submit_tool_outputs?: { tool_calls?: unknown } }).submit_tool_outputs?.tool_calls;
+  if (!Array.isArray(calls)) return [];
+  return calls.filter((call): call is ToolCall => typeof call === 'object' && call !== null && typeof (call as { id?: unknown }).id === 'string');
+}
+
+/** Identifies one set of tool calls: a handler runs once per set. */
+export function toolCallsKey(calls: readonly ToolCall[]): string {
+  return calls.map((call) => call.id).join(',');
+}
+
+/** What a tool handler produced: an output per call, or why not (a one-line message). */
+export type HandlerResult = { readonly ok: true; readonly outputs: readonly ToolOutput[] } | { readonly ok: false; readonly error: WatchErrorDetails };
+
+/**
+ * Calls `handler` and checks it answered every call. Never throws: a throw, a missing output
+ * or `signal` aborting first (the handler may ignore it) is an `{ ok: false }` result.
+ */
+export async function callToolHandler(handler: ToolHandler, run: RunSnapshot, calls: readonly ToolCall[], signal: AbortSignal): Promise<HandlerResult> {
+  try {
+    const outputs = await untilAborted(
+      Promise.resolve().then(() => handler({ toolCalls: calls, run, signal })),
+      signal,
+    );
+    const missing = calls.filter((call) => !outputs.some((o) => o.tool_call_id === call.id && typeof o.output === 'string')).map((call) => call.id);
+    if (missing.length > 0) throw new Error(`no output for tool call(s) ${missing.join(', ')}`);
+    return { ok: true, outputs: outputs.map(({ tool_call_id, output }) => ({ tool_call_id, output })) };
+  } catch (error) {
+    const message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').slice(0, 300);
+    return { ok: false, error: { code: 'tool_handler_failed', message } };
+  }
+}
+
+/** Tries of one action: a transient failure (429, 5xx, network) is retried twice. */
+const ACTION_TRIES = 3;
+
+/**
+ * One POST with up to three tries on transient failures, waiting 0.5 s, then 1 s (or the
+ * server's `retry-after`, up to 5 s) in between; `signal` cuts the waits short.
+ */
+export async function actWithRetries<T extends Snapshot>(send: () => Promise<PollOutcome<T>>, signal: AbortSignal): Promise<PollOutcome<T>> {
+  let outcome: PollOutcome<T> = { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+  for (let attempt = 1; attempt <= ACTION_TRIES && !signal.aborted; attempt += 1) {
+    outcome = await send();
+    if (outcome.ok || !outcome.retryable || attempt === ACTION_TRIES) break;
+    const waitMs = Math.min(5_000, Math.max(500 * attempt, outcome.hints.retryAfterMs ?? 0));
+    await sleep(waitMs, undefined, { signal }).catch(() => undefined);
+  }
+  return outcome;
+}
+
+/** The details of a failed request, as an `action_failed` event carries them. */
+export function errorDetails(failure: PollFailure): WatchErrorDetails {
+  return failure.httpStatus === undefined ? { code: failure.code, message: failure.message } : { code: failure.code, message: failure.message, http_status: failure.httpStatus };
+}
+
+/** Settles like `promise`, or rejects when `signal` aborts first; the listener is removed either way. */
+export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(error instanceof Error ? error : new Error(String(error)));
+      },
+    );
+  });
+}
+
+/**
+ * Loads a tool handler from a module (the daemon's `daemon.toolHandler`): either it exports
+ * `createToolHandler(options)` returning the handler (for setup, e.g. clients), or its default
+ * export is the handler itself (both are functions, so the factory needs its own name).
+ */
+export async function loadToolHandler(modulePath: string, options: Readonly<Record<string, unknown>> = {}): Promise<ToolHandler> {
+  let module: { default?: unknown; createToolHandler?: unknown };
+  try {
+    module = (await import(pathToFileURL(path.resolve(modulePath)).href)) as typeof module;
+  } catch (error) {
+    throw new ConfigError(`cannot load tool handler module ${modulePath}: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  const handler = typeof module.createToolHandler === 'function' ? await (module.createToolHandler as (o: unknown) => unknown)(options) : module.default;
+  if (typeof handler !== 'function') {
+    throw new ConfigError(`tool handler module ${modulePath} must export default a function ({ toolCalls, run, signal }) => outputs, or export createToolHandler(options) returning one`);
+  }
+  return handler as ToolHandler;
+}
