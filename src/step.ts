@@ -51,6 +51,12 @@ export type StepResult =
   /** A permanent failure ends the watch. */
   | { readonly kind: 'failed'; readonly failure: PollFailure };
 
+/** The next step after an action that did not move the resource on: the next poll as the policy says for its status. */
+export function stepAfterAction(policy: PollPolicy, progress: Progress, nowMs: number, random: () => number): NextStep {
+  const delayMs = nextDelayMs(policy, { status: progress.status, unchangedPolls: progress.unchangedPolls, consecutiveErrors: 0 }, random);
+  return planNextStep(nowMs, delayMs, progress.deadlineAtMs);
+}
+
 /** The progress of a watch that has not polled yet. */
 export function initialProgress(
   kind: ResourceKind<object, Snapshot>,

@@ -18,10 +18,10 @@ import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
-import { MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy } from './schedule.js';
+import { MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
 import type { MachineState } from './status.js';
 import type { Progress, StepSettings } from './step.js';
-import { applyOutcome, deadlineMessage, initialProgress } from './step.js';
+import { applyOutcome, deadlineMessage, initialProgress, stepAfterAction } from './step.js';
 
 export type { RequiresActionContext, ToolCall, ToolHandler, ToolOutput } from './actions.js';
 
@@ -680,9 +680,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** After an action that did not move the resource on: the next poll as the policy says. */
   #planAgain(w: AnyWatch): void {
-    const now = Date.now();
-    const delayMs = nextDelayMs(this.policy, { status: w.progress.status, unchangedPolls: w.progress.unchangedPolls, consecutiveErrors: 0 }, this.#random);
-    this.#plan(w, planNextStep(now, delayMs, w.progress.deadlineAtMs));
+    this.#plan(w, stepAfterAction(this.policy, w.progress, Date.now(), this.#random));
   }
 
   #emitAction(w: AnyWatch, action: ActionEventName, details: Parameters<typeof actionEvent>[5]): void {

@@ -39,11 +39,10 @@ export interface ControlApiDeps {
   listWatches(query: { state?: WatchState; limit: number; after?: string }): MaybePromise<WatchView[]>;
   deleteWatch(id: string): MaybePromise<WatchView | undefined>;
   /**
-   * Asks the provider to cancel the watched run; the watch goes on to `cancelled`. Resolves
-   * `undefined` for an unknown watch; rejects with `WatchError` when the provider refused.
-   * Absent when the store does not support it (Redis mode).
+   * Asks the provider to cancel the watched run or response; the watch goes on to `cancelled`.
+   * Resolves `undefined` for an unknown watch; rejects with `WatchError` when the provider refused.
    */
-  cancelWatch?(id: string): Promise<WatchView | undefined>;
+  cancelWatch(id: string): Promise<WatchView | undefined>;
   eventsAfter(pos: number, filter: EventFilter, limit: number): MaybePromise<StoredEvent[]>;
   /** Calls `listener` whenever events were recorded; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
@@ -291,7 +290,6 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       only('POST');
       const id = decodeURIComponent(cancelMatch[1]!);
       checkId('watch id', id);
-      if (!deps.cancelWatch) throw new ApiError(501, 'not_implemented', 'cancel is not available with this store; use runwatch cancel <thread_id> <run_id> (or cancel-response <response_id>)');
       const current = await deps.getWatch(id);
       if (!current) throw new ApiError(404, 'not_found', `no watch ${id}`);
       if (current.state !== 'active') throw new ApiError(409, 'conflict', `watch ${id} is ${current.state}: only an active watch can be cancelled`);

@@ -30,6 +30,7 @@ export const DEFAULT_CONFIG = Object.freeze({
     maxBodyBytes: 65_536,
     stallThresholdMs: 600_000,
     cancelAfterStallMs: null as number | null,
+    toolHandler: null as { path: string; options?: Record<string, unknown> } | null,
     callbackHosts: [] as string[],
   },
   sinks: {
@@ -85,6 +86,7 @@ const schema = z
         maxBodyBytes: positiveInt.max(10_000_000),
         stallThresholdMs: durationMs,
         cancelAfterStallMs: durationMs.nullable(),
+        toolHandler: z.object({ path: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() }).strict().nullable(),
         callbackHosts: z.array(z.string().min(1)),
       })
       .strict(),
@@ -227,9 +229,6 @@ export function validateConfig(input: unknown): DaemonConfig {
     resolvePollPolicy(config.watch.policy);
   } catch (error) {
     throw new ConfigError(`invalid config.watch.policy: ${(error as Error).message}`);
-  }
-  if (config.daemon.cancelAfterStallMs !== null && config.store.kind === 'redis') {
-    throw new ConfigError('invalid config.daemon.cancelAfterStallMs: not available with store.kind "redis" yet; leave it null');
   }
   if (config.sinks.delivery.backoffCapMs < config.sinks.delivery.backoffBaseMs) throw new ConfigError('invalid config.sinks.delivery.backoffCapMs: must be >= backoffBaseMs');
   return config;

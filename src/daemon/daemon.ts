@@ -2,6 +2,8 @@ import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type { Logger } from 'pino';
+import type { ToolHandler } from '../actions.js';
+import { loadToolHandler } from '../actions.js';
 import type { Credentials } from '../client.js';
 import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
@@ -49,6 +51,12 @@ export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets):
   const duplicate = names.find((name, i) => names.indexOf(name) !== i || name === 'callback');
   if (duplicate) throw new ConfigError(`two sinks are named ${duplicate}: give each module sink its own name`);
   return sinks;
+}
+
+/** The configured tool handler (`daemon.toolHandler`), loaded once at start; throws `ConfigError`. */
+export async function loadDaemonToolHandler(config: DaemonConfig): Promise<ToolHandler | undefined> {
+  const module = config.daemon.toolHandler;
+  return module ? loadToolHandler(module.path, module.options) : undefined;
 }
 
 /** A stored watch as the API shows it. */
@@ -118,6 +126,7 @@ export class Daemon implements RunningDaemon {
   readonly #api: ReturnType<typeof createControlApi>;
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #fileSink: FileSink | undefined;
+  readonly #toolHandler: ToolHandler | undefined;
   #shutdown: Promise<void> | null = null;
   #address: AddressInfo | null = null;
   #fail: (error: Error) => void = () => undefined;
@@ -129,10 +138,11 @@ export class Daemon implements RunningDaemon {
     this.#fail = reject;
   });
 
-  private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[]) {
+  private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[], toolHandler: ToolHandler | undefined) {
     // nobody may be listening yet; the rejection is still delivered to whoever awaits it later
     this.failed.catch(() => undefined);
     this.#config = config;
+    this.#toolHandler = toolHandler;
     this.#logger = logger;
     this.#store = new SqliteStore(path.join(config.daemon.dataDir, 'runwatch.db'));
     this.#fileSink = sinks.find((s): s is FileSink => s instanceof FileSink);
@@ -219,7 +229,7 @@ export class Daemon implements RunningDaemon {
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<Daemon> {
     assertSafeBind(config, secrets);
     const sinks = await createSinks(config, secrets);
-    const daemon = new Daemon(config, secrets, logger, sinks);
+    const daemon = new Daemon(config, secrets, logger, sinks, await loadDaemonToolHandler(config));
     await daemon.#begin();
     return daemon;
   }
@@ -251,7 +261,7 @@ export class Daemon implements RunningDaemon {
     };
     const handle: WatchHandle<Snapshot> =
       record.kind === 'run'
-        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, lastSnapshot: record.last_snapshot })
+        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, lastSnapshot: record.last_snapshot, onRequiresAction: this.#toolHandler })
         : this.#watcher.watchResponse({ ...options, responseId: record.response_id, lastSnapshot: record.last_snapshot });
     this.#handles.set(record.id, handle);
   }

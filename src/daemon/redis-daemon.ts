@@ -6,31 +6,48 @@ import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import { ApiClient } from '../client.js';
 import type { PollOutcome } from '../client.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, WatchError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
-import { emissionEvent, watchErrorEvent } from '../events.js';
-import type { Snapshot } from '../resource.js';
+import type { ToolHandler } from '../actions.js';
+import { actWithRetries, callToolHandler, errorDetails, toolCallsKey, toolCallsOf } from '../actions.js';
+import type { ActionEventName } from '../events.js';
+import { actionEvent, emissionEvent, watchErrorEvent } from '../events.js';
+import type { RunSnapshot, Snapshot } from '../resource.js';
 import { resolvePollPolicy, retryAfterFloorMs } from '../schedule.js';
 import type { PollPolicy } from '../schedule.js';
 import { FileSink } from '../sinks/file.js';
 import type { Sink } from '../sinks/sink.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import type { Progress, StepSettings } from '../step.js';
-import { applyOutcome, deadlineMessage, initialProgress } from '../step.js';
+import { applyOutcome, deadlineMessage, initialProgress, stepAfterAction } from '../step.js';
 import { pairs, RedisState } from '../store/redis.js';
+import type { StoredWatch } from '../store/redis.js';
 import type { StoredWatchEvent, WatchRecord, WatchState } from '../store/store.js';
 import { kindOf, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import { createControlApi } from './api.js';
-import type { NewWatchInput } from './api.js';
+import type { NewWatchInput, WatchView } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { effectiveBaseUrl } from './config.js';
 import type { DaemonSecrets, RunningDaemon } from './daemon.js';
-import { assertSafeBind, createSinks, listen, watchView } from './daemon.js';
+import { assertSafeBind, createSinks, listen, loadDaemonToolHandler, watchView } from './daemon.js';
 import { DaemonMetrics } from './metrics.js';
 import { PartitionedOutbox } from './redis-outbox.js';
 
 const QUEUE = 'polls';
+/** How soon a step refused as stale (an action was recorded meanwhile) runs again. */
+const STALE_RETRY_MS = 50;
+
+type Step = ReturnType<typeof applyOutcome>;
+type ActionDetails = Parameters<typeof actionEvent>[5];
+
+/** What an action after an observation adds to the step. */
+interface Acted {
+  readonly events: StoredWatchEvent[];
+  readonly step: Step;
+  /** Hash fields that remember the action (`handled_calls`, `cancel_requested`). */
+  readonly fields: Record<string, string>;
+}
 
 /**
  * The daemon on Redis, for several replicas: each watch is one BullMQ job that polls once per
@@ -54,6 +71,9 @@ export class RedisDaemon implements RunningDaemon {
   readonly #listeners = new Set<() => void>();
   readonly #timers: NodeJS.Timeout[] = [];
   readonly #replicaId: string;
+  readonly #toolHandler: ToolHandler | undefined;
+  /** Aborted at shutdown: tool handlers and actions in flight stop, and their step is redone elsewhere. */
+  readonly #stopping = new AbortController();
   #lastPosition = 0;
   /** Fleet-wide figures for the gauges, refreshed in the background (scrapes must not wait on Redis). */
   #gauges: { active: number; outbox: Array<{ sink: string; pending: number; dead: number }> } = { active: 0, outbox: [] };
@@ -62,8 +82,9 @@ export class RedisDaemon implements RunningDaemon {
   /** Never rejects: with Redis, every write is a transaction a restart can redo. */
   readonly failed: Promise<never> = new Promise<never>(() => undefined);
 
-  private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[], redisUrl: string) {
+  private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[], redisUrl: string, toolHandler: ToolHandler | undefined) {
     this.#config = config;
+    this.#toolHandler = toolHandler;
     this.#logger = logger;
     this.#replicaId = `${hostname()}-${process.pid}-${randomWatchId().slice(2, 8)}`;
     // our own commands fail fast while Redis is away; BullMQ needs maxRetriesPerRequest null
@@ -123,6 +144,7 @@ export class RedisDaemon implements RunningDaemon {
         getWatch: async (id) => watchView(await this.#state.getWatch(id), null),
         listWatches: async (query) => (await this.#state.listWatches(query)).map((w) => watchView(w, w.next_poll_at)!),
         deleteWatch: (id) => this.#deleteWatch(id),
+        cancelWatch: (id) => this.#cancelWatch(id),
         eventsAfter: (pos, filter, limit) => this.#state.eventsAfter(pos, filter, limit),
         subscribe: (listener) => {
           this.#listeners.add(listener);
@@ -139,7 +161,7 @@ export class RedisDaemon implements RunningDaemon {
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<RedisDaemon> {
     assertSafeBind(config, secrets);
     if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
-    const daemon = new RedisDaemon(config, secrets, logger, await createSinks(config, secrets), secrets.redisUrl);
+    const daemon = new RedisDaemon(config, secrets, logger, await createSinks(config, secrets), secrets.redisUrl, await loadDaemonToolHandler(config));
     await daemon.#begin();
     return daemon;
   }
@@ -226,7 +248,7 @@ export class RedisDaemon implements RunningDaemon {
     };
   }
 
-  /** One step of one watch: poll once, commit what changed, then sleep in `delayed` until the next poll. */
+  /** One step of one watch: poll once, act if asked to, commit what changed, then sleep in `delayed` until the next poll. */
   async #process(job: Job<{ watchId: string }>, token: string | undefined): Promise<string> {
     const stored = await this.#state.load(job.data.watchId);
     if (!stored || stored.record.state !== 'active') return 'ended';
@@ -250,9 +272,18 @@ export class RedisDaemon implements RunningDaemon {
       const pauseMs = retryAfterFloorMs(this.#policy, outcome.hints) || 1_000;
       await this.#queue.rateLimit(pauseMs).catch(() => undefined);
     }
-    const step = applyOutcome(kind, progress, outcome, settings, now);
+    let step: Step = applyOutcome(kind, progress, outcome, settings, now);
     // a stored watch is a run or a response: so are its events
     const events = step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent);
+    let fields: Record<string, string> = {};
+    if (outcome.ok && step.result.kind === 'continue') {
+      const acted = await this.#act(stored, step.progress, settings);
+      if (acted) {
+        events.push(...acted.events);
+        step = acted.step;
+        fields = acted.fields;
+      }
+    }
     if (step.result.kind === 'failed') {
       const failure = step.result.failure;
       await this.#end(record, step.progress, progress.seq, failure.code, `${kind.name} ${kind.path(target)}: ${failure.message}`, failure.httpStatus, events);
@@ -260,14 +291,107 @@ export class RedisDaemon implements RunningDaemon {
     }
     const resolved = step.result.kind === 'resolved';
     const next = step.result.kind === 'continue' ? step.result.next : null;
-    const committed = await this.#commit(record, progress.seq, step.progress, resolved ? 'finished' : 'active', events, next?.kind === 'poll' ? next.atMs : null);
+    const committed = await this.#commit(record, progress.seq, step.progress, resolved ? 'finished' : 'active', events, next?.kind === 'poll' ? next.atMs : null, fields);
+    if (committed === 'stale') {
+      // a cancel over the API wrote an event meanwhile: observe again at once, from the new seq
+      await job.moveToDelayed(Date.now() + STALE_RETRY_MS, token);
+      throw new DelayedError();
+    }
     if (committed !== true || resolved) return committed === true ? 'resolved' : committed;
-    if (next?.kind === 'deadline' && next.atMs <= now) {
+    if (next?.kind === 'deadline' && next.atMs <= Date.now()) {
       await this.#end(record, step.progress, step.progress.seq, 'deadline_exceeded', deadlineMessage(step.progress), step.progress.lastFailure?.httpStatus);
       return 'deadline';
     }
     await job.moveToDelayed(next!.atMs, token);
     throw new DelayedError();
+  }
+
+  /**
+   * What the daemon does to a resource after an observation, as the watcher does: answer new
+   * tool calls with the tool handler, or cancel a resource stalled past `cancelAfterStallMs`.
+   * Returns the events, the step that follows and the hash fields that remember it.
+   */
+  async #act(stored: StoredWatch, progress: Progress, settings: StepSettings): Promise<Acted | undefined> {
+    const { record, actions } = stored;
+    const kind = kindOf(record);
+    const target = targetOf(record);
+    const context = { watchId: record.id, signal: this.#stopping.signal };
+    if (this.#toolHandler && record.kind === 'run' && progress.status === 'requires_action') {
+      const calls = toolCallsOf(progress.lastSnapshot);
+      const key = toolCallsKey(calls);
+      if (calls.length > 0 && key !== actions.handledCalls) {
+        const ids = calls.map((call) => call.id);
+        // the handler gets until the watch's deadline, and stops when this replica shuts down
+        const limit = new AbortController();
+        const timer = setTimeout(() => limit.abort(new Error('the watch reached its deadline')), Math.max(1, progress.deadlineAtMs - Date.now()));
+        const signal = AbortSignal.any([limit.signal, this.#stopping.signal]);
+        try {
+          const result = await callToolHandler(this.#toolHandler, progress.lastSnapshot as RunSnapshot, calls, signal);
+          const fields = { handled_calls: key };
+          if (!result.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: result.error }, fields);
+          const answer = await actWithRetries(() => this.#client.act(kind, target, 'submit_tool_outputs', { tool_outputs: result.outputs }, { ...context, signal }), signal);
+          if (!answer.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(answer) }, fields);
+          return this.#acted(record, progress, settings, 'tool_outputs_submitted', { tool_call_ids: ids }, fields, answer);
+        } finally {
+          clearTimeout(timer);
+        }
+      }
+    }
+    const thresholdMs = this.#config.daemon.cancelAfterStallMs;
+    const stalledForMs = Date.now() - progress.statusSinceMs;
+    if (thresholdMs !== null && !actions.cancelRequested && progress.status !== null && stalledForMs >= thresholdMs) {
+      const fields = { cancel_requested: '1' };
+      const answer = await actWithRetries(() => this.#client.act(kind, target, 'cancel', {}, context), this.#stopping.signal);
+      if (!answer.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'cancel', error: errorDetails(answer) }, fields);
+      return this.#acted(record, progress, settings, 'cancel_requested', { reason: 'stalled', stalled_for_ms: stalledForMs }, fields, answer);
+    }
+    return undefined;
+  }
+
+  /** The action's event; then the server's answer (the resource after the action) applied like a poll, or the next poll as the policy says. */
+  #acted(record: WatchRecord, progress: Progress, settings: StepSettings, name: ActionEventName, details: ActionDetails, fields: Record<string, string>, answer?: PollOutcome<Snapshot>): Acted {
+    // a failure during shutdown may be the shutdown's doing: commit nothing, the job's next owner redoes the step
+    if (this.#stopping.signal.aborted && answer?.ok !== true) throw new Error('the daemon shut down during an action; the step is redone');
+    const now = Date.now();
+    const kind = kindOf(record);
+    const target = targetOf(record);
+    const event = actionEvent(kind, record.id, target, progress, name, details, now) as StoredWatchEvent;
+    const after = { ...progress, seq: event.seq };
+    if (!answer) return { events: [event], step: { progress: after, emissions: [], result: { kind: 'continue', next: stepAfterAction(this.#policy, after, now, Math.random) } }, fields };
+    const step = applyOutcome(kind, after, answer, settings, now);
+    return { events: [event, ...step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent)], step, fields };
+  }
+
+  /**
+   * Cancel over the API: POSTs the cancel from this replica, records `cancel_requested` (or
+   * `action_failed`) on the watch, and has the watch polled at once to follow the resource.
+   */
+  async #cancelWatch(id: string): Promise<WatchView | undefined> {
+    const stored = await this.#state.load(id);
+    if (!stored) return undefined;
+    const { record } = stored;
+    if (record.state !== 'active') return watchView(record, null);
+    const kind = kindOf(record);
+    const target = targetOf(record);
+    const answer = await actWithRetries(() => this.#client.act(kind, target, 'cancel', {}, { watchId: id, signal: this.#stopping.signal }), this.#stopping.signal);
+    await this.#recordAction(id, answer.ok ? 'cancel_requested' : 'action_failed', answer.ok ? { reason: 'requested' } : { reason: 'cancel', error: errorDetails(answer) });
+    if (!answer.ok) throw new WatchError(answer.code, `${kind.name} ${kind.path(target)}: ${answer.message}`, { httpStatus: answer.httpStatus });
+    // poll now, not at the planned time: the status moves to cancelling or cancelled
+    await (await this.#queue.getJob(id))?.promote().catch(() => undefined);
+    return watchView(await this.#state.getWatch(id), null);
+  }
+
+  /** Appends an action event to a watch, retrying when a poll step committed in between (a few times). */
+  async #recordAction(id: string, name: ActionEventName, details: ActionDetails): Promise<void> {
+    for (let attempt = 0; attempt < 5; attempt += 1) {
+      const stored = await this.#state.load(id);
+      if (!stored || stored.record.state !== 'active') return;
+      const { record } = stored;
+      const progress = stored.progress ?? initialProgress(kindOf(record), this.#settings(record), {}, Date.now());
+      const event = actionEvent(kindOf(record), id, targetOf(record), progress, name, details, Date.now()) as StoredWatchEvent;
+      const result = await this.#commit(record, record.seq, { ...progress, seq: event.seq }, 'active', [event], undefined, { cancel_requested: '1' });
+      if (result !== 'stale') return;
+    }
   }
 
   async #commit(
@@ -276,7 +400,7 @@ export class RedisDaemon implements RunningDaemon {
     progress: Progress,
     state: WatchState,
     events: readonly StoredWatchEvent[],
-    nextPollAt: number | null,
+    nextPollAt: number | null | undefined,
     extra: Record<string, string> = {},
   ): Promise<true | 'stale' | 'ended' | 'missing'> {
     const now = Date.now();
@@ -287,9 +411,10 @@ export class RedisDaemon implements RunningDaemon {
       status: progress.status ?? '',
       status_since: String(progress.statusSinceMs),
       last_snapshot: progress.lastSnapshot ? JSON.stringify(progress.lastSnapshot) : '',
-      next_poll_at: nextPollAt === null ? '' : String(nextPollAt),
       updated_at: String(now),
     };
+    // undefined keeps the planned poll (an action recorded beside the job's schedule)
+    if (nextPollAt !== undefined) fields.next_poll_at = nextPollAt === null ? '' : String(nextPollAt);
     if (state !== 'active') fields.finished_at = String(now);
     const result = await this.#state.commit(record, expectedSeq, fields, state, events);
     if (result !== true) this.#logger.warn({ watchId: record.id, result }, 'step not committed: another replica or a delete got there first');
@@ -356,6 +481,7 @@ export class RedisDaemon implements RunningDaemon {
       }
     };
     const timeoutMs = this.#config.daemon.shutdownTimeoutMs;
+    this.#stopping.abort(new Error('the daemon is shutting down'));
     for (const timer of this.#timers) clearInterval(timer);
     const closed = new Promise<void>((resolve) => this.#api.server.close(() => resolve()));
     this.#api.closeStreams();

@@ -65,6 +65,8 @@ export function partitionOf(orderingKey: string, partitions: number): number {
 export interface StoredWatch {
   readonly record: WatchRecord;
   readonly progress: Progress | null;
+  /** What was done to the resource already: the tool calls handled (their ids), whether a cancel was sent. */
+  readonly actions: { readonly handledCalls: string | null; readonly cancelRequested: boolean };
 }
 
 /**
@@ -139,7 +141,11 @@ export class RedisState {
   async load(id: string): Promise<StoredWatch | undefined> {
     const hash = await this.#redis.hgetall(this.watchKey(id));
     if (!hash.id) return undefined;
-    return { record: toRecord(hash), progress: hash.progress ? (JSON.parse(hash.progress) as Progress) : null };
+    return {
+      record: toRecord(hash),
+      progress: hash.progress ? (JSON.parse(hash.progress) as Progress) : null,
+      actions: { handledCalls: hash.handled_calls ?? null, cancelRequested: hash.cancel_requested === '1' },
+    };
   }
 
   /** Watches in creation order after the cursor, optionally in one state. */
