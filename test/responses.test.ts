@@ -1,4 +1,10 @@
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/daemon/config.js';
+import { Daemon } from '../src/daemon/daemon.js';
 import { WatchError } from '../src/errors.js';
 import type { ResponseEvent, WatchEvent } from '../src/events.js';
 import { isRunEvent } from '../src/events.js';
@@ -107,5 +113,42 @@ describe('runwatch watch-response', () => {
     const missing = await run(['resp_missing']);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/\(response_not_found\); check the response id/);
+  });
+});
+
+describe('the daemon and background responses', () => {
+  it('resumes a response watch after a restart from its stored status and seq', async () => {
+    const responseId = addResponse([{ status: 'in_progress', durationMs: 1_200 }, { status: 'completed' }]);
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'runwatch-resp-daemon-'));
+    const config = loadConfig({
+      overrides: [
+        ['daemon.port', '0'],
+        ['daemon.dataDir', JSON.stringify(dataDir)],
+        ['sinks.stdout.enabled', 'false'],
+        ['watch.provider', '"openai"'],
+        ['watch.baseUrl', JSON.stringify(sim.baseUrl)],
+        ['watch.policy', JSON.stringify(FAST)],
+      ],
+    });
+    const start = (): Promise<Daemon> => Daemon.start(config, { credentials: { apiKey: KEY } }, pino({ level: 'silent' }));
+    const first = await start();
+    const created = await fetch(`http://127.0.0.1:${first.address.port}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ response_id: responseId }) });
+    const { id } = (await created.json()) as { id: string };
+    const watchAt = async (daemon: Daemon): Promise<{ state: string; status: string | null; seq: number }> =>
+      (await (await fetch(`http://127.0.0.1:${daemon.address.port}/v1/watches/${id}`)).json()) as { state: string; status: string | null; seq: number };
+    while ((await watchAt(first)).seq < 1) await new Promise((resolve) => setTimeout(resolve, 50));
+    await first.shutdown();
+    const second = await start();
+    try {
+      let watch = await watchAt(second);
+      while (watch.state === 'active') {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        watch = await watchAt(second);
+      }
+      // one transition after the restart, numbered on from the stored seq: nothing repeated
+      expect(watch).toMatchObject({ state: 'finished', status: 'completed', seq: 2 });
+    } finally {
+      await second.shutdown();
+    }
   });
 });
