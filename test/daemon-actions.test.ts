@@ -12,6 +12,7 @@ import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
+import { readSseEvents } from './sse.js';
 
 const KEY = 'sk-daemon-actions';
 const redisAvailable = await requireRedis();
@@ -33,28 +34,8 @@ function handlerCalls(): string[] {
 }
 
 /** Reads SSE from the daemon until `done` holds for the events seen. */
-async function readEvents(base: string, query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), 15_000);
-  const res = await fetch(`${base}/v1/events${query}`, { signal: controller.signal });
-  const events: WatchEvent[] = [];
-  const decoder = new TextDecoder();
-  let buffer = '';
-  try {
-    for await (const chunk of res.body!) {
-      buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-      for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
-        const data = buffer.slice(0, end).split('\n').find((line) => line.startsWith('data: '));
-        buffer = buffer.slice(end + 2);
-        if (data) events.push(JSON.parse(data.slice(6)) as WatchEvent);
-      }
-      if (done(events)) break;
-    }
-  } finally {
-    clearTimeout(timer);
-    controller.abort();
-  }
-  return events;
+function readEvents(base: string, query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
+  return readSseEvents(`${base}/v1/events${query}`, done);
 }
 
 const stores = [

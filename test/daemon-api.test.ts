@@ -10,6 +10,8 @@ import { Daemon } from '../src/daemon/daemon.js';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
+import type { Frame } from './sse.js';
+import { readFrames as readSseFrames, readSseEvents } from './sse.js';
 
 const TOKEN = 'control-token-for-tests';
 let sim: RunningSimulator;
@@ -308,51 +310,13 @@ async function waitForState(id: string, state: string, timeoutMs = 10_000): Prom
   throw new Error(`watch ${id} did not reach ${state}`);
 }
 
-interface Frame {
-  id: string;
-  event: string;
-  data: string;
-}
-
-/** Reads SSE frames until `done` holds, then closes the connection. */
+/** Reads SSE frames of this file's daemon until `done` holds. */
 function readFrames(query: string, done: (frames: Frame[]) => boolean, headers: Record<string, string> = {}, timeoutMs = 15_000): Promise<Frame[]> {
-  return new Promise((resolve, reject) => {
-    const frames: Frame[] = [];
-    const req = http.get(`${base}/v1/events${query}`, { headers: { authorization: `Bearer ${TOKEN}`, ...headers } }, (res) => {
-      let buffer = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        buffer += chunk;
-        let end: number;
-        while ((end = buffer.indexOf('\n\n')) >= 0) {
-          const block = buffer.slice(0, end);
-          buffer = buffer.slice(end + 2);
-          const frame: Partial<Frame> = {};
-          for (const line of block.split('\n')) {
-            const colon = line.indexOf(': ');
-            const key = line.slice(0, colon);
-            if (key === 'id' || key === 'event' || key === 'data') frame[key] = line.slice(colon + 2);
-          }
-          if (frame.id && frame.event && frame.data) frames.push(frame as Frame);
-        }
-        if (done(frames)) {
-          clearTimeout(timer);
-          req.destroy();
-          resolve(frames);
-        }
-      });
-    });
-    const timer = setTimeout(() => {
-      req.destroy();
-      reject(new Error(`SSE: condition not met; got ${frames.map((f) => f.event).join(', ')}`));
-    }, timeoutMs);
-    req.on('error', () => undefined);
-  });
+  return readSseFrames(`${base}/v1/events${query}`, done, { authorization: `Bearer ${TOKEN}`, ...headers }, timeoutMs);
 }
 
-async function readEvents(query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
-  const frames = await readFrames(query, (list) => done(list.map((f) => JSON.parse(f.data) as WatchEvent)));
-  return frames.map((f) => JSON.parse(f.data) as WatchEvent);
+function readEvents(query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
+  return readSseEvents(`${base}/v1/events${query}`, done, { authorization: `Bearer ${TOKEN}` });
 }
 
 function rawRequest(method: string, route: string, body: string | undefined, contentType: string): Promise<number> {

@@ -11,6 +11,7 @@ import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { RedisState } from '../src/store/redis.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
+import { readSseEvents } from './sse.js';
 
 const available = await requireRedis();
 const prefix = testPrefix();
@@ -47,24 +48,9 @@ afterAll(async () => {
 
 const post = (body: unknown): Promise<Response> => fetch(`${base}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
 
-/** Reads the SSE stream from `lastEventId` until `done` holds for the events seen. */
-async function readEvents(query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
-  const controller = new AbortController();
-  const res = await fetch(`${base}/v1/events${query}`, { signal: controller.signal });
-  const events: WatchEvent[] = [];
-  const decoder = new TextDecoder();
-  let buffer = '';
-  for await (const chunk of res.body!) {
-    buffer += decoder.decode(chunk as Uint8Array, { stream: true });
-    for (let end = buffer.indexOf('\n\n'); end >= 0; end = buffer.indexOf('\n\n')) {
-      const data = buffer.slice(0, end).split('\n').find((line) => line.startsWith('data: '));
-      buffer = buffer.slice(end + 2);
-      if (data) events.push(JSON.parse(data.slice(6)) as WatchEvent);
-    }
-    if (done(events)) break;
-  }
-  controller.abort();
-  return events;
+/** Reads the SSE stream until `done` holds for the events seen. */
+function readEvents(query: string, done: (events: WatchEvent[]) => boolean): Promise<WatchEvent[]> {
+  return readSseEvents(`${base}/v1/events${query}`, done);
 }
 
 describe.skipIf(!available)('RedisDaemon control API (needs Redis)', () => {
