@@ -96,6 +96,12 @@ export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
   /** Resume: the last snapshot seen before. */
   readonly lastSnapshot?: TSnapshot | null;
   /**
+   * Resume: what was done already, so it is not done again (the tool-call set handled, ids
+   * joined by `,`; whether a cancel was sent).
+   * @default nothing done
+   */
+  readonly actionsDone?: { readonly handledCalls: string | null; readonly cancelRequested: boolean };
+  /**
    * Cancel the resource (`POST .../cancel`) when it stays in one non-terminal status this
    * long, and emit `<prefix>.cancel_requested` with `reason: "stalled"`; the watch then goes
    * on until the resource is cancelled.
@@ -436,9 +442,9 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       request: new AbortController(),
       done: false,
       onRequiresAction,
-      handledCalls: null,
+      handledCalls: options.actionsDone?.handledCalls ?? null,
       cancelAfterStallMs: options.cancelAfterStallMs,
-      cancelRequested: false,
+      cancelRequested: options.actionsDone?.cancelRequested ?? false,
       resolve,
       reject,
       detach: () => undefined,

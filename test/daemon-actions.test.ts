@@ -47,6 +47,7 @@ describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) =>
   let sim: RunningSimulator;
   let daemon: RunningDaemon;
   let base: string;
+  let start: () => Promise<RunningDaemon>;
   const prefix = testPrefix();
   const tag = kind === 'sqlite' ? 'sq' : 'rd';
 
@@ -61,7 +62,7 @@ describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) =>
         ['daemon.port', '0'],
         ['daemon.dataDir', JSON.stringify(dir)],
         ['daemon.cancelAfterStallMs', '1500'],
-        ['daemon.toolHandler', JSON.stringify({ path: handlerPath, options: { failRuns: [`run_${tag}_fails`] } })],
+        ['daemon.toolHandler', JSON.stringify({ path: handlerPath, options: { failRuns: [`run_${tag}_fails`, `run_${tag}_restart`] } })],
         ['store.kind', JSON.stringify(kind)],
         ['store.prefix', JSON.stringify(prefix)],
         ['sinks.stdout.enabled', 'false'],
@@ -71,8 +72,12 @@ describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) =>
       ],
     });
     const secrets = { credentials: { apiKey: KEY }, redisUrl: REDIS_URL };
-    daemon = kind === 'sqlite' ? await Daemon.start(config, secrets, pino({ level: 'silent' })) : await RedisDaemon.start(config, secrets, pino({ level: 'silent' }));
-    base = `http://127.0.0.1:${daemon.address.port}`;
+    start = async () => {
+      daemon = kind === 'sqlite' ? await Daemon.start(config, secrets, pino({ level: 'silent' })) : await RedisDaemon.start(config, secrets, pino({ level: 'silent' }));
+      base = `http://127.0.0.1:${daemon.address.port}`;
+      return daemon;
+    };
+    await start();
   });
   afterAll(async () => {
     if (skip) return;
@@ -136,6 +141,19 @@ describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) =>
     expect(refused.json).toMatchObject({ error: { code: 'cancel_refused' } });
     const after = await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.action_failed'));
     expect(after.at(-1)).toMatchObject({ reason: 'cancel', error: { code: 'bad_request', http_status: 400 } });
+  });
+
+  // last in this block: it restarts the daemon
+  it.skipIf(skip)('does not call the handler again after a restart for tool calls it failed on; the stall cancel still comes, once', async () => {
+    const runId = `run_${tag}_restart`;
+    sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'requires_action' }], start: 'first_request' });
+    await post('/v1/watches', { thread_id: 'thread_tools', run_id: runId });
+    await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.action_failed'));
+    await daemon.shutdown();
+    await start();
+    const events = await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.cancelled'));
+    expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.action_failed', 'run.cancel_requested', 'run.cancelling', 'run.cancelled']);
+    expect(handlerCalls().filter((c) => c.startsWith(runId))).toHaveLength(1);
   });
 });
 

@@ -184,6 +184,23 @@ describe('SqliteStore', () => {
     expect(() => new SqliteStore(file)).toThrow(/newer runwatch \(schema 99.*empty data dir/);
   });
 
+  it('remembers the actions done from their events: handled tool calls and a cancel, across a reopen', () => {
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
+    const a = new SqliteStore(file);
+    a.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    expect(a.getWatch('w_1')?.actions).toEqual({ handledCalls: null, cancelRequested: false });
+    a.recordEvent(event('w_1', 'run_1', 1, 'requires_action'), [], 0);
+    a.recordEvent({ ...event('w_1', 'run_1', 2, 'action_failed', 'requires_action'), to: 'requires_action', reason: 'submit_tool_outputs', tool_call_ids: ['call_1', 'call_2'], error: { code: 'tool_handler_failed', message: 'x' } }, [], 1);
+    // a stall event changes nothing it remembers
+    a.recordEvent({ ...event('w_1', 'run_1', 3, 'stalled', 'requires_action'), to: 'requires_action', stalled_for_ms: 5 }, [], 2);
+    expect(a.getWatch('w_1')?.actions).toEqual({ handledCalls: 'call_1,call_2', cancelRequested: false });
+    a.recordEvent({ ...event('w_1', 'run_1', 4, 'cancel_requested', 'requires_action'), to: 'requires_action', reason: 'stalled' }, [], 3);
+    a.close();
+    const b = new SqliteStore(file);
+    expect(b.getWatch('w_1')).toMatchObject({ seq: 4, status: 'requires_action', actions: { handledCalls: 'call_1,call_2', cancelRequested: true } });
+    b.close();
+  });
+
   it('survives a reopen of the same file', () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'sub', 'runwatch.db');
     const a = new SqliteStore(file);

@@ -258,6 +258,7 @@ export class Daemon implements RunningDaemon {
       startedAtMs: record.created_at,
       statusSinceMs: record.status_since ?? undefined,
       cancelAfterStallMs: this.#config.daemon.cancelAfterStallMs ?? undefined,
+      actionsDone: record.actions,
     };
     const handle: WatchHandle<Snapshot> =
       record.kind === 'run'

@@ -23,7 +23,7 @@ import { applyOutcome, deadlineMessage, initialProgress, stepAfterAction } from 
 import { pairs, RedisState } from '../store/redis.js';
 import type { StoredWatch } from '../store/redis.js';
 import type { StoredWatchEvent, WatchRecord, WatchState } from '../store/store.js';
-import { kindOf, targetOf } from '../store/store.js';
+import { actionMemoryOf, kindOf, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import { createControlApi } from './api.js';
 import type { NewWatchInput, WatchView } from './api.js';
@@ -41,12 +41,10 @@ const STALE_RETRY_MS = 50;
 type Step = ReturnType<typeof applyOutcome>;
 type ActionDetails = Parameters<typeof actionEvent>[5];
 
-/** What an action after an observation adds to the step. */
+/** What an action after an observation adds to the step: its events (which the watch remembers it by) and the step that follows. */
 interface Acted {
   readonly events: StoredWatchEvent[];
   readonly step: Step;
-  /** Hash fields that remember the action (`handled_calls`, `cancel_requested`). */
-  readonly fields: Record<string, string>;
 }
 
 /**
@@ -275,13 +273,11 @@ export class RedisDaemon implements RunningDaemon {
     let step: Step = applyOutcome(kind, progress, outcome, settings, now);
     // a stored watch is a run or a response: so are its events
     const events = step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent);
-    let fields: Record<string, string> = {};
     if (outcome.ok && step.result.kind === 'continue') {
       const acted = await this.#act(stored, step.progress, settings);
       if (acted) {
         events.push(...acted.events);
         step = acted.step;
-        fields = acted.fields;
       }
     }
     if (step.result.kind === 'failed') {
@@ -291,7 +287,7 @@ export class RedisDaemon implements RunningDaemon {
     }
     const resolved = step.result.kind === 'resolved';
     const next = step.result.kind === 'continue' ? step.result.next : null;
-    const committed = await this.#commit(record, progress.seq, step.progress, resolved ? 'finished' : 'active', events, next?.kind === 'poll' ? next.atMs : null, fields);
+    const committed = await this.#commit(record, progress.seq, step.progress, resolved ? 'finished' : 'active', events, next?.kind === 'poll' ? next.atMs : null);
     if (committed === 'stale') {
       // a cancel over the API wrote an event meanwhile: observe again at once, from the new seq
       await job.moveToDelayed(Date.now() + STALE_RETRY_MS, token);
@@ -309,10 +305,11 @@ export class RedisDaemon implements RunningDaemon {
   /**
    * What the daemon does to a resource after an observation, as the watcher does: answer new
    * tool calls with the tool handler, or cancel a resource stalled past `cancelAfterStallMs`.
-   * Returns the events, the step that follows and the hash fields that remember it.
+   * Returns the events and the step that follows.
    */
   async #act(stored: StoredWatch, progress: Progress, settings: StepSettings): Promise<Acted | undefined> {
-    const { record, actions } = stored;
+    const { record } = stored;
+    const { actions } = record;
     const kind = kindOf(record);
     const target = targetOf(record);
     const context = { watchId: record.id, signal: this.#stopping.signal };
@@ -327,11 +324,10 @@ export class RedisDaemon implements RunningDaemon {
         const signal = AbortSignal.any([limit.signal, this.#stopping.signal]);
         try {
           const result = await callToolHandler(this.#toolHandler, progress.lastSnapshot as RunSnapshot, calls, signal);
-          const fields = { handled_calls: key };
-          if (!result.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: result.error }, fields);
+          if (!result.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: result.error });
           const answer = await actWithRetries(() => this.#client.act(kind, target, 'submit_tool_outputs', { tool_outputs: result.outputs }, { ...context, signal }), signal);
-          if (!answer.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(answer) }, fields);
-          return this.#acted(record, progress, settings, 'tool_outputs_submitted', { tool_call_ids: ids }, fields, answer);
+          if (!answer.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(answer) });
+          return this.#acted(record, progress, settings, 'tool_outputs_submitted', { tool_call_ids: ids }, answer);
         } finally {
           clearTimeout(timer);
         }
@@ -340,16 +336,15 @@ export class RedisDaemon implements RunningDaemon {
     const thresholdMs = this.#config.daemon.cancelAfterStallMs;
     const stalledForMs = Date.now() - progress.statusSinceMs;
     if (thresholdMs !== null && !actions.cancelRequested && progress.status !== null && stalledForMs >= thresholdMs) {
-      const fields = { cancel_requested: '1' };
       const answer = await actWithRetries(() => this.#client.act(kind, target, 'cancel', {}, context), this.#stopping.signal);
-      if (!answer.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'cancel', error: errorDetails(answer) }, fields);
-      return this.#acted(record, progress, settings, 'cancel_requested', { reason: 'stalled', stalled_for_ms: stalledForMs }, fields, answer);
+      if (!answer.ok) return this.#acted(record, progress, settings, 'action_failed', { reason: 'cancel', error: errorDetails(answer) });
+      return this.#acted(record, progress, settings, 'cancel_requested', { reason: 'stalled', stalled_for_ms: stalledForMs }, answer);
     }
     return undefined;
   }
 
   /** The action's event; then the server's answer (the resource after the action) applied like a poll, or the next poll as the policy says. */
-  #acted(record: WatchRecord, progress: Progress, settings: StepSettings, name: ActionEventName, details: ActionDetails, fields: Record<string, string>, answer?: PollOutcome<Snapshot>): Acted {
+  #acted(record: WatchRecord, progress: Progress, settings: StepSettings, name: ActionEventName, details: ActionDetails, answer?: PollOutcome<Snapshot>): Acted {
     // a failure during shutdown may be the shutdown's doing: commit nothing, the job's next owner redoes the step
     if (this.#stopping.signal.aborted && answer?.ok !== true) throw new Error('the daemon shut down during an action; the step is redone');
     const now = Date.now();
@@ -357,9 +352,9 @@ export class RedisDaemon implements RunningDaemon {
     const target = targetOf(record);
     const event = actionEvent(kind, record.id, target, progress, name, details, now) as StoredWatchEvent;
     const after = { ...progress, seq: event.seq };
-    if (!answer) return { events: [event], step: { progress: after, emissions: [], result: { kind: 'continue', next: stepAfterAction(this.#policy, after, now, Math.random) } }, fields };
+    if (!answer) return { events: [event], step: { progress: after, emissions: [], result: { kind: 'continue', next: stepAfterAction(this.#policy, after, now, Math.random) } } };
     const step = applyOutcome(kind, after, answer, settings, now);
-    return { events: [event, ...step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent)], step, fields };
+    return { events: [event, ...step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent)], step };
   }
 
   /**
@@ -389,7 +384,7 @@ export class RedisDaemon implements RunningDaemon {
       const { record } = stored;
       const progress = stored.progress ?? initialProgress(kindOf(record), this.#settings(record), {}, Date.now());
       const event = actionEvent(kindOf(record), id, targetOf(record), progress, name, details, Date.now()) as StoredWatchEvent;
-      const result = await this.#commit(record, record.seq, { ...progress, seq: event.seq }, 'active', [event], undefined, { cancel_requested: '1' });
+      const result = await this.#commit(record, record.seq, { ...progress, seq: event.seq }, 'active', [event], undefined);
       if (result !== 'stale') return;
     }
   }
@@ -416,6 +411,12 @@ export class RedisDaemon implements RunningDaemon {
     // undefined keeps the planned poll (an action recorded beside the job's schedule)
     if (nextPollAt !== undefined) fields.next_poll_at = nextPollAt === null ? '' : String(nextPollAt);
     if (state !== 'active') fields.finished_at = String(now);
+    // the watch remembers its actions from their events, as the SQLite store does
+    for (const event of events) {
+      const memory = actionMemoryOf(event);
+      if (memory.handledCalls !== undefined) fields.handled_calls = memory.handledCalls ?? '';
+      if (memory.cancelRequested) fields.cancel_requested = '1';
+    }
     const result = await this.#state.commit(record, expectedSeq, fields, state, events);
     if (result !== true) this.#logger.warn({ watchId: record.id, result }, 'step not committed: another replica or a delete got there first');
     else if (events.length > 0) {

@@ -65,8 +65,6 @@ export function partitionOf(orderingKey: string, partitions: number): number {
 export interface StoredWatch {
   readonly record: WatchRecord;
   readonly progress: Progress | null;
-  /** What was done to the resource already: the tool calls handled (their ids), whether a cancel was sent. */
-  readonly actions: { readonly handledCalls: string | null; readonly cancelRequested: boolean };
 }
 
 /**
@@ -141,11 +139,7 @@ export class RedisState {
   async load(id: string): Promise<StoredWatch | undefined> {
     const hash = await this.#redis.hgetall(this.watchKey(id));
     if (!hash.id) return undefined;
-    return {
-      record: toRecord(hash),
-      progress: hash.progress ? (JSON.parse(hash.progress) as Progress) : null,
-      actions: { handledCalls: hash.handled_calls ?? null, cancelRequested: hash.cancel_requested === '1' },
-    };
+    return { record: toRecord(hash), progress: hash.progress ? (JSON.parse(hash.progress) as Progress) : null };
   }
 
   /** Watches in creation order after the cursor, optionally in one state. */
@@ -292,5 +286,6 @@ function toRecord(hash: Record<string, string>): WatchRecord {
     created_at: Number(hash.created_at),
     updated_at: Number(hash.updated_at),
     finished_at: num(hash.finished_at),
+    actions: { handledCalls: hash.handled_calls || null, cancelRequested: hash.cancel_requested === '1' },
   };
 }

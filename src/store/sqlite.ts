@@ -5,7 +5,7 @@ import type { StatementSync } from 'node:sqlite';
 import { ConfigError } from '../errors.js';
 import { snapshotOf } from '../events.js';
 import type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
-import { eventTarget, stateAfter, targetKey } from './store.js';
+import { actionMemoryOf, eventTarget, stateAfter, targetKey } from './store.js';
 
 /** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x. */
 const SCHEMA_VERSION = 2;
@@ -30,7 +30,9 @@ CREATE TABLE watches (
   created_at INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
   finished_at INTEGER,
-  created_order INTEGER NOT NULL
+  created_order INTEGER NOT NULL,
+  handled_calls TEXT,
+  cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX watches_target ON watches (target);
 CREATE INDEX watches_state ON watches (state, created_order);
@@ -101,6 +103,8 @@ interface WatchRow {
   created_at: number;
   updated_at: number;
   finished_at: number | null;
+  handled_calls: string | null;
+  cancel_requested: number;
 }
 
 function toRecord(row: WatchRow): WatchRecord {
@@ -120,6 +124,7 @@ function toRecord(row: WatchRow): WatchRecord {
     created_at: row.created_at,
     updated_at: row.updated_at,
     finished_at: row.finished_at,
+    actions: { handledCalls: row.handled_calls, cancelRequested: row.cancel_requested === 1 },
   };
 }
 
@@ -243,10 +248,12 @@ export class SqliteStore implements Store {
         );
       } else {
         const changed = event.from !== event.to;
+        const memory = actionMemoryOf(event);
         this.#sql(
           `UPDATE watches SET state = ?, status = ?, seq = ?, last_snapshot = ?, updated_at = ?, finished_at = ?,
-             status_since = CASE WHEN ? THEN ? ELSE status_since END WHERE id = ?`,
-        ).run(state, event.to, event.seq, JSON.stringify(snapshotOf(event)), nowMs, ended, changed ? 1 : 0, nowMs, event.watch_id);
+             status_since = CASE WHEN ? THEN ? ELSE status_since END,
+             handled_calls = COALESCE(?, handled_calls), cancel_requested = MAX(cancel_requested, ?) WHERE id = ?`,
+        ).run(state, event.to, event.seq, JSON.stringify(snapshotOf(event)), nowMs, ended, changed ? 1 : 0, nowMs, memory.handledCalls ?? null, memory.cancelRequested ? 1 : 0, event.watch_id);
       }
       return pos;
     });

@@ -37,6 +37,27 @@ export interface WatchFields {
   readonly created_at: number;
   readonly updated_at: number;
   readonly finished_at: number | null;
+  /** What was done to the resource already, so a restart or another replica does not do it again. */
+  readonly actions: ActionMemory;
+}
+
+/** The actions a watch remembers: the last tool-call set handled (ids joined by `,`), and whether a cancel was sent. */
+export interface ActionMemory {
+  readonly handledCalls: string | null;
+  readonly cancelRequested: boolean;
+}
+
+/**
+ * What an event adds to a watch's action memory: a submission or a failed handling marks its
+ * tool calls handled, a cancel (sent or refused) marks the cancel done; other events add nothing.
+ */
+export function actionMemoryOf(event: StoredWatchEvent): Partial<ActionMemory> {
+  if (event.type === 'watch.error') return {};
+  const action = event.type.slice(event.type.indexOf('.') + 1);
+  const ids = 'tool_call_ids' in event ? event.tool_call_ids : undefined;
+  if ((action === 'tool_outputs_submitted' || (action === 'action_failed' && event.reason === 'submit_tool_outputs')) && ids) return { handledCalls: ids.join(',') }; // the key toolCallsKey gives
+  if (action === 'cancel_requested' || (action === 'action_failed' && event.reason === 'cancel')) return { cancelRequested: true };
+  return {};
 }
 
 /** A watch as stored: its target and its fields. */
