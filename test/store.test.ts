@@ -6,12 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { OutboxWorker } from '../src/daemon/outbox.js';
 import { DeliveryError } from '../src/errors.js';
 import { DatabaseSync } from 'node:sqlite';
-import type { ResponseEvent, RunEvent } from '../src/events.js';
+import type { ResponseEvent, RunEvent, RunTransitionEvent } from '../src/events.js';
 import { isRunEvent } from '../src/events.js';
 import type { Sink } from '../src/sinks/sink.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
-function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunEvent {
+function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunTransitionEvent {
   return { id: `${watchId}.${seq}`, type: `run.${to}`, seq, watch_id: watchId, thread_id: 'thread_1', run_id: runId, from, to, observed_at: '2026-01-01T00:00:00.000Z', run: { id: runId, status: to } };
 }
 
