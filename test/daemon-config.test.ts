@@ -2,6 +2,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_CONFIG, loadConfig } from '../src/daemon/config.js';
 import { ConfigError } from '../src/errors.js';
@@ -54,6 +55,16 @@ describe('runwatch daemon and config: exit paths', () => {
     expect(secret.code).toBe(64);
     expect(secret.stderr).toMatch(/invalid webhook secret/);
     expect(secret.stderr).not.toContain('whsec_x');
+  });
+
+  it('exits 64 on a data dir written by a newer runwatch, naming the way out', async () => {
+    const newer = mkdtempSync(path.join(tmpdir(), 'runwatch-newer-'));
+    const db = new DatabaseSync(path.join(newer, 'runwatch.db'));
+    db.exec('PRAGMA user_version = 99');
+    db.close();
+    const result = await runCli(['daemon', '--port', '0', '--data-dir', newer], { PORTKEY_API_KEY: 'x' });
+    expect(result.code).toBe(64);
+    expect(result.stderr).toMatch(/^runwatch: .*runwatch\.db was written by a newer runwatch \(schema 99, this one knows \d+\): run that version, or start on an empty data dir$/m);
   });
 
   it('exits 69 when the port is taken', async () => {
