@@ -6,7 +6,7 @@ export { ApiClient, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT
 export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext, ResourceAction } from './client.js';
 export { ConfigError, DeliveryError, InvalidIdError, RunwatchError, WatchError } from './errors.js';
 export type { ErrorCode } from './errors.js';
-export { actionEvent, eventId, isRunEvent, isWatchError } from './events.js';
+export { actionEvent, eventId, isResponseEvent, isRunEvent, isWatchError, snapshotOf } from './events.js';
 export type { ActionEventName } from './events.js';
 export type { EventEnvelope, ThreadEvent, ThreadTransitionEvent, ThreadWatchErrorEvent, ResponseEvent, ResponseTransitionEvent, ResponseWatchErrorEvent, RunEvent, RunTransitionEvent, RunWatchErrorEvent, WatchErrorDetails, WatchEvent } from './events.js';
 export { ID_PATTERN, RESPONSE_KIND, RUN_KIND, TERMINAL_RESPONSE_STATUSES, THREAD_KIND, assertValidId } from './resource.js';
@@ -25,5 +25,6 @@ export type { FileSinkOptions, FsyncPolicy } from './sinks/file.js';
 export { WebhookSink, signWebhook, verifyWebhook, webhookKey } from './sinks/webhook.js';
 export type { WebhookSinkOptions } from './sinks/webhook.js';
 export { loadModuleSink } from './sinks/module.js';
+export { loadToolHandler } from './actions.js';
 // separate entry points, so a watcher does not load what it does not use: 'runwatch/daemon'
 // (node:sqlite, prom-client, zod, ioredis; also the Redis stream sink), 'runwatch/simulator' (zod)

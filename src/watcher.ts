@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { ToolCall, ToolHandler } from './actions.js';
-import { actWithRetries, callToolHandler, errorDetails, toolCallsKey, toolCallsOf } from './actions.js';
 import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
+import type { ToolCall, ToolHandler } from './actions.js';
+import { actWithRetries, callToolHandler, errorDetails, toolCallsKey, toolCallsOf } from './actions.js';
 import type { BudgetOptions } from './budget.js';
 import { RequestBudget } from './budget.js';
 import type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, ResourceAction } from './client.js';
