@@ -1,13 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ApiClient } from '../src/client.js';
 import type { PollClient } from '../src/client.js';
 import type { RunEvent, WatchEvent } from '../src/events.js';
 import type { RunningSimulator, TimelineStep } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
 import { waitForIdleThread, watchRun } from '../src/watch-run.js';
 import type { ToolHandler } from '../src/watcher.js';
 import { RunWatcher } from '../src/watcher.js';
 import { runCli } from './spawn.js';
+import { useSimulator } from './sim.js';
 
 const KEY = 'sk-test-ACTIONS-555555';
 const FAST = { jitter: 0, intervals: { queued: { baseMs: 100, capMs: 100 }, in_progress: { baseMs: 100, capMs: 100 }, requires_action: { baseMs: 100, capMs: 100 }, cancelling: { baseMs: 100, capMs: 100 }, unknown: { baseMs: 100, capMs: 100 } } };
@@ -15,12 +15,7 @@ const client = () => ({ provider: 'openai' as const, baseUrl: sim.baseUrl, crede
 let sim: RunningSimulator;
 let counter = 0;
 
-beforeAll(async () => {
-  sim = await startSimulator({ apiKey: KEY });
-});
-afterAll(async () => {
-  await sim.close();
-});
+useSimulator({ apiKey: KEY }, (started) => (sim = started));
 
 function addRun(timeline: TimelineStep[], threadId?: string): { threadId: string; runId: string } {
   counter += 1;

@@ -1,16 +1,16 @@
 import { mkdtempSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ApiClient, DEFAULT_AZURE_API_VERSION } from '../src/client.js';
 import { ConfigError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
 import { RUN_KIND } from '../src/resource.js';
 import type { RunningSimulator } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
 import { watchRun } from '../src/watch-run.js';
 import { RunWatcher } from '../src/watcher.js';
 import { runCli } from './spawn.js';
+import { useSimulator } from './sim.js';
 
 const TOKEN_A = 'eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.token-A-1111111111';
 const TOKEN_B = 'eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.token-B-2222222222';
@@ -18,12 +18,7 @@ const FAST = { jitter: 0, intervals: { queued: { baseMs: 100, capMs: 100 }, in_p
 let sim: RunningSimulator;
 let counter = 0;
 
-beforeAll(async () => {
-  sim = await startSimulator({ errorStyle: 'azure', apiKey: TOKEN_A });
-});
-afterAll(async () => {
-  await sim.close();
-});
+useSimulator({ errorStyle: 'azure', apiKey: TOKEN_A }, (started) => (sim = started));
 
 function addRun(timeline: { status: string; durationMs?: number }[]): { threadId: string; runId: string } {
   counter += 1;

@@ -1,13 +1,14 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator, SimulatedRun } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
 import { runCli, startCli } from './spawn.js';
 import type { CliResult } from './spawn.js';
+import { useSimulator } from './sim.js';
 
 const KEY = 'sk-test-SECRET-4242424242';
 const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
@@ -15,12 +16,7 @@ const POLICY = JSON.stringify({ jitter: 0, errorBackoff: { baseMs: 100, capMs: 2
 let sim: RunningSimulator;
 let counter = 0;
 
-beforeAll(async () => {
-  sim = await startSimulator({ apiKey: KEY });
-});
-afterAll(async () => {
-  await sim.close();
-});
+useSimulator({ apiKey: KEY }, (started) => (sim = started));
 
 /** Adds a run with a fresh id and returns its ids. */
 function addRun(timeline: SimulatedRun['timeline'], extra: Partial<SimulatedRun> = {}): { threadId: string; runId: string } {

@@ -1,13 +1,13 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { RunningSimulator, SimulatedRun } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
 import { expectCompleteAndOrdered, startReceiver, terminalRuns } from './receiver.js';
 import { startCli } from './spawn.js';
 import type { CliProcess } from './spawn.js';
+import { useSimulator } from './sim.js';
 
 const KEY = 'sk-durability-key-0001';
 const SECRET = `whsec_${Buffer.from('a-webhook-secret-of-32-bytes!!!!').toString('base64')}`;
@@ -15,12 +15,7 @@ const TOKEN = 'durability-token';
 const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
 let sim: RunningSimulator;
 
-beforeAll(async () => {
-  sim = await startSimulator({ apiKey: KEY });
-});
-afterAll(async () => {
-  await sim.close();
-});
+useSimulator({ apiKey: KEY }, (started) => (sim = started));
 
 /** Deterministic runs: queued, in_progress, then one of the terminal statuses. */
 function makeRuns(prefix: string, count: number): SimulatedRun[] {

@@ -2,7 +2,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { WatchError } from '../src/errors.js';
@@ -10,11 +10,11 @@ import type { ResponseEvent, WatchEvent } from '../src/events.js';
 import { isRunEvent } from '../src/events.js';
 import { RESPONSE_KIND } from '../src/resource.js';
 import type { RunningSimulator, SimulatedResponse } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
 import { StatusMachine } from '../src/status.js';
 import { watchResponse } from '../src/watch-run.js';
 import { RunWatcher } from '../src/watcher.js';
 import { runCli } from './spawn.js';
+import { useSimulator } from './sim.js';
 
 const KEY = 'sk-test-RESPONSES-777777';
 // fast and deterministic: every status polled each 150 ms
@@ -22,12 +22,7 @@ const FAST = { jitter: 0, intervals: { queued: { baseMs: 150, capMs: 150 }, in_p
 let sim: RunningSimulator;
 let counter = 0;
 
-beforeAll(async () => {
-  sim = await startSimulator({ apiKey: KEY });
-});
-afterAll(async () => {
-  await sim.close();
-});
+useSimulator({ apiKey: KEY }, (started) => (sim = started));
 
 function addResponse(timeline: SimulatedResponse['timeline']): string {
   counter += 1;

@@ -1,14 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { RunningSimulator } from '../src/simulator.js';
 import { parseSimulatedRun, startSimulator } from '../src/simulator.js';
+import { useSimulator } from './sim.js';
 
 let sim: RunningSimulator;
-beforeAll(async () => {
-  sim = await startSimulator({ apiKey: 'sk-sim-key' });
-});
-afterAll(async () => {
-  await sim.close();
-});
+useSimulator({ apiKey: 'sk-sim-key' }, (started) => (sim = started));
 
 const auth = { authorization: 'Bearer sk-sim-key', 'content-type': 'application/json' };
 const get = async (path: string): Promise<{ status: number; body: Record<string, unknown> }> => {
