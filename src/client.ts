@@ -18,6 +18,9 @@ export const PROVIDERS: readonly Provider[] = ['portkey', 'openai', 'azure'];
 /** The `api-version` sent to Azure when none is configured (Foundry Agent Service GA). */
 export const DEFAULT_AZURE_API_VERSION = '2025-05-01';
 
+/** What an `api-version` may look like (it goes into the query string as is). */
+export const API_VERSION_PATTERN = /^[A-Za-z0-9._-]{1,40}$/;
+
 /** Base URL used when none is given, per provider; Azure has none (each project has its endpoint). */
 export const DEFAULT_BASE_URLS: Readonly<Partial<Record<Provider, string>>> = Object.freeze({
   portkey: 'https://api.portkey.ai/v1',
@@ -376,7 +379,7 @@ export class ApiClient implements PollClient {
     this.#credentials = options.credentials ?? {};
     this.#tokenFile = this.provider === 'azure' && this.#credentials.tokenFile && !this.#credentials.apiKey ? new TokenFile(this.#credentials.tokenFile) : null;
     const apiVersion = options.apiVersion ?? DEFAULT_AZURE_API_VERSION;
-    if (!/^[A-Za-z0-9._-]{1,40}$/.test(apiVersion)) throw new ConfigError(`invalid apiVersion ${JSON.stringify(apiVersion.slice(0, 60))}: expected e.g. ${DEFAULT_AZURE_API_VERSION}`);
+    if (!API_VERSION_PATTERN.test(apiVersion)) throw new ConfigError(`invalid apiVersion ${JSON.stringify(apiVersion.slice(0, 60))}: expected e.g. ${DEFAULT_AZURE_API_VERSION}`);
     this.#query = this.provider === 'azure' ? `api-version=${apiVersion}` : '';
     this.#headers = options.headers ?? {};
     for (const [name, value] of Object.entries(this.#headers)) assertValidHeader(name, value);

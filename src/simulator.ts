@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
+import { DEFAULT_AZURE_API_VERSION } from './client.js';
 import { ConfigError } from './errors.js';
 import { ID_PATTERN } from './resource.js';
 import { TERMINAL_RUN_STATUSES } from './status.js';
@@ -370,7 +371,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   for (const response of options.responses ?? []) addResponse(response);
 
   const prefix = errorStyle === 'azure' ? '/api/projects/sim' : '/v1';
-  const apiVersion = options.apiVersion ?? '2025-05-01';
+  const apiVersion = options.apiVersion ?? DEFAULT_AZURE_API_VERSION;
   let apiKey = options.apiKey;
   let azureRequests = 0;
   const sendError = (res: http.ServerResponse, status: number, message: string, code: string | null = null, headers: Record<string, string> = {}): void => {
@@ -546,10 +547,6 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       run.steps.splice(run.cursor + 1, run.steps.length, { status: 'cancelled' });
       run.next(now);
       sendJson(res, 200, run.toJSON());
-      return;
-    }
-    if (action === '/submit_tool_outputs' && run.kind === 'response') {
-      sendError(res, 404, 'Invalid URL (POST submit_tool_outputs on a response)', 'unknown_url');
       return;
     }
     if (action === '/cancel') {

@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_BUDGET } from '../budget.js';
-import { DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PROVIDERS } from '../client.js';
+import { API_VERSION_PATTERN, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PROVIDERS } from '../client.js';
 import { describeIssue } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
@@ -65,7 +65,7 @@ const schema = z
       .object({
         provider: z.enum(PROVIDERS as [string, ...string[]]),
         baseUrl: z.string().nullable(),
-        apiVersion: z.string().regex(/^[A-Za-z0-9._-]{1,40}$/, 'expected an api-version such as 2025-05-01'),
+        apiVersion: z.string().regex(API_VERSION_PATTERN, `expected an api-version such as ${DEFAULT_AZURE_API_VERSION}`),
         requestTimeoutMs: durationMs,
         maxSockets: positiveInt,
         traceId: z.boolean(),
