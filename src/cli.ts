@@ -232,9 +232,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
     process.stdout.write(target === 'run' ? WATCH_HELP : target === 'response' ? WATCH_RESPONSE_HELP : WAIT_THREAD_HELP);
     return EXIT.completed;
   }
-  const expected = target === 'run' ? 2 : 1;
-  const usage = { run: '<thread_id> <run_id>', response: '<response_id>', thread: '<thread_id>' }[target];
-  if (positionals.length !== expected) throw new ConfigError(`expected ${usage}, got ${positionals.length} argument(s)`);
+  const [first, second] = idArguments(target, positionals);
   if (target !== 'run' && values.until !== 'terminal') throw new ConfigError('--until applies to runs only: a background response has no requires_action');
   if (target === 'thread' && values['cancel-after-stall'] !== undefined) throw new ConfigError('--cancel-after-stall applies to runs and responses, not to a thread');
   const cancelAfterStallMs = values['cancel-after-stall'] === undefined ? undefined : parseDurationMs('--cancel-after-stall', values['cancel-after-stall']);
@@ -260,7 +258,6 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
   process.on('SIGTERM', onSignal);
   try {
     const common = { watchId: values['watch-id'], timeoutMs, signal: controller.signal };
-    const [first, second] = positionals as [string, string];
     const resolveOn = until === 'requires_action' ? ['requires_action'] : [];
     const handle =
       target === 'run'
@@ -298,11 +295,9 @@ async function cancelCommand(args: string[], env: NodeJS.ProcessEnv, target: 'ru
     process.stdout.write(CANCEL_HELP);
     return EXIT.completed;
   }
-  const expected = target === 'run' ? 2 : 1;
-  if (positionals.length !== expected) throw new ConfigError(`expected ${target === 'run' ? '<thread_id> <run_id>' : '<response_id>'}, got ${positionals.length} argument(s)`);
+  const [first, second] = idArguments(target, positionals);
   const client = new ApiClient(connection(values, env));
   try {
-    const [first, second] = positionals as [string, string];
     const outcome =
       target === 'run'
         ? await client.act(RUN_KIND, validRef(RUN_KIND, { thread_id: first, run_id: second }), 'cancel', {}, { watchId: 'cancel' })
@@ -316,6 +311,13 @@ async function cancelCommand(args: string[], env: NodeJS.ProcessEnv, target: 'ru
   } finally {
     client.close();
   }
+}
+
+/** The ids a command takes: `<thread_id> <run_id>`, `<response_id>` or `<thread_id>`; throws `ConfigError` on a wrong count. */
+function idArguments(target: 'run' | 'response' | 'thread', positionals: readonly string[]): [string, string] {
+  const usage = { run: '<thread_id> <run_id>', response: '<response_id>', thread: '<thread_id>' }[target];
+  if (positionals.length !== (target === 'run' ? 2 : 1)) throw new ConfigError(`expected ${usage}, got ${positionals.length} argument(s)`);
+  return positionals as [string, string];
 }
 
 /** Validates ids before any request (InvalidIdError is a usage error). */
