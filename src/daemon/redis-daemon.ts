@@ -21,7 +21,6 @@ import { WebhookSink } from '../sinks/webhook.js';
 import type { Progress, StepSettings } from '../step.js';
 import { applyOutcome, deadlineMessage, initialProgress, stepAfterAction } from '../step.js';
 import { pairs, RedisState } from '../store/redis.js';
-import type { StoredWatch } from '../store/redis.js';
 import type { StoredWatchEvent, WatchRecord, WatchState } from '../store/store.js';
 import { actionMemoryOf, kindOf, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
@@ -274,7 +273,7 @@ export class RedisDaemon implements RunningDaemon {
     // a stored watch is a run or a response: so are its events
     const events = step.emissions.map((emission) => emissionEvent(kind, record.id, target, emission, now) as StoredWatchEvent);
     if (outcome.ok && step.result.kind === 'continue') {
-      const acted = await this.#act(stored, step.progress, settings);
+      const acted = await this.#act(record, step.progress, settings);
       if (acted) {
         events.push(...acted.events);
         step = acted.step;
@@ -307,8 +306,7 @@ export class RedisDaemon implements RunningDaemon {
    * tool calls with the tool handler, or cancel a resource stalled past `cancelAfterStallMs`.
    * Returns the events and the step that follows.
    */
-  async #act(stored: StoredWatch, progress: Progress, settings: StepSettings): Promise<Acted | undefined> {
-    const { record } = stored;
+  async #act(record: WatchRecord, progress: Progress, settings: StepSettings): Promise<Acted | undefined> {
     const { actions } = record;
     const kind = kindOf(record);
     const target = targetOf(record);

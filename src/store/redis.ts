@@ -221,11 +221,18 @@ export class RedisState {
       const ids = await this.#redis.zrangebyscore(`${this.prefix}watches`, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 500);
       if (ids.length === 0) return removed;
       const pipeline = this.#redis.pipeline();
-      for (let i = 0; i < ids.length; i += 2) pipeline.hmget(this.watchKey(ids[i]!), 'state', 'finished_at');
-      const rows = ((await pipeline.exec()) ?? []).map(([, value]) => value as [string | null, string | null]);
-      const stale = rows.flatMap(([state, finishedAt], i) => (state && state !== 'active' && finishedAt && Number(finishedAt) < nowMs - olderThanMs ? [ids[i * 2]!] : []));
+      // the target's fields come along: an ended watch's mapping is removed with it
+      for (let i = 0; i < ids.length; i += 2) pipeline.hmget(this.watchKey(ids[i]!), 'state', 'finished_at', 'kind', 'thread_id', 'run_id', 'response_id');
+      const rows = ((await pipeline.exec()) ?? []).map(([, value]) => value as Array<string | null>);
+      const stale: string[] = [];
+      const keys: string[] = [];
+      rows.forEach(([state, finishedAt, kind, thread_id, run_id, response_id], i) => {
+        const ended = state && state !== 'active' && finishedAt && Number(finishedAt) < nowMs - olderThanMs;
+        if (!ended) return;
+        stale.push(ids[i * 2]!);
+        keys.push(targetKey(targetFromHash({ kind: kind ?? '', thread_id: thread_id ?? '', run_id: run_id ?? '', response_id: response_id ?? '' })));
+      });
       if (stale.length > 0) {
-        const keys = await Promise.all(stale.map(async (id) => targetKey(targetFromHash(await this.#redis.hgetall(this.watchKey(id))))));
         await this.#redis
           .multi()
           .del(...stale.map((id) => this.watchKey(id)))
