@@ -44,9 +44,15 @@ export function toolCallsOf(snapshot: Snapshot | null): ToolCall[] {
   return calls.filter((call): call is ToolCall => typeof call === 'object' && call !== null && typeof (call as { id?: unknown }).id === 'string');
 }
 
-/** Identifies one set of tool calls: a handler runs once per set. */
-export function toolCallsKey(calls: readonly ToolCall[]): string {
-  return calls.map((call) => call.id).join(',');
+/** Identifies one set of tool calls by their ids: a handler runs once per set. */
+export function toolCallsKey(ids: readonly string[]): string {
+  return ids.join(',');
+}
+
+/** The actions a watch remembers: the last tool-call set handled (its `toolCallsKey`), and whether a cancel was sent. */
+export interface ActionMemory {
+  readonly handledCalls: string | null;
+  readonly cancelRequested: boolean;
 }
 
 /** What a tool handler produced: an output per call, or why not (a one-line message). */

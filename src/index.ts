@@ -26,5 +26,6 @@ export { WebhookSink, signWebhook, verifyWebhook, webhookKey } from './sinks/web
 export type { WebhookSinkOptions } from './sinks/webhook.js';
 export { loadModuleSink } from './sinks/module.js';
 export { loadToolHandler } from './actions.js';
+export type { ActionMemory } from './actions.js';
 // separate entry points, so a watcher does not load what it does not use: 'runwatch/daemon'
 // (node:sqlite, prom-client, zod, ioredis; also the Redis stream sink), 'runwatch/simulator' (zod)

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import type { ToolCall, ToolHandler } from './actions.js';
+import type { ActionMemory, ToolCall, ToolHandler } from './actions.js';
 import { actWithRetries, callToolHandler, errorDetails, toolCallsKey, toolCallsOf } from './actions.js';
 import type { BudgetOptions } from './budget.js';
 import { RequestBudget } from './budget.js';
@@ -96,11 +96,11 @@ export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
   /** Resume: the last snapshot seen before. */
   readonly lastSnapshot?: TSnapshot | null;
   /**
-   * Resume: what was done already, so it is not done again (the tool-call set handled, ids
-   * joined by `,`; whether a cancel was sent).
+   * Resume: what was done already, so it is not done again (the tool-call set handled,
+   * whether a cancel was sent).
    * @default nothing done
    */
-  readonly actionsDone?: { readonly handledCalls: string | null; readonly cancelRequested: boolean };
+  readonly actionsDone?: ActionMemory;
   /**
    * Cancel the resource (`POST .../cancel`) when it stays in one non-terminal status this
    * long, and emit `<prefix>.cancel_requested` with `reason: "stalled"`; the watch then goes
@@ -627,7 +627,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   #startToolHandler(w: AnyWatch): boolean {
     const run = w.progress.lastSnapshot;
     const calls = toolCallsOf(run);
-    const key = toolCallsKey(calls);
+    const key = toolCallsKey(calls.map((call) => call.id));
     if (calls.length === 0 || key === w.handledCalls || !run) return false;
     w.handledCalls = key;
     // no poll while the handler works, but the deadline still holds (it aborts the handler's signal)

@@ -313,9 +313,8 @@ export class RedisDaemon implements RunningDaemon {
     const context = { watchId: record.id, signal: this.#stopping.signal };
     if (this.#toolHandler && record.kind === 'run' && progress.status === 'requires_action') {
       const calls = toolCallsOf(progress.lastSnapshot);
-      const key = toolCallsKey(calls);
-      if (calls.length > 0 && key !== actions.handledCalls) {
-        const ids = calls.map((call) => call.id);
+      const ids = calls.map((call) => call.id);
+      if (calls.length > 0 && toolCallsKey(ids) !== actions.handledCalls) {
         // the handler gets until the watch's deadline, and stops when this replica shuts down
         const limit = new AbortController();
         const timer = setTimeout(() => limit.abort(new Error('the watch reached its deadline')), Math.max(1, progress.deadlineAtMs - Date.now()));

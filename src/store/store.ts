@@ -1,3 +1,5 @@
+import type { ActionMemory } from '../actions.js';
+import { toolCallsKey } from '../actions.js';
 import type { ResponseEvent, RunEvent, WatchErrorDetails } from '../events.js';
 import { RESPONSE_KIND, RUN_KIND } from '../resource.js';
 import type { ResourceKind, Snapshot } from '../resource.js';
@@ -41,12 +43,6 @@ export interface WatchFields {
   readonly actions: ActionMemory;
 }
 
-/** The actions a watch remembers: the last tool-call set handled (ids joined by `,`), and whether a cancel was sent. */
-export interface ActionMemory {
-  readonly handledCalls: string | null;
-  readonly cancelRequested: boolean;
-}
-
 /**
  * What an event adds to a watch's action memory: a submission or a failed handling marks its
  * tool calls handled, a cancel (sent or refused) marks the cancel done; other events add nothing.
@@ -55,10 +51,12 @@ export function actionMemoryOf(event: StoredWatchEvent): Partial<ActionMemory> {
   if (event.type === 'watch.error') return {};
   const action = event.type.slice(event.type.indexOf('.') + 1);
   const ids = 'tool_call_ids' in event ? event.tool_call_ids : undefined;
-  if ((action === 'tool_outputs_submitted' || (action === 'action_failed' && event.reason === 'submit_tool_outputs')) && ids) return { handledCalls: ids.join(',') }; // the key toolCallsKey gives
+  if ((action === 'tool_outputs_submitted' || (action === 'action_failed' && event.reason === 'submit_tool_outputs')) && ids) return { handledCalls: toolCallsKey(ids) };
   if (action === 'cancel_requested' || (action === 'action_failed' && event.reason === 'cancel')) return { cancelRequested: true };
   return {};
 }
+
+export type { ActionMemory } from '../actions.js';
 
 /** A watch as stored: its target and its fields. */
 export type WatchRecord = WatchTarget & WatchFields;
