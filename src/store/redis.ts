@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Progress } from '../step.js';
 import type { EventFilter, NewWatch, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
-import { eventTarget, orderingId, targetKey } from './store.js';
+import { eventTarget, idFieldsOfTarget, orderingId, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
@@ -274,7 +274,8 @@ function targetFromHash(hash: Record<string, string>): WatchTarget {
 
 /** The id fields of a target as stream and hash values ('' where the kind has none). */
 function idFields(target: WatchTarget): { thread_id: string; run_id: string; response_id: string } {
-  return target.kind === 'run' ? { thread_id: target.thread_id, run_id: target.run_id, response_id: '' } : { thread_id: '', run_id: '', response_id: target.response_id };
+  const ids = idFieldsOfTarget(target);
+  return { thread_id: ids.thread_id ?? '', run_id: ids.run_id ?? '', response_id: ids.response_id ?? '' };
 }
 
 function toRecord(hash: Record<string, string>): WatchRecord {

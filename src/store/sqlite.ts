@@ -5,7 +5,7 @@ import type { StatementSync } from 'node:sqlite';
 import { ConfigError } from '../errors.js';
 import { snapshotOf } from '../events.js';
 import type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
-import { actionMemoryOf, eventTarget, stateAfter, targetKey } from './store.js';
+import { actionMemoryOf, eventTarget, idFieldsOfTarget, stateAfter, targetKey } from './store.js';
 
 /** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x. */
 const SCHEMA_VERSION = 2;
@@ -187,7 +187,7 @@ export class SqliteStore implements Store {
       const existing = this.#sql('SELECT * FROM watches WHERE target = ?').get(key) as WatchRow | undefined;
       if (existing) return { watch: toRecord(existing), created: false };
       const order = (this.#sql('SELECT COALESCE(MAX(created_order), 0) + 1 AS n FROM watches').get() as { n: number }).n;
-      const ids = idColumns(input);
+      const ids = idFieldsOfTarget(input);
       this.#sql(
         `INSERT INTO watches (id, kind, target, thread_id, run_id, response_id, metadata, callback_url, state, seq, created_at, updated_at, created_order)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?, ?)`,
@@ -215,7 +215,7 @@ export class SqliteStore implements Store {
 
   recordEvent(event: StoredWatchEvent, sinks: readonly string[], nowMs: number): number {
     const payload = JSON.stringify(event);
-    const ids = idColumns(eventTarget(event));
+    const ids = idFieldsOfTarget(eventTarget(event));
     return this.#transaction(() => {
       // a redelivered engine event (same id) must not become a second, different payload
       const existing = this.#sql('SELECT pos FROM events WHERE event_id = ?').get(event.id) as { pos: number } | undefined;
@@ -347,9 +347,4 @@ export class SqliteStore implements Store {
   close(): void {
     if (this.#db.isOpen) this.#db.close();
   }
-}
-
-/** The id columns of a target; the others are null. */
-function idColumns(target: WatchTarget): { thread_id: string | null; run_id: string | null; response_id: string | null } {
-  return target.kind === 'run' ? { thread_id: target.thread_id, run_id: target.run_id, response_id: null } : { thread_id: null, run_id: null, response_id: target.response_id };
 }

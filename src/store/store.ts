@@ -92,6 +92,11 @@ export function orderingId(target: WatchTarget): string {
   return target.kind === 'run' ? target.run_id : target.response_id;
 }
 
+/** Every id field of a target, `null` where its kind has none (a column or stream field per id). */
+export function idFieldsOfTarget(target: WatchTarget): { readonly thread_id: string | null; readonly run_id: string | null; readonly response_id: string | null } {
+  return target.kind === 'run' ? { thread_id: target.thread_id, run_id: target.run_id, response_id: null } : { thread_id: null, run_id: null, response_id: target.response_id };
+}
+
 /** The target of a stored event. */
 export function eventTarget(event: StoredWatchEvent): WatchTarget {
   return 'run_id' in event ? { kind: 'run', thread_id: event.thread_id, run_id: event.run_id } : { kind: 'response', response_id: event.response_id };
