@@ -1,5 +1,5 @@
 import { pino } from 'pino';
-import type { Logger, LevelWithSilent } from 'pino';
+import type { DestinationStream, Logger, LevelWithSilent } from 'pino';
 import { ConfigError } from './errors.js';
 
 /** Log levels accepted by `--log-level` and `LOG_LEVEL`. */
@@ -21,11 +21,22 @@ export const REDACT_PATHS: readonly string[] = [
   '*.apiKey',
 ];
 
+/** Options of `createLogger`. */
+export interface LoggerOptions {
+  /** Human-readable lines instead of JSON. @default true when stderr is a terminal (and not under CI) */
+  readonly pretty?: boolean;
+  /**
+   * Where the lines go instead of stderr (fd 2), e.g. a stream a test reads back; written
+   * synchronously to stderr when omitted.
+   */
+  readonly destination?: DestinationStream;
+}
+
 /**
  * The operational logger: JSON lines on stderr (stdout carries events only), human-readable
  * when stderr is a terminal. Synchronous, so nothing is lost on exit.
  */
-export async function createLogger(level: string, options: { pretty?: boolean } = {}): Promise<Logger> {
+export async function createLogger(level: string, options: LoggerOptions = {}): Promise<Logger> {
   if (!LOG_LEVELS.includes(level as LevelWithSilent)) {
     throw new ConfigError(`invalid log level ${JSON.stringify(level)}: use one of ${LOG_LEVELS.join(', ')}`);
   }
@@ -33,7 +44,7 @@ export async function createLogger(level: string, options: { pretty?: boolean } 
   if (options.pretty ?? (process.stderr.isTTY && !process.env.CI)) {
     // loaded only for terminals: it is the heavier path and machines read JSON
     const { default: pretty } = await import('pino-pretty');
-    return pino(config, pretty({ destination: 2, sync: true, colorize: true, ignore: 'pid,hostname' }));
+    return pino(config, pretty({ destination: options.destination ?? 2, sync: true, colorize: true, ignore: 'pid,hostname' }));
   }
-  return pino(config, pino.destination({ fd: 2, sync: true }));
+  return pino(config, options.destination ?? pino.destination({ fd: 2, sync: true }));
 }
