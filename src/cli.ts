@@ -8,10 +8,10 @@ import { ApiClient, assertValidHeader, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_U
 import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
 import type { ConfigSources, DaemonConfig } from './daemon/config.js';
-import type { DaemonSecrets, RunningDaemon } from './daemon/daemon.js';
+import type { DaemonSecrets } from './daemon/daemon.js';
 import { parseDurationMs } from './duration.js';
 import type { ErrorCode } from './errors.js';
-import { ConfigError, RunwatchError } from './errors.js';
+import { ConfigError, ListenError, RunwatchError, StoreOpenError, StoreUnavailableError, StoreWriteError } from './errors.js';
 import { createLogger } from './logger.js';
 import type { Snapshot } from './resource.js';
 import { RESPONSE_KIND, RUN_KIND } from './resource.js';
@@ -445,7 +445,6 @@ function daemonSources(args: string[], env: NodeJS.ProcessEnv): { help: boolean;
 const loadDaemon = async () => ({
   ...(await import('./daemon/config.js')),
   ...(await import('./daemon/daemon.js')),
-  ...(await import('./daemon/redis-daemon.js')),
   ...(await import('./sinks/webhook.js')),
 });
 
@@ -483,27 +482,12 @@ async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
     process.stdout.write(DAEMON_HELP);
     return EXIT.completed;
   }
-  const { loadConfig, Daemon, RedisDaemon } = await loadDaemon();
+  const { loadConfig, Daemon } = await loadDaemon();
   const config = loadConfig(sources);
   const secrets = await daemonSecrets(config, env);
   const logger = await createLogger(config.daemon.logLevel);
-  let daemon: RunningDaemon;
-  try {
-    daemon = config.store.kind === 'redis' ? await RedisDaemon.start(config, secrets, logger) : await Daemon.start(config, secrets, logger);
-  } catch (error) {
-    if (error instanceof RunwatchError) throw error;
-    const code = (error as NodeJS.ErrnoException).code ?? '';
-    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
-      return fail(EXIT.unavailable, `cannot listen on ${config.daemon.host}:${config.daemon.port} (${code}): pick another --port or --host`);
-    }
-    if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'ETIMEDOUT' || (error as Error).message?.includes('Connection is closed')) {
-      return fail(EXIT.unavailable, `cannot reach Redis (${code || (error as Error).message}): check RUNWATCH_REDIS_URL and that Redis is up`);
-    }
-    if (code.startsWith('ERR_SQLITE') || code === 'EACCES' || code === 'ENOENT' || code === 'EROFS') {
-      return fail(EXIT.cannotCreate, `cannot open the store in ${config.daemon.dataDir} (${(error as Error).message}): check that --data-dir is writable`);
-    }
-    throw error;
-  }
+  // errors of the start (store, address) reach main()'s table of exit codes
+  const daemon = await Daemon.start(config, secrets, logger);
   const stop = await Promise.race([
     new Promise<NodeJS.Signals>((resolve) => {
       const onHup = (): void => void daemon.reopen();
@@ -515,7 +499,7 @@ async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
   ]);
   if (stop instanceof Error) {
     await daemon.shutdown();
-    return fail(EXIT.internal, `${stop.message}; the store is the source of truth: restart the daemon to resume from it`);
+    return fail(exitCodeOf(stop), `${stop.message}; the store is the source of truth: restart the daemon to resume from it`);
   }
   const signal = stop;
   // repeated signals change nothing: shutdown is idempotent and bounded by the timer below
@@ -568,12 +552,27 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return fail(EXIT.usage, `unknown command ${JSON.stringify(command)}; run runwatch --help`);
     }
   } catch (error) {
-    if (error instanceof ConfigError) return fail(EXIT.usage, `${error.message}`);
     if (error instanceof TypeError && 'code' in error && String(error.code).startsWith('ERR_PARSE_ARGS')) {
       return fail(EXIT.usage, `${error.message}; run runwatch ${command ?? ''} --help`);
     }
+    const code = exitCodeOf(error);
+    if (code !== EXIT.internal || error instanceof RunwatchError) return fail(code, (error as Error).message);
     return fail(EXIT.internal, `internal error: ${error instanceof Error ? error.message : String(error)}; please report it with the log above`);
   }
+}
+
+/** Errors at the process boundary, by class: the one table from error to exit code (the README lists the same). */
+const EXIT_BY_ERROR: ReadonlyArray<readonly [abstract new (...args: never[]) => Error, number]> = [
+  [ConfigError, EXIT.usage],
+  [ListenError, EXIT.unavailable],
+  [StoreUnavailableError, EXIT.unavailable],
+  [StoreOpenError, EXIT.cannotCreate],
+  [StoreWriteError, EXIT.internal],
+];
+
+/** The exit code of an error that reached the top: by its class, else 1. */
+function exitCodeOf(error: unknown): number {
+  return EXIT_BY_ERROR.find(([type]) => error instanceof type)?.[1] ?? EXIT.internal;
 }
 
 const code = await main(process.argv.slice(2));

@@ -1,6 +1,5 @@
 // `npm run demo`: the simulator and a RunWatcher in one process, no keys and no network.
 // Events go to stdout as NDJSON (what the CLI and the stdout sink write); a summary to stderr.
-import type { WatchEvent } from './events.js';
 import { idFieldsOf } from './events.js';
 import { createLogger } from './logger.js';
 import { SinkDispatcher, StdoutSink } from './sinks/index.js';
@@ -26,24 +25,14 @@ watcher.on('event', (event) => dispatcher.dispatch(event));
 const outcomes = await Promise.all(
   DEMO_RUNS.map(async ({ threadId, runId }) => {
     const started = Date.now();
-    const watchId = `w_demo_${runId}`;
-    let last: { status: string | null; seq: number } = { status: null, seq: 0 };
-    const onEvent = (event: WatchEvent): void => {
-      last = { status: event.to, seq: event.seq };
-    };
     try {
-      let run = await watcher.watchRun({ threadId, runId, watchId, onEvent, resolveOn: ['requires_action'] }).promise;
-      if (run.status === 'requires_action') {
-        // what a tool handler does: answer the tool calls, then keep watching
-        const calls = run.required_action?.submit_tool_outputs.tool_calls ?? [];
-        await fetch(`${sim.baseUrl}/threads/${threadId}/runs/${runId}/submit_tool_outputs`, {
-          method: 'POST',
-          headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' },
-          body: JSON.stringify({ tool_outputs: calls.map((call) => ({ tool_call_id: call.id, output: '{"temperature":21}' })) }),
-        });
-        // same watch id, resumed at the same status and seq: the event stream stays gapless
-        run = await watcher.watchRun({ threadId, runId, watchId, onEvent, initial: last }).promise;
-      }
+      const run = await watcher.watchRun({
+        threadId,
+        runId,
+        watchId: `w_demo_${runId}`,
+        // a tool handler answers requires_action; its outputs are submitted and the watch goes on
+        onRequiresAction: ({ toolCalls }) => toolCalls.map((call) => ({ tool_call_id: call.id, output: '{"temperature":21}' })),
+      }).promise;
       return { runId, result: run.status, ms: Date.now() - started };
     } catch (error) {
       return { runId, result: `error: ${(error as Error).message}`, ms: Date.now() - started };

@@ -32,7 +32,15 @@ export type ErrorCode =
   /** A tool handler (`onRequiresAction`) threw or returned no output for some tool call. */
   | 'tool_handler_failed'
   /** The server answered 404 for a thread (thread guard). */
-  | 'thread_not_found';
+  | 'thread_not_found'
+  /** The daemon's store does not answer (Redis down or unreachable); retry later. */
+  | 'store_unavailable'
+  /** The daemon's store cannot be opened (the data dir is not a writable directory). */
+  | 'store_open_failed'
+  /** A step could not be written to the daemon's store (disk full, file removed). */
+  | 'store_write_failed'
+  /** The daemon cannot listen on its address (in use, not permitted). */
+  | 'cannot_listen';
 
 /**
  * Base class of every error runwatch throws: a literal `name`, a stable `code`, an optional
@@ -115,5 +123,41 @@ export class DeliveryError extends RunwatchError {
     super('delivery_failed', message, { cause: options.cause });
     this.permanent = options.permanent ?? false;
     this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+/** The store does not answer (Redis down or unreachable). The control API answers 503; at start the daemon exits 69. */
+export class StoreUnavailableError extends RunwatchError {
+  override readonly name = 'StoreUnavailableError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('store_unavailable', message, options);
+  }
+}
+
+/** The store cannot be opened (the data dir is a file, or not writable). The daemon exits 73. */
+export class StoreOpenError extends RunwatchError {
+  override readonly name = 'StoreOpenError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('store_open_failed', message, options);
+  }
+}
+
+/** A step could not be written to the store. The daemon stops (exit 1) and a restart resumes from what was written. */
+export class StoreWriteError extends RunwatchError {
+  override readonly name = 'StoreWriteError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('store_write_failed', message, options);
+  }
+}
+
+/** The daemon cannot listen on its address. It exits 69. */
+export class ListenError extends RunwatchError {
+  override readonly name = 'ListenError';
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('cannot_listen', message, options);
   }
 }

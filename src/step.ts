@@ -1,3 +1,5 @@
+import type { ToolCall } from './actions.js';
+import { toolCallsKey, toolCallsOf } from './actions.js';
 import type { PollFailure, PollOutcome } from './client.js';
 import type { ResourceKind, Snapshot } from './resource.js';
 import type { NextStep, PollPolicy } from './schedule.js';
@@ -5,8 +7,8 @@ import { deadlineFor, nextDelayMs, planNextStep, retryAfterFloorMs } from './sch
 import { StatusMachine } from './status.js';
 
 /**
- * Everything a watch remembers between polls. Plain data, so the in-process watcher keeps it
- * in memory and a distributed one stores it between polls (any replica can take the next step).
+ * Everything a watch remembers between polls: the one record every store persists (memory,
+ * SQLite, Redis) and every engine resumes from. Plain JSON data.
  */
 export interface Progress {
   /** Last status seen, `null` before the first observation. */
@@ -22,6 +24,29 @@ export interface Progress {
   readonly lastSnapshot: Snapshot | null;
   /** The last transient failure of the current series, `null` after a success. */
   readonly lastFailure: Pick<PollFailure, 'code' | 'message' | 'httpStatus' | 'requestId'> | null;
+  /** The tool-call set last given to the tool handler (`toolCallsKey`): a handler runs once per set. */
+  readonly handledCalls: string | null;
+  /** A cancel was sent (or refused): it is never sent again by the stall rule. */
+  readonly cancelRequested: boolean;
+  /** What was planned after the last step (a poll, or the end at the deadline); `null` before the first. */
+  readonly next: NextStep | null;
+}
+
+/**
+ * A progress as a store holds it. Watches stored by earlier versions carry only part of it
+ * (status, seq, the last snapshot, what was done); `resumeProgress` fills in the rest.
+ */
+export type StoredProgress = Partial<Progress> & Pick<Progress, 'status' | 'seq'>;
+
+/** The progress to resume from: the stored one, completed where an earlier version stored less. */
+export function resumeProgress(
+  kind: ResourceKind<object, Snapshot>,
+  settings: Pick<StepSettings, 'startedAtMs' | 'timeoutMs' | 'expiresGraceMs' | 'defaultTimeoutMs'>,
+  stored: StoredProgress | null | undefined,
+  nowMs: number = Date.now(),
+): Progress {
+  const fresh = initialProgress(kind, settings, stored ?? {}, nowMs);
+  return stored ? { ...fresh, ...stored } : fresh;
 }
 
 /** The fixed settings a step needs. */
@@ -34,6 +59,10 @@ export interface StepSettings {
   readonly expiresGraceMs: number;
   readonly defaultTimeoutMs: number;
   readonly stallThresholdMs: number | undefined;
+  /** Cancel the resource once when it stays in one status this long; `undefined`: never. */
+  readonly cancelAfterStallMs: number | undefined;
+  /** A tool handler answers `requires_action` (runs only). */
+  readonly handlesToolCalls: boolean;
   readonly random: () => number;
 }
 
@@ -42,10 +71,17 @@ export type Emission =
   | { readonly kind: 'transition'; readonly from: string | null; readonly to: string; readonly seq: number; readonly snapshot: Snapshot }
   | { readonly kind: 'stalled'; readonly status: string; readonly seq: number; readonly snapshot: Snapshot; readonly stalledForMs: number };
 
+/** What the watch does to the resource after an observation. */
+export type ActionDecision =
+  /** Call the tool handler for these new tool calls and submit its outputs. */
+  | { readonly kind: 'submit_tool_outputs'; readonly calls: readonly ToolCall[] }
+  /** Cancel the resource: it stayed in one status past `cancelAfterStallMs`. */
+  | { readonly kind: 'cancel'; readonly reason: 'stalled'; readonly stalledForMs: number };
+
 /** What happens to the watch after a step. */
 export type StepResult =
-  /** Keep watching: poll at a time, or end at the deadline. */
-  | { readonly kind: 'continue'; readonly next: NextStep }
+  /** Keep watching: act first when `action` says so, then poll at a time, or end at the deadline. */
+  | { readonly kind: 'continue'; readonly next: NextStep; readonly action?: ActionDecision }
   /** A terminal or `resolveOn` status was seen. */
   | { readonly kind: 'resolved'; readonly snapshot: Snapshot }
   /** A permanent failure ends the watch. */
@@ -61,7 +97,7 @@ export function stepAfterAction(policy: PollPolicy, progress: Progress, nowMs: n
 export function initialProgress(
   kind: ResourceKind<object, Snapshot>,
   settings: Pick<StepSettings, 'startedAtMs' | 'timeoutMs' | 'expiresGraceMs' | 'defaultTimeoutMs'>,
-  resume: { readonly status?: string | null; readonly seq?: number; readonly statusSinceMs?: number | undefined; readonly lastSnapshot?: Snapshot | null } = {},
+  resume: { readonly status?: string | null; readonly seq?: number; readonly statusSinceMs?: number | undefined; readonly lastSnapshot?: Snapshot | null; readonly handledCalls?: string | null; readonly cancelRequested?: boolean } = {},
   nowMs: number = Date.now(),
 ): Progress {
   const lastSnapshot = resume.lastSnapshot ?? null;
@@ -75,7 +111,26 @@ export function initialProgress(
     deadlineAtMs: deadlineFor({ ...settings, expiresAtMs: lastSnapshot ? kind.expiresAtMs(lastSnapshot) : undefined }),
     lastSnapshot,
     lastFailure: null,
+    handledCalls: resume.handledCalls ?? null,
+    cancelRequested: resume.cancelRequested ?? false,
+    next: null,
   };
+}
+
+/**
+ * What to do to the resource after a successful observation, if anything: answer new tool
+ * calls (once per set), or cancel a resource stalled past `cancelAfterStallMs` (once).
+ */
+export function decideAction(progress: Progress, settings: StepSettings, nowMs: number): ActionDecision | undefined {
+  if (settings.handlesToolCalls && progress.status === 'requires_action') {
+    const calls = toolCallsOf(progress.lastSnapshot);
+    if (calls.length > 0 && toolCallsKey(calls.map((call) => call.id)) !== progress.handledCalls) return { kind: 'submit_tool_outputs', calls };
+  }
+  const stalledForMs = nowMs - progress.statusSinceMs;
+  if (settings.cancelAfterStallMs !== undefined && !progress.cancelRequested && progress.status !== null && stalledForMs >= settings.cancelAfterStallMs) {
+    return { kind: 'cancel', reason: 'stalled', stalledForMs };
+  }
+  return undefined;
 }
 
 /**
@@ -132,7 +187,9 @@ export function applyOutcome(
   }
   next = { ...next, seq: machine.seq, status: machine.status };
   const delayMs = nextDelayMs(settings.policy, { status: next.status, unchangedPolls: next.unchangedPolls, consecutiveErrors: 0, hints: outcome.hints }, settings.random);
-  return { progress: next, emissions, result: { kind: 'continue', next: planNextStep(nowMs, delayMs, next.deadlineAtMs) } };
+  const planned = planNextStep(nowMs, delayMs, next.deadlineAtMs);
+  const action = decideAction(next, settings, nowMs);
+  return { progress: next, emissions, result: action ? { kind: 'continue', next: planned, action } : { kind: 'continue', next: planned } };
 }
 
 /** The message of a `deadline_exceeded` error, naming the last error or status. */

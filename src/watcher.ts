@@ -1,29 +1,27 @@
 import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import type { ActionMemory, ToolCall, ToolHandler } from './actions.js';
-import { actWithRetries, callToolHandler, errorDetails, toolCallsKey, toolCallsOf } from './actions.js';
+import type { ToolHandler } from './actions.js';
 import type { BudgetOptions } from './budget.js';
-import { RequestBudget } from './budget.js';
-import type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, ResourceAction } from './client.js';
+import { LocalBudget } from './budget.js';
+import type { ClientOptions, Credentials, PollClient } from './client.js';
 import { ApiClient, assertValidHeader } from './client.js';
+import type { CommitPort, PollReport, StepEnd, Watch } from './driver.js';
+import { WatchDriver } from './driver.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
 import type { WatchEvent } from './events.js';
-import type { ActionEventName } from './events.js';
-import { actionEvent, emissionEvent, watchErrorEvent } from './events.js';
-import { Fifo, MinHeap } from './queues.js';
+import { MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
 import { MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
-import type { MachineState } from './status.js';
-import type { Progress, StepSettings } from './step.js';
-import { applyOutcome, deadlineMessage, initialProgress, stepAfterAction } from './step.js';
+import type { StepSettings, StoredProgress } from './step.js';
+import { resumeProgress } from './step.js';
 
 export type { RequiresActionContext, ToolCall, ToolHandler, ToolOutput } from './actions.js';
+export type { PollReport } from './driver.js';
 
 /** Defaults of the deadline settings of `RunWatcherOptions`. */
 export const DEFAULT_DEADLINES = Object.freeze({ defaultTimeoutMs: 3_600_000, expiresGraceMs: 120_000 });
@@ -60,10 +58,15 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
   readonly stallThresholdMs?: number;
   /** A client to use instead of creating one from the options above (shared, or a test double); not closed by `close()`. */
   readonly client?: PollClient;
+  /**
+   * Where every step is written before its events are emitted (the daemon's store).
+   * @default none: the watches live in this object's memory only
+   */
+  readonly store?: CommitPort;
 }
 
 /** Options of one watch, whatever it watches. */
-export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
+export interface WatchOptions {
   /**
    * Names the watch in events and logs; must match `^[A-Za-z0-9_-]{1,128}$`.
    * @default a random `w_...` id
@@ -87,20 +90,14 @@ export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
   readonly signal?: AbortSignal;
   /** Called with each event of this watch, before the watcher's `event` listeners. */
   readonly onEvent?: (event: WatchEvent) => void;
-  /** Resume from a stored state (status and last seq) instead of from scratch. */
-  readonly initial?: MachineState;
   /** Resume: when the watch first started (deadlines count from it). @default now */
   readonly startedAtMs?: number;
-  /** Resume: since when the run has had `initial.status` (for stall detection). @default now */
-  readonly statusSinceMs?: number;
-  /** Resume: the last snapshot seen before. */
-  readonly lastSnapshot?: TSnapshot | null;
   /**
-   * Resume: what was done already, so it is not done again (the tool-call set handled,
-   * whether a cancel was sent).
-   * @default nothing done
+   * Resume from a stored progress (status, seq, what was done already) instead of from scratch;
+   * the first poll is sent at once.
+   * @default a fresh watch
    */
-  readonly actionsDone?: ActionMemory;
+  readonly progress?: StoredProgress;
   /**
    * Cancel the resource (`POST .../cancel`) when it stays in one non-terminal status this
    * long, and emit `<prefix>.cancel_requested` with `reason: "stalled"`; the watch then goes
@@ -111,7 +108,7 @@ export interface WatchOptions<TSnapshot extends Snapshot = Snapshot> {
 }
 
 /** Options of one run watch. */
-export interface WatchRunOptions extends WatchOptions<RunSnapshot> {
+export interface WatchRunOptions extends WatchOptions {
   /** The thread id (`thread_...`). */
   readonly threadId: string;
   /** The run id (`run_...`). */
@@ -125,13 +122,13 @@ export interface WatchRunOptions extends WatchOptions<RunSnapshot> {
 }
 
 /** Options of a thread guard: wait until a thread has no active run. */
-export interface WatchThreadOptions extends Omit<WatchOptions<ThreadSnapshot>, 'cancelAfterStallMs' | 'resolveOn'> {
+export interface WatchThreadOptions extends Omit<WatchOptions, 'cancelAfterStallMs' | 'resolveOn'> {
   /** The thread id (`thread_...`). */
   readonly threadId: string;
 }
 
 /** Options of one background response watch. */
-export interface WatchResponseOptions extends WatchOptions<ResponseSnapshot> {
+export interface WatchResponseOptions extends WatchOptions {
   /** The response id (`resp_...`), of a response created with `background: true`. */
   readonly responseId: string;
 }
@@ -158,18 +155,6 @@ export interface WatchInfo {
   readonly lastError: string | null;
 }
 
-/** Reported after every poll, for metrics and benchmarks. */
-export interface PollReport {
-  readonly watchId: string;
-  /** `ok`, `transient` or the permanent error code. */
-  readonly outcome: 'ok' | ErrorCode;
-  readonly httpStatus?: number | undefined;
-  /** Time from send to answer. */
-  readonly latencyMs: number;
-  /** Time the request was sent after its planned time (budget waits, event-loop lag). */
-  readonly latenessMs: number;
-}
-
 /** How a watch ended. */
 export type SettledReport =
   | { readonly watchId: string; readonly ok: true; readonly status: string }
@@ -183,39 +168,29 @@ export interface RunWatcherEvents {
   poll: (report: PollReport) => void;
   /** When a watch ends, however it ends. */
   settled: (report: SettledReport) => void;
+  /**
+   * A step could not be written to the `store`: its watch stops (its promise rejects with this
+   * error, no event) and the host should stop and resume from the store.
+   */
+  error: (error: Error) => void;
 }
 
-interface WatchState<TRef extends object, TSnapshot extends Snapshot> {
-  readonly id: string;
-  readonly kind: ResourceKind<TRef, TSnapshot>;
-  readonly ref: TRef;
-  readonly credentials: Credentials | undefined;
-  readonly headers: Readonly<Record<string, string>> | undefined;
+interface LiveWatch extends Watch {
   readonly onEvent: ((event: WatchEvent) => void) | undefined;
-  /** Created on first use: a pino child per watch is memory that 10,000 silent watches need not hold. */
-  logger: Logger | null;
-  readonly settings: StepSettings;
-  progress: Progress;
+  /** Aborted when the watch ends: the request in flight and a tool handler stop. */
+  readonly controller: AbortController;
   /** Bumped whenever the planned step changes; heap entries of older generations are skipped. */
   generation: number;
+  /** The planned step, `null` while a step runs. */
   step: NextStep | null;
-  /** Aborts the request in flight when the watch ends; one per watch, not per poll (a watch has one request at a time). */
-  readonly request: AbortController;
   done: boolean;
-  readonly onRequiresAction: ToolHandler | undefined;
-  /** The tool call ids last given to the handler: it is called once per set. */
-  handledCalls: string | null;
-  readonly cancelAfterStallMs: number | undefined;
-  cancelRequested: boolean;
-  resolve: (snapshot: TSnapshot) => void;
-  reject: (error: WatchError<TSnapshot>) => void;
+  resolve: (snapshot: Snapshot) => void;
+  reject: (error: WatchError<Snapshot>) => void;
   detach: () => void;
 }
 
-type AnyWatch = WatchState<object, Snapshot>;
-
 interface Scheduled {
-  readonly watch: AnyWatch;
+  readonly watch: LiveWatch;
   readonly generation: number;
 }
 
@@ -225,8 +200,9 @@ export function randomWatchId(): string {
 }
 
 /**
- * Watches many runs in one process: one timer heap, one HTTP agent, one request budget.
- * Emits `event` for every transition and watch error. `watchRun()` is one watch on one of these.
+ * Watches many runs in one process: one timer heap, one HTTP agent, one request budget, and
+ * the engine's `WatchDriver` for every step. Emits `event` for every transition and watch
+ * error. `watchRun()` is one watch on one of these.
  *
  * @example
  * const watcher = new RunWatcher({ provider: 'openai', credentials: { apiKey } });
@@ -239,21 +215,21 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   readonly policy: PollPolicy;
   readonly #client: PollClient;
   readonly #ownsClient: boolean;
-  readonly #budget: RequestBudget;
+  readonly #budget: LocalBudget;
+  readonly #driver: WatchDriver;
   readonly #logger: Logger;
   readonly #random: () => number;
   readonly #defaultTimeoutMs: number;
   readonly #expiresGraceMs: number;
   readonly #stallThresholdMs: number | undefined;
-  readonly #watches = new Map<string, AnyWatch>();
+  readonly #watches = new Map<string, LiveWatch>();
   readonly #heap = new MinHeap<Scheduled>();
-  readonly #ready = new Fifo<AnyWatch>();
   readonly #inFlight = new Set<Promise<void>>();
   #timer: NodeJS.Timeout | null = null;
   #timerAtMs = Infinity;
   #closing: Promise<void> | null = null;
-  /** Set while closing: polls in flight finish, nothing new is planned. */
-  #draining = false;
+  /** Aborted while closing: steps in flight finish, nothing new is planned or started. */
+  readonly #draining = new AbortController();
   readonly #closed = new AbortController();
 
   constructor(options: RunWatcherOptions = {}) {
@@ -262,11 +238,24 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? DEFAULT_DEADLINES.defaultTimeoutMs);
     this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs);
     this.#stallThresholdMs = options.stallThresholdMs === undefined ? undefined : checkDuration('stallThresholdMs', options.stallThresholdMs);
-    this.#budget = new RequestBudget(options);
+    this.#budget = new LocalBudget(options);
     this.#client = options.client ?? new ApiClient(options);
     this.#ownsClient = options.client === undefined;
     this.#logger = options.logger ?? pino({ level: 'silent' });
     this.#random = options.random ?? Math.random;
+    this.#driver = new WatchDriver({
+      client: this.#client,
+      budget: this.#budget,
+      store: options.store,
+      logger: this.#logger,
+      stopping: this.#draining.signal,
+      onEvents: (w, events) => {
+        for (const event of events) this.#emitEvent(w as LiveWatch, event);
+      },
+      onPoll: (report) => {
+        if (this.listenerCount('poll') > 0) this.#safeEmit('poll', report);
+      },
+    });
   }
 
   /** Number of watches not yet ended. */
@@ -276,7 +265,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** The request budget right now (for metrics). */
   get budget(): { readonly inFlight: number; readonly ratePerSecond: number; readonly queued: number } {
-    return { inFlight: this.#budget.inFlight, ratePerSecond: this.#budget.currentRatePerSecond, queued: this.#ready.size };
+    return this.#budget.snapshot();
   }
 
   /** Ids of the watches not yet ended. */
@@ -368,10 +357,11 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   }
 
   async #close(drainTimeoutMs: number): Promise<void> {
-    this.#draining = true;
+    this.#draining.abort();
+    // polls waiting for the budget are not in flight: they give up their turn
+    this.#budget.close();
     this.#clearTimer();
     this.#heap.clear();
-    this.#ready.clear();
     if (drainTimeoutMs > 0 && this.#inFlight.size > 0) {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
@@ -380,20 +370,35 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     }
     this.#closed.abort();
     for (const w of [...this.#watches.values()]) {
-      this.#end(w, { ok: false, error: new WatchError('closed', 'the watcher was closed', { lastSnapshot: w.progress.lastSnapshot }), emit: false });
+      this.#finish(w, { ok: false, error: new WatchError('closed', 'the watcher was closed', { lastSnapshot: w.progress.lastSnapshot }) });
     }
     this.#clearTimer();
     this.#heap.clear();
-    this.#ready.clear();
     await Promise.allSettled([...this.#inFlight]);
     if (this.#ownsClient) this.#client.close();
+  }
+
+  /**
+   * Asks the server to cancel a watched run or response (`POST .../cancel`). Resolves once the
+   * server accepted (a `<prefix>.cancel_requested` event is emitted; the watch goes on until
+   * the resource is cancelled); rejects with a `WatchError` when it refused.
+   */
+  async cancel(watchId: string): Promise<void> {
+    const w = this.#watches.get(watchId);
+    if (!w) throw new ConfigError(`no running watch ${watchId}`);
+    if (!this.#client.act) throw new ConfigError('cancel needs a client that can POST (PollClient.act)');
+    const result = await this.#track(this.#driver.cancel(w, 'requested'), w);
+    if (!result) throw new WatchError('closed', 'the watch stopped before the cancel was recorded');
+    // a step in flight plans its own next poll; an end (cancelled at once) ends the watch either way
+    if (result.end.kind !== 'next' || w.step !== null) this.#settle(w, result.end);
+    if (result.failure) throw this.#driver.errorFrom(w, result.failure);
   }
 
   #start<TRef extends object, TSnapshot extends Snapshot>(
     kind: ResourceKind<TRef, TSnapshot>,
     ref: TRef,
-    options: WatchOptions<TSnapshot>,
-    onRequiresAction?: ToolHandler,
+    options: WatchOptions,
+    toolHandler?: ToolHandler,
   ): WatchHandle<TSnapshot> {
     if (this.#closing) throw new ConfigError('the watcher is closed');
     kind.validate(ref);
@@ -407,7 +412,6 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     }
     for (const [name, value] of Object.entries(options.headers ?? {})) assertValidHeader(name, value);
     const now = Date.now();
-    const startedAtMs = options.startedAtMs ?? now;
     let resolve!: (snapshot: TSnapshot) => void;
     let reject!: (error: WatchError<TSnapshot>) => void;
     const promise = new Promise<TSnapshot>((res, rej) => {
@@ -419,44 +423,40 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const settings: StepSettings = {
       policy: this.policy,
       resolveOn: new Set(options.resolveOn ?? []),
-      startedAtMs,
+      startedAtMs: options.startedAtMs ?? now,
       timeoutMs: options.timeoutMs,
       expiresGraceMs: this.#expiresGraceMs,
       defaultTimeoutMs: this.#defaultTimeoutMs,
       stallThresholdMs: this.#stallThresholdMs,
+      cancelAfterStallMs: options.cancelAfterStallMs,
+      handlesToolCalls: toolHandler !== undefined,
       random: this.#random,
     };
-    const resume = { status: options.initial?.status, seq: options.initial?.seq, statusSinceMs: options.statusSinceMs, lastSnapshot: options.lastSnapshot };
-    const w: WatchState<TRef, TSnapshot> = {
+    const controller = new AbortController();
+    const w: LiveWatch = {
       id,
-      kind,
+      kind: kind as unknown as ResourceKind<object, Snapshot>,
       ref,
+      settings,
       credentials: options.credentials,
       headers: options.headers,
+      toolHandler,
+      signal: controller.signal,
+      progress: resumeProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, options.progress, now),
       onEvent: options.onEvent,
-      logger: null,
-      settings,
-      progress: initialProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, resume, now),
+      controller,
       generation: 0,
       step: null,
-      request: new AbortController(),
       done: false,
-      onRequiresAction,
-      handledCalls: options.actionsDone?.handledCalls ?? null,
-      cancelAfterStallMs: options.cancelAfterStallMs,
-      cancelRequested: options.actionsDone?.cancelRequested ?? false,
-      resolve,
-      reject,
+      resolve: resolve as (snapshot: Snapshot) => void,
+      reject: reject as (error: WatchError<Snapshot>) => void,
       detach: () => undefined,
     };
-    const aw = w as unknown as AnyWatch;
-    const abort = (reason?: unknown): void => {
-      this.#end(aw, { ok: false, error: new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: aw.progress.lastSnapshot }), emit: true });
-    };
+    const abort = (reason?: unknown): void => this.#abort(w, reason);
     const signal = options.signal;
+    this.#watches.set(id, w);
     if (signal?.aborted) {
       // nothing was sent; the caller still gets the rejection and the event
-      this.#watches.set(id, aw);
       abort(signal.reason);
       return { id, promise, abort: () => undefined };
     }
@@ -465,16 +465,25 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       signal.addEventListener('abort', onAbort, { once: true });
       w.detach = () => signal.removeEventListener('abort', onAbort);
     }
-    this.#watches.set(id, aw);
-    this.#log(aw, 'debug')?.debug({ deadlineAt: new Date(w.progress.deadlineAtMs).toISOString() }, 'watch started');
-    this.#plan(aw, { kind: 'poll', atMs: now });
+    if (this.#logger.isLevelEnabled('debug')) this.#logger.debug({ watchId: id, deadlineAt: new Date(w.progress.deadlineAtMs).toISOString() }, 'watch started');
+    this.#plan(w, { kind: 'poll', atMs: now });
     return { id, promise, abort };
   }
 
-  #plan(w: AnyWatch, step: NextStep): void {
-    if (this.#draining) return;
+  /** Ends a watch on request: the request in flight stops, then its `watch.error` (aborted) is written and emitted. */
+  #abort(w: LiveWatch, reason: unknown): void {
+    if (w.done || this.#closing) return;
+    const error = new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: w.progress.lastSnapshot });
+    this.#stop(w);
+    // the watch is already off the books; what is left is recording why
+    void this.#track(this.#driver.end(w, error), w).then(() => this.#finish(w, { ok: false, error }));
+  }
+
+  #plan(w: LiveWatch, step: NextStep): void {
+    if (this.#draining.signal.aborted || w.done) return;
+    // a deadline already reached ends the watch now, not at the next timer
     if (step.kind === 'deadline' && step.atMs <= Date.now()) {
-      this.#deadline(w);
+      this.#run(w, step);
       return;
     }
     w.generation += 1;
@@ -483,14 +492,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#arm();
   }
 
-  /** Keeps exactly one timer, at the earliest due entry or budget refill. */
+  /** Keeps exactly one timer, at the earliest due entry. */
   #arm(): void {
     if (this.#closing) return;
-    let atMs = this.#heap.peek()?.atMs ?? Infinity;
-    if (this.#ready.size > 0) {
-      const waitMs = this.#budget.waitMs(Date.now());
-      if (waitMs !== undefined) atMs = Math.min(atMs, Date.now() + Math.max(waitMs, 1));
-    }
+    const atMs = this.#heap.peek()?.atMs ?? Infinity;
     if (atMs === this.#timerAtMs && this.#timer) return;
     this.#clearTimer();
     if (atMs === Infinity) return;
@@ -504,6 +509,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#timerAtMs = Infinity;
   }
 
+  /** Starts the step of every due watch, in due order; the budget queues what it cannot send yet. */
   #tick(): void {
     this.#timer = null;
     this.#timerAtMs = Infinity;
@@ -512,266 +518,87 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       this.#heap.pop();
       const { watch: w, generation } = top.value;
       if (w.done || generation !== w.generation || !w.step) continue;
-      if (w.step.kind === 'deadline') this.#deadline(w);
-      else this.#ready.push(w);
-    }
-    this.#pump();
-  }
-
-  /** Starts as many queued polls as the budget allows, in due order. */
-  #pump(): void {
-    if (this.#draining) return;
-    const now = Date.now();
-    while (this.#ready.size > 0 && this.#budget.tryAcquire(now)) {
-      const w = this.#ready.shift()!;
-      if (w.done) {
-        this.#budget.release();
-        continue;
-      }
-      const poll = this.#poll(w, now);
-      this.#inFlight.add(poll);
-      void poll.finally(() => this.#inFlight.delete(poll));
+      this.#run(w, w.step);
     }
     this.#arm();
   }
 
-  async #poll(w: AnyWatch, sentAtMs: number): Promise<void> {
-    const plannedAtMs = w.step?.atMs ?? sentAtMs;
+  /** Runs one step of a watch; what it returns plans the next. */
+  #run(w: LiveWatch, due: NextStep): void {
+    w.generation += 1;
     w.step = null;
-    let outcome: PollOutcome<Snapshot>;
-    try {
-      outcome = await this.#client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.request.signal, credentials: w.credentials, headers: w.headers });
-    } finally {
-      this.#budget.release();
-    }
-    const now = Date.now();
-    if (!w.done) {
-      this.#report(w, outcome, now - sentAtMs, sentAtMs - plannedAtMs);
-      this.#apply(w, outcome, now);
-    }
-    this.#pump();
+    void this.#track(this.#driver.step(w, due), w).then((end) => end && this.#settle(w, end));
   }
 
-  #report(w: AnyWatch, outcome: PollOutcome<Snapshot>, latencyMs: number, latenessMs: number): void {
-    if (this.listenerCount('poll') === 0) return;
-    this.#safeEmit('poll', {
-      watchId: w.id,
-      outcome: outcome.ok ? 'ok' : outcome.code,
-      httpStatus: outcome.httpStatus,
-      latencyMs,
-      latenessMs,
-    });
-  }
-
-  /** Applies one poll outcome: emits what the step says, then plans the next poll or ends. */
-  #apply(w: AnyWatch, outcome: PollOutcome<Snapshot>, now: number): void {
-    if (!outcome.ok && outcome.aborted) return;
-    if (!outcome.ok && outcome.httpStatus === 429) this.#budget.penalize(now);
-    const { progress, emissions, result } = applyOutcome(w.kind, w.progress, outcome, w.settings, now);
-    w.progress = progress;
-    for (const emission of emissions) {
-      if (emission.kind === 'transition') this.#log(w, 'info')?.info({ from: emission.from, to: emission.to }, 'status changed');
-      else this.#log(w, 'warn')?.warn({ status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
-      this.#emitEvent(w, emissionEvent(w.kind, w.id, w.ref, emission, now));
+  /** What a step's end means for a watch held here. */
+  #settle(w: LiveWatch, end: StepEnd): void {
+    if (w.done) return;
+    if (end.kind === 'next') this.#plan(w, end.next);
+    else if (end.kind === 'resolved') this.#finish(w, { ok: true, snapshot: end.snapshot });
+    else if (end.kind === 'failed') this.#finish(w, { ok: false, error: end.error });
+    else if (end.kind === 'stale') {
+      // one writer per watch in a process: only a store shared with another writer gets here
+      this.#finish(w, { ok: false, error: new WatchError('closed', `the store refused the step (${end.result}): another writer holds this watch`, { lastSnapshot: w.progress.lastSnapshot }) });
     }
-    if (result.kind === 'resolved') {
-      this.#end(w, { ok: true, snapshot: result.snapshot });
-      return;
-    }
-    if (result.kind === 'failed') {
-      const failure = result.failure;
-      this.#log(w, 'warn')?.warn({ code: failure.code, httpStatus: failure.httpStatus, requestId: failure.requestId }, failure.message);
-      this.#end(w, { ok: false, error: this.#errorFromFailure(w, failure), emit: true });
-      return;
-    }
-    if (!outcome.ok) {
-      // the first of a series is worth a warning; the rest would flood the log
-      const level = progress.consecutiveErrors === 1 ? 'warn' : 'debug';
-      this.#log(w, level)?.[level]({ httpStatus: outcome.httpStatus, consecutiveErrors: progress.consecutiveErrors, retryAfterMs: outcome.hints.retryAfterMs }, `transient error: ${outcome.message}`);
-    }
-    if (outcome.ok && w.onRequiresAction && progress.status === 'requires_action' && this.#startToolHandler(w)) return;
-    if (outcome.ok && w.cancelAfterStallMs !== undefined && !w.cancelRequested && progress.status !== null && now - progress.statusSinceMs >= w.cancelAfterStallMs) {
-      this.#track(this.#cancel(w, 'stalled', now - progress.statusSinceMs));
-    }
-    this.#plan(w, result.next);
+    // 'interrupted': the watch ended, or the watcher closes
   }
 
   /**
-   * Asks the server to cancel a watched run or response (`POST .../cancel`). Resolves once the
-   * server accepted (a `<prefix>.cancel_requested` event is emitted; the watch goes on until
-   * the resource is cancelled); rejects with a `WatchError` when it refused.
+   * Keeps a task in the in-flight set, so close() waits for it. A store that cannot be written
+   * stops the watch (no event: the store is the truth) and is reported as `error`.
    */
-  async cancel(watchId: string): Promise<void> {
-    const w = this.#watches.get(watchId);
-    if (!w) throw new ConfigError(`no running watch ${watchId}`);
-    if (!this.#client.act) throw new ConfigError('cancel needs a client that can POST (PollClient.act)');
-    const failure = await this.#cancel(w, 'requested');
-    if (failure) throw this.#errorFromFailure(w, failure);
-  }
-
-  /** Cancels and reports; returns the failure, if any (already reported as an event). */
-  async #cancel(w: AnyWatch, reason: 'requested' | 'stalled', stalledForMs?: number): Promise<PollFailure | undefined> {
-    w.cancelRequested = true;
-    const outcome = await this.#act(w, 'cancel', {});
-    if (w.done) return undefined;
-    if (!outcome.ok) {
-      this.#emitAction(w, 'action_failed', { reason: 'cancel', error: errorDetails(outcome) });
-      return outcome;
-    }
-    this.#emitAction(w, 'cancel_requested', stalledForMs === undefined ? { reason } : { reason, stalled_for_ms: stalledForMs });
-    this.#apply(w, outcome, Date.now());
-    return undefined;
-  }
-
-  /** Calls the tool handler for tool calls it has not seen; false when there are none (then polling goes on). */
-  #startToolHandler(w: AnyWatch): boolean {
-    const run = w.progress.lastSnapshot;
-    const calls = toolCallsOf(run);
-    const key = toolCallsKey(calls.map((call) => call.id));
-    if (calls.length === 0 || key === w.handledCalls || !run) return false;
-    w.handledCalls = key;
-    // no poll while the handler works, but the deadline still holds (it aborts the handler's signal)
-    this.#plan(w, { kind: 'deadline', atMs: w.progress.deadlineAtMs });
-    this.#track(this.#runToolHandler(w, run, calls));
-    return true;
-  }
-
-  async #runToolHandler(w: AnyWatch, run: RunSnapshot, calls: readonly ToolCall[]): Promise<void> {
-    const ids = calls.map((call) => call.id);
-    // a handler that never settles must not hold close() or the deadline: the watch's signal ends the wait
-    const result = await callToolHandler(w.onRequiresAction!, run, calls, w.request.signal);
-    if (w.done) return;
-    if (!result.ok) {
-      this.#log(w, 'warn')?.warn({ toolCalls: ids }, `tool handler failed: ${result.error.message}`);
-      this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: result.error });
-      this.#planAgain(w);
-      return;
-    }
-    const outcome = await this.#act(w, 'submit_tool_outputs', { tool_outputs: result.outputs });
-    if (w.done) return;
-    if (!outcome.ok) {
-      this.#emitAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(outcome) });
-      this.#planAgain(w);
-      return;
-    }
-    this.#emitAction(w, 'tool_outputs_submitted', { tool_call_ids: ids });
-    // the answer is the run after the submission: an observation like any poll
-    this.#apply(w, outcome, Date.now());
-  }
-
-  /** One POST with retries on transient failures; each try takes a slot of the request budget like a poll. */
-  async #act(w: AnyWatch, action: ResourceAction, body: unknown): Promise<PollOutcome<Snapshot>> {
-    const signal = w.request.signal;
-    return actWithRetries(async () => {
-      if (!(await this.#acquire(signal))) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
-      try {
-        return await this.#client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers });
-      } finally {
-        this.#budget.release();
-        this.#pump();
-      }
-    }, signal);
-  }
-
-  /** Waits for a slot of the request budget (rate and in-flight), for an action; false when `signal` aborted first. */
-  async #acquire(signal: AbortSignal): Promise<boolean> {
-    while (!signal.aborted) {
-      const now = Date.now();
-      if (this.#budget.tryAcquire(now)) return true;
-      // no refill time means the in-flight cap is the limit: a poll ends within its request timeout
-      await sleep(Math.max(1, this.#budget.waitMs(now) ?? 25), undefined, { signal }).catch(() => undefined);
-    }
-    return false;
-  }
-
-  /** After an action that did not move the resource on: the next poll as the policy says. */
-  #planAgain(w: AnyWatch): void {
-    this.#plan(w, stepAfterAction(this.policy, w.progress, Date.now(), this.#random));
-  }
-
-  #emitAction(w: AnyWatch, action: ActionEventName, details: Parameters<typeof actionEvent>[5]): void {
-    const event = actionEvent(w.kind, w.id, w.ref, w.progress, action, details, Date.now());
-    w.progress = { ...w.progress, seq: event.seq };
-    this.#emitEvent(w, event);
-  }
-
-  /** Keeps a background task in the in-flight set, so close() waits for it. */
-  #track(task: Promise<unknown>): void {
-    const tracked = task.then(
-      () => undefined,
-      (error: unknown) => this.#logger.error({ err: error }, 'an action failed unexpectedly'),
-    );
-    this.#inFlight.add(tracked);
-    void tracked.finally(() => this.#inFlight.delete(tracked));
-  }
-
-  #deadline(w: AnyWatch): void {
-    const { progress } = w;
-    const error = new WatchError('deadline_exceeded', deadlineMessage(progress), {
-      httpStatus: progress.lastFailure?.httpStatus,
-      requestId: progress.lastFailure?.requestId,
-      lastSnapshot: progress.lastSnapshot,
+  #track<T>(task: Promise<T>, w: LiveWatch): Promise<T | undefined> {
+    const tracked = task.catch((error: unknown) => {
+      const failure = error instanceof Error ? error : new Error(String(error));
+      this.#logger.error({ err: failure, watchId: w.id }, 'a step failed; the watch stops');
+      this.#stop(w);
+      this.#finish(w, { ok: false, error: new WatchError('closed', `the watch stopped: ${failure.message}`, { cause: failure, lastSnapshot: w.progress.lastSnapshot }) });
+      this.#safeEmit('error', failure);
+      return undefined;
     });
-    this.#log(w, 'warn')?.warn({ code: error.code }, error.message);
-    this.#end(w, { ok: false, error, emit: true });
+    const done = tracked.then(() => undefined);
+    this.#inFlight.add(done);
+    void done.finally(() => this.#inFlight.delete(done));
+    return tracked;
   }
 
-  #errorFromFailure(w: AnyWatch, failure: PollFailure): WatchError<Snapshot> {
-    return new WatchError(failure.code, `${w.kind.name} ${w.kind.path(w.ref)}: ${failure.message}`, {
-      httpStatus: failure.httpStatus,
-      requestId: failure.requestId,
-      lastSnapshot: w.progress.lastSnapshot,
-    });
-  }
-
-  #end(w: AnyWatch, result: { ok: true; snapshot: Snapshot } | { ok: false; error: WatchError<Snapshot>; emit: boolean }): void {
+  /** Takes a watch off the books: no more steps, its request and handler stop. */
+  #stop(w: LiveWatch): void {
     if (w.done) return;
     w.done = true;
     w.generation += 1;
     w.step = null;
-    w.request.abort();
+    w.controller.abort();
     w.detach();
     this.#watches.delete(w.id);
-    if (result.ok) {
-      w.resolve(result.snapshot);
-      this.#safeEmit('settled', { watchId: w.id, ok: true, status: result.snapshot.status });
-    } else {
-      if (result.emit) {
-        const event = watchErrorEvent(w.kind, w.id, w.ref, w.progress, result.error, Date.now());
-        w.progress = { ...w.progress, seq: event.seq };
-        this.#emitEvent(w, event);
-      }
-      w.reject(result.error);
-      this.#safeEmit('settled', { watchId: w.id, ok: false, code: result.error.code });
-    }
     if (this.#watches.size === 0) {
       // nothing left to poll: drop stale heap entries so no timer keeps the process alive
       this.#heap.clear();
-      this.#ready.clear();
       this.#clearTimer();
     }
   }
 
-  #emitEvent(w: AnyWatch, event: WatchEvent): void {
+  /** Settles a watch's promise once and reports how it ended. */
+  #finish(w: LiveWatch, result: { ok: true; snapshot: Snapshot } | { ok: false; error: WatchError<Snapshot> }): void {
+    this.#stop(w);
+    if (result.ok) {
+      w.resolve(result.snapshot);
+      this.#safeEmit('settled', { watchId: w.id, ok: true, status: result.snapshot.status });
+    } else {
+      w.reject(result.error);
+      this.#safeEmit('settled', { watchId: w.id, ok: false, code: result.error.code });
+    }
+  }
+
+  #emitEvent(w: LiveWatch, event: WatchEvent): void {
     if (w.onEvent) {
       try {
         w.onEvent(event);
       } catch (error) {
-        this.#log(w, 'error')?.error({ err: error }, 'onEvent threw; polling goes on');
+        this.#logger.error({ err: error, watchId: w.id }, 'onEvent threw; polling goes on');
       }
     }
     this.#safeEmit('event', event);
-  }
-
-  /** The watch's child logger, or `undefined` when `level` is off (the usual case, and then nothing is allocated). */
-  #log(w: AnyWatch, level: 'debug' | 'info' | 'warn' | 'error'): Logger | undefined {
-    if (!this.#logger.isLevelEnabled(level)) return undefined;
-    if (!w.logger) {
-      const fields: Record<string, unknown> = { watchId: w.id };
-      for (const field of w.kind.idFields) fields[field] = (w.ref as Record<string, unknown>)[field];
-      w.logger = this.#logger.child(fields);
-    }
-    return w.logger;
   }
 
   /** A throwing listener is logged, never allowed to break the polling loop. */
@@ -790,4 +617,3 @@ function checkDuration(name: string, value: unknown): number {
   }
   return value;
 }
-

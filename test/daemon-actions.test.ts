@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import type { RunningDaemon } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
-import { RedisDaemon } from '../src/daemon/redis-daemon.js';
 import { ConfigError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator } from '../src/simulator.js';
@@ -73,7 +72,7 @@ describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) =>
     });
     const secrets = { credentials: { apiKey: KEY }, redisUrl: REDIS_URL };
     start = async () => {
-      daemon = kind === 'sqlite' ? await Daemon.start(config, secrets, pino({ level: 'silent' })) : await RedisDaemon.start(config, secrets, pino({ level: 'silent' }));
+      daemon = await Daemon.start(config, secrets, pino({ level: 'silent' }));
       base = `http://127.0.0.1:${daemon.address.port}`;
       return daemon;
     };

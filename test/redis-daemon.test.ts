@@ -5,18 +5,18 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
-import { RedisDaemon } from '../src/daemon/redis-daemon.js';
+import { Daemon } from '../src/daemon/daemon.js';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
-import { RedisState } from '../src/store/redis.js';
+import { RedisStore } from '../src/store/redis.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 import { readSseEvents } from './sse.js';
 
 const available = await requireRedis();
 const prefix = testPrefix();
 let sim: RunningSimulator;
-let daemon: RedisDaemon;
+let daemon: Daemon;
 let base: string;
 
 beforeAll(async () => {
@@ -36,7 +36,7 @@ beforeAll(async () => {
       ['retention.pruneIntervalMs', '300'],
     ],
   });
-  daemon = await RedisDaemon.start(config, { credentials: { apiKey: 'sk-rd' }, redisUrl: REDIS_URL }, pino({ level: 'silent' }));
+  daemon = await Daemon.start(config, { credentials: { apiKey: 'sk-rd' }, redisUrl: REDIS_URL }, pino({ level: 'silent' }));
   base = `http://127.0.0.1:${daemon.address.port}`;
 });
 afterAll(async () => {
@@ -90,9 +90,9 @@ describe.skipIf(!available)('RedisDaemon control API (needs Redis)', () => {
 
   it('reads a watch stored before responses existed (no kind field) as a run', async () => {
     const redis = new Redis(REDIS_URL);
-    const state = new RedisState(redis, `${prefix}legacy:`, 4);
-    await redis.hset(state.watchKey('w_legacy'), { id: 'w_legacy', thread_id: 'thread_l', run_id: 'run_l', metadata: '', callback_url: '', state: 'active', seq: '3', created_at: '1', updated_at: '1' });
-    expect(await state.getWatch('w_legacy')).toMatchObject({ kind: 'run', thread_id: 'thread_l', run_id: 'run_l', seq: 3, state: 'active' });
+    const state = new RedisStore(redis, `${prefix}legacy:`, 4);
+    await redis.hset(state.keys.watch('w_legacy'), { id: 'w_legacy', thread_id: 'thread_l', run_id: 'run_l', metadata: '', callback_url: '', state: 'active', seq: '3', created_at: '1', updated_at: '1' });
+    expect(await state.get('w_legacy')).toMatchObject({ kind: 'run', thread_id: 'thread_l', run_id: 'run_l', progress: { seq: 3 }, state: 'active' });
     await redis.quit();
   });
 

@@ -15,6 +15,8 @@ const settings: StepSettings = {
   expiresGraceMs: 1000,
   defaultTimeoutMs: 60_000,
   stallThresholdMs: 5000,
+  cancelAfterStallMs: undefined,
+  handlesToolCalls: false,
   random: () => 0,
 };
 const start = initialProgress(kind, settings, {}, 0);

@@ -1,24 +1,152 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import { pino } from 'pino';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { OutboxWorker } from '../src/daemon/outbox.js';
 import { DeliveryError } from '../src/errors.js';
 import { DatabaseSync } from 'node:sqlite';
-import type { ResponseEvent, RunEvent, RunTransitionEvent } from '../src/events.js';
+import type { ResponseEvent, RunEvent, RunTransitionEvent, WatchEvent } from '../src/events.js';
 import { isRunEvent } from '../src/events.js';
+import { RUN_KIND } from '../src/resource.js';
+import type { ResourceKind, Snapshot } from '../src/resource.js';
 import type { Sink } from '../src/sinks/sink.js';
+import type { Progress } from '../src/step.js';
+import { initialProgress } from '../src/step.js';
+import { MemoryStore } from '../src/store/memory.js';
+import { RedisStore } from '../src/store/redis.js';
 import { SqliteStore } from '../src/store/sqlite.js';
+import type { WatchState, WatchStore } from '../src/store/store.js';
+import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 
 function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunTransitionEvent {
   return { id: `${watchId}.${seq}`, type: `run.${to}`, seq, watch_id: watchId, thread_id: 'thread_1', run_id: runId, from, to, observed_at: '2026-01-01T00:00:00.000Z', run: { id: runId, status: to } };
 }
 
-const store = (): SqliteStore => new SqliteStore(':memory:');
-
 function responseEvent(watchId: string, responseId: string, seq: number, to: string, from: string | null = null): ResponseEvent {
   return { id: `${watchId}.${seq}`, type: `response.${to}`, seq, watch_id: watchId, response_id: responseId, from, to, observed_at: '2026-01-01T00:00:00.000Z', response: { id: responseId, status: to } };
+}
+
+/** A progress at a status and seq, as the driver would commit it. */
+function progressAt(status: string | null, seq: number, extra: Partial<Progress> = {}): Progress {
+  const base = initialProgress(RUN_KIND as unknown as ResourceKind<object, Snapshot>, { startedAtMs: 0, timeoutMs: undefined, expiresGraceMs: 0, defaultTimeoutMs: 60_000 }, {}, 0);
+  return { ...base, status, seq, lastSnapshot: status ? { id: 'x', status } : null, ...extra };
+}
+
+/** Commits one event as the driver does: from the seq before it, with the watch's state after it. */
+function record(s: WatchStore, e: WatchEvent, state: WatchState = 'active', extra: Partial<Progress> = {}) {
+  const error = e.type === 'watch.error' ? e.error : undefined;
+  return s.commit(e.watch_id, e.seq - 1, { progress: progressAt(e.to, e.seq, extra), events: [e], state, error });
+}
+
+const redisAvailable = await requireRedis();
+const redisClients: Redis[] = [];
+const prefixes: string[] = [];
+afterAll(async () => {
+  for (const redis of redisClients) redis.disconnect();
+  for (const prefix of prefixes) await removeKeys(prefix);
+});
+
+const stores = [
+  { name: 'memory', skip: false, open: (): WatchStore => new MemoryStore({ sinks: ['stdout'] }) },
+  { name: 'sqlite', skip: false, open: (): WatchStore => new SqliteStore(':memory:', { sinks: ['stdout'] }) },
+  {
+    name: 'redis',
+    skip: !redisAvailable,
+    open: (): WatchStore => {
+      const redis = new Redis(REDIS_URL);
+      redisClients.push(redis);
+      const prefix = testPrefix();
+      prefixes.push(prefix);
+      return new RedisStore(redis, prefix, 4);
+    },
+  },
+];
+
+describe.each(stores)('WatchStore contract: $name', ({ skip, open }) => {
+  it.skipIf(skip)('creates a watch once per target, runs and responses apart', async () => {
+    const s = open();
+    const first = await s.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1', metadata: { a: 'b' } }, 1000);
+    const again = await s.create({ kind: 'run', id: 'w_2', thread_id: 'thread_1', run_id: 'run_1' }, 2000);
+    expect(first.created).toBe(true);
+    expect(again).toMatchObject({ created: false, watch: { id: 'w_1', metadata: { a: 'b' }, state: 'active' } });
+    // a response whose id equals a run's is another target
+    const response = await s.create({ kind: 'response', id: 'w_r', response_id: 'run_1' }, 0);
+    expect(response).toMatchObject({ created: true, watch: { kind: 'response', response_id: 'run_1', state: 'active' } });
+    expect(response.watch).not.toHaveProperty('thread_id');
+  });
+
+  it.skipIf(skip)('writes a step with its events only from the seq it started from, and keeps the first payload', async () => {
+    const s = open();
+    await s.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    expect(await record(s, event('w_1', 'run_1', 1, 'queued'))).toBe('ok');
+    // a late or repeated step (same seq, same event id) is refused and writes nothing
+    expect(await record(s, event('w_1', 'run_1', 1, 'in_progress'))).toBe('stale');
+    expect((await s.eventsAfter(0, {}, 10)).map((e) => JSON.parse(e.payload) as WatchEvent).map((e) => e.to)).toEqual(['queued']);
+    expect(await s.get('w_1')).toMatchObject({ state: 'active', progress: { status: 'queued', seq: 1 } });
+    expect(await s.loadProgress('w_1')).toMatchObject({ status: 'queued', seq: 1 });
+    expect(await record(s, event('w_nope', 'run_9', 1, 'queued'))).toBe('missing');
+  });
+
+  it.skipIf(skip)('keeps the state the driver gives: an unknown status stays active, watch.error ends failed or deleted, then nothing more is written', async () => {
+    const s = open();
+    for (const id of ['w_1', 'w_2', 'w_3']) await s.create({ kind: 'run', id, thread_id: 'thread_1', run_id: `run_${id}` }, 0);
+    await record(s, event('w_3', 'run_w_3', 1, 'thinking'));
+    expect(await s.get('w_3')).toMatchObject({ state: 'active', progress: { status: 'thinking' } });
+    expect((await collect(s.active())).map((w) => w.id)).toContain('w_3');
+    const error = (watchId: string, code: 'run_not_found' | 'aborted'): RunEvent => ({ ...event(watchId, `run_${watchId}`, 1, 'x'), type: 'watch.error', to: null, error: { code, message: code }, run: null });
+    await record(s, error('w_1', 'run_not_found'), 'failed');
+    await record(s, error('w_2', 'aborted'), 'deleted');
+    expect(await s.get('w_1')).toMatchObject({ state: 'failed', error: { code: 'run_not_found' } });
+    expect(await s.get('w_2')).toMatchObject({ state: 'deleted', error: { code: 'aborted' } });
+    expect((await s.get('w_1'))?.finished_at).not.toBeNull();
+    expect(await record(s, event('w_1', 'run_w_1', 2, 'queued'))).toBe('ended');
+    expect((await collect(s.active())).map((w) => w.id)).toEqual(['w_3']);
+  });
+
+  it.skipIf(skip)('keeps what the watch did in its progress (handled tool calls, a cancel sent)', async () => {
+    const s = open();
+    await s.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    await record(s, event('w_1', 'run_1', 1, 'requires_action'), 'active', { handledCalls: 'call_1,call_2', cancelRequested: true });
+    expect(await s.loadProgress('w_1')).toMatchObject({ handledCalls: 'call_1,call_2', cancelRequested: true });
+  });
+
+  it.skipIf(skip)('filters and pages the event log by run and by response', async () => {
+    const s = open();
+    await s.create({ kind: 'run', id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
+    await s.create({ kind: 'run', id: 'w_b', thread_id: 'thread_1', run_id: 'run_b' }, 0);
+    await s.create({ kind: 'response', id: 'w_r', response_id: 'resp_1' }, 0);
+    await record(s, event('w_a', 'run_a', 1, 'queued'));
+    await record(s, event('w_b', 'run_b', 1, 'queued'));
+    await record(s, event('w_a', 'run_a', 2, 'in_progress', 'queued'));
+    await record(s, responseEvent('w_r', 'resp_1', 1, 'incomplete'), 'finished');
+    expect((await s.eventsAfter(0, { run_id: 'run_a' }, 10)).map((e) => e.event_id)).toEqual(['w_a.1', 'w_a.2']);
+    expect((await s.eventsAfter(0, { response_id: 'resp_1' }, 10)).map((e) => e.event_id)).toEqual(['w_r.1']);
+    const first = (await s.eventsAfter(0, {}, 1))[0]!;
+    expect((await s.eventsAfter(first.pos, {}, 1)).map((e) => e.event_id)).toEqual(['w_b.1']);
+    expect(await s.lastPosition()).toBe((await s.eventsAfter(0, {}, 10)).at(-1)!.pos);
+    expect((await s.list({ limit: 2 })).map((w) => w.id)).toEqual(['w_a', 'w_b']);
+    expect((await s.list({ limit: 10, after: 'w_a' })).map((w) => w.id)).toEqual(['w_b', 'w_r']);
+    expect((await s.list({ limit: 10, state: 'finished' })).map((w) => w.id)).toEqual(['w_r']);
+  });
+
+  it.skipIf(skip)('prunes ended watches past the retention, never active ones; a pruned target gets a new watch', async () => {
+    const s = open();
+    await s.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    await s.create({ kind: 'run', id: 'w_2', thread_id: 'thread_1', run_id: 'run_2' }, 0);
+    await record(s, event('w_1', 'run_1', 1, 'completed'), 'finished');
+    expect(await s.prune(Date.now() + 10_000, { eventsMs: 1_000_000, watchesMs: 1000 })).toBeGreaterThanOrEqual(1);
+    expect(await s.get('w_1')).toBeUndefined();
+    expect(await s.get('w_2')).toBeDefined();
+    expect(await s.create({ kind: 'run', id: 'w_3', thread_id: 'thread_1', run_id: 'run_1' }, 0)).toMatchObject({ created: true, watch: { id: 'w_3' } });
+  });
+});
+
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of items) out.push(item);
+  return out;
 }
 
 /** The run-only schema of 0.x, as a data dir written before responses holds it. */
@@ -67,94 +195,70 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries (sink, state, pos);
 `;
 
-describe('SqliteStore', () => {
-  it('creates a watch once per run', () => {
-    const s = store();
-    const first = s.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1', metadata: { a: 'b' } }, 1000);
-    const again = s.createWatch({ kind: 'run', id: 'w_2', thread_id: 'thread_1', run_id: 'run_1' }, 2000);
-    expect(first.created).toBe(true);
-    expect(again).toMatchObject({ created: false, watch: { id: 'w_1', metadata: { a: 'b' }, state: 'active', seq: 0 } });
-  });
+/** The schema of version 2 (responses, no progress column), as a data dir written by it holds it. */
+const SCHEMA_2 = `
+CREATE TABLE watches (id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, thread_id TEXT, run_id TEXT, response_id TEXT, metadata TEXT,
+  callback_url TEXT, state TEXT NOT NULL DEFAULT 'active', status TEXT, seq INTEGER NOT NULL DEFAULT 0, last_snapshot TEXT, error TEXT, status_since INTEGER,
+  next_poll_at INTEGER, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, finished_at INTEGER, created_order INTEGER NOT NULL, handled_calls TEXT,
+  cancel_requested INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX watches_target ON watches (target);
+CREATE INDEX watches_state ON watches (state, created_order);
+CREATE TABLE events (pos INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, watch_id TEXT NOT NULL, thread_id TEXT NOT NULL, run_id TEXT NOT NULL,
+  payload TEXT NOT NULL, created_at INTEGER NOT NULL, response_id TEXT);
+CREATE TABLE deliveries (sink TEXT NOT NULL, pos INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt_at INTEGER NOT NULL DEFAULT 0, first_attempt_at INTEGER, last_error TEXT, updated_at INTEGER NOT NULL, PRIMARY KEY (sink, pos)) WITHOUT ROWID;
+PRAGMA user_version = 2;
+`;
 
-  it('records an event with its watch state and one delivery per sink, in one step', () => {
-    const s = store();
-    s.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1', callback_url: 'https://hooks/x' }, 0);
-    s.recordEvent(event('w_1', 'run_1', 1, 'in_progress'), ['stdout', 'webhook'], 10);
-    expect(s.getWatch('w_1')).toMatchObject({ state: 'active', status: 'in_progress', seq: 1, status_since: 10 });
-    expect(s.sinkStats()).toEqual([
+const tempFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
+
+describe('SqliteStore', () => {
+  it('writes an event, its watch and one delivery per sink in one step (and one for the callback)', async () => {
+    const s = new SqliteStore(':memory:', { sinks: ['stdout', 'webhook'] });
+    await s.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1', callback_url: 'https://hooks/x' }, 0);
+    await record(s, event('w_1', 'run_1', 1, 'in_progress'));
+    expect(await s.sinkStats()).toEqual([
       { sink: 'callback', pending: 1, dead: 0 },
       { sink: 'stdout', pending: 1, dead: 0 },
       { sink: 'webhook', pending: 1, dead: 0 },
     ]);
-    expect(s.pendingDeliveries('callback', 10)[0]).toMatchObject({ event_id: 'w_1.1', callback_url: 'https://hooks/x' });
-    s.recordEvent(event('w_1', 'run_1', 2, 'completed', 'in_progress'), ['stdout'], 20);
-    expect(s.getWatch('w_1')).toMatchObject({ state: 'finished', status: 'completed', finished_at: 20 });
-    expect(s.activeWatches()).toEqual([]);
+    expect((await s.pendingDeliveries('callback', 10))[0]).toMatchObject({ event_id: 'w_1.1', callback_url: 'https://hooks/x' });
+    await record(s, event('w_1', 'run_1', 2, 'completed', 'in_progress'), 'finished');
+    expect(await s.get('w_1')).toMatchObject({ state: 'finished', progress: { status: 'completed' } });
+    expect(await collect(s.active())).toEqual([]);
   });
 
-  it('keeps the first payload when the same event id is recorded twice', () => {
-    const s = store();
-    s.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
-    const pos = s.recordEvent(event('w_1', 'run_1', 1, 'queued'), ['stdout'], 0);
-    expect(s.recordEvent(event('w_1', 'run_1', 1, 'in_progress'), ['stdout'], 5)).toBe(pos);
-    expect(s.eventsAfter(0, {}, 10)).toHaveLength(1);
-    expect(JSON.parse(s.eventsAfter(0, {}, 10)[0]!.payload)).toMatchObject({ to: 'queued' });
-  });
-
-  it('marks a watch failed on watch.error and deleted on an abort', () => {
-    const s = store();
-    for (const id of ['w_1', 'w_2']) s.createWatch({ kind: 'run', id, thread_id: 'thread_1', run_id: `run_${id}` }, 0);
-    const error = (watchId: string, code: 'run_not_found' | 'aborted'): RunEvent => ({ ...event(watchId, `run_${watchId}`, 1, 'x'), type: 'watch.error', to: null, error: { code, message: code }, run: null });
-    s.recordEvent(error('w_1', 'run_not_found'), [], 1);
-    s.recordEvent(error('w_2', 'aborted'), [], 1);
-    expect(s.getWatch('w_1')).toMatchObject({ state: 'failed', error: { code: 'run_not_found' } });
-    expect(s.getWatch('w_2')).toMatchObject({ state: 'deleted' });
-  });
-
-  it('filters and pages the event log', () => {
-    const s = store();
-    s.createWatch({ kind: 'run', id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
-    s.createWatch({ kind: 'run', id: 'w_b', thread_id: 'thread_1', run_id: 'run_b' }, 0);
-    s.recordEvent(event('w_a', 'run_a', 1, 'queued'), [], 0);
-    s.recordEvent(event('w_b', 'run_b', 1, 'queued'), [], 0);
-    s.recordEvent(event('w_a', 'run_a', 2, 'in_progress', 'queued'), [], 0);
-    expect(s.eventsAfter(0, { run_id: 'run_a' }, 10).map((e) => e.event_id)).toEqual(['w_a.1', 'w_a.2']);
-    expect(s.eventsAfter(1, {}, 1).map((e) => e.event_id)).toEqual(['w_b.1']);
-    expect(s.lastPosition()).toBe(3);
-  });
-
-  it('prunes delivered events and ended watches past retention, never pending ones', () => {
-    const s = store();
-    s.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
-    const p1 = s.recordEvent(event('w_1', 'run_1', 1, 'queued'), ['stdout'], 0);
-    s.recordEvent(event('w_1', 'run_1', 2, 'completed', 'queued'), ['stdout'], 0);
-    s.markDelivered('stdout', p1, 1);
+  it('prunes delivered events past retention, never pending ones', async () => {
+    const s = new SqliteStore(':memory:', { sinks: ['stdout'] });
+    await s.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    await record(s, event('w_1', 'run_1', 1, 'queued'));
+    await record(s, event('w_1', 'run_1', 2, 'completed', 'queued'), 'finished');
+    const [first] = await s.pendingDeliveries('stdout', 10);
+    await s.markDelivered('stdout', first!.pos, 1);
     // one delivered event and the ended watch; the pending event stays
-    expect(s.prune(10_000, { eventsMs: 1000, watchesMs: 1000 })).toBe(2);
-    expect(s.eventsAfter(0, {}, 10).map((e) => e.event_id)).toEqual(['w_1.2']);
-    expect(s.getWatch('w_1')).toBeUndefined();
+    expect(await s.prune(Date.now() + 10_000, { eventsMs: 1000, watchesMs: 1000 })).toBe(2);
+    expect((await s.eventsAfter(0, {}, 10)).map((e) => e.event_id)).toEqual(['w_1.2']);
+    expect(await s.get('w_1')).toBeUndefined();
   });
 
-  it('stores response watches beside runs: one per response, their own terminal set, filtered by response_id', () => {
-    const s = store();
-    s.createWatch({ kind: 'run', id: 'w_run', thread_id: 'thread_1', run_id: 'resp_1' }, 0);
-    const first = s.createWatch({ kind: 'response', id: 'w_r', response_id: 'resp_1' }, 0);
-    // a run whose id happens to equal the response's is another target
-    expect(first).toMatchObject({ created: true, watch: { kind: 'response', response_id: 'resp_1', state: 'active' } });
-    expect(first.watch).not.toHaveProperty('thread_id');
-    expect(s.createWatch({ kind: 'response', id: 'w_r2', response_id: 'resp_1' }, 0)).toMatchObject({ created: false, watch: { id: 'w_r' } });
-    s.recordEvent(responseEvent('w_r', 'resp_1', 1, 'in_progress'), ['stdout'], 5);
-    s.recordEvent(event('w_run', 'resp_1', 1, 'queued'), ['stdout'], 5);
-    // incomplete ends a response
-    s.recordEvent(responseEvent('w_r', 'resp_1', 2, 'incomplete', 'in_progress'), ['stdout'], 9);
-    expect(s.getWatch('w_r')).toMatchObject({ state: 'finished', status: 'incomplete', seq: 2, last_snapshot: { id: 'resp_1', status: 'incomplete' }, finished_at: 9 });
-    expect(s.eventsAfter(0, { response_id: 'resp_1' }, 10).map((e) => e.event_id)).toEqual(['w_r.1', 'w_r.2']);
-    expect(s.eventsAfter(0, { run_id: 'resp_1' }, 10).map((e) => e.event_id)).toEqual(['w_run.1']);
-    expect(s.activeWatches().map((w) => w.id)).toEqual(['w_run']);
+  it('keeps a step without events in memory and writes it in the next batch, at the latest when closed', async () => {
+    const file = tempFile();
+    const a = new SqliteStore(file);
+    await a.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    await record(a, event('w_1', 'run_1', 1, 'queued'));
+    const checkpoint = progressAt('queued', 1, { unchangedPolls: 7, next: { kind: 'poll', atMs: 123_456 } });
+    expect(await a.commit('w_1', 1, { progress: checkpoint, events: [], state: 'active' })).toBe('ok');
+    // read back at once, before it is written
+    expect(await a.get('w_1')).toMatchObject({ progress: { unchangedPolls: 7 } });
+    await a.close();
+    const b = new SqliteStore(file);
+    expect(await b.get('w_1')).toMatchObject({ progress: { status: 'queued', seq: 1, unchangedPolls: 7, next: { kind: 'poll', atMs: 123_456 } } });
+    expect((await b.pendingDeliveries('stdout', 10)).length).toBe(0);
+    await b.close();
   });
 
-  it('migrates a data dir of the run-only schema in place: watches, positions and pending deliveries kept', () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
+  it('migrates a data dir of the run-only schema in place: watches, positions and pending deliveries kept', async () => {
+    const file = tempFile();
     const old = new DatabaseSync(file);
     old.exec(SCHEMA_0);
     old.exec(`INSERT INTO watches (id, thread_id, run_id, state, status, seq, created_at, updated_at, created_order) VALUES ('w_old', 'thread_1', 'run_1', 'active', 'queued', 7, 1, 1, 1)`);
@@ -164,67 +268,75 @@ describe('SqliteStore', () => {
     old.exec(`INSERT INTO events (pos, event_id, watch_id, thread_id, run_id, payload, created_at) VALUES (42, 'w_old.8', 'w_old', 'thread_1', 'run_1', '{}', 1); DELETE FROM events WHERE pos = 42`);
     old.close();
     const s = new SqliteStore(file);
-    expect(s.activeWatches()).toMatchObject([{ kind: 'run', id: 'w_old', thread_id: 'thread_1', run_id: 'run_1', seq: 7 }]);
-    expect(s.createWatch({ kind: 'run', id: 'w_new', thread_id: 'thread_1', run_id: 'run_1' }, 2)).toMatchObject({ created: false, watch: { id: 'w_old' } });
-    expect(s.pendingDeliveries('stdout', 10).map((d) => d.pos)).toEqual([41]);
-    s.createWatch({ kind: 'response', id: 'w_r', response_id: 'resp_1' }, 2);
-    expect(s.recordEvent(responseEvent('w_r', 'resp_1', 1, 'queued'), [], 3)).toBe(43);
-    s.close();
+    expect(await collect(s.active())).toMatchObject([{ kind: 'run', id: 'w_old', thread_id: 'thread_1', run_id: 'run_1', progress: { status: 'queued', seq: 7 } }]);
+    expect(await s.create({ kind: 'run', id: 'w_new', thread_id: 'thread_1', run_id: 'run_1' }, 2)).toMatchObject({ created: false, watch: { id: 'w_old' } });
+    expect((await s.pendingDeliveries('stdout', 10)).map((d) => d.pos)).toEqual([41]);
+    await s.create({ kind: 'response', id: 'w_r', response_id: 'resp_1' }, 2);
+    await record(s, responseEvent('w_r', 'resp_1', 1, 'queued'));
+    expect((await s.eventsAfter(41, {}, 10)).map((e) => e.pos)).toEqual([43]);
+    await s.close();
     // opening again is a no-op
     const again = new SqliteStore(file);
-    expect(again.listWatches({ limit: 10 }).map((w) => w.id)).toEqual(['w_old', 'w_r']);
-    again.close();
+    expect((await again.list({ limit: 10 })).map((w) => w.id)).toEqual(['w_old', 'w_r']);
+    await again.close();
+  });
+
+  it('migrates a data dir of version 2: a watch resumes from its older columns, and what it did is not done again', async () => {
+    const file = tempFile();
+    const old = new DatabaseSync(file);
+    old.exec(SCHEMA_2);
+    old.exec(`INSERT INTO watches (id, kind, target, thread_id, run_id, state, status, seq, last_snapshot, status_since, created_at, updated_at, created_order, handled_calls, cancel_requested)
+      VALUES ('w_2', 'run', 'thread_1' || char(10) || 'run_1', 'thread_1', 'run_1', 'active', 'requires_action', 4, '{"id":"run_1","status":"requires_action"}', 500, 1, 1, 1, 'call_1', 1)`);
+    old.close();
+    const s = new SqliteStore(file);
+    expect(await s.get('w_2')).toMatchObject({ progress: { status: 'requires_action', seq: 4, statusSinceMs: 500, lastSnapshot: { id: 'run_1' }, handledCalls: 'call_1', cancelRequested: true } });
+    // the next step writes the progress record; the older columns are not read again
+    await record(s, event('w_2', 'run_1', 5, 'in_progress', 'requires_action'), 'active', { handledCalls: 'call_1', cancelRequested: true });
+    await s.close();
+    const again = new SqliteStore(file);
+    expect(await again.get('w_2')).toMatchObject({ progress: { status: 'in_progress', seq: 5, handledCalls: 'call_1', cancelRequested: true } });
+    await again.close();
   });
 
   it('refuses a data dir written by a newer schema, naming the way out', () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
+    const file = tempFile();
     const newer = new DatabaseSync(file);
     newer.exec('PRAGMA user_version = 99');
     newer.close();
     expect(() => new SqliteStore(file)).toThrow(/newer runwatch \(schema 99.*empty data dir/);
   });
 
-  it('remembers the actions done from their events: handled tool calls and a cancel, across a reopen', () => {
-    const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
-    const a = new SqliteStore(file);
-    a.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
-    expect(a.getWatch('w_1')?.actions).toEqual({ handledCalls: null, cancelRequested: false });
-    a.recordEvent(event('w_1', 'run_1', 1, 'requires_action'), [], 0);
-    a.recordEvent({ ...event('w_1', 'run_1', 2, 'action_failed', 'requires_action'), to: 'requires_action', reason: 'submit_tool_outputs', tool_call_ids: ['call_1', 'call_2'], error: { code: 'tool_handler_failed', message: 'x' } }, [], 1);
-    // a stall event changes nothing it remembers
-    a.recordEvent({ ...event('w_1', 'run_1', 3, 'stalled', 'requires_action'), to: 'requires_action', stalled_for_ms: 5 }, [], 2);
-    expect(a.getWatch('w_1')?.actions).toEqual({ handledCalls: 'call_1,call_2', cancelRequested: false });
-    a.recordEvent({ ...event('w_1', 'run_1', 4, 'cancel_requested', 'requires_action'), to: 'requires_action', reason: 'stalled' }, [], 3);
-    a.close();
-    const b = new SqliteStore(file);
-    expect(b.getWatch('w_1')).toMatchObject({ seq: 4, status: 'requires_action', actions: { handledCalls: 'call_1,call_2', cancelRequested: true } });
-    b.close();
+  it('cannot open a data dir that is a file: StoreOpenError', () => {
+    const file = tempFile();
+    new DatabaseSync(file).close();
+    expect(() => new SqliteStore(path.join(file, 'runwatch.db'))).toThrow(expect.objectContaining({ code: 'store_open_failed' }) as Error);
   });
 
-  it('survives a reopen of the same file', () => {
+  it('survives a reopen of the same file', async () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'sub', 'runwatch.db');
-    const a = new SqliteStore(file);
-    a.createWatch({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
-    a.recordEvent(event('w_1', 'run_1', 1, 'queued'), ['stdout'], 0);
-    a.close();
+    const a = new SqliteStore(file, { sinks: ['stdout'] });
+    await a.create({ kind: 'run', id: 'w_1', thread_id: 'thread_1', run_id: 'run_1' }, 0);
+    await record(a, event('w_1', 'run_1', 1, 'queued'));
+    await a.close();
     const b = new SqliteStore(file);
-    expect(b.activeWatches()).toMatchObject([{ id: 'w_1', status: 'queued', seq: 1 }]);
-    expect(b.pendingDeliveries('stdout', 10)).toHaveLength(1);
+    expect(await collect(b.active())).toMatchObject([{ id: 'w_1', progress: { status: 'queued', seq: 1 } }]);
+    expect(await b.pendingDeliveries('stdout', 10)).toHaveLength(1);
     expect(b.healthy()).toBe(true);
-    b.close();
+    await b.close();
     expect(b.healthy()).toBe(false);
   });
 });
 
 describe('OutboxWorker', () => {
+  const store = (): SqliteStore => new SqliteStore(':memory:', { sinks: ['test'] });
   const options = { retryForMs: 60_000, backoff: { baseMs: 20, capMs: 40 }, logger: pino({ level: 'silent' }) };
 
   it('holds back a failing run only, and delivers its events in order once the sink recovers', async () => {
     const s = store();
-    for (const run of ['a', 'b']) s.createWatch({ kind: 'run', id: `w_${run}`, thread_id: 'thread_1', run_id: `run_${run}` }, 0);
+    for (const run of ['a', 'b']) await s.create({ kind: 'run', id: `w_${run}`, thread_id: 'thread_1', run_id: `run_${run}` }, 0);
     for (let seq = 1; seq <= 3; seq++) {
-      s.recordEvent(event('w_a', 'run_a', seq, `s${seq}`), ['test'], 0);
-      s.recordEvent(event('w_b', 'run_b', seq, `s${seq}`), ['test'], 0);
+      await record(s, event('w_a', 'run_a', seq, `s${seq}`));
+      await record(s, event('w_b', 'run_b', seq, `s${seq}`));
     }
     const delivered: string[] = [];
     let failuresLeft = 3;
@@ -245,13 +357,13 @@ describe('OutboxWorker', () => {
     // run b was not held back by run a's failures
     expect(delivered.indexOf('w_b.3')).toBeLessThan(delivered.indexOf('w_a.2'));
     expect(outcomes.filter((o) => o === 'retry')).toHaveLength(3);
-    expect(s.sinkStats()).toEqual([{ sink: 'test', pending: 0, dead: 0 }]);
+    expect(await s.sinkStats()).toEqual([{ sink: 'test', pending: 0, dead: 0 }]);
   });
 
   it('dead-letters a permanent failure at once and one that outlives retryForMs, then goes on', async () => {
     const s = store();
-    s.createWatch({ kind: 'run', id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
-    for (let seq = 1; seq <= 3; seq++) s.recordEvent(event('w_a', 'run_a', seq, `s${seq}`), ['test'], 0);
+    await s.create({ kind: 'run', id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
+    for (let seq = 1; seq <= 3; seq++) await record(s, event('w_a', 'run_a', seq, `s${seq}`));
     const delivered: number[] = [];
     const sink: Sink = {
       name: 'test',
@@ -266,13 +378,13 @@ describe('OutboxWorker', () => {
     await until(() => delivered.length === 1);
     await worker.stop(100);
     expect(delivered).toEqual([3]);
-    expect(s.sinkStats()).toEqual([{ sink: 'test', pending: 0, dead: 2 }]);
+    expect(await s.sinkStats()).toEqual([{ sink: 'test', pending: 0, dead: 2 }]);
   });
 
   it('stops within the flush timeout even when the sink hangs, leaving the event pending', async () => {
     const s = store();
-    s.createWatch({ kind: 'run', id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
-    s.recordEvent(event('w_a', 'run_a', 1, 's1'), ['test'], 0);
+    await s.create({ kind: 'run', id: 'w_a', thread_id: 'thread_1', run_id: 'run_a' }, 0);
+    await record(s, event('w_a', 'run_a', 1, 's1'));
     let started = false;
     const sink: Sink = {
       name: 'test',
@@ -288,7 +400,7 @@ describe('OutboxWorker', () => {
     const t0 = Date.now();
     await worker.stop(200);
     expect(Date.now() - t0).toBeLessThan(1000);
-    expect(s.sinkStats()).toEqual([{ sink: 'test', pending: 1, dead: 0 }]);
+    expect(await s.sinkStats()).toEqual([{ sink: 'test', pending: 1, dead: 0 }]);
   });
 });
 

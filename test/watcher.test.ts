@@ -3,6 +3,9 @@ import type { Clock } from '@sinonjs/fake-timers';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { WatchError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
+import { RUN_KIND } from '../src/resource.js';
+import type { ResourceKind, Snapshot } from '../src/resource.js';
+import { initialProgress } from '../src/step.js';
 import { watchRun } from '../src/watch-run.js';
 import { RunWatcher } from '../src/watcher.js';
 import type { RunWatcherOptions } from '../src/watcher.js';
@@ -334,7 +337,9 @@ describe('RunWatcher for the daemon', () => {
 
   it('resumes from a stored state: seq continues, deadline counts from the original start', async () => {
     const { watcher, events } = setup([ok('in_progress'), ok('completed')], { defaultTimeoutMs: 60_000 });
-    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1', watchId: 'w_resumed', initial: { status: 'in_progress', seq: 4 }, startedAtMs: T0 - 50_000 });
+    // what a store kept of a watch started 50 s ago with a 60 s timeout
+    const stored = { ...initialProgress(RUN_KIND as unknown as ResourceKind<object, Snapshot>, { startedAtMs: T0 - 50_000, timeoutMs: undefined, expiresGraceMs: 0, defaultTimeoutMs: 60_000 }, {}, T0 - 50_000), status: 'in_progress', seq: 4 };
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1', watchId: 'w_resumed', progress: stored, startedAtMs: T0 - 50_000 });
     expect(watcher.info('w_resumed')?.deadlineAtMs).toBe(T0 + 10_000);
     await clock.runAllAsync();
     await handle.promise;

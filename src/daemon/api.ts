@@ -2,9 +2,11 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { WatchError } from '../errors.js';
+import { StoreUnavailableError, WatchError } from '../errors.js';
+import type { WatchErrorDetails } from '../events.js';
 import { ID_PATTERN } from '../resource.js';
-import type { EventFilter, StoredEvent, WatchRecord, WatchState, WatchTarget } from '../store/store.js';
+import type { Snapshot } from '../resource.js';
+import type { EventFilter, StoredEvent, WatchState, WatchTarget } from '../store/store.js';
 import { WATCH_STATES } from '../store/store.js';
 
 /** A watch as the API shows it: `kind` and its ids (`thread_id`, `run_id` or `response_id`), then its fields. */
@@ -19,8 +21,8 @@ export interface WatchViewFields {
   readonly metadata: Readonly<Record<string, string>> | null;
   readonly callback_url: string | null;
   readonly next_poll_at: string | null;
-  readonly error: WatchRecord['error'];
-  readonly last_snapshot: WatchRecord['last_snapshot'];
+  readonly error: WatchErrorDetails | null;
+  readonly last_snapshot: Snapshot | null;
   readonly created_at: string;
   readonly updated_at: string;
 }
@@ -322,6 +324,10 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
         send(res, error.status, { error: { code: error.code, message: error.message } }, error.headers);
         // an unread body would be parsed as the next request on this connection
         if (!req.complete) res.once('finish', () => req.destroy());
+        return;
+      }
+      if (error instanceof StoreUnavailableError) {
+        send(res, 503, { error: { code: 'store_unavailable', message: `${error.message}; retry later` } }, { 'retry-after': '5' });
         return;
       }
       if (error instanceof URIError) {

@@ -16,7 +16,7 @@ const DAY_MS = 86_400_000;
 const defaultPolicy: PartialPollPolicy = DEFAULT_POLL_POLICY;
 const defaultFsync: FsyncPolicy = 'interval';
 /** Where the daemon keeps its state. */
-export type StoreKind = 'sqlite' | 'redis';
+export type StoreKind = 'sqlite' | 'redis' | 'memory';
 
 /** Every setting with its default; `config/default.json` is this object (a test checks it). */
 export const DEFAULT_CONFIG = Object.freeze({
@@ -104,7 +104,7 @@ const schema = z
     retention: z.object({ eventsMs: z.number().int().positive(), watchesMs: z.number().int().positive(), pruneIntervalMs: durationMs }).strict(),
     store: z
       .object({
-        kind: z.enum(['sqlite', 'redis']),
+        kind: z.enum(['sqlite', 'redis', 'memory']),
         prefix: z.string().min(1).max(64),
         partitions: z.number().int().min(1).max(256),
         lockDurationMs: durationMs,

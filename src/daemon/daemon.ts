@@ -1,38 +1,42 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { ToolHandler } from '../actions.js';
 import { loadToolHandler } from '../actions.js';
 import type { Credentials } from '../client.js';
-import { ConfigError } from '../errors.js';
-import type { WatchEvent } from '../events.js';
-import { isResponseEvent, isRunEvent } from '../events.js';
-import type { Snapshot } from '../resource.js';
+import { ConfigError, ListenError, StoreUnavailableError } from '../errors.js';
 import { FileSink } from '../sinks/file.js';
 import { loadModuleSink } from '../sinks/module.js';
 import type { Sink } from '../sinks/sink.js';
 import { RedisStreamSink } from '../sinks/redis-stream.js';
 import { StdoutSink } from '../sinks/stdout.js';
 import { WebhookSink } from '../sinks/webhook.js';
+import { MemoryStore } from '../store/memory.js';
+import { RedisStore } from '../store/redis.js';
 import { SqliteStore } from '../store/sqlite.js';
-import type { Store, WatchRecord } from '../store/store.js';
+import type { DeliveryLog, WatchRecord, WatchStore } from '../store/store.js';
 import { targetOf } from '../store/store.js';
-import type { WatchHandle } from '../watcher.js';
-import { randomWatchId, RunWatcher } from '../watcher.js';
-import type { NewWatchInput, WatchView } from './api.js';
+import { randomWatchId } from '../watcher.js';
+import type { WatchView } from './api.js';
 import { createControlApi } from './api.js';
 import type { DaemonConfig } from './config.js';
-import { effectiveBaseUrl, isLoopback } from './config.js';
+import { isLoopback } from './config.js';
+import type { Engine, EngineSettings } from './engine.js';
+import { engineSettings, LocalEngine } from './engine.js';
 import { DaemonMetrics } from './metrics.js';
+import type { DeliveryPolicy, Outbox } from './outbox.js';
 import { OutboxWorker } from './outbox.js';
+import { PartitionedOutbox } from './redis-outbox.js';
+import { RedisEngine } from './redis-engine.js';
 
 /** Secrets the daemon uses; never part of the printed config. */
 export interface DaemonSecrets {
   readonly credentials: Credentials;
   readonly controlToken?: string | undefined;
   readonly webhookSecret?: string | undefined;
-  /** `RUNWATCH_REDIS_URL`: needed by the redis-stream sink (it may carry a password). */
+  /** `RUNWATCH_REDIS_URL`: the Redis store and the redis-stream sink (it may carry a password). */
   readonly redisUrl?: string | undefined;
 }
 
@@ -44,7 +48,7 @@ export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets):
   if (config.sinks.webhook.url) sinks.push(new WebhookSink({ secret: secrets.webhookSecret, ...config.sinks.webhook, url: config.sinks.webhook.url }));
   if (config.sinks.redisStream.enabled) {
     if (!secrets.redisUrl) throw new ConfigError('sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
-    sinks.push(new RedisStreamSink({ url: secrets.redisUrl, stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
+    sinks.push(new RedisStreamSink({ url: checkRedisUrl(secrets.redisUrl), stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
   }
   for (const module of config.sinks.modules) sinks.push(await loadModuleSink(module.path, module.options));
   const names = sinks.map((s) => s.name);
@@ -60,19 +64,21 @@ export async function loadDaemonToolHandler(config: DaemonConfig): Promise<ToolH
 }
 
 /** A stored watch as the API shows it. */
-export function watchView(record: WatchRecord | undefined, nextPollAtMs: number | null): WatchView | undefined {
+export function watchView(record: WatchRecord | undefined): WatchView | undefined {
   if (!record) return undefined;
+  const progress = record.progress;
+  const next = record.state === 'active' ? progress?.next : undefined;
   return {
     ...targetOf(record),
     id: record.id,
     state: record.state,
-    status: record.status,
-    seq: record.seq,
+    status: progress?.status ?? null,
+    seq: progress?.seq ?? 0,
     metadata: record.metadata,
     callback_url: record.callback_url,
-    next_poll_at: nextPollAtMs === null ? null : new Date(nextPollAtMs).toISOString(),
+    next_poll_at: next?.kind === 'poll' ? new Date(next.atMs).toISOString() : null,
     error: record.error,
-    last_snapshot: record.last_snapshot,
+    last_snapshot: progress?.lastSnapshot ?? null,
     created_at: new Date(record.created_at).toISOString(),
     updated_at: new Date(record.updated_at).toISOString(),
   };
@@ -85,19 +91,41 @@ export function assertSafeBind(config: DaemonConfig, secrets: DaemonSecrets): vo
   }
 }
 
-/** Starts the control API on the configured address. */
+/** Starts the control API on the configured address; throws `ListenError` when it cannot. */
 export async function listen(server: Server, config: DaemonConfig): Promise<AddressInfo> {
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(config.daemon.port, config.daemon.host, () => {
-      server.off('error', reject);
-      resolve();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(config.daemon.port, config.daemon.host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'error';
+    throw new ListenError(`cannot listen on ${config.daemon.host}:${config.daemon.port} (${code}): pick another --port or --host`, { cause: error });
+  }
   return server.address() as AddressInfo;
 }
 
-/** What the CLI needs from a running daemon, whatever its store. */
+/**
+ * Checks `RUNWATCH_REDIS_URL` before anything connects: `redis://` or `rediss://` with a host
+ * and a numeric port. Throws `ConfigError` naming the setting, never its value (it may carry a password).
+ */
+export function checkRedisUrl(raw: string): string {
+  let url: URL | undefined;
+  try {
+    url = new URL(raw);
+  } catch {
+    url = undefined;
+  }
+  if (!url || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || url.hostname === '' || (url.port !== '' && !/^\d+$/.test(url.port))) {
+    throw new ConfigError('invalid RUNWATCH_REDIS_URL: expected redis://[:password@]host[:port][/db] (or rediss://)');
+  }
+  return raw;
+}
+
+/** What the CLI needs from a running daemon. */
 export interface RunningDaemon {
   readonly address: AddressInfo;
   /** Rejects when the daemon cannot go on safely; the caller shuts down and exits non-zero. */
@@ -106,131 +134,61 @@ export interface RunningDaemon {
   shutdown(): Promise<void>;
 }
 
-/** How often planned poll times are saved (they are a hint: a restart polls at once anyway). */
-const SAVE_NEXT_POLLS_MS = 2_000;
+/** A part's cleanup, run at shutdown in the reverse order of registration, each despite the others' errors. */
+interface CloseHook {
+  readonly name: string;
+  run(remainingMs: () => number): unknown;
+}
+
+/** How long the daemon waits for Redis at start before giving up (exit 69). */
+const REDIS_START_TIMEOUT_MS = 10_000;
 
 /**
- * The long-running service: watches from the control API live in the store, every event goes
- * through the outbox to every sink at least once, and a restart resumes every active watch.
+ * The long-running service: the control API, the metrics, the sinks and their outbox, around
+ * an engine. The store kind picks the parts (memory or SQLite: one process's engine and outbox
+ * rows; Redis: the fleet's engine and partitioned outbox); everything else is the same.
  */
 export class Daemon implements RunningDaemon {
   readonly #config: DaemonConfig;
   readonly #logger: Logger;
-  readonly #store: Store;
-  readonly #watcher: RunWatcher;
-  readonly #workers: OutboxWorker[];
-  readonly #sinkNames: string[];
-  readonly #handles = new Map<string, WatchHandle>();
+  readonly #hooks: CloseHook[] = [];
   readonly #listeners = new Set<() => void>();
-  readonly #metrics: DaemonMetrics;
-  readonly #api: ReturnType<typeof createControlApi>;
-  readonly #timers: NodeJS.Timeout[] = [];
-  readonly #fileSink: FileSink | undefined;
-  readonly #toolHandler: ToolHandler | undefined;
+  #engine!: Engine;
+  #outboxes: Outbox[] = [];
   #shutdown: Promise<void> | null = null;
   #address: AddressInfo | null = null;
   #fail: (error: Error) => void = () => undefined;
   /**
-   * Rejects when the daemon cannot go on safely (an event could not be written to the store):
+   * Rejects when the daemon cannot go on safely (a step could not be written to the store):
    * the caller shuts down and exits non-zero, and the restart resumes from the stored state.
    */
   readonly failed: Promise<never> = new Promise<never>((_, reject) => {
     this.#fail = reject;
   });
 
-  private constructor(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, sinks: Sink[], toolHandler: ToolHandler | undefined) {
+  private constructor(config: DaemonConfig, logger: Logger) {
     // nobody may be listening yet; the rejection is still delivered to whoever awaits it later
     this.failed.catch(() => undefined);
     this.#config = config;
-    this.#toolHandler = toolHandler;
     this.#logger = logger;
-    this.#store = new SqliteStore(path.join(config.daemon.dataDir, 'runwatch.db'));
-    this.#fileSink = sinks.find((s): s is FileSink => s instanceof FileSink);
-    const { watch } = config;
-    this.#watcher = new RunWatcher({
-      provider: watch.provider,
-      baseUrl: effectiveBaseUrl(config),
-      apiVersion: config.watch.apiVersion,
-      credentials: secrets.credentials,
-      requestTimeoutMs: watch.requestTimeoutMs,
-      maxSockets: watch.maxSockets,
-      traceId: watch.traceId,
-      defaultTimeoutMs: watch.defaultTimeoutMs,
-      expiresGraceMs: watch.expiresGraceMs,
-      maxInFlight: watch.maxInFlight,
-      maxRequestsPerSecond: watch.maxRequestsPerSecond,
-      policy: watch.policy,
-      stallThresholdMs: config.daemon.stallThresholdMs,
-      logger: logger.child({ component: 'watcher' }),
-    });
-    const callback = new WebhookSink({ name: 'callback', secret: secrets.webhookSecret, ...config.sinks.callback });
-    this.#sinkNames = sinks.map((s) => s.name);
-    this.#metrics = new DaemonMetrics({
-      activeByStatus: () => {
-        const counts = new Map<string, number>();
-        for (const id of this.#watcher.ids()) {
-          const status = this.#watcher.info(id)?.status ?? 'none';
-          counts.set(status, (counts.get(status) ?? 0) + 1);
-        }
-        return counts;
-      },
-      outbox: () => this.#store.sinkStats(),
-      budget: () => this.#watcher.budget,
-    });
-    const { delivery } = config.sinks;
-    this.#workers = [...sinks, callback].map(
-      (sink) =>
-        new OutboxWorker(this.#store, sink, {
-          retryForMs: delivery.retryForMs,
-          backoff: { baseMs: delivery.backoffBaseMs, capMs: delivery.backoffCapMs },
-          concurrency: delivery.concurrency,
-          logger: logger.child({ component: 'outbox', sink: sink.name }),
-          onOutcome: (name, outcome) => this.#metrics.delivery(name, outcome),
-        }),
-    );
-    this.#watcher.on('event', (event) => this.#record(event));
-    this.#watcher.on('poll', (report) => {
-      this.#metrics.polls.inc({ outcome: report.outcome });
-      this.#metrics.pollLatency.observe(report.latencyMs / 1000);
-      this.#metrics.pollLateness.observe(report.latenessMs / 1000);
-    });
-    this.#watcher.on('settled', ({ watchId }) => this.#handles.delete(watchId));
-    this.#api = createControlApi(
-      {
-        addWatch: (input) => this.#addWatch(input),
-        getWatch: (id) => this.#view(this.#store.getWatch(id)),
-        listWatches: (query) => this.#store.listWatches(query).map((w) => this.#view(w)!),
-        deleteWatch: (id) => this.#deleteWatch(id),
-        cancelWatch: async (id) => {
-          await this.#watcher.cancel(id);
-          return this.#view(this.#store.getWatch(id));
-        },
-        eventsAfter: (pos, filter, limit) => this.#store.eventsAfter(pos, filter, limit),
-        subscribe: (listener) => {
-          this.#listeners.add(listener);
-          return () => this.#listeners.delete(listener);
-        },
-        ready: () => this.#shutdown === null && this.#store.healthy(),
-        metrics: async () => ({ contentType: this.#metrics.registry.contentType, body: await this.#metrics.registry.metrics() }),
-      },
-      {
-        token: secrets.controlToken,
-        maxBodyBytes: config.daemon.maxBodyBytes,
-        callbackHosts: config.daemon.callbackHosts,
-        logger: logger.child({ component: 'api' }),
-      },
-    );
   }
 
   /**
-   * Opens the store, resumes every active watch, starts the sinks and the control API.
-   * Throws `ConfigError` for settings that cannot work (a public address without a token).
+   * Opens the store, starts the engine (which resumes every active watch), the sinks and the
+   * control API. Throws `ConfigError` for settings that cannot work, `StoreOpenError` /
+   * `StoreUnavailableError` when the store cannot be opened or reached, `ListenError`.
    */
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<Daemon> {
     assertSafeBind(config, secrets);
     const sinks = await createSinks(config, secrets);
-    const daemon = new Daemon(config, secrets, logger, sinks, await loadDaemonToolHandler(config));
-    await daemon.#begin();
+    const settings = engineSettings(config, secrets, logger, await loadDaemonToolHandler(config));
+    const daemon = new Daemon(config, logger);
+    try {
+      await daemon.#begin(secrets, sinks, settings);
+    } catch (error) {
+      await daemon.shutdown();
+      throw error;
+    }
     return daemon;
   }
 
@@ -240,83 +198,132 @@ export class Daemon implements RunningDaemon {
     return this.#address;
   }
 
-  async #begin(): Promise<void> {
-    const active = this.#store.activeWatches();
-    for (const record of active) this.#startWatch(record);
-    for (const worker of this.#workers) worker.start();
-    this.#timers.push(setInterval(() => this.#saveNextPolls(), SAVE_NEXT_POLLS_MS));
-    this.#timers.push(setInterval(() => this.#prune(), this.#config.retention.pruneIntervalMs));
-    this.#address = await listen(this.#api.server, this.#config);
-    this.#logger.info({ host: this.#address.address, port: this.#address.port, resumed: active.length, sinks: this.#sinkNames }, 'daemon listening');
+  /** Registers a part's cleanup (fastify's `onClose`): the last registered runs first. */
+  #onClose(name: string, run: CloseHook['run']): void {
+    this.#hooks.push({ name, run });
   }
 
-  #startWatch(record: WatchRecord): void {
-    if (this.#handles.has(record.id)) return;
-    const options = {
-      watchId: record.id,
-      initial: { status: record.status, seq: record.seq },
-      startedAtMs: record.created_at,
-      statusSinceMs: record.status_since ?? undefined,
-      cancelAfterStallMs: this.#config.daemon.cancelAfterStallMs ?? undefined,
-      actionsDone: record.actions,
+  async #begin(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings): Promise<void> {
+    const config = this.#config;
+    const callback = new WebhookSink({ name: 'callback', secret: secrets.webhookSecret, ...config.sinks.callback });
+    const all = [...sinks, callback];
+    this.#onClose('sinks', () => Promise.allSettled(all.map(async (sink) => sink.close?.())));
+    const metrics = new DaemonMetrics({
+      activeByStatus: () => this.#engine.activeByStatus(),
+      outbox: () => Promise.all(this.#outboxes.map(async (outbox) => ({ sink: outbox.sink.name, ...(await outbox.stats()) }))),
+      budget: () => this.#engine.budget(),
+    });
+    const delivery: DeliveryPolicy = {
+      retryForMs: config.sinks.delivery.retryForMs,
+      backoff: { baseMs: config.sinks.delivery.backoffBaseMs, capMs: config.sinks.delivery.backoffCapMs },
+      logger: this.#logger.child({ component: 'outbox' }),
+      onOutcome: (name, outcome) => metrics.delivery(name, outcome),
     };
-    const handle: WatchHandle<Snapshot> =
-      record.kind === 'run'
-        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, lastSnapshot: record.last_snapshot, onRequiresAction: this.#toolHandler })
-        : this.#watcher.watchResponse({ ...options, responseId: record.response_id, lastSnapshot: record.last_snapshot });
-    this.#handles.set(record.id, handle);
+    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery);
+    else this.#localParts(all, settings, delivery);
+    const store = this.#engine.store;
+
+    const api = createControlApi(
+      {
+        addWatch: async (input) => (this.#shutdown ? undefined : this.#added(await this.#engine.add({ id: randomWatchId(), ...input }))),
+        getWatch: async (id) => watchView(await store.get(id)),
+        listWatches: async (query) => (await store.list(query)).map((w) => watchView(w)!),
+        deleteWatch: async (id) => watchView(await this.#engine.delete(id)),
+        cancelWatch: async (id) => watchView(await this.#engine.cancel(id)),
+        eventsAfter: (pos, filter, limit) => store.eventsAfter(pos, filter, limit),
+        subscribe: (listener) => {
+          this.#listeners.add(listener);
+          return () => this.#listeners.delete(listener);
+        },
+        ready: () => this.#shutdown === null && store.healthy(),
+        metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
+      },
+      { token: secrets.controlToken, maxBodyBytes: config.daemon.maxBodyBytes, callbackHosts: config.daemon.callbackHosts, logger: this.#logger.child({ component: 'api' }) },
+    );
+    let closed: Promise<void> = Promise.resolve();
+    this.#onClose('api connections', async () => {
+      api.server.closeAllConnections();
+      await closed;
+    });
+
+    this.#engine.on('event', (event) => {
+      metrics.transition(event.type);
+      for (const outbox of this.#outboxes) outbox.notify();
+      this.#wake();
+    });
+    this.#engine.on('activity', () => this.#wake());
+    this.#engine.on('poll', (report) => metrics.poll(report));
+    this.#engine.on('error', (error) => {
+      // the engine has moved on in memory; only a restart from the store keeps "nothing lost" true
+      this.#logger.fatal({ err: error }, 'could not write a step to the store');
+      this.#fail(error);
+    });
+    // half the shutdown budget for steps in flight, the rest for the sinks
+    this.#onClose('outboxes', (remainingMs) => Promise.all(this.#outboxes.map((outbox) => outbox.stop(remainingMs()))));
+    this.#onClose('engine', (remainingMs) => this.#engine.close(remainingMs() / 2));
+    const resumed = await this.#engine.start();
+    for (const outbox of this.#outboxes) outbox.start();
+
+    const prune = setInterval(() => void this.#prune(), config.retention.pruneIntervalMs);
+    this.#onClose('timers', () => clearInterval(prune));
+    this.#onClose('api', () => {
+      // stop accepting at once; the connections left close just before the store
+      closed = new Promise<void>((resolve) => api.server.close(() => resolve()));
+      api.closeStreams();
+    });
+    this.#address = await listen(api.server, config);
+    this.#logger.info({ host: this.#address.address, port: this.#address.port, store: config.store.kind, resumed, sinks: sinks.map((s) => s.name) }, 'daemon listening');
   }
 
-  #record(event: WatchEvent): void {
-    // the store holds runs and responses; thread guards are never started here
-    if (!isRunEvent(event) && !isResponseEvent(event)) return;
-    try {
-      // synchronous: the event, its watch's new state and one delivery per sink, in one transaction
-      this.#store.recordEvent(event, this.#sinkNames, Date.now());
-    } catch (error) {
-      // the engine has moved on in memory; only a restart from the store keeps "nothing lost" true
-      this.#logger.fatal({ err: error, eventId: event.id }, 'could not record an event');
-      this.#fail(new Error(`could not record event ${event.id}: ${error instanceof Error ? error.message : String(error)}`));
-      return;
-    }
-    this.#metrics.transitions.inc({ status: event.type === 'watch.error' ? 'watch_error' : event.type.slice(event.type.indexOf('.') + 1) });
-    for (const worker of this.#workers) worker.notify();
+  /** Memory and SQLite: one process owns every watch; the outbox is a delivery row per event and sink. */
+  #localParts(sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy): void {
+    const config = this.#config;
+    const names = sinks.filter((sink) => sink.name !== 'callback').map((sink) => sink.name);
+    const store: WatchStore & DeliveryLog = config.store.kind === 'memory' ? new MemoryStore({ sinks: names }) : new SqliteStore(path.join(config.daemon.dataDir, 'runwatch.db'), { sinks: names });
+    this.#onClose('store', () => store.close());
+    this.#engine = new LocalEngine(store, settings);
+    this.#outboxes = sinks.map((sink) => new OutboxWorker(store, sink, { ...delivery, concurrency: config.sinks.delivery.concurrency, logger: delivery.logger.child({ sink: sink.name }) }));
+  }
+
+  /** Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with leases. */
+  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy): Promise<void> {
+    const config = this.#config;
+    if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
+    const url = checkRedisUrl(secrets.redisUrl);
+    // our own commands fail fast while Redis is away (the store says so); BullMQ keeps its own connections
+    const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
+    redis.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error'));
+    this.#onClose('redis', () => redis.quit().catch(() => redis.disconnect()));
+    await untilReady(redis);
+    const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
+    this.#onClose('store', () => store.close());
+    const engine = new RedisEngine(redis, store, settings, {
+      redisUrl: url,
+      lockDurationMs: config.store.lockDurationMs,
+      stalledIntervalMs: config.store.stalledIntervalMs,
+      repairIntervalMs: config.retention.pruneIntervalMs,
+      logger: this.#logger.child({ component: 'engine' }),
+    });
+    this.#engine = engine;
+    this.#outboxes = sinks.map(
+      (sink) =>
+        new PartitionedOutbox(redis, sink, { ...delivery, keys: store.keys, partitions: store.partitions, replicaId: engine.replicaId, leaseMs: config.store.leaseMs, logger: delivery.logger.child({ sink: sink.name }) }),
+    );
+  }
+
+  #added(added: { watch: WatchRecord; created: boolean }): { watch: WatchView; created: boolean } {
+    return { watch: watchView(added.watch)!, created: added.created };
+  }
+
+  /** Streams read the log again. */
+  #wake(): void {
     for (const listener of this.#listeners) listener();
   }
 
-  #addWatch(input: NewWatchInput): { watch: WatchView; created: boolean } | undefined {
-    if (this.#shutdown) return undefined;
-    const { watch, created } = this.#store.createWatch({ id: randomWatchId(), ...input }, Date.now());
-    if (created) this.#startWatch(watch);
-    return { watch: this.#view(this.#store.getWatch(watch.id) ?? watch)!, created };
-  }
-
-  #deleteWatch(id: string): WatchView | undefined {
-    const handle = this.#handles.get(id);
-    // aborting emits watch.error (aborted), which the store records as state 'deleted'
-    if (handle) handle.abort(new Error('deleted over the control API'));
-    else this.#store.markDeleted(id, Date.now());
-    return this.#view(this.#store.getWatch(id));
-  }
-
-  #view(record: WatchRecord | undefined): WatchView | undefined {
-    const live = record?.state === 'active' ? this.#watcher.info(record.id) : undefined;
-    return watchView(record, live ? live.nextPollAtMs : (record?.next_poll_at ?? null));
-  }
-
-  #saveNextPolls(): void {
-    const entries: Array<readonly [string, number | null]> = [];
-    for (const id of this.#watcher.ids()) entries.push([id, this.#watcher.info(id)?.nextPollAtMs ?? null]);
+  async #prune(): Promise<void> {
     try {
-      this.#store.saveNextPolls(entries);
-    } catch (error) {
-      this.#logger.warn({ err: error }, 'could not save planned poll times');
-    }
-  }
-
-  #prune(): void {
-    try {
-      const removed = this.#store.prune(Date.now(), this.#config.retention);
+      // every replica may prune: deleting an ended watch twice is harmless
+      const removed = await this.#engine.store.prune(Date.now(), this.#config.retention);
       if (removed > 0) this.#logger.info({ removed }, 'pruned delivered events and ended watches');
     } catch (error) {
       this.#logger.warn({ err: error }, 'pruning failed');
@@ -325,13 +332,13 @@ export class Daemon implements RunningDaemon {
 
   /** Reopens the file sink (SIGHUP, for logrotate). */
   async reopen(): Promise<void> {
-    await this.#fileSink?.reopen();
+    await Promise.all(this.#outboxes.map(async ({ sink }) => (sink instanceof FileSink ? sink.reopen() : undefined)));
   }
 
   /**
-   * Graceful stop: stop accepting, stop scheduling, let polls in flight finish, flush what the
-   * sinks take, close the store; all within `shutdownTimeoutMs`. Each step runs even if
-   * another fails. Idempotent.
+   * Graceful stop, within `shutdownTimeoutMs`: stop accepting, let steps in flight finish,
+   * flush what the sinks take, close the store. Each part's cleanup runs even if another
+   * fails. Idempotent.
    */
   shutdown(): Promise<void> {
     this.#shutdown ??= this.#stop();
@@ -341,30 +348,31 @@ export class Daemon implements RunningDaemon {
   async #stop(): Promise<void> {
     const budgetMs = this.#config.daemon.shutdownTimeoutMs;
     const deadline = Date.now() + budgetMs;
-    const remaining = (): number => Math.max(0, deadline - Date.now());
-    const step = async (name: string, work: () => Promise<void> | void): Promise<void> => {
-      try {
-        await work();
-      } catch (error) {
-        this.#logger.error({ err: error, step: name }, 'shutdown step failed');
-      }
-    };
+    const remainingMs = (): number => Math.max(0, deadline - Date.now());
     this.#logger.info({ timeoutMs: budgetMs }, 'shutting down');
-    for (const timer of this.#timers) clearInterval(timer);
-    const closed = new Promise<void>((resolve) => this.#api.server.close(() => resolve()));
-    await step('stop streams', () => this.#api.closeStreams());
-    // half the budget for polls in flight, the rest for the sinks
-    await step('drain polls', () => this.#watcher.close({ drainTimeoutMs: remaining() / 2 }));
-    await step('save state', () => this.#saveNextPolls());
-    await step('flush sinks', async () => {
-      await Promise.all(this.#workers.map((w) => w.stop(remaining())));
-    });
-    await step('close sinks', async () => {
-      await Promise.allSettled(this.#workers.map(async (w) => w.sink.close?.()));
-    });
-    this.#api.server.closeAllConnections();
-    await step('close API', () => closed);
-    await step('close store', () => this.#store.close());
+    for (const hook of [...this.#hooks].reverse()) {
+      try {
+        await hook.run(remainingMs);
+      } catch (error) {
+        this.#logger.error({ err: error, step: hook.name }, 'shutdown step failed');
+      }
+    }
     this.#logger.info('stopped');
+  }
+}
+
+/** Waits for a Redis connection to be ready; `StoreUnavailableError` after 10 s. */
+async function untilReady(redis: Redis): Promise<void> {
+  if (redis.status === 'ready') return;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      new Promise<void>((resolve) => redis.once('ready', () => resolve())),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StoreUnavailableError(`Redis did not answer within ${REDIS_START_TIMEOUT_MS / 1000} s: check RUNWATCH_REDIS_URL and that Redis is up`)), REDIS_START_TIMEOUT_MS);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -5,9 +5,33 @@ export { DEFAULT_CONFIG, ENV_ALIASES, loadConfig, validateConfig } from './confi
 export type { ConfigSources, DaemonConfig } from './config.js';
 export { createControlApi, callbackAllowed } from './api.js';
 export type { ControlApiDeps, ControlApiOptions, NewWatchInput, WatchView, WatchViewFields } from './api.js';
+export { LocalEngine, engineSettings } from './engine.js';
+export type { Engine, EngineEvents, EngineSettings } from './engine.js';
+export { RedisEngine } from './redis-engine.js';
+export type { RedisEngineOptions } from './redis-engine.js';
 export { OutboxWorker } from './outbox.js';
-export type { DeliveryOutcome, OutboxWorkerOptions } from './outbox.js';
+export type { DeliveryOutcome, Outbox, OutboxWorkerOptions } from './outbox.js';
+export { MemoryStore } from '../store/memory.js';
 export { SqliteStore } from '../store/sqlite.js';
-export type { ActionMemory, EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, StoredWatchEvent, WatchFields, WatchKindName, WatchRecord, WatchState, WatchTarget } from '../store/store.js';
+export { RedisStore } from '../store/redis.js';
+export type {
+  CommitResult,
+  DeliveryLog,
+  EventFilter,
+  NewWatch,
+  PendingDelivery,
+  Retention,
+  SinkStats,
+  StoredEvent,
+  StoredProgress,
+  StoredWatchEvent,
+  WatchChange,
+  WatchFields,
+  WatchKindName,
+  WatchRecord,
+  WatchState,
+  WatchStore,
+  WatchTarget,
+} from '../store/store.js';
 export { RedisStreamSink } from '../sinks/redis-stream.js';
 export type { RedisStreamSinkOptions } from '../sinks/redis-stream.js';

@@ -1,14 +1,19 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DeliveryOutcome } from './outbox.js';
 
-/** What the metrics read at scrape time. */
+/** What the metrics read at scrape time (a store may answer later: gauges wait for it). */
 export interface MetricsSources {
   /** Active watches per last status (`none` before the first poll). */
-  activeByStatus(): ReadonlyMap<string, number>;
+  activeByStatus(): Promise<ReadonlyMap<string, number>>;
   /** Pending and dead-lettered deliveries per sink. */
-  outbox(): ReadonlyArray<{ readonly sink: string; readonly pending: number; readonly dead: number }>;
+  outbox(): Promise<ReadonlyArray<{ readonly sink: string; readonly pending: number; readonly dead: number }>>;
   /** The request budget now. */
   budget(): { readonly ratePerSecond: number; readonly inFlight: number; readonly queued: number };
+}
+
+/** The `status` label of an event in `runwatch_transitions_total`: the new status, `stalled`, an action, or `watch_error`. */
+export function transitionLabel(type: string): string {
+  return type === 'watch.error' ? 'watch_error' : type.slice(type.indexOf('.') + 1);
 }
 
 /** The daemon's Prometheus metrics, on a registry of its own (no global state). */
@@ -42,9 +47,10 @@ export class DaemonMetrics {
       help: 'Watches being polled, by last status.',
       labelNames: ['status'],
       registers,
-      collect() {
+      async collect() {
+        const counts = await sources.activeByStatus();
         this.reset();
-        for (const [status, count] of sources.activeByStatus()) this.set({ status }, count);
+        for (const [status, count] of counts) this.set({ status }, count);
       },
     });
     const outbox = new Gauge({ name: 'runwatch_outbox_backlog', help: 'Deliveries not yet made, by sink.', labelNames: ['sink'], registers });
@@ -53,10 +59,11 @@ export class DaemonMetrics {
       help: 'Deliveries given up on, by sink.',
       labelNames: ['sink'],
       registers,
-      collect() {
+      async collect() {
+        const sinks = await sources.outbox();
         this.reset();
         outbox.reset();
-        for (const stats of sources.outbox()) {
+        for (const stats of sinks) {
           this.set({ sink: stats.sink }, stats.dead);
           outbox.set({ sink: stats.sink }, stats.pending);
         }
@@ -86,6 +93,18 @@ export class DaemonMetrics {
         this.set(sources.budget().queued);
       },
     });
+  }
+
+  /** Counts an event recorded. */
+  transition(type: string): void {
+    this.transitions.inc({ status: transitionLabel(type) });
+  }
+
+  /** Counts one poll. */
+  poll(report: { readonly outcome: string; readonly latencyMs: number; readonly latenessMs: number }): void {
+    this.polls.inc({ outcome: report.outcome });
+    this.pollLatency.observe(report.latencyMs / 1000);
+    this.pollLateness.observe(report.latenessMs / 1000);
   }
 
   /** Records one delivery attempt. */

@@ -2,7 +2,7 @@ import type { Logger } from 'pino';
 import { DeliveryError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import type { Sink } from '../sinks/sink.js';
-import type { PendingDelivery, Store } from '../store/store.js';
+import type { DeliveryLog, PendingDelivery, SinkStats } from '../store/store.js';
 
 /** How one delivery attempt ended. */
 export type DeliveryOutcome = 'delivered' | 'retry' | 'dead';
@@ -48,6 +48,22 @@ export function settleFailure(
   return { dead: false, delayMs, message };
 }
 
+/**
+ * Delivers one sink's events from a store's outbox, at least once and in order per run or
+ * response: `OutboxWorker` for the memory and SQLite stores, `PartitionedOutbox` for Redis.
+ */
+export interface Outbox {
+  readonly sink: Sink;
+  /** Starts delivering. */
+  start(): void;
+  /** Events were committed in this process: look now rather than at the next round. */
+  notify(): void;
+  /** Delivers what it can for up to `flushTimeoutMs`, then stops (what is left stays for the next start). Idempotent. */
+  stop(flushTimeoutMs: number): Promise<void>;
+  /** Deliveries not yet made and given up on, for the gauges. */
+  stats(): Promise<Omit<SinkStats, 'sink'>>;
+}
+
 /** Options of an `OutboxWorker`. */
 export interface OutboxWorkerOptions extends DeliveryPolicy {
   /** Runs delivered in parallel (events of one run are always delivered one after another). @default 8 */
@@ -61,9 +77,9 @@ export interface OutboxWorkerOptions extends DeliveryPolicy {
  * (a failed event holds back the later events of its run only), retries persisted in the
  * store so a restart keeps the schedule, and dead letters after `retryForMs`.
  */
-export class OutboxWorker {
+export class OutboxWorker implements Outbox {
   readonly sink: Sink;
-  readonly #store: Store;
+  readonly #store: DeliveryLog;
   readonly #options: OutboxWorkerOptions;
   readonly #stop = new AbortController();
   #wake: (() => void) | null = null;
@@ -71,7 +87,7 @@ export class OutboxWorker {
   #loop: Promise<void> | null = null;
   #flushUntilMs = Infinity;
 
-  constructor(store: Store, sink: Sink, options: OutboxWorkerOptions) {
+  constructor(store: DeliveryLog, sink: Sink, options: OutboxWorkerOptions) {
     this.#store = store;
     this.sink = sink;
     this.#options = options;
@@ -109,6 +125,11 @@ export class OutboxWorker {
 
   #stopping: Promise<void> | null = null;
 
+  async stats(): Promise<Omit<SinkStats, 'sink'>> {
+    const row = (await this.#store.sinkStats()).find((stats) => stats.sink === this.sink.name);
+    return { pending: row?.pending ?? 0, dead: row?.dead ?? 0 };
+  }
+
   async #run(): Promise<void> {
     while (!this.#stop.signal.aborted) {
       const { progressed, nextDueMs } = await this.#round();
@@ -141,7 +162,7 @@ export class OutboxWorker {
 
   async #round(): Promise<{ progressed: boolean; nextDueMs: number }> {
     this.#pendingWake = false;
-    const rows = this.#store.pendingDeliveries(this.sink.name, this.#options.batchSize ?? 500);
+    const rows = await this.#store.pendingDeliveries(this.sink.name, this.#options.batchSize ?? 500);
     const byWatch = new Map<string, PendingDelivery[]>();
     for (const row of rows) {
       const list = byWatch.get(row.watch_id);
@@ -178,7 +199,7 @@ export class OutboxWorker {
     const sink = this.sink.name;
     try {
       await this.sink.deliver(JSON.parse(row.payload) as WatchEvent, { signal: this.#stop.signal, url: row.callback_url ?? undefined });
-      this.#store.markDelivered(sink, row.pos, Date.now());
+      await this.#store.markDelivered(sink, row.pos, Date.now());
       this.#options.onOutcome?.(sink, 'delivered');
       return 'delivered';
     } catch (error) {
@@ -186,10 +207,10 @@ export class OutboxWorker {
       const now = Date.now();
       const decision = settleFailure(this.#options, { sink, eventId: row.event_id, error, priorFailures: row.attempts, firstFailureMs: row.first_attempt_at ?? now }, now);
       if (decision.dead) {
-        this.#store.markDead(sink, row.pos, decision.message, now);
+        await this.#store.markDead(sink, row.pos, decision.message, now);
         return 'dead';
       }
-      this.#store.markRetry(sink, row.pos, now + decision.delayMs, decision.message, now);
+      await this.#store.markRetry(sink, row.pos, now + decision.delayMs, decision.message, now);
       return 'retry';
     }
   }

@@ -2,12 +2,17 @@ import type { Redis } from 'ioredis';
 import type { WatchEvent } from '../events.js';
 import type { Sink } from '../sinks/sink.js';
 import { pairs } from '../store/redis.js';
-import type { RedisState } from '../store/redis.js';
-import type { DeliveryOutcome, DeliveryPolicy } from './outbox.js';
+import type { RedisKeys } from '../store/redis-keys.js';
+import type { SinkStats } from '../store/store.js';
+import type { DeliveryOutcome, DeliveryPolicy, Outbox } from './outbox.js';
 import { settleFailure } from './outbox.js';
 
 /** Options of a `PartitionedOutbox`. */
 export interface PartitionedOutboxOptions extends DeliveryPolicy {
+  /** The store's keys (partition streams, leases, dead letters). */
+  readonly keys: RedisKeys;
+  /** How many partition streams there are (`store.partitions`). */
+  readonly partitions: number;
   /** This replica's name (the consumer name in every group). */
   readonly replicaId: string;
   /** A partition's lease lasts this long unless renewed; a dead replica's partitions move after it. */
@@ -39,10 +44,9 @@ interface Held {
  * A new holder first claims and delivers what the last one left pending (at-least-once), and
  * a failing event holds back its partition until it is delivered or dead-lettered.
  */
-export class PartitionedOutbox {
+export class PartitionedOutbox implements Outbox {
   readonly sink: Sink;
   readonly #redis: Redis;
-  readonly #state: RedisState;
   readonly #options: PartitionedOutboxOptions;
   readonly #held = new Map<number, Held>();
   readonly #stop = new AbortController();
@@ -51,15 +55,14 @@ export class PartitionedOutbox {
   #leaseTimer: NodeJS.Timeout | null = null;
   #renewing = false;
 
-  constructor(redis: Redis, state: RedisState, sink: Sink, options: PartitionedOutboxOptions) {
+  constructor(redis: Redis, sink: Sink, options: PartitionedOutboxOptions) {
     this.#redis = redis;
-    this.#state = state;
     this.sink = sink;
     this.#options = options;
   }
 
   #leaseKey(partition: number): string {
-    return `${this.#state.prefix}lease:${this.sink.name}:${partition}`;
+    return this.#options.keys.lease(this.sink.name, partition);
   }
 
   /** Starts delivering. */
@@ -74,7 +77,10 @@ export class PartitionedOutbox {
     this.#wake?.();
   }
 
-  /** Stops after the delivery in flight, and hands the leases back. */
+  /**
+   * Stops after the delivery in flight, and hands the leases back; what is pending stays for
+   * the next holder (the flush timeout does not apply: leases move within `leaseMs`).
+   */
   async stop(): Promise<void> {
     if (this.#leaseTimer) clearInterval(this.#leaseTimer);
     this.#stop.abort();
@@ -84,8 +90,8 @@ export class PartitionedOutbox {
   }
 
   async #run(): Promise<void> {
-    const groups = Array.from({ length: this.#state.partitions }, (_, p) =>
-      this.#redis.xgroup('CREATE', this.#state.partitionKey(p), this.sink.name, '0', 'MKSTREAM').catch((error: Error) => {
+    const groups = Array.from({ length: this.#options.partitions }, (_, p) =>
+      this.#redis.xgroup('CREATE', this.#options.keys.partition(p), this.sink.name, '0', 'MKSTREAM').catch((error: Error) => {
         if (!error.message.includes('BUSYGROUP')) throw error;
       }),
     );
@@ -110,7 +116,7 @@ export class PartitionedOutbox {
     const me = this.#options.replicaId;
     const { leaseMs } = this.#options;
     try {
-      for (let p = 0; p < this.#state.partitions; p++) {
+      for (let p = 0; p < this.#options.partitions; p++) {
         const key = this.#leaseKey(p);
         // validity counts from before the command: the reply may come late
         const sentAtMs = Date.now();
@@ -139,7 +145,7 @@ export class PartitionedOutbox {
   /** Delivers what is due in one partition; returns how many entries were settled. */
   async #drain(partition: number, held: Held): Promise<number> {
     if (Date.now() < held.blockedUntilMs || Date.now() >= held.validUntilMs) return 0;
-    const stream = this.#state.partitionKey(partition);
+    const stream = this.#options.keys.partition(partition);
     const group = this.sink.name;
     const me = this.#options.replicaId;
     if (!held.claimed) {
@@ -194,13 +200,26 @@ export class PartitionedOutbox {
       if (this.#stop.signal.aborted || held.lost.signal.aborted) return 'retry';
       const decision = settleFailure(this.#options, { sink, eventId: fields.event_id, error, priorFailures: attempt.count - 1, firstFailureMs: attempt.firstMs }, now);
       if (decision.dead) {
-        await this.#redis.xadd(`${this.#state.prefix}dead:${sink}`, 'MAXLEN', '~', 100_000, '*', 'event_id', fields.event_id ?? '', 'error', decision.message, 'payload', fields.payload ?? '');
+        await this.#redis.xadd(this.#options.keys.dead(sink), 'MAXLEN', '~', 100_000, '*', 'event_id', fields.event_id ?? '', 'error', decision.message, 'payload', fields.payload ?? '');
         held.attempts.delete(id);
         return 'dead';
       }
       held.blockedUntilMs = now + decision.delayMs;
       return 'retry';
     }
+  }
+
+  /** The fleet's figures: what every consumer group of this sink has not acknowledged, and its dead letters. */
+  async stats(): Promise<Omit<SinkStats, 'sink'>> {
+    let pending = 0;
+    for (let p = 0; p < this.#options.partitions; p++) {
+      const groups = (await this.#redis.xinfo('GROUPS', this.#options.keys.partition(p)).catch(() => [])) as unknown[][];
+      for (const group of groups) {
+        const info = pairs(group.map(String));
+        if (info.name === this.sink.name) pending += Number(info.pending ?? 0) + Number(info.lag ?? 0);
+      }
+    }
+    return { pending, dead: await this.#redis.xlen(this.#options.keys.dead(this.sink.name)) };
   }
 
   #sleep(ms: number): Promise<void> {

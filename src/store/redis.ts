@@ -1,13 +1,15 @@
 import { createHash } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import { StoreUnavailableError } from '../errors.js';
 import type { Progress } from '../step.js';
-import type { EventFilter, NewWatch, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
-import { eventTarget, idFieldsOfTarget, orderingId, targetKey } from './store.js';
+import { RedisKeys } from './redis-keys.js';
+import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
+import { committedFields, eventTarget, idFieldsOfTarget, orderingId, parseJson, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
 
-// KEYS: targets map, watches zset, order counter, active set
+// KEYS: targets map, watches zset, order counter, active set, status counts
 // ARGV: target key, new id, kind, thread, run, response, metadata, callback, now, watch key prefix
 const CREATE = `
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
@@ -19,39 +21,49 @@ redis.call('HSET', ARGV[10] .. id, 'id', id, 'kind', ARGV[3], 'thread_id', ARGV[
 redis.call('HSET', KEYS[1], ARGV[1], id)
 redis.call('ZADD', KEYS[2], order, id)
 redis.call('SADD', KEYS[4], id)
+redis.call('HINCRBY', KEYS[5], 'none', 1)
 return {1, id}`;
 
-// KEYS: watch, pos counter, log stream, partition stream, active set
-// ARGV: expected seq, fields (JSON object), new state, event count, then 6 values per event
+// KEYS: watch, pos counter, log stream, partition stream, active set, status counts
+// ARGV: expected seq, fields (JSON object of strings), new state, event count, then 6 values per event
 const COMMIT = `
 local seq = redis.call('HGET', KEYS[1], 'seq')
 if not seq then return -3 end
 if tonumber(seq) ~= tonumber(ARGV[1]) then return -1 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return -2 end
-local callback = redis.call('HGET', KEYS[1], 'callback_url') or ''
 local n = tonumber(ARGV[4])
-local i = 5
-for e = 1, n do
-  local pos = redis.call('INCR', KEYS[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ${STREAM_CAP}, pos .. '-0', 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'thread_id', ARGV[i + 2], 'run_id', ARGV[i + 3],
-    'response_id', ARGV[i + 4], 'payload', ARGV[i + 5])
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ${STREAM_CAP}, '*', 'pos', pos, 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'payload', ARGV[i + 5], 'callback_url', callback)
-  i = i + 6
+if n > 0 then
+  local callback = redis.call('HGET', KEYS[1], 'callback_url') or ''
+  local i = 5
+  for e = 1, n do
+    local pos = redis.call('INCR', KEYS[2])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ${STREAM_CAP}, pos .. '-0', 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'thread_id', ARGV[i + 2], 'run_id', ARGV[i + 3],
+      'response_id', ARGV[i + 4], 'payload', ARGV[i + 5])
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ${STREAM_CAP}, '*', 'pos', pos, 'event_id', ARGV[i], 'watch_id', ARGV[i + 1], 'payload', ARGV[i + 5], 'callback_url', callback)
+    i = i + 6
+  end
 end
+local old = redis.call('HGET', KEYS[1], 'status') or ''
 local fields = cjson.decode(ARGV[2])
 local flat = {}
 for k, v in pairs(fields) do flat[#flat + 1] = k; flat[#flat + 1] = v end
 redis.call('HSET', KEYS[1], unpack(flat))
-if ARGV[3] ~= 'active' then redis.call('SREM', KEYS[5], redis.call('HGET', KEYS[1], 'id')) end
+local new = fields['status'] or ''
+if old == '' then old = 'none' end
+if new == '' then new = 'none' end
+if ARGV[3] ~= 'active' then
+  redis.call('SREM', KEYS[5], redis.call('HGET', KEYS[1], 'id'))
+  redis.call('HINCRBY', KEYS[6], old, -1)
+elseif old ~= new then
+  redis.call('HINCRBY', KEYS[6], old, -1)
+  redis.call('HINCRBY', KEYS[6], new, 1)
+end
 return 1`;
 
 interface Commands {
-  rwCreate(runs: string, watches: string, order: string, active: string, ...args: string[]): Promise<[number, string]>;
-  rwCommit(watch: string, pos: string, log: string, partition: string, active: string, ...args: string[]): Promise<number>;
+  rwCreate(targets: string, watches: string, order: string, active: string, counts: string, ...args: string[]): Promise<[number, string]>;
+  rwCommit(watch: string, pos: string, log: string, partition: string, active: string, counts: string, ...args: string[]): Promise<number>;
 }
-
-/** Why a commit was refused. */
-export type CommitRefusal = 'stale' | 'ended' | 'missing';
 
 /**
  * The outbox partition of a run or response (by `orderingId`): one target always maps to the
@@ -61,45 +73,35 @@ export function partitionOf(orderingKey: string, partitions: number): number {
   return createHash('sha1').update(orderingKey).digest().readUInt32BE(0) % partitions;
 }
 
-/** A watch with its engine progress, as one replica loads it for one step. */
-export interface StoredWatch {
-  readonly record: WatchRecord;
-  readonly progress: Progress | null;
-}
-
 /**
- * Shared state of the replicas in Redis: one hash per watch (with the engine's progress), an
- * event log stream whose entry ids are the event positions (`<pos>-0`, so SSE resumes by
- * number), and per-partition outbox streams that sinks read with consumer groups. A step's
- * events and its watch update are written by one Lua script: atomically, and only if the
- * watch's seq is still what the step started from.
+ * Shared state of the replicas in Redis: one hash per watch (with its progress), an event log
+ * stream whose entry ids are the event positions (`<pos>-0`, so SSE resumes by number), and
+ * per-partition outbox streams that sinks read with consumer groups. A step's events and its
+ * watch's progress are written by one Lua script: atomically, and only if the watch's seq is
+ * still what the step started from. While Redis does not answer, every call rejects with
+ * `StoreUnavailableError`.
  */
-export class RedisState {
-  readonly prefix: string;
+export class RedisStore implements WatchStore {
+  readonly keys: RedisKeys;
   readonly partitions: number;
   readonly #redis: Redis & Commands;
 
   constructor(redis: Redis, prefix: string, partitions: number) {
-    this.prefix = prefix;
+    this.keys = new RedisKeys(prefix);
     this.partitions = partitions;
-    redis.defineCommand('rwCreate', { numberOfKeys: 4, lua: CREATE });
-    redis.defineCommand('rwCommit', { numberOfKeys: 5, lua: COMMIT });
+    redis.defineCommand('rwCreate', { numberOfKeys: 5, lua: CREATE });
+    redis.defineCommand('rwCommit', { numberOfKeys: 6, lua: COMMIT });
     this.#redis = redis as Redis & Commands;
   }
 
-  /** Key of a watch's hash. */
-  watchKey(id: string): string {
-    return `${this.prefix}watch:${id}`;
-  }
-
-  /** Key of an outbox partition stream. */
-  partitionKey(partition: number): string {
-    return `${this.prefix}part:${partition}`;
-  }
-
-  /** Key of the event log stream. */
-  get logKey(): string {
-    return `${this.prefix}log`;
+  /** Runs a command; a failure while the connection is down is `StoreUnavailableError`, anything else is rethrown as is. */
+  async #call<T>(work: () => Promise<T>): Promise<T> {
+    try {
+      return await work();
+    } catch (error) {
+      if (this.#redis.status !== 'ready') throw new StoreUnavailableError('the Redis store does not answer: check RUNWATCH_REDIS_URL and that Redis is up', { cause: error });
+      throw error;
+    }
   }
 
   /**
@@ -107,149 +109,203 @@ export class RedisState {
    * one script, so two replicas adding the same target get one watch. A target added again
    * after its watch was pruned gets a new id, so its event ids never repeat.
    */
-  async createWatch(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }> {
+  async create(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }> {
     const ids = idFields(input);
-    const [created, id] = await this.#redis.rwCreate(
-      // the key name predates responses: it maps every target key to its watch
-      `${this.prefix}runs`,
-      `${this.prefix}watches`,
-      `${this.prefix}order`,
-      `${this.prefix}active`,
-      targetKey(input),
-      input.id,
-      input.kind,
-      ids.thread_id,
-      ids.run_id,
-      ids.response_id,
-      input.metadata ? JSON.stringify(input.metadata) : '',
-      input.callback_url ?? '',
-      String(nowMs),
-      this.watchKey(''),
+    const { keys } = this;
+    const [created, id] = await this.#call(() =>
+      this.#redis.rwCreate(
+        keys.targets,
+        keys.watches,
+        keys.order,
+        keys.active,
+        keys.statusCounts,
+        targetKey(input),
+        input.id,
+        input.kind,
+        ids.thread_id,
+        ids.run_id,
+        ids.response_id,
+        input.metadata ? JSON.stringify(input.metadata) : '',
+        input.callback_url ?? '',
+        String(nowMs),
+        keys.watchPrefix,
+      ),
     );
-    const watch = await this.getWatch(id);
+    const watch = await this.get(id);
     if (!watch) throw new Error(`watch ${id} vanished after creation`);
     return { watch, created: created === 1 };
   }
 
-  async getWatch(id: string): Promise<WatchRecord | undefined> {
-    return (await this.load(id))?.record;
+  async get(id: string): Promise<WatchRecord | undefined> {
+    const hash = await this.#call(() => this.#redis.hgetall(this.keys.watch(id)));
+    return hash.id ? toRecord(hash) : undefined;
   }
 
-  /** The watch and its progress. */
-  async load(id: string): Promise<StoredWatch | undefined> {
-    const hash = await this.#redis.hgetall(this.watchKey(id));
-    if (!hash.id) return undefined;
-    return { record: toRecord(hash), progress: hash.progress ? (JSON.parse(hash.progress) as Progress) : null };
+  async loadProgress(id: string): Promise<Progress | undefined> {
+    return ((await this.get(id))?.progress as Progress | null | undefined) ?? undefined;
   }
 
   /** Watches in creation order after the cursor, optionally in one state. */
-  async listWatches(options: { state?: WatchState; limit: number; after?: string }): Promise<WatchRecord[]> {
-    let from = '-inf';
-    if (options.after) {
-      const score = await this.#redis.zscore(`${this.prefix}watches`, options.after);
-      if (score !== null) from = `(${score}`;
-    }
-    const out: WatchRecord[] = [];
-    while (out.length < options.limit) {
-      const ids = await this.#redis.zrangebyscore(`${this.prefix}watches`, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 200);
-      if (ids.length === 0) break;
-      const pipeline = this.#redis.pipeline();
-      for (let i = 0; i < ids.length; i += 2) pipeline.hgetall(this.watchKey(ids[i]!));
-      const hashes = ((await pipeline.exec()) ?? []).map(([, value]) => value as Record<string, string>);
-      for (const hash of hashes) {
-        if (hash.id && (!options.state || hash.state === options.state)) out.push(toRecord(hash));
-        if (out.length === options.limit) break;
+  async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
+    return this.#call(async () => {
+      let from = '-inf';
+      if (query.after) {
+        const score = await this.#redis.zscore(this.keys.watches, query.after);
+        if (score !== null) from = `(${score}`;
       }
-      from = `(${ids[ids.length - 1]}`;
-    }
-    return out;
+      const out: WatchRecord[] = [];
+      while (out.length < query.limit) {
+        const ids = await this.#redis.zrangebyscore(this.keys.watches, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 200);
+        if (ids.length === 0) break;
+        const pipeline = this.#redis.pipeline();
+        for (let i = 0; i < ids.length; i += 2) pipeline.hgetall(this.keys.watch(ids[i]!));
+        for (const [, value] of (await pipeline.exec()) ?? []) {
+          const hash = value as Record<string, string>;
+          if (hash.id && (!query.state || hash.state === query.state)) out.push(toRecord(hash));
+          if (out.length === query.limit) break;
+        }
+        from = `(${ids[ids.length - 1]}`;
+      }
+      return out;
+    });
   }
 
-  /** How many watches are active. */
-  activeCount(): Promise<number> {
-    return this.#redis.scard(`${this.prefix}active`);
+  /** Every active watch, read in chunks. */
+  async *active(): AsyncIterable<WatchRecord> {
+    let cursor = '0';
+    do {
+      const [next, ids] = await this.#call(() => this.#redis.sscan(this.keys.active, cursor, 'COUNT', 500));
+      cursor = next;
+      if (ids.length === 0) continue;
+      const pipeline = this.#redis.pipeline();
+      for (const id of ids) pipeline.hgetall(this.keys.watch(id));
+      const replies = await this.#call(async () => (await pipeline.exec()) ?? []);
+      for (const [, value] of replies) {
+        const hash = value as Record<string, string>;
+        if (hash.id && hash.state === 'active') yield toRecord(hash);
+      }
+    } while (cursor !== '0');
+  }
+
+  /** Active watches by last status (`none` before the first poll), counted by the scripts as watches move. */
+  async activeByStatus(): Promise<Map<string, number>> {
+    const counts = await this.#call(() => this.#redis.hgetall(this.keys.statusCounts));
+    return new Map(Object.entries(counts).flatMap(([status, count]) => (Number(count) > 0 ? [[status, Number(count)] as const] : [])));
   }
 
   /**
-   * Writes a step: its events (to the log and the target's partition) and the watch's new fields,
+   * Counts the active watches by status when no count exists yet (a keyspace written by an
+   * earlier version); the scripts keep it from then on.
+   */
+  async ensureStatusCounts(): Promise<void> {
+    if ((await this.#call(() => this.#redis.exists(this.keys.statusCounts))) === 1) return;
+    const counts = new Map<string, number>();
+    for await (const watch of this.active()) {
+      const status = watch.progress?.status ?? 'none';
+      counts.set(status, (counts.get(status) ?? 0) + 1);
+    }
+    if (counts.size > 0) await this.#call(() => this.#redis.hset(this.keys.statusCounts, Object.fromEntries(counts)));
+  }
+
+  /**
+   * Writes a step: its events (to the log and the target's partition) and the watch's progress,
    * atomically, if the stored seq is still `expectedSeq` and the watch still active.
    */
-  async commit(watch: WatchRecord, expectedSeq: number, fields: Record<string, string>, state: WatchState, events: readonly StoredWatchEvent[]): Promise<true | CommitRefusal> {
-    const args: string[] = [String(expectedSeq), JSON.stringify({ ...fields, state }), state, String(events.length)];
-    for (const event of events) {
-      const ids = idFields(eventTarget(event));
+  async commit(watchId: string, expectedSeq: number, change: WatchChange): Promise<CommitResult> {
+    const record = committedFields(change, Date.now());
+    const fields: Record<string, string> = {
+      state: record.state,
+      status: record.status ?? '',
+      seq: String(record.seq),
+      progress: record.progress,
+      next_poll_at: record.next_poll_at === null ? '' : String(record.next_poll_at),
+      updated_at: String(record.updated_at),
+      finished_at: record.finished_at === null ? '' : String(record.finished_at),
+    };
+    if (record.error !== null) fields.error = record.error;
+    const args: string[] = [String(expectedSeq), JSON.stringify(fields), change.state, String(change.events.length)];
+    let partition = 0;
+    for (const event of change.events as readonly StoredWatchEvent[]) {
+      const target = eventTarget(event);
+      const ids = idFields(target);
+      partition = partitionOf(orderingId(target), this.partitions);
       args.push(event.id, event.watch_id, ids.thread_id, ids.run_id, ids.response_id, JSON.stringify(event));
     }
-    const result = await this.#redis.rwCommit(
-      this.watchKey(watch.id),
-      `${this.prefix}pos`,
-      this.logKey,
-      this.partitionKey(partitionOf(orderingId(watch), this.partitions)),
-      `${this.prefix}active`,
-      ...args,
-    );
-    return result === 1 ? true : result === -1 ? 'stale' : result === -2 ? 'ended' : 'missing';
+    const { keys } = this;
+    const result = await this.#call(() => this.#redis.rwCommit(keys.watch(watchId), keys.position, keys.log, keys.partition(partition), keys.active, keys.statusCounts, ...args));
+    return result === 1 ? 'ok' : result === -1 ? 'stale' : result === -2 ? 'ended' : 'missing';
   }
 
   /** Events after a position, filtered, in order. */
   async eventsAfter(pos: number, filter: EventFilter, limit: number): Promise<StoredEvent[]> {
-    const out: StoredEvent[] = [];
-    let start = `(${pos}-0`;
-    while (out.length < limit) {
-      const entries = await this.#redis.xrange(this.logKey, start, '+', 'COUNT', 500);
-      if (entries.length === 0) break;
-      for (const [id, flat] of entries) {
-        const fields = pairs(flat);
-        if ((!filter.run_id || fields.run_id === filter.run_id) && (!filter.thread_id || fields.thread_id === filter.thread_id) && (!filter.response_id || fields.response_id === filter.response_id)) {
-          out.push({ pos: Number(id.split('-')[0]), event_id: fields.event_id ?? '', watch_id: fields.watch_id ?? '', payload: fields.payload ?? '' });
-          if (out.length === limit) break;
+    return this.#call(async () => {
+      const out: StoredEvent[] = [];
+      let start = `(${pos}-0`;
+      while (out.length < limit) {
+        const entries = await this.#redis.xrange(this.keys.log, start, '+', 'COUNT', 500);
+        if (entries.length === 0) break;
+        for (const [id, flat] of entries) {
+          const fields = pairs(flat);
+          if ((!filter.run_id || fields.run_id === filter.run_id) && (!filter.thread_id || fields.thread_id === filter.thread_id) && (!filter.response_id || fields.response_id === filter.response_id)) {
+            out.push({ pos: Number(id.split('-')[0]), event_id: fields.event_id ?? '', watch_id: fields.watch_id ?? '', payload: fields.payload ?? '' });
+            if (out.length === limit) break;
+          }
         }
+        start = `(${entries[entries.length - 1]![0]}`;
       }
-      start = `(${entries[entries.length - 1]![0]}`;
-    }
-    return out;
+      return out;
+    });
   }
 
   /**
-   * Deletes watches that ended more than `olderThanMs` ago (a chunk per call). The streams are
-   * capped instead (about a million entries each). Returns how many were removed.
+   * Deletes watches that ended more than `retention.watchesMs` ago. The streams are capped
+   * instead (about a million entries each). Returns how many were removed.
    */
-  async pruneWatches(nowMs: number, olderThanMs: number): Promise<number> {
-    let removed = 0;
-    let from = '-inf';
-    for (;;) {
-      const ids = await this.#redis.zrangebyscore(`${this.prefix}watches`, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 500);
-      if (ids.length === 0) return removed;
-      const pipeline = this.#redis.pipeline();
-      // the target's fields come along: an ended watch's mapping is removed with it
-      for (let i = 0; i < ids.length; i += 2) pipeline.hmget(this.watchKey(ids[i]!), 'state', 'finished_at', 'kind', 'thread_id', 'run_id', 'response_id');
-      const rows = ((await pipeline.exec()) ?? []).map(([, value]) => value as Array<string | null>);
-      const stale: string[] = [];
-      const keys: string[] = [];
-      rows.forEach(([state, finishedAt, kind, thread_id, run_id, response_id], i) => {
-        const ended = state && state !== 'active' && finishedAt && Number(finishedAt) < nowMs - olderThanMs;
-        if (!ended) return;
-        stale.push(ids[i * 2]!);
-        keys.push(targetKey(targetFromHash({ kind: kind ?? '', thread_id: thread_id ?? '', run_id: run_id ?? '', response_id: response_id ?? '' })));
-      });
-      if (stale.length > 0) {
-        await this.#redis
-          .multi()
-          .del(...stale.map((id) => this.watchKey(id)))
-          .zrem(`${this.prefix}watches`, ...stale)
-          // only this watch's mapping: a newer watch of the same run keeps its own
-          .eval(`for i = 1, #ARGV, 2 do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end end`, 1, `${this.prefix}runs`, ...keys.flatMap((key, i) => [key, stale[i]!]))
-          .exec();
-        removed += stale.length;
+  async prune(nowMs: number, retention: Retention): Promise<number> {
+    return this.#call(async () => {
+      let removed = 0;
+      let from = '-inf';
+      for (;;) {
+        const ids = await this.#redis.zrangebyscore(this.keys.watches, from, '+inf', 'WITHSCORES', 'LIMIT', 0, 500);
+        if (ids.length === 0) return removed;
+        const pipeline = this.#redis.pipeline();
+        // the target's fields come along: an ended watch's mapping is removed with it
+        for (let i = 0; i < ids.length; i += 2) pipeline.hmget(this.keys.watch(ids[i]!), 'state', 'finished_at', 'kind', 'thread_id', 'run_id', 'response_id');
+        const rows = ((await pipeline.exec()) ?? []).map(([, value]) => value as Array<string | null>);
+        const stale: string[] = [];
+        const targets: string[] = [];
+        rows.forEach(([state, finishedAt, kind, thread_id, run_id, response_id], i) => {
+          const ended = state && state !== 'active' && finishedAt && Number(finishedAt) < nowMs - retention.watchesMs;
+          if (!ended) return;
+          stale.push(ids[i * 2]!);
+          targets.push(targetKey(targetFromHash({ kind: kind ?? '', thread_id: thread_id ?? '', run_id: run_id ?? '', response_id: response_id ?? '' })));
+        });
+        if (stale.length > 0) {
+          await this.#redis
+            .multi()
+            .del(...stale.map((id) => this.keys.watch(id)))
+            .zrem(this.keys.watches, ...stale)
+            // only this watch's mapping: a newer watch of the same run keeps its own
+            .eval(`for i = 1, #ARGV, 2 do if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[1], ARGV[i]) end end`, 1, this.keys.targets, ...targets.flatMap((key, i) => [key, stale[i]!]))
+            .exec();
+          removed += stale.length;
+        }
+        from = `(${ids[ids.length - 1]}`;
       }
-      from = `(${ids[ids.length - 1]}`;
-    }
+    });
   }
 
   /** The last event position written. */
   async lastPosition(): Promise<number> {
-    return Number((await this.#redis.get(`${this.prefix}pos`)) ?? 0);
+    return Number((await this.#call(() => this.#redis.get(this.keys.position))) ?? 0);
   }
+
+  healthy(): boolean {
+    return this.#redis.status === 'ready';
+  }
+
+  /** The connection is the caller's: it closes it. */
+  async close(): Promise<void> {}
 }
 
 /** `[k1, v1, k2, v2]` to `{ k1: v1, k2: v2 }`. */
@@ -257,10 +313,6 @@ export function pairs(flat: readonly string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i]!] = flat[i + 1]!;
   return out;
-}
-
-function json<T>(value: string | undefined): T | null {
-  return value ? (JSON.parse(value) as T) : null;
 }
 
 function num(value: string | undefined): number | null {
@@ -278,22 +330,26 @@ function idFields(target: WatchTarget): { thread_id: string; run_id: string; res
   return { thread_id: ids.thread_id ?? '', run_id: ids.run_id ?? '', response_id: ids.response_id ?? '' };
 }
 
+/** A hash's progress; earlier versions kept what was done (and, before that, everything) in fields of their own. */
+function storedProgress(hash: Record<string, string>): StoredProgress {
+  const legacy = { handledCalls: hash.handled_calls || null, cancelRequested: hash.cancel_requested === '1' };
+  const progress = parseJson<StoredProgress>(hash.progress);
+  if (progress) return 'handledCalls' in progress ? progress : { ...legacy, ...progress };
+  const since = num(hash.status_since);
+  return { status: hash.status || null, seq: Number(hash.seq ?? 0), lastSnapshot: parseJson(hash.last_snapshot), ...(since === null ? {} : { statusSinceMs: since }), ...legacy };
+}
+
 function toRecord(hash: Record<string, string>): WatchRecord {
   return {
     ...targetFromHash(hash),
     id: hash.id!,
-    metadata: json(hash.metadata),
+    metadata: parseJson(hash.metadata),
     callback_url: hash.callback_url || null,
     state: hash.state as WatchState,
-    status: hash.status || null,
-    seq: Number(hash.seq ?? 0),
-    last_snapshot: json(hash.last_snapshot),
-    error: json(hash.error),
-    status_since: num(hash.status_since),
-    next_poll_at: num(hash.next_poll_at),
+    progress: storedProgress(hash),
+    error: parseJson(hash.error),
     created_at: Number(hash.created_at),
     updated_at: Number(hash.updated_at),
     finished_at: num(hash.finished_at),
-    actions: { handledCalls: hash.handled_calls || null, cancelRequested: hash.cancel_requested === '1' },
   };
 }

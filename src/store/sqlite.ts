@@ -1,15 +1,18 @@
+// node:sqlite answers synchronously: the methods are async only to meet the WatchStore interface
+/* eslint-disable @typescript-eslint/require-await */
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import type { StatementSync } from 'node:sqlite';
-import { ConfigError } from '../errors.js';
-import { snapshotOf } from '../events.js';
-import type { EventFilter, NewWatch, PendingDelivery, SinkStats, Store, StoredEvent, StoredWatchEvent, WatchRecord, WatchState, WatchTarget } from './store.js';
-import { actionMemoryOf, eventTarget, idFieldsOfTarget, stateAfter, targetKey } from './store.js';
+import { ConfigError, StoreOpenError, StoreWriteError } from '../errors.js';
+import type { Progress } from '../step.js';
+import type { CommitResult, DeliveryLog, EventFilter, NewWatch, PendingDelivery, Retention, SinkStats, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
+import { committedFields, eventTarget, idFieldsOfTarget, parseJson, targetKey } from './store.js';
 
-/** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x. */
-const SCHEMA_VERSION = 2;
+/** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x, 2 had no progress column. */
+const SCHEMA_VERSION = 3;
 
+/** Since version 3 a watch's state is its `progress` (JSON); status, seq and next_poll_at are kept beside it for queries, and the older columns are read only from rows written before. */
 const WATCHES = `
 CREATE TABLE watches (
   id TEXT PRIMARY KEY,
@@ -32,7 +35,8 @@ CREATE TABLE watches (
   finished_at INTEGER,
   created_order INTEGER NOT NULL,
   handled_calls TEXT,
-  cancel_requested INTEGER NOT NULL DEFAULT 0
+  cancel_requested INTEGER NOT NULL DEFAULT 0,
+  progress TEXT
 );
 CREATE UNIQUE INDEX watches_target ON watches (target);
 CREATE INDEX watches_state ON watches (state, created_order);
@@ -85,6 +89,9 @@ ALTER TABLE events ADD COLUMN response_id TEXT;
 CREATE INDEX events_response ON events (response_id, pos);
 `;
 
+/** From version 2: the progress column; rows keep their older columns, read until their next write. */
+const MIGRATE_FROM_2 = 'ALTER TABLE watches ADD COLUMN progress TEXT;';
+
 interface WatchRow {
   id: string;
   kind: string;
@@ -99,50 +106,86 @@ interface WatchRow {
   last_snapshot: string | null;
   error: string | null;
   status_since: number | null;
-  next_poll_at: number | null;
   created_at: number;
   updated_at: number;
   finished_at: number | null;
   handled_calls: string | null;
   cancel_requested: number;
+  progress: string | null;
 }
 
-function toRecord(row: WatchRow): WatchRecord {
+/** The progress of a row: its JSON, or (rows written before version 3) what the older columns held. */
+function storedProgress(row: WatchRow): StoredProgress {
+  const progress = parseJson<StoredProgress>(row.progress);
+  if (progress) return progress;
+  return {
+    status: row.status,
+    seq: row.seq,
+    lastSnapshot: parseJson(row.last_snapshot),
+    ...(row.status_since === null ? {} : { statusSinceMs: row.status_since }),
+    handledCalls: row.handled_calls,
+    cancelRequested: row.cancel_requested === 1,
+  };
+}
+
+function toRecord(row: WatchRow, fresher?: Progress): WatchRecord {
   const target: WatchTarget = row.kind === 'response' ? { kind: 'response', response_id: row.response_id! } : { kind: 'run', thread_id: row.thread_id!, run_id: row.run_id! };
   return {
     ...target,
     id: row.id,
-    metadata: row.metadata === null ? null : (JSON.parse(row.metadata) as Record<string, string>),
+    metadata: parseJson(row.metadata),
     callback_url: row.callback_url,
     state: row.state as WatchState,
-    status: row.status,
-    seq: row.seq,
-    last_snapshot: row.last_snapshot === null ? null : (JSON.parse(row.last_snapshot) as WatchRecord['last_snapshot']),
-    error: row.error === null ? null : (JSON.parse(row.error) as WatchRecord['error']),
-    status_since: row.status_since,
-    next_poll_at: row.next_poll_at,
+    progress: fresher ?? storedProgress(row),
+    error: parseJson(row.error),
     created_at: row.created_at,
     updated_at: row.updated_at,
     finished_at: row.finished_at,
-    actions: { handledCalls: row.handled_calls, cancelRequested: row.cancel_requested === 1 },
   };
 }
 
+/** How often checkpoints (steps without events) are written: they are a hint, a restart polls at once anyway. */
+const CHECKPOINT_MS = 2_000;
+
 /**
  * The embedded store: one SQLite file (Node's built-in `node:sqlite`, no native build) in WAL
- * mode. Synchronous calls, so an event and its watch update are written before anything else
- * runs; `synchronous=NORMAL` survives a process crash (`kill -9`), not a power cut.
+ * mode. A step with events is written at once, in one transaction with its watch's progress
+ * and one delivery row per sink; a step without events is a checkpoint, kept in memory and
+ * written in a batch every 2 s. `synchronous=NORMAL` survives a process crash (`kill -9`),
+ * not a power cut.
  */
-export class SqliteStore implements Store {
+export class SqliteStore implements WatchStore, DeliveryLog {
   readonly #db: DatabaseSync;
   readonly #statements = new Map<string, StatementSync>();
+  readonly #sinks: readonly string[];
+  /** The latest checkpoint of each watch not yet written. */
+  readonly #checkpoints = new Map<string, Progress>();
+  readonly #timer: NodeJS.Timeout;
 
-  /** @param file - the database file, or `:memory:`; its folder is created when missing */
-  constructor(file: string) {
-    if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
-    this.#db = new DatabaseSync(file);
-    this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;');
+  /**
+   * Opens (creating when missing) the store in `file` (or `:memory:`); throws `StoreOpenError`
+   * when it cannot, `ConfigError` when the file was written by a newer runwatch.
+   * @param options.sinks - the sinks every event gets a delivery row for
+   */
+  constructor(file: string, options: { readonly sinks?: readonly string[] } = {}) {
+    this.#sinks = options.sinks ?? [];
+    try {
+      if (file !== ':memory:') mkdirSync(path.dirname(file), { recursive: true });
+      this.#db = new DatabaseSync(file);
+      this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = OFF;');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code ?? (error instanceof Error ? error.message : 'error');
+      throw new StoreOpenError(`cannot open the store ${file} (${code}): check that the data dir is a writable directory`, { cause: error });
+    }
     this.#migrate(file);
+    this.#timer = setInterval(() => {
+      try {
+        this.#flush();
+      } catch {
+        // checkpoints are hints; a store that cannot be written fails the next step with events, which stops the daemon
+      }
+    }, CHECKPOINT_MS);
+    this.#timer.unref();
   }
 
   /** Creates the schema, or brings an older one up to date in one transaction; refuses a newer one. */
@@ -155,7 +198,9 @@ export class SqliteStore implements Store {
     }
     const hasWatches = this.#db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'watches'").get() !== undefined;
     this.#transaction(() => {
-      this.#db.exec(hasWatches ? MIGRATE_FROM_0 : WATCHES + LOG);
+      if (!hasWatches) this.#db.exec(WATCHES + LOG);
+      else if (version === 0) this.#db.exec(MIGRATE_FROM_0);
+      else this.#db.exec(MIGRATE_FROM_2);
       this.#db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
     });
   }
@@ -181,98 +226,122 @@ export class SqliteStore implements Store {
     }
   }
 
-  createWatch(input: NewWatch, nowMs: number): { watch: WatchRecord; created: boolean } {
+  async create(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }> {
     const key = targetKey(input);
     return this.#transaction(() => {
       const existing = this.#sql('SELECT * FROM watches WHERE target = ?').get(key) as WatchRow | undefined;
-      if (existing) return { watch: toRecord(existing), created: false };
+      if (existing) return { watch: this.#record(existing), created: false };
       const order = (this.#sql('SELECT COALESCE(MAX(created_order), 0) + 1 AS n FROM watches').get() as { n: number }).n;
       const ids = idFieldsOfTarget(input);
       this.#sql(
         `INSERT INTO watches (id, kind, target, thread_id, run_id, response_id, metadata, callback_url, state, seq, created_at, updated_at, created_order)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'active', 0, ?, ?, ?)`,
       ).run(input.id, input.kind, key, ids.thread_id, ids.run_id, ids.response_id, input.metadata ? JSON.stringify(input.metadata) : null, input.callback_url ?? null, nowMs, nowMs, order);
-      return { watch: this.getWatch(input.id)!, created: true };
+      return { watch: this.#getSync(input.id)!, created: true };
     });
   }
 
-  getWatch(id: string): WatchRecord | undefined {
+  async get(id: string): Promise<WatchRecord | undefined> {
+    return this.#getSync(id);
+  }
+
+  #getSync(id: string): WatchRecord | undefined {
     const row = this.#sql('SELECT * FROM watches WHERE id = ?').get(id) as WatchRow | undefined;
-    return row ? toRecord(row) : undefined;
+    return row ? this.#record(row) : undefined;
   }
 
-  listWatches(options: { state?: WatchState; limit: number; after?: string }): WatchRecord[] {
-    const afterOrder = options.after ? ((this.#sql('SELECT created_order FROM watches WHERE id = ?').get(options.after) as { created_order: number } | undefined)?.created_order ?? 0) : 0;
-    const rows = options.state
-      ? this.#sql('SELECT * FROM watches WHERE state = ? AND created_order > ? ORDER BY created_order LIMIT ?').all(options.state, afterOrder, options.limit)
-      : this.#sql('SELECT * FROM watches WHERE created_order > ? ORDER BY created_order LIMIT ?').all(afterOrder, options.limit);
-    return (rows as unknown as WatchRow[]).map(toRecord);
+  /** A row as a record, with its checkpoint when one is newer than the row. */
+  #record(row: WatchRow): WatchRecord {
+    return toRecord(row, row.state === 'active' ? this.#checkpoints.get(row.id) : undefined);
   }
 
-  activeWatches(): WatchRecord[] {
-    return (this.#sql("SELECT * FROM watches WHERE state = 'active' ORDER BY created_order").all() as unknown as WatchRow[]).map(toRecord);
+  async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
+    const afterOrder = query.after ? ((this.#sql('SELECT created_order FROM watches WHERE id = ?').get(query.after) as { created_order: number } | undefined)?.created_order ?? 0) : 0;
+    const rows = query.state
+      ? this.#sql('SELECT * FROM watches WHERE state = ? AND created_order > ? ORDER BY created_order LIMIT ?').all(query.state, afterOrder, query.limit)
+      : this.#sql('SELECT * FROM watches WHERE created_order > ? ORDER BY created_order LIMIT ?').all(afterOrder, query.limit);
+    return (rows as unknown as WatchRow[]).map((row) => this.#record(row));
   }
 
-  recordEvent(event: StoredWatchEvent, sinks: readonly string[], nowMs: number): number {
-    const payload = JSON.stringify(event);
+  async *active(): AsyncIterable<WatchRecord> {
+    const rows = this.#sql("SELECT * FROM watches WHERE state = 'active' ORDER BY created_order").all() as unknown as WatchRow[];
+    for (const row of rows) yield this.#record(row);
+  }
+
+  async loadProgress(id: string): Promise<Progress | undefined> {
+    const record = await this.get(id);
+    return (record?.progress as Progress | null | undefined) ?? undefined;
+  }
+
+  /** Runs synchronously up to its result, so steps of one process are written in the order they were committed. */
+  async commit(watchId: string, expectedSeq: number, change: WatchChange): Promise<CommitResult> {
+    // a step that changed nothing a consumer sees is a checkpoint: written with the next batch
+    if (change.events.length === 0 && change.state === 'active') {
+      this.#checkpoints.set(watchId, change.progress);
+      return 'ok';
+    }
+    try {
+      return this.#write(watchId, expectedSeq, change, Date.now());
+    } catch (error) {
+      throw new StoreWriteError(`could not write watch ${watchId}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    }
+  }
+
+  #write(watchId: string, expectedSeq: number, change: WatchChange, nowMs: number): CommitResult {
+    return this.#transaction((): CommitResult => {
+      const fields = committedFields(change, nowMs);
+      const updated = this.#sql(
+        `UPDATE watches SET state = ?, status = ?, seq = ?, progress = ?, error = COALESCE(?, error), next_poll_at = ?, updated_at = ?, finished_at = ?
+          WHERE id = ? AND seq = ? AND state = 'active'`,
+      ).run(fields.state, fields.status, fields.seq, fields.progress, fields.error, fields.next_poll_at, fields.updated_at, fields.finished_at, watchId, expectedSeq);
+      if (Number(updated.changes) === 0) return this.#refusal(watchId);
+      this.#checkpoints.delete(watchId);
+      const watch = this.#sql('SELECT callback_url FROM watches WHERE id = ?').get(watchId) as { callback_url: string | null };
+      const sinks = watch.callback_url ? [...this.#sinks, 'callback'] : this.#sinks;
+      for (const event of change.events as readonly StoredWatchEvent[]) this.#append(event, sinks, nowMs);
+      return 'ok';
+    });
+  }
+
+  /** Why an update matched no row. */
+  #refusal(watchId: string): Exclude<CommitResult, 'ok'> {
+    const row = this.#sql('SELECT state FROM watches WHERE id = ?').get(watchId) as { state: string } | undefined;
+    return !row ? 'missing' : row.state !== 'active' ? 'ended' : 'stale';
+  }
+
+  /** Appends one event to the log and queues a delivery per sink. */
+  #append(event: StoredWatchEvent, sinks: readonly string[], nowMs: number): void {
+    // the seq check makes a repeated event id impossible; the unique index would turn one into a failed step, so skip it instead
+    if (this.#sql('SELECT 1 FROM events WHERE event_id = ?').get(event.id)) return;
     const ids = idFieldsOfTarget(eventTarget(event));
-    return this.#transaction(() => {
-      // a redelivered engine event (same id) must not become a second, different payload
-      const existing = this.#sql('SELECT pos FROM events WHERE event_id = ?').get(event.id) as { pos: number } | undefined;
-      if (existing) return existing.pos;
-      const pos = Number(
-        this.#sql('INSERT INTO events (event_id, watch_id, thread_id, run_id, response_id, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
-          event.id,
-          event.watch_id,
-          ids.thread_id ?? '',
-          ids.run_id ?? '',
-          ids.response_id,
-          payload,
-          nowMs,
-        ).lastInsertRowid,
-      );
-      const watch = this.#sql('SELECT callback_url FROM watches WHERE id = ?').get(event.watch_id) as { callback_url: string | null } | undefined;
-      const targets = watch?.callback_url ? [...sinks, 'callback'] : sinks;
-      const queue = this.#sql('INSERT INTO deliveries (sink, pos, updated_at) VALUES (?, ?, ?)');
-      for (const sink of targets) queue.run(sink, pos, nowMs);
-      const state = stateAfter(event);
-      const ended = state === 'active' ? null : nowMs;
-      if (event.type === 'watch.error') {
-        this.#sql('UPDATE watches SET state = ?, seq = ?, error = ?, next_poll_at = NULL, updated_at = ?, finished_at = ? WHERE id = ?').run(
-          state,
-          event.seq,
-          JSON.stringify(event.error),
-          nowMs,
-          ended,
-          event.watch_id,
-        );
-      } else {
-        const changed = event.from !== event.to;
-        const memory = actionMemoryOf(event);
-        this.#sql(
-          `UPDATE watches SET state = ?, status = ?, seq = ?, last_snapshot = ?, updated_at = ?, finished_at = ?,
-             status_since = CASE WHEN ? THEN ? ELSE status_since END,
-             handled_calls = COALESCE(?, handled_calls), cancel_requested = MAX(cancel_requested, ?) WHERE id = ?`,
-        ).run(state, event.to, event.seq, JSON.stringify(snapshotOf(event)), nowMs, ended, changed ? 1 : 0, nowMs, memory.handledCalls ?? null, memory.cancelRequested ? 1 : 0, event.watch_id);
-      }
-      return pos;
-    });
+    const pos = Number(
+      this.#sql('INSERT INTO events (event_id, watch_id, thread_id, run_id, response_id, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)').run(
+        event.id,
+        event.watch_id,
+        ids.thread_id ?? '',
+        ids.run_id ?? '',
+        ids.response_id,
+        JSON.stringify(event),
+        nowMs,
+      ).lastInsertRowid,
+    );
+    const queue = this.#sql('INSERT INTO deliveries (sink, pos, updated_at) VALUES (?, ?, ?)');
+    for (const sink of sinks) queue.run(sink, pos, nowMs);
   }
 
-  markDeleted(id: string, nowMs: number): WatchRecord | undefined {
-    this.#sql("UPDATE watches SET state = 'deleted', next_poll_at = NULL, updated_at = ?, finished_at = COALESCE(finished_at, ?) WHERE id = ? AND state = 'active'").run(nowMs, nowMs, id);
-    return this.getWatch(id);
-  }
-
-  saveNextPolls(entries: ReadonlyArray<readonly [string, number | null]>): void {
-    if (entries.length === 0) return;
-    const update = this.#sql('UPDATE watches SET next_poll_at = ? WHERE id = ?');
+  /** Writes the checkpoints kept since the last batch (only where no newer step was written meanwhile). */
+  #flush(): void {
+    if (this.#checkpoints.size === 0 || !this.#db.isOpen) return;
+    const nowMs = Date.now();
+    const update = this.#sql("UPDATE watches SET progress = ?, next_poll_at = ?, updated_at = ? WHERE id = ? AND seq = ? AND state = 'active'");
+    const batch = [...this.#checkpoints];
+    this.#checkpoints.clear();
     this.#transaction(() => {
-      for (const [id, at] of entries) update.run(at, id);
+      for (const [id, progress] of batch) update.run(JSON.stringify(progress), progress.next?.kind === 'poll' ? progress.next.atMs : null, nowMs, id, progress.seq);
     });
   }
 
-  pendingDeliveries(sink: string, limit: number): PendingDelivery[] {
+  async pendingDeliveries(sink: string, limit: number): Promise<PendingDelivery[]> {
     return this.#sql(
       `SELECT d.pos, e.event_id, e.watch_id, e.payload, d.attempts, d.next_attempt_at, d.first_attempt_at, w.callback_url
          FROM deliveries d JOIN events e ON e.pos = d.pos LEFT JOIN watches w ON w.id = e.watch_id
@@ -280,17 +349,17 @@ export class SqliteStore implements Store {
     ).all(sink, limit) as unknown as PendingDelivery[];
   }
 
-  markDelivered(sink: string, pos: number, nowMs: number): void {
+  async markDelivered(sink: string, pos: number, nowMs: number): Promise<void> {
     this.#sql("UPDATE deliveries SET state = 'delivered', attempts = attempts + 1, updated_at = ?, last_error = NULL WHERE sink = ? AND pos = ?").run(nowMs, sink, pos);
   }
 
-  markRetry(sink: string, pos: number, nextAttemptAt: number, error: string, nowMs: number): void {
+  async markRetry(sink: string, pos: number, nextAttemptAt: number, error: string, nowMs: number): Promise<void> {
     this.#sql(
       'UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? WHERE sink = ? AND pos = ?',
     ).run(nextAttemptAt, error, nowMs, nowMs, sink, pos);
   }
 
-  markDead(sink: string, pos: number, error: string, nowMs: number): void {
+  async markDead(sink: string, pos: number, error: string, nowMs: number): Promise<void> {
     this.#sql("UPDATE deliveries SET state = 'dead', attempts = attempts + 1, last_error = ?, first_attempt_at = COALESCE(first_attempt_at, ?), updated_at = ? WHERE sink = ? AND pos = ?").run(
       error,
       nowMs,
@@ -300,7 +369,7 @@ export class SqliteStore implements Store {
     );
   }
 
-  eventsAfter(pos: number, filter: EventFilter, limit: number): StoredEvent[] {
+  async eventsAfter(pos: number, filter: EventFilter, limit: number): Promise<StoredEvent[]> {
     const clauses = ['pos > ?'];
     const params: Array<string | number> = [pos];
     for (const field of ['run_id', 'thread_id', 'response_id'] as const) {
@@ -314,17 +383,15 @@ export class SqliteStore implements Store {
     return this.#sql(`SELECT pos, event_id, watch_id, payload FROM events WHERE ${clauses.join(' AND ')} ORDER BY pos LIMIT ?`).all(...params) as unknown as StoredEvent[];
   }
 
-  lastPosition(): number {
+  async lastPosition(): Promise<number> {
     return (this.#sql('SELECT COALESCE(MAX(pos), 0) AS pos FROM events').get() as { pos: number }).pos;
   }
 
-  sinkStats(): SinkStats[] {
-    return this.#sql(
-      "SELECT sink, SUM(state = 'pending') AS pending, SUM(state = 'dead') AS dead FROM deliveries GROUP BY sink ORDER BY sink",
-    ).all() as unknown as SinkStats[];
+  async sinkStats(): Promise<SinkStats[]> {
+    return this.#sql("SELECT sink, SUM(state = 'pending') AS pending, SUM(state = 'dead') AS dead FROM deliveries GROUP BY sink ORDER BY sink").all() as unknown as SinkStats[];
   }
 
-  prune(nowMs: number, retention: { readonly eventsMs: number; readonly watchesMs: number }): number {
+  async prune(nowMs: number, retention: Retention): Promise<number> {
     return this.#transaction(() => {
       const events = this.#sql(
         "DELETE FROM events WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.pos = events.pos AND d.state = 'pending')",
@@ -344,7 +411,11 @@ export class SqliteStore implements Store {
     }
   }
 
-  close(): void {
-    if (this.#db.isOpen) this.#db.close();
+  /** Writes the last checkpoints and closes the file. Idempotent. */
+  async close(): Promise<void> {
+    clearInterval(this.#timer);
+    if (!this.#db.isOpen) return;
+    this.#flush();
+    this.#db.close();
   }
 }

@@ -1,11 +1,11 @@
-import type { ActionMemory } from '../actions.js';
-import { toolCallsKey } from '../actions.js';
+import type { CommitPort, WatchState } from '../driver.js';
 import type { ResponseEvent, RunEvent, WatchErrorDetails } from '../events.js';
 import { RESPONSE_KIND, RUN_KIND } from '../resource.js';
 import type { ResourceKind, Snapshot } from '../resource.js';
+import type { Progress, StoredProgress } from '../step.js';
 
-/** Where a watch is in its life. */
-export type WatchState = 'active' | 'finished' | 'failed' | 'deleted';
+export type { CommitPort, CommitResult, WatchChange, WatchState } from '../driver.js';
+export type { StoredProgress } from '../step.js';
 
 /** Every watch state. */
 export const WATCH_STATES: readonly WatchState[] = ['active', 'finished', 'failed', 'deleted'];
@@ -27,36 +27,14 @@ export interface WatchFields {
   readonly metadata: Readonly<Record<string, string>> | null;
   readonly callback_url: string | null;
   readonly state: WatchState;
-  /** Last status seen, `null` before the first poll. */
-  readonly status: string | null;
-  /** Last event seq handed out. */
-  readonly seq: number;
-  readonly last_snapshot: Snapshot | null;
+  /** The engine's progress; `null` before the first step. */
+  readonly progress: StoredProgress | null;
+  /** Why the watch ended, when it ended with a `watch.error`. */
   readonly error: WatchErrorDetails | null;
-  /** Since when the run has had `status`. */
-  readonly status_since: number | null;
-  readonly next_poll_at: number | null;
   readonly created_at: number;
   readonly updated_at: number;
   readonly finished_at: number | null;
-  /** What was done to the resource already, so a restart or another replica does not do it again. */
-  readonly actions: ActionMemory;
 }
-
-/**
- * What an event adds to a watch's action memory: a submission or a failed handling marks its
- * tool calls handled, a cancel (sent or refused) marks the cancel done; other events add nothing.
- */
-export function actionMemoryOf(event: StoredWatchEvent): Partial<ActionMemory> {
-  if (event.type === 'watch.error') return {};
-  const action = event.type.slice(event.type.indexOf('.') + 1);
-  const ids = 'tool_call_ids' in event ? event.tool_call_ids : undefined;
-  if ((action === 'tool_outputs_submitted' || (action === 'action_failed' && event.reason === 'submit_tool_outputs')) && ids) return { handledCalls: toolCallsKey(ids) };
-  if (action === 'cancel_requested' || (action === 'action_failed' && event.reason === 'cancel')) return { cancelRequested: true };
-  return {};
-}
-
-export type { ActionMemory } from '../actions.js';
 
 /** A watch as stored: its target and its fields. */
 export type WatchRecord = WatchTarget & WatchFields;
@@ -102,12 +80,6 @@ export function eventTarget(event: StoredWatchEvent): WatchTarget {
   return 'run_id' in event ? { kind: 'run', thread_id: event.thread_id, run_id: event.run_id } : { kind: 'response', response_id: event.response_id };
 }
 
-/** Which state an event leaves its watch in. */
-export function stateAfter(event: StoredWatchEvent): WatchState {
-  if (event.type === 'watch.error') return event.error.code === 'aborted' ? 'deleted' : 'failed';
-  return kindOf(eventTarget(event)).rules.terminal.has(event.to) ? 'finished' : 'active';
-}
-
 /** A stored event with its position in the log (the SSE id). */
 export interface StoredEvent {
   readonly pos: number;
@@ -140,40 +112,67 @@ export interface EventFilter {
   readonly response_id?: string;
 }
 
+/** How long ended watches and delivered events are kept. */
+export interface Retention {
+  readonly eventsMs: number;
+  readonly watchesMs: number;
+}
+
 /**
- * Durable state of the daemon: watches, the event log and the outbox. Every event is written
- * with its watch's new state and one delivery row per sink in a single transaction.
+ * Durable state of the daemon: watches, their progress and the event log. One interface, three
+ * implementations (memory, SQLite, Redis). A step's events and its watch's new progress are
+ * written in one transaction, only if the stored seq is still the one the step started from.
  */
-export interface Store {
+export interface WatchStore extends CommitPort {
   /** Creates a watch, or returns the one for the same target (run or response). */
-  createWatch(input: NewWatch, nowMs: number): { watch: WatchRecord; created: boolean };
-  getWatch(id: string): WatchRecord | undefined;
+  create(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }>;
+  get(id: string): Promise<WatchRecord | undefined>;
   /** Watches ordered by creation, after the cursor `after` (a watch id). */
-  listWatches(options: { state?: WatchState; limit: number; after?: string }): WatchRecord[];
-  /** Every watch in state `active`. */
-  activeWatches(): WatchRecord[];
-  /**
-   * Appends an event, updates its watch, and queues a delivery per sink (and to the watch's
-   * callback when it has one); one transaction. Returns the event's position.
-   */
-  recordEvent(event: StoredWatchEvent, sinks: readonly string[], nowMs: number): number;
-  /** Marks a watch deleted (no more polling). */
-  markDeleted(id: string, nowMs: number): WatchRecord | undefined;
-  /** Saves planned poll times (best effort, batched). */
-  saveNextPolls(entries: ReadonlyArray<readonly [id: string, nextPollAt: number | null]>): void;
-  /** The oldest pending deliveries for a sink, in log order. */
-  pendingDeliveries(sink: string, limit: number): PendingDelivery[];
-  markDelivered(sink: string, pos: number, nowMs: number): void;
-  markRetry(sink: string, pos: number, nextAttemptAt: number, error: string, nowMs: number): void;
-  markDead(sink: string, pos: number, error: string, nowMs: number): void;
+  list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]>;
+  /** Every watch in state `active`, in creation order. */
+  active(): AsyncIterable<WatchRecord>;
+  /** The stored progress of a watch. */
+  loadProgress(id: string): Promise<Progress | undefined>;
   /** Events after a position, optionally filtered, in order. */
-  eventsAfter(pos: number, filter: EventFilter, limit: number): StoredEvent[];
+  eventsAfter(pos: number, filter: EventFilter, limit: number): Promise<StoredEvent[]>;
   /** The last position written (0 when empty). */
-  lastPosition(): number;
-  sinkStats(): SinkStats[];
-  /** Deletes delivered events and ended watches older than the retention. Returns rows removed. */
-  prune(nowMs: number, retention: { readonly eventsMs: number; readonly watchesMs: number }): number;
-  /** True when the store answers a trivial query. */
+  lastPosition(): Promise<number>;
+  /** Deletes ended watches (and delivered events) older than the retention. Returns how many were removed. */
+  prune(nowMs: number, retention: Retention): Promise<number>;
+  /** True while the store answers. */
   healthy(): boolean;
-  close(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * The outbox rows of a store that keeps one delivery per event and sink (memory, SQLite), read
+ * by `OutboxWorker`. Redis keeps partition streams instead.
+ */
+export interface DeliveryLog {
+  /** The oldest pending deliveries for a sink, in log order. */
+  pendingDeliveries(sink: string, limit: number): Promise<PendingDelivery[]>;
+  markDelivered(sink: string, pos: number, nowMs: number): Promise<void>;
+  markRetry(sink: string, pos: number, nextAttemptAt: number, error: string, nowMs: number): Promise<void>;
+  markDead(sink: string, pos: number, error: string, nowMs: number): Promise<void>;
+  sinkStats(): Promise<SinkStats[]>;
+}
+
+/** The fields a commit writes beside the events, as every store derives them from the change. */
+export function committedFields(change: { readonly progress: Progress; readonly state: WatchState; readonly error?: WatchErrorDetails | undefined }, nowMs: number) {
+  const { progress, state } = change;
+  return {
+    state,
+    status: progress.status,
+    seq: progress.seq,
+    progress: JSON.stringify(progress),
+    error: change.error ? JSON.stringify(change.error) : null,
+    next_poll_at: progress.next?.kind === 'poll' ? progress.next.atMs : null,
+    updated_at: nowMs,
+    finished_at: state === 'active' ? null : nowMs,
+  };
+}
+
+/** Parses a stored JSON field, `null` when empty. */
+export function parseJson<T>(value: string | null | undefined): T | null {
+  return value ? (JSON.parse(value) as T) : null;
 }

@@ -1,0 +1,162 @@
+import { EventEmitter } from 'eventemitter3';
+import type { Logger } from 'pino';
+import type { ToolHandler } from '../actions.js';
+import type { BudgetSnapshot } from '../budget.js';
+import type { PollReport } from '../driver.js';
+import { ConfigError } from '../errors.js';
+import type { WatchEvent } from '../events.js';
+import type { Snapshot } from '../resource.js';
+import type { NewWatch, WatchRecord, WatchStore } from '../store/store.js';
+import type { RunWatcherOptions, WatchHandle } from '../watcher.js';
+import { RunWatcher } from '../watcher.js';
+import type { DaemonConfig } from './config.js';
+import { effectiveBaseUrl } from './config.js';
+import type { DaemonSecrets } from './daemon.js';
+
+/** What an engine tells its host. */
+export interface EngineEvents {
+  /** An event this process committed (after it was written). */
+  event: (event: WatchEvent) => void;
+  /** The log grew elsewhere (another replica): streams should read it. */
+  activity: () => void;
+  /** After each poll this process sent. */
+  poll: (report: PollReport) => void;
+  /** A step could not be written: the host must stop, a restart resumes from the store. */
+  error: (error: Error) => void;
+}
+
+/**
+ * The watch engine a daemon host drives: the `WatchDriver` with a store, a scheduler and a
+ * budget. `LocalEngine` (memory, SQLite) keeps every watch in one process's timer heap;
+ * `RedisEngine` runs each step as a BullMQ job on any replica. The host sees only this.
+ */
+export interface Engine extends EventEmitter<EngineEvents> {
+  readonly store: WatchStore;
+  /** Starts polling every active watch of the store; resolves with how many there are. */
+  start(): Promise<number>;
+  /** Creates a watch (or finds the one for the same target) and makes sure it is polled. */
+  add(input: NewWatch): Promise<{ watch: WatchRecord; created: boolean }>;
+  /** Stops a watch: its `watch.error` (aborted) is written, its state becomes `deleted`. */
+  delete(id: string): Promise<WatchRecord | undefined>;
+  /** Cancels the watched resource; rejects with a `WatchError` when the provider refused. */
+  cancel(id: string): Promise<WatchRecord | undefined>;
+  /** Active watches by last status (`none` before the first poll): this process's, or the fleet's. */
+  activeByStatus(): Promise<ReadonlyMap<string, number>>;
+  /** The request budget now. */
+  budget(): BudgetSnapshot;
+  /** Lets steps in flight finish for up to `drainTimeoutMs`, then stops. Idempotent. */
+  close(drainTimeoutMs: number): Promise<void>;
+}
+
+/** What every engine takes from the configuration: the same client, policy, deadlines, budget and actions. */
+export interface EngineSettings {
+  readonly watcher: Omit<RunWatcherOptions, 'store' | 'client'>;
+  readonly cancelAfterStallMs: number | undefined;
+  readonly toolHandler: ToolHandler | undefined;
+}
+
+/** The engine settings of a daemon configuration (one place for both engines). */
+export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, toolHandler: ToolHandler | undefined): EngineSettings {
+  const { watch } = config;
+  return {
+    watcher: {
+      provider: watch.provider,
+      baseUrl: effectiveBaseUrl(config),
+      apiVersion: watch.apiVersion,
+      credentials: secrets.credentials,
+      requestTimeoutMs: watch.requestTimeoutMs,
+      maxSockets: watch.maxSockets,
+      traceId: watch.traceId,
+      defaultTimeoutMs: watch.defaultTimeoutMs,
+      expiresGraceMs: watch.expiresGraceMs,
+      maxInFlight: watch.maxInFlight,
+      maxRequestsPerSecond: watch.maxRequestsPerSecond,
+      policy: watch.policy,
+      stallThresholdMs: config.daemon.stallThresholdMs,
+      logger: logger.child({ component: 'engine' }),
+    },
+    cancelAfterStallMs: config.daemon.cancelAfterStallMs ?? undefined,
+    toolHandler,
+  };
+}
+
+/**
+ * The engine of one process (memory and SQLite stores): a `RunWatcher` writing every step to
+ * the store, every active watch in its timer heap. A restart resumes every active watch.
+ */
+export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
+  readonly store: WatchStore;
+  readonly #watcher: RunWatcher;
+  readonly #settings: EngineSettings;
+  readonly #handles = new Map<string, WatchHandle<Snapshot>>();
+
+  constructor(store: WatchStore, settings: EngineSettings) {
+    super();
+    this.store = store;
+    this.#settings = settings;
+    this.#watcher = new RunWatcher({ ...settings.watcher, store });
+    this.#watcher.on('event', (event) => this.emit('event', event));
+    this.#watcher.on('poll', (report) => this.emit('poll', report));
+    this.#watcher.on('error', (error) => this.emit('error', error));
+    this.#watcher.on('settled', ({ watchId }) => this.#handles.delete(watchId));
+  }
+
+  async start(): Promise<number> {
+    for await (const record of this.store.active()) this.#resume(record);
+    return this.#handles.size;
+  }
+
+  async add(input: NewWatch): Promise<{ watch: WatchRecord; created: boolean }> {
+    const added = await this.store.create(input, Date.now());
+    if (added.watch.state === 'active') this.#resume(added.watch);
+    return added;
+  }
+
+  async delete(id: string): Promise<WatchRecord | undefined> {
+    const handle = this.#handles.get(id);
+    if (handle) {
+      // the abort writes the watch.error (aborted), which ends the watch as deleted
+      handle.abort(new Error('deleted over the control API'));
+      await handle.promise.catch(() => undefined);
+    }
+    return this.store.get(id);
+  }
+
+  async cancel(id: string): Promise<WatchRecord | undefined> {
+    if (!this.#handles.has(id)) return this.store.get(id);
+    try {
+      await this.#watcher.cancel(id);
+    } catch (error) {
+      // it ended meanwhile: the caller sees its state
+      if (!(error instanceof ConfigError)) throw error;
+    }
+    return this.store.get(id);
+  }
+
+  activeByStatus(): Promise<ReadonlyMap<string, number>> {
+    const counts = new Map<string, number>();
+    for (const id of this.#watcher.ids()) {
+      const status = this.#watcher.info(id)?.status ?? 'none';
+      counts.set(status, (counts.get(status) ?? 0) + 1);
+    }
+    return Promise.resolve(counts);
+  }
+
+  budget(): BudgetSnapshot {
+    return this.#watcher.budget;
+  }
+
+  close(drainTimeoutMs: number): Promise<void> {
+    return this.#watcher.close({ drainTimeoutMs });
+  }
+
+  #resume(record: WatchRecord): void {
+    if (this.#handles.has(record.id)) return;
+    const options = { watchId: record.id, startedAtMs: record.created_at, progress: record.progress ?? undefined, cancelAfterStallMs: this.#settings.cancelAfterStallMs };
+    const handle: WatchHandle<Snapshot> =
+      record.kind === 'run'
+        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, onRequiresAction: this.#settings.toolHandler })
+        : this.#watcher.watchResponse({ ...options, responseId: record.response_id });
+    this.#handles.set(record.id, handle);
+  }
+}

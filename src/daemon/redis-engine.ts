@@ -1,0 +1,252 @@
+import { hostname } from 'node:os';
+import { DelayedError, Queue, Worker } from 'bullmq';
+import type { Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { EventEmitter } from 'eventemitter3';
+import type { Logger } from 'pino';
+import type { BudgetSnapshot } from '../budget.js';
+import { ApiClient } from '../client.js';
+import type { StepEnd, Watch } from '../driver.js';
+import { WatchDriver } from '../driver.js';
+import { WatchError } from '../errors.js';
+import { resolvePollPolicy } from '../schedule.js';
+import type { StepSettings } from '../step.js';
+import { resumeProgress } from '../step.js';
+import type { RedisStore } from '../store/redis.js';
+import type { NewWatch, WatchRecord } from '../store/store.js';
+import { kindOf, targetOf } from '../store/store.js';
+import { randomWatchId } from '../watcher.js';
+import type { Engine, EngineEvents, EngineSettings } from './engine.js';
+import { FleetBudget } from './fleet-budget.js';
+
+const QUEUE = 'polls';
+/** How soon a step refused as stale (a cancel was recorded meanwhile) runs again. */
+const STALE_RETRY_MS = 50;
+/** How often the log is checked for events other replicas committed (to wake SSE streams). */
+const LOG_WATCH_MS = 250;
+/** A watch's job: kept while it polls; retried (a crashed step) as long as the watch lives. */
+const JOB_OPTIONS = { removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } } as const;
+
+/** Options of a `RedisEngine` beside the engine settings. */
+export interface RedisEngineOptions {
+  readonly redisUrl: string;
+  /** The job lock and stalled check: how soon a dead replica's step is taken over. */
+  readonly lockDurationMs: number;
+  readonly stalledIntervalMs: number;
+  /** How often active watches are checked for a job (and given one when missing). */
+  readonly repairIntervalMs: number;
+  readonly logger: Logger;
+}
+
+/**
+ * The engine of a fleet of replicas (Redis store): each watch is one BullMQ job that runs one
+ * driver step and moves itself to `delayed` until its next poll (BullMQ's step-job pattern), so
+ * no replica holds a watch between polls and a dead replica's job is taken over by the stalled
+ * check. The budget is the fleet's (`FleetBudget`).
+ */
+export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
+  readonly store: RedisStore;
+  /** Names this replica in requests (`x-runwatch-instance`), logs and consumer groups. */
+  readonly replicaId: string;
+  readonly #redis: Redis;
+  readonly #options: RedisEngineOptions;
+  readonly #settings: EngineSettings;
+  readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls'>;
+  readonly #client: ApiClient;
+  readonly #budget: FleetBudget;
+  readonly #driver: WatchDriver;
+  readonly #queue: Queue;
+  readonly #worker: Worker<{ watchId: string }, string>;
+  /** Aborted at shutdown: no new action starts, steps waiting for the budget give up their turn. */
+  readonly #stopping = new AbortController();
+  /** Aborted once the drain time is over: requests and handlers still running stop. */
+  readonly #halt = new AbortController();
+  readonly #timers: NodeJS.Timeout[] = [];
+  #lastPosition = 0;
+  #closing: Promise<void> | null = null;
+
+  constructor(redis: Redis, store: RedisStore, settings: EngineSettings, options: RedisEngineOptions) {
+    super();
+    this.store = store;
+    this.#redis = redis;
+    this.#options = options;
+    this.#settings = settings;
+    this.replicaId = `${hostname()}-${process.pid}-${randomWatchId().slice(2, 8)}`;
+    const { watcher } = settings;
+    this.#base = {
+      policy: resolvePollPolicy(watcher.policy),
+      resolveOn: new Set(),
+      timeoutMs: undefined,
+      expiresGraceMs: watcher.expiresGraceMs!,
+      defaultTimeoutMs: watcher.defaultTimeoutMs!,
+      stallThresholdMs: watcher.stallThresholdMs,
+      cancelAfterStallMs: settings.cancelAfterStallMs,
+      random: Math.random,
+    };
+    // lets a server (and the simulator) see which replica sent a request
+    this.#client = new ApiClient({ ...watcher, headers: { ...watcher.headers, 'x-runwatch-instance': this.replicaId } });
+    this.#budget = new FleetBudget(redis, store.keys.budget, watcher);
+    const logger = watcher.logger ?? options.logger;
+    this.#driver = new WatchDriver({
+      client: this.#client,
+      budget: this.#budget,
+      store,
+      logger,
+      stopping: this.#stopping.signal,
+      onEvents: (_w, events) => {
+        for (const event of events) this.emit('event', event);
+      },
+      onPoll: (report) => this.emit('poll', report),
+    });
+    const connection = { url: options.redisUrl, maxRetriesPerRequest: null };
+    const prefix = store.keys.bullPrefix;
+    this.#queue = new Queue(QUEUE, { connection, prefix });
+    this.#queue.on('error', (error) => options.logger.debug({ err: error }, 'queue error'));
+    this.#worker = new Worker<{ watchId: string }, string>(QUEUE, (job, token) => this.#process(job, token), {
+      connection,
+      prefix,
+      autorun: false,
+      // the fleet budget paces requests; this bounds the steps one replica runs at once
+      concurrency: watcher.maxInFlight,
+      lockDuration: options.lockDurationMs,
+      stalledInterval: options.stalledIntervalMs,
+      // a stall means a replica died, never that the watch is broken
+      maxStalledCount: 1_000_000,
+    });
+    this.#worker.on('error', (error) => options.logger.warn({ err: error }, 'worker error'));
+  }
+
+  async start(): Promise<number> {
+    await this.store.ensureStatusCounts();
+    const active = await this.#repair();
+    void this.#worker.run();
+    this.#timers.push(setInterval(() => void this.#watchLog(), LOG_WATCH_MS));
+    this.#timers.push(setInterval(() => void this.#repair().catch((error: unknown) => this.#options.logger.debug({ err: error }, 'job repair failed')), this.#options.repairIntervalMs));
+    return active;
+  }
+
+  async add(input: NewWatch): Promise<{ watch: WatchRecord; created: boolean }> {
+    const added = await this.store.create(input, Date.now());
+    // also for a watch that existed: a crash between the create script and the job left it without one
+    if (added.watch.state === 'active') await this.#ensureJob(added.watch.id);
+    return added;
+  }
+
+  async delete(id: string): Promise<WatchRecord | undefined> {
+    const record = await this.store.get(id);
+    if (record?.state === 'active') {
+      await this.#driver.end(this.#watch(record), new WatchError('aborted', 'the watch was aborted'));
+      // an active (locked) job cannot be removed; it finds the watch deleted and ends
+      await this.#queue.remove(id).catch(() => undefined);
+    }
+    return this.store.get(id);
+  }
+
+  async cancel(id: string): Promise<WatchRecord | undefined> {
+    const record = await this.store.get(id);
+    if (record?.state !== 'active') return record;
+    const w = this.#watch(record);
+    const { failure } = await this.#driver.cancel(w, 'requested');
+    if (failure) throw this.#driver.errorFrom(w, failure);
+    // poll now, not at the planned time: the resource moves to cancelling or cancelled
+    await (await this.#queue.getJob(id))?.promote().catch(() => undefined);
+    return this.store.get(id);
+  }
+
+  activeByStatus(): Promise<ReadonlyMap<string, number>> {
+    return this.store.activeByStatus();
+  }
+
+  budget(): BudgetSnapshot {
+    return this.#budget.snapshot();
+  }
+
+  close(drainTimeoutMs: number): Promise<void> {
+    this.#closing ??= this.#close(drainTimeoutMs);
+    return this.#closing;
+  }
+
+  async #close(drainTimeoutMs: number): Promise<void> {
+    for (const timer of this.#timers) clearInterval(timer);
+    this.#stopping.abort(new Error('the daemon is shutting down'));
+    this.#budget.close();
+    // steps in flight finish within the drain time; after that their lock lapses and another replica redoes them
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.#worker.close().catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)))]);
+    clearTimeout(timer);
+    this.#halt.abort(new Error('the daemon shut down'));
+    await this.#queue.close().catch(() => undefined);
+    this.#client.close();
+  }
+
+  /** A stored watch as the driver works on it. */
+  #watch(record: WatchRecord): Watch {
+    const toolHandler = record.kind === 'run' ? this.#settings.toolHandler : undefined;
+    const settings: StepSettings = { ...this.#base, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined };
+    return { id: record.id, kind: kindOf(record), ref: targetOf(record), settings, toolHandler, signal: this.#halt.signal, progress: resumeProgress(kindOf(record), settings, record.progress) };
+  }
+
+  /** One step of one watch, then asleep in `delayed` until the next. */
+  async #process(job: Job<{ watchId: string }>, token: string | undefined): Promise<string> {
+    const record = await this.store.get(job.data.watchId);
+    if (!record || record.state !== 'active') return 'ended';
+    const w = this.#watch(record);
+    const end: StepEnd = await this.#driver.step(w, w.progress.next ?? { kind: 'poll', atMs: record.created_at });
+    switch (end.kind) {
+      case 'next':
+        await job.moveToDelayed(end.next.atMs, token);
+        throw new DelayedError();
+      case 'stale':
+        if (end.result !== 'stale') return end.result;
+        // a cancel over the API wrote an event meanwhile: observe again at once, from the new seq
+        await job.moveToDelayed(Date.now() + STALE_RETRY_MS, token);
+        throw new DelayedError();
+      case 'interrupted':
+        // this replica stops: the step is redone by whichever replica takes the job next
+        await job.moveToDelayed(Date.now(), token);
+        throw new DelayedError();
+      default:
+        return end.kind;
+    }
+  }
+
+  /** The job id is the watch id: adding it again is a no-op while it exists. */
+  async #ensureJob(id: string): Promise<void> {
+    await this.#queue.add('poll', { watchId: id }, { jobId: id, ...JOB_OPTIONS });
+  }
+
+  /** Gives every active watch without a job one (a crash between creating a watch and its job); returns how many are active. */
+  async #repair(): Promise<number> {
+    let active = 0;
+    let batch: string[] = [];
+    const flush = async (): Promise<void> => {
+      const pipeline = this.#redis.pipeline();
+      for (const id of batch) pipeline.exists(this.#queue.toKey(id));
+      const replies = (await pipeline.exec()) ?? [];
+      const missing = batch.filter((_, i) => replies[i]?.[1] === 0);
+      for (const id of missing) await this.#ensureJob(id);
+      if (missing.length > 0) this.#options.logger.warn({ watches: missing.length }, 'gave active watches without a job one');
+      batch = [];
+    };
+    for await (const record of this.store.active()) {
+      active += 1;
+      batch.push(record.id);
+      if (batch.length === 500) await flush();
+    }
+    if (batch.length > 0) await flush();
+    return active;
+  }
+
+  /** Wakes streams when another replica committed events. */
+  async #watchLog(): Promise<void> {
+    try {
+      const pos = await this.store.lastPosition();
+      if (pos !== this.#lastPosition) {
+        this.#lastPosition = pos;
+        this.emit('activity');
+      }
+    } catch {
+      // Redis away: readiness says so; nothing to wake
+    }
+  }
+}
