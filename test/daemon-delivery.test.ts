@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import type { RunningDaemon } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
-import { RedisDaemon } from '../src/daemon/redis-daemon.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
@@ -79,6 +78,7 @@ function counter(text: string, name: string, labels: string): number {
 }
 
 const stores = [
+  { kind: 'memory' as const, skip: false },
   { kind: 'sqlite' as const, skip: false },
   { kind: 'redis' as const, skip: !redisAvailable },
 ];
@@ -112,7 +112,7 @@ describe.each(stores)('outbox delivery with the $kind store', ({ kind, skip }) =
       ],
     });
     const secrets = { credentials: { apiKey: KEY }, redisUrl: REDIS_URL };
-    daemon = kind === 'sqlite' ? await Daemon.start(config, secrets, pino({ level: 'silent' })) : await RedisDaemon.start(config, secrets, pino({ level: 'silent' }));
+    daemon = await Daemon.start(config, secrets, pino({ level: 'silent' }));
     base = `http://127.0.0.1:${daemon.address.port}`;
   });
   afterAll(async () => {

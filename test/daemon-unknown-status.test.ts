@@ -6,7 +6,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import type { RunningDaemon } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
-import { RedisDaemon } from '../src/daemon/redis-daemon.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
@@ -46,7 +45,7 @@ describe.each(stores)('an undocumented status with the $kind store', ({ kind, sk
     const secrets = { credentials: { apiKey: KEY }, redisUrl: REDIS_URL };
     // the same data dir (SQLite) or prefix (Redis) every time: a second start is a restart
     start = async () => {
-      daemon = kind === 'sqlite' ? await Daemon.start(config, secrets, pino({ level: 'silent' })) : await RedisDaemon.start(config, secrets, pino({ level: 'silent' }));
+      daemon = await Daemon.start(config, secrets, pino({ level: 'silent' }));
       base = `http://127.0.0.1:${daemon.address.port}`;
       return daemon;
     };

@@ -53,7 +53,7 @@ function readEvents(query: string, done: (events: WatchEvent[]) => boolean): Pro
   return readSseEvents(`${base}/v1/events${query}`, done);
 }
 
-describe.skipIf(!available)('RedisDaemon control API (needs Redis)', () => {
+describe.skipIf(!available)('daemon on the Redis store: control API (needs Redis)', () => {
   it('creates a watch once per run and streams its events', async () => {
     sim.addRun({ threadId: 'thread_rd', runId: 'run_rd1', timeline: [{ status: 'queued', durationMs: 150 }, { status: 'in_progress', durationMs: 250 }, { status: 'completed' }], start: 'first_request' });
     const first = await post({ thread_id: 'thread_rd', run_id: 'run_rd1', metadata: { team: 'a' } });
