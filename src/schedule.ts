@@ -1,4 +1,7 @@
+import { MAX_TIMER_MS, backoffDelayMs } from './backoff.js';
 import { ConfigError } from './errors.js';
+
+export { MAX_TIMER_MS } from './backoff.js';
 
 /** Polling interval bounds for one status. */
 export interface IntervalPolicy {
@@ -71,9 +74,6 @@ export const DEFAULT_POLL_POLICY: PollPolicy = Object.freeze({
   maxRetryAfterMs: 600_000,
   maxPollAfterMs: 60_000,
 });
-
-/** Node fires a timer longer than 2^31-1 ms after 1 ms; no delay may exceed this. */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Hints a server gave with its answer (already parsed, not yet clamped). */
 export interface ServerHints {
@@ -148,16 +148,6 @@ export function intervalFor(policy: PollPolicy, status: string | null): Interval
   return (status === null ? undefined : policy.intervals[status]) ?? policy.intervals.unknown;
 }
 
-/** `base * growth^n`, capped; never overflows for large `n`. */
-function grown(interval: IntervalPolicy, growth: number, n: number): number {
-  return Math.min(interval.capMs, interval.baseMs * growth ** Math.min(n, 1_000));
-}
-
-/** Applies jitter: uniform in `[d * (1 - jitter), d]`. */
-function jittered(nominalMs: number, jitter: number, random: () => number): number {
-  return nominalMs - nominalMs * jitter * random();
-}
-
 /**
  * Milliseconds from now until the next poll. `random` returns a number in [0, 1) and is
  * injectable so tests can pin the jitter.
@@ -166,10 +156,11 @@ function jittered(nominalMs: number, jitter: number, random: () => number): numb
  * `openai-poll-after-ms` is always a floor. Nothing is ever below `minIntervalMs`.
  */
 export function nextDelayMs(policy: PollPolicy, input: ScheduleInput, random: () => number = Math.random): number {
+  // one growth rule for both; the hints are applied below, after errors and successes alike
   let delayMs =
     input.consecutiveErrors > 0
-      ? jittered(grown(policy.errorBackoff, policy.errorBackoff.growth, input.consecutiveErrors - 1), policy.errorBackoff.jitter, random)
-      : jittered(grown(intervalFor(policy, input.status), policy.growth, input.unchangedPolls), policy.jitter, random);
+      ? backoffDelayMs(policy.errorBackoff, { attempt: input.consecutiveErrors }, random)
+      : backoffDelayMs({ ...intervalFor(policy, input.status), growth: policy.growth, jitter: policy.jitter }, { attempt: input.unchangedPolls + 1 }, random);
   delayMs = Math.max(delayMs, policy.minIntervalMs, clampHint(input.hints?.pollAfterMs, policy.maxPollAfterMs));
   delayMs = Math.max(delayMs, clampHint(input.hints?.retryAfterMs, policy.maxRetryAfterMs));
   return Math.min(Math.ceil(delayMs), MAX_TIMER_MS);
