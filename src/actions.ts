@@ -1,10 +1,11 @@
 import path from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
+import type { BackoffPolicy } from './backoff.js';
 import type { PollFailure, PollOutcome } from './client.js';
 import { ConfigError } from './errors.js';
 import type { WatchErrorDetails } from './events.js';
 import type { RunSnapshot, Snapshot } from './resource.js';
+import { retryWithBackoff } from './retry.js';
 
 /** One tool call of a run in `requires_action`. */
 export interface ToolCall {
@@ -80,19 +81,45 @@ export async function callToolHandler(handler: ToolHandler, run: RunSnapshot, ca
 /** Tries of one action: a transient failure (429, 5xx, network) is retried twice. */
 const ACTION_TRIES = 3;
 
+/** Waits between tries of one action: 0.5 s, then 1 s, or the server's `retry-after` up to 5 s. */
+const ACTION_BACKOFF: BackoffPolicy = Object.freeze({ baseMs: 500, capMs: 5_000, growth: 2, jitter: 0, maxFloorMs: 5_000 });
+
+/** Carries a retryable outcome through p-retry, which retries on throws only. */
+class RetryableOutcome extends Error {
+  readonly outcome: PollFailure;
+  constructor(outcome: PollFailure) {
+    super(outcome.message);
+    this.outcome = outcome;
+  }
+}
+
 /**
  * One POST with up to three tries on transient failures, waiting 0.5 s, then 1 s (or the
- * server's `retry-after`, up to 5 s) in between; `signal` cuts the waits short.
+ * server's `retry-after`, up to 5 s) in between; `signal` stops the tries and cuts the waits
+ * short. Returns the last outcome (an `aborted` one if `signal` aborted before any try).
  */
 export async function actWithRetries<T extends Snapshot>(send: () => Promise<PollOutcome<T>>, signal: AbortSignal): Promise<PollOutcome<T>> {
-  let outcome: PollOutcome<T> = { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
-  for (let attempt = 1; attempt <= ACTION_TRIES && !signal.aborted; attempt += 1) {
-    outcome = await send();
-    if (outcome.ok || !outcome.retryable || attempt === ACTION_TRIES) break;
-    const waitMs = Math.min(5_000, Math.max(500 * attempt, outcome.hints.retryAfterMs ?? 0));
-    await sleep(waitMs, undefined, { signal }).catch(() => undefined);
+  let last: PollOutcome<T> = { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+  try {
+    return await retryWithBackoff(
+      async () => {
+        last = await send();
+        if (!last.ok && last.retryable) throw new RetryableOutcome(last);
+        return last;
+      },
+      {
+        retries: ACTION_TRIES - 1,
+        backoff: ACTION_BACKOFF,
+        shouldRetry: (error) => error instanceof RetryableOutcome,
+        floorMsOf: (error) => (error instanceof RetryableOutcome ? error.outcome.hints.retryAfterMs : undefined),
+        signal,
+      },
+    );
+  } catch (error) {
+    // out of tries, or aborted (p-retry then rejects with the signal's reason): the last answer stands
+    if (error instanceof RetryableOutcome || signal.aborted) return last;
+    throw error;
   }
-  return outcome;
 }
 
 /** The details of a failed request, as an `action_failed` event carries them. */

@@ -2,10 +2,11 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { Got } from 'got';
-import pRetry from 'p-retry';
+import type { BackoffPolicy } from '../backoff.js';
 import { parseHints } from '../client.js';
 import { ConfigError, DeliveryError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
+import { retryWithBackoff } from '../retry.js';
 import { VERSION } from '../version.js';
 import type { DeliveryContext, Sink } from './sink.js';
 
@@ -22,6 +23,12 @@ export interface WebhookSinkOptions {
   /** Immediate retries of a failed POST before the outbox schedules a later attempt. @default 2 */
   readonly quickRetries?: number;
 }
+
+/** Longest `retry-after` waited out in place; a longer one is left to the outbox, which persists the wait across restarts. */
+const QUICK_RETRY_AFTER_MAX_MS = 2_000;
+
+/** Waits between quick retries: 200 ms, 400 ms, ... up to 2 s, or the receiver's short `retry-after`. */
+const QUICK_BACKOFF: BackoffPolicy = Object.freeze({ baseMs: 200, capMs: 2_000, growth: 2, jitter: 0, maxFloorMs: QUICK_RETRY_AFTER_MAX_MS });
 
 /** Decodes a `whsec_` secret to its key bytes; throws `ConfigError` when malformed. */
 export function webhookKey(secret: string): Buffer {
@@ -91,17 +98,12 @@ export class WebhookSink implements Sink {
     const url = context.url ?? this.#url;
     if (!url) throw new DeliveryError('no URL to deliver to', { permanent: true });
     const body = JSON.stringify(event);
-    await pRetry(() => this.#post(url, event.id, body, context.signal), {
+    await retryWithBackoff(() => this.#post(url, event.id, body, context.signal), {
       retries: this.#quickRetries,
-      minTimeout: 200,
-      maxTimeout: 2_000,
+      backoff: QUICK_BACKOFF,
+      shouldRetry: (error) => error instanceof DeliveryError && !error.permanent && (error.retryAfterMs ?? 0) <= QUICK_RETRY_AFTER_MAX_MS,
+      floorMsOf: (error) => (error instanceof DeliveryError ? error.retryAfterMs : undefined),
       signal: context.signal,
-      // a long retry-after is the outbox's job: it persists the wait across restarts
-      shouldRetry: ({ error }) => error instanceof DeliveryError && !error.permanent && (error.retryAfterMs ?? 0) <= 2_000,
-      onFailedAttempt: async ({ error }) => {
-        const waitMs = error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0;
-        if (waitMs > 0 && waitMs <= 2_000) await new Promise((resolve) => setTimeout(resolve, waitMs));
-      },
     });
   }
 
