@@ -2,11 +2,14 @@ import { getEventListeners } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Clock } from '@sinonjs/fake-timers';
+import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { MockInstance } from 'vitest';
 import { actWithRetries } from '../src/actions.js';
 import { MAX_TIMER_MS, backoffDelayMs, sleep } from '../src/backoff.js';
 import type { PollOutcome } from '../src/client.js';
+import { settleFailure } from '../src/daemon/outbox.js';
+import type { DeliveryPolicy } from '../src/daemon/outbox.js';
 import { DeliveryError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
 import type { Snapshot } from '../src/resource.js';
@@ -186,6 +189,25 @@ describe('actWithRetries', () => {
     const result = await actWithRetries(send, AbortSignal.abort());
     expect(result).toMatchObject({ ok: false, code: 'aborted', aborted: true });
     expect(sentAtMs).toEqual([]);
+  });
+});
+
+describe('settleFailure (both outboxes)', () => {
+  const policy = (random: () => number): DeliveryPolicy => ({ retryForMs: 86_400_000, backoff: { baseMs: 1000, capMs: 300_000 }, logger: pino({ level: 'silent' }), random });
+  const settle = (random: () => number, priorFailures: number, error: unknown = new DeliveryError('receiver answered HTTP 503')): number => {
+    const decision = settleFailure(policy(random), { sink: 'webhook', eventId: 'w_1.1', error, priorFailures, firstFailureMs: T0 }, T0);
+    if (decision.dead) throw new Error('unexpectedly dead');
+    return decision.delayMs;
+  };
+
+  it('doubles from backoffBaseMs to backoffCapMs with half jitter', () => {
+    expect([0, 1, 2, 8, 9, 40].map((n) => settle(noJitter, n))).toEqual([1000, 2000, 4000, 256_000, 300_000, 300_000]);
+    expect([0, 1, 9].map((n) => settle(maxJitter, n))).toEqual([501, 1001, 150_001]);
+  });
+
+  it("never retries sooner than the receiver's retry-after, even past the cap", () => {
+    expect(settle(maxJitter, 0, new DeliveryError('receiver answered HTTP 429', { retryAfterMs: 7000 }))).toBe(7000);
+    expect(settle(noJitter, 0, new DeliveryError('receiver answered HTTP 429', { retryAfterMs: 3_600_000 }))).toBe(3_600_000);
   });
 });
 

@@ -1,4 +1,5 @@
 import type { Logger } from 'pino';
+import { backoffDelayMs } from '../backoff.js';
 import { DeliveryError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import type { Sink } from '../sinks/sink.js';
@@ -11,9 +12,14 @@ export type DeliveryOutcome = 'delivered' | 'retry' | 'dead';
 export interface DeliveryPolicy {
   /** Keep retrying an event this long after its first failure, then dead-letter it. */
   readonly retryForMs: number;
-  /** Backoff between attempts: `baseMs * 2^(attempts-1)`, capped, half jittered. */
+  /** Backoff between attempts: `baseMs * 2^(attempts-1)`, capped, half jittered, never sooner than the receiver's `retry-after`. */
   readonly backoff: { readonly baseMs: number; readonly capMs: number };
   readonly logger: Logger;
+  /**
+   * Draws the backoff's jitter, in [0, 1).
+   * @default Math.random
+   */
+  readonly random?: (() => number) | undefined;
   /** Called after every attempt (metrics). */
   readonly onOutcome?: (sink: string, outcome: DeliveryOutcome) => void;
 }
@@ -40,10 +46,10 @@ export function settleFailure(
     policy.onOutcome?.(sink, 'dead');
     return { dead: true, message };
   }
-  const { baseMs, capMs } = policy.backoff;
-  const backoffMs = Math.min(capMs, baseMs * 2 ** Math.min(priorFailures, 30));
-  const delayMs = Math.max(backoffMs / 2 + (Math.random() * backoffMs) / 2, error instanceof DeliveryError ? (error.retryAfterMs ?? 0) : 0);
-  policy.logger[priorFailures === 0 ? 'warn' : 'debug']({ sink, eventId, attempts, retryInMs: Math.round(delayMs) }, `delivery failed: ${message}`);
+  // half jitter: spread the retries of one outage, but keep each wait at least half the nominal
+  const backoff = { ...policy.backoff, growth: 2, jitter: 0.5 };
+  const delayMs = backoffDelayMs(backoff, { attempt: attempts, floorMs: error instanceof DeliveryError ? error.retryAfterMs : undefined }, policy.random);
+  policy.logger[priorFailures === 0 ? 'warn' : 'debug']({ sink, eventId, attempts, retryInMs: delayMs }, `delivery failed: ${message}`);
   policy.onOutcome?.(sink, 'retry');
   return { dead: false, delayMs, message };
 }
