@@ -1,6 +1,6 @@
 export { waitForIdleThread, watchResponse, watchRun } from './watch-run.js';
 export type { WaitForIdleThreadOptions, WatchResponseCallOptions, WatchRunCallOptions } from './watch-run.js';
-export { DEFAULT_DEADLINES, RunWatcher, randomWatchId } from './watcher.js';
+export { RunWatcher, randomWatchId } from './watcher.js';
 export type { PollReport, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, RequiresActionContext, ToolCall, ToolHandler, ToolOutput, WatchOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
 export { ApiClient, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, PROVIDERS, classifyResponse, parseHints, redactSecrets } from './client.js';
 export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext, ResourceAction } from './client.js';
@@ -11,7 +11,7 @@ export type { ActionEventName } from './events.js';
 export type { EventEnvelope, ThreadEvent, ThreadTransitionEvent, ThreadWatchErrorEvent, ResponseEvent, ResponseTransitionEvent, ResponseWatchErrorEvent, RunEvent, RunTransitionEvent, RunWatchErrorEvent, WatchErrorDetails, WatchEvent } from './events.js';
 export { ID_PATTERN, RESPONSE_KIND, RUN_KIND, TERMINAL_RESPONSE_STATUSES, THREAD_KIND, assertValidId } from './resource.js';
 export type { ResourceKind, ResponseRef, ResponseSnapshot, RunRef, RunSnapshot, Snapshot, ThreadRef, ThreadSnapshot } from './resource.js';
-export { DEFAULT_POLL_POLICY, deadlineFor, nextDelayMs, planNextStep, resolvePollPolicy } from './schedule.js';
+export { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY, deadlineFor, nextDelayMs, planNextStep, resolvePollPolicy } from './schedule.js';
 export type { IntervalPolicy, PartialPollPolicy, PollPolicy, ServerHints } from './schedule.js';
 export { ACTIVE_RUN_STATUSES, StatusMachine, TERMINAL_RUN_STATUSES, normalizeStatus } from './status.js';
 export type { KnownRunStatus, MachineState, Observation, RunStatus, StatusRules } from './status.js';

@@ -75,6 +75,12 @@ export const DEFAULT_POLL_POLICY: PollPolicy = Object.freeze({
   maxPollAfterMs: 60_000,
 });
 
+/**
+ * Defaults of the deadline settings (`RunWatcherOptions`, the daemon's `watch` section).
+ * @default { defaultTimeoutMs: 3600000 (1 hour), expiresGraceMs: 120000 }
+ */
+export const DEFAULT_DEADLINES = Object.freeze({ defaultTimeoutMs: 3_600_000, expiresGraceMs: 120_000 });
+
 /** Hints a server gave with its answer (already parsed, not yet clamped). */
 export interface ServerHints {
   /** From `retry-after-ms` or `retry-after`: no request before this many ms. */

@@ -16,15 +16,12 @@ import { MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
-import { MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
+import { DEFAULT_DEADLINES, MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
 import type { StepSettings, StoredProgress } from './step.js';
 import { resumeProgress } from './step.js';
 
 export type { RequiresActionContext, ToolCall, ToolHandler, ToolOutput } from './actions.js';
 export type { PollReport } from './driver.js';
-
-/** Defaults of the deadline settings of `RunWatcherOptions`. */
-export const DEFAULT_DEADLINES = Object.freeze({ defaultTimeoutMs: 3_600_000, expiresGraceMs: 120_000 });
 
 /** Options of a `RunWatcher`: the HTTP client, the polling policy, the budget, the defaults. */
 export interface RunWatcherOptions extends ClientOptions, BudgetOptions {

@@ -9,8 +9,7 @@ import { parseDurationMs } from '../src/duration.js';
 import { ConfigError } from '../src/errors.js';
 import { DEFAULT_BUDGET } from '../src/budget.js';
 import { DEFAULT_AZURE_API_VERSION, DEFAULT_CLIENT } from '../src/client.js';
-import { DEFAULT_POLL_POLICY } from '../src/schedule.js';
-import { DEFAULT_DEADLINES } from '../src/watcher.js';
+import { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY } from '../src/schedule.js';
 
 describe('parseDurationMs', () => {
   it.each([

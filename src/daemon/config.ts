@@ -7,9 +7,8 @@ import { describeIssue } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
 import type { PartialPollPolicy } from '../schedule.js';
-import { DEFAULT_POLL_POLICY, resolvePollPolicy } from '../schedule.js';
+import { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY, resolvePollPolicy } from '../schedule.js';
 import type { FsyncPolicy } from '../sinks/file.js';
-import { DEFAULT_DEADLINES } from '../watcher.js';
 
 const DAY_MS = 86_400_000;
 // widened on purpose: a config file may override any part of the policy or the fsync mode
