@@ -1,34 +1,23 @@
 import { readFileSync } from 'node:fs';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { ConfigError } from './errors.js';
-import type { PartialPollPolicy } from './schedule.js';
-import { resolvePollPolicy } from './schedule.js';
+import type { PartialPollPolicy } from './policy.js';
+import { firstIssue, pollPolicySchema, showValue } from './policy.js';
 
-const ms = z.number().finite().nonnegative();
-const interval = z.object({ baseMs: ms.optional(), capMs: ms.optional() }).strict();
-const policySchema = z
-  .object({
-    intervals: z.record(z.string(), interval).optional(),
-    growth: z.number().optional(),
-    jitter: z.number().optional(),
-    minIntervalMs: ms.optional(),
-    errorBackoff: z.object({ baseMs: ms.optional(), capMs: ms.optional(), growth: z.number().optional() }).strict().optional(),
-    maxRetryAfterMs: ms.optional(),
-    maxPollAfterMs: ms.optional(),
-  })
-  .strict();
-
-/** Formats the first zod issue as `path: message`, naming the setting. */
+/**
+ * Formats the first zod issue as `invalid PREFIX.PATH: MESSAGE (got VALUE)`, naming the
+ * setting and, when the parse reported it (`reportInput: true`), the value.
+ */
 export function describeIssue(error: z.ZodError, prefix: string): string {
-  const issue = error.issues[0];
-  if (!issue) return `${prefix}: invalid`;
-  const where = issue.path.length > 0 ? `${prefix}.${issue.path.join('.')}` : prefix;
-  return `invalid ${where}: ${issue.message}`;
+  const issue = firstIssue(error);
+  const where = [prefix, ...issue.path].join('.');
+  return `invalid ${where}: ${issue.message}${issue.got ? ` (got ${showValue(issue.got.value)})` : ''}`;
 }
 
 /**
  * Parses a polling policy override given as JSON text, or as `@path` to a JSON file, and
- * validates it against the defaults. Throws `ConfigError` naming the bad field.
+ * validates it with `pollPolicySchema`. Returns the override as given; throws `ConfigError`
+ * naming the bad field.
  */
 export function parsePolicyArgument(raw: string, name = '--policy'): PartialPollPolicy {
   let text = raw;
@@ -45,8 +34,8 @@ export function parsePolicyArgument(raw: string, name = '--policy'): PartialPoll
   } catch {
     throw new ConfigError(`invalid ${name}: not JSON (pass e.g. '{"jitter":0.5}' or @policy.json)`);
   }
-  const parsed = policySchema.safeParse(json);
+  const parsed = pollPolicySchema.safeParse(json, { reportInput: true });
   if (!parsed.success) throw new ConfigError(describeIssue(parsed.error, name));
-  resolvePollPolicy(parsed.data);
-  return parsed.data;
+  // the override as given, now known to be valid: RunWatcher merges it over the defaults
+  return json as PartialPollPolicy;
 }

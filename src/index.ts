@@ -28,4 +28,5 @@ export { loadModuleSink } from './sinks/module.js';
 export { loadToolHandler } from './actions.js';
 export type { ActionMemory } from './actions.js';
 // separate entry points, so a watcher does not load what it does not use: 'runwatch/daemon'
-// (node:sqlite, prom-client, zod, ioredis; also the Redis stream sink), 'runwatch/simulator' (zod)
+// (node:sqlite, prom-client, zod, ioredis; also the Redis stream sink), 'runwatch/simulator' (zod);
+// the policy schema (zod) is loaded by resolvePollPolicy on the first override, never by this file

@@ -1,65 +1,17 @@
+import { createRequire } from 'node:module';
 import { MAX_TIMER_MS, backoffDelayMs } from './backoff.js';
 import { ConfigError } from './errors.js';
+import type * as PolicyModule from './policy.js';
+import type { IntervalPolicy, PartialPollPolicy, PollPolicy } from './policy.js';
 
 export { MAX_TIMER_MS } from './backoff.js';
-
-/** Polling interval bounds for one status. */
-export interface IntervalPolicy {
-  /** Interval right after the status was first seen. */
-  readonly baseMs: number;
-  /** Largest interval while the status stays unchanged. */
-  readonly capMs: number;
-}
+export type { IntervalPolicy, PartialPollPolicy, PollPolicy } from './policy.js';
 
 /**
- * When to poll next. Intervals grow multiplicatively while a status stays the same and reset
- * when it changes; every delay is jittered. Server hints take precedence.
+ * The numbers of `DEFAULT_POLL_POLICY`, typed by themselves: `pollPolicySchema` takes its
+ * defaults from here, and `PollPolicy` is inferred from the schema (so it cannot type this).
  */
-export interface PollPolicy {
-  /**
-   * Per-status intervals; statuses not listed (future API values) use `unknown`.
-   * @default queued 1000..5000, in_progress 1750..8000, cancelling 500..4000, requires_action 5000..60000, unknown 2000..30000
-   */
-  readonly intervals: Readonly<Record<string, IntervalPolicy>> & { readonly unknown: IntervalPolicy };
-  /**
-   * Factor applied to the interval after each poll that sees the same status. Slow on purpose:
-   * run durations are heavy-tailed, and the best interval grows only with the square root of
-   * the age (see the README's Performance section).
-   * @default 1.05
-   */
-  readonly growth: number;
-  /**
-   * Share of each poll delay that is randomised: uniform in `[d * (1 - jitter), d]`. Enough to
-   * keep watches from moving in lockstep; more costs requests for the same latency.
-   * @default 0.1
-   */
-  readonly jitter: number;
-  /**
-   * No poll comes sooner than this after the previous one, whatever the jitter drew.
-   * @default 100
-   */
-  readonly minIntervalMs: number;
-  /**
-   * Backoff after transient errors (network, timeout, 408, 409, 429, 5xx, malformed body):
-   * `baseMs * growth^(n-1)` capped, with its own jitter (full by default, so that watches
-   * hit by the same outage do not come back together).
-   * @default { baseMs: 500, capMs: 30000, growth: 2, jitter: 1 }
-   */
-  readonly errorBackoff: IntervalPolicy & { readonly growth: number; readonly jitter: number };
-  /**
-   * Largest `retry-after` / `retry-after-ms` obeyed; larger hints are clamped to it.
-   * @default 600000
-   */
-  readonly maxRetryAfterMs: number;
-  /**
-   * Largest `openai-poll-after-ms` obeyed; larger hints are clamped to it.
-   * @default 60000
-   */
-  readonly maxPollAfterMs: number;
-}
-
-/** The default polling policy (see the README's "Polling policy" table). */
-export const DEFAULT_POLL_POLICY: PollPolicy = Object.freeze({
+export const POLL_POLICY_DEFAULTS = Object.freeze({
   intervals: Object.freeze({
     queued: Object.freeze({ baseMs: 1_000, capMs: 5_000 }),
     in_progress: Object.freeze({ baseMs: 1_750, capMs: 8_000 }),
@@ -74,6 +26,9 @@ export const DEFAULT_POLL_POLICY: PollPolicy = Object.freeze({
   maxRetryAfterMs: 600_000,
   maxPollAfterMs: 60_000,
 });
+
+/** The default polling policy (see the README's "Polling policy" table; `pollPolicySchema` in `policy.ts` documents each field). */
+export const DEFAULT_POLL_POLICY: PollPolicy = POLL_POLICY_DEFAULTS;
 
 /**
  * Defaults of the deadline settings (`RunWatcherOptions`, the daemon's `watch` section).
@@ -101,52 +56,35 @@ export interface ScheduleInput {
   readonly hints?: ServerHints | undefined;
 }
 
-/** Merges a partial policy over the defaults and validates it; throws `ConfigError`. */
-export function resolvePollPolicy(overrides: PartialPollPolicy = {}, base: PollPolicy = DEFAULT_POLL_POLICY): PollPolicy {
-  const intervals: Record<string, IntervalPolicy> = { ...base.intervals };
-  for (const [status, value] of Object.entries(overrides.intervals ?? {})) {
-    if (value) intervals[status] = { ...(intervals[status] ?? base.intervals.unknown), ...value };
-  }
-  const policy: PollPolicy = {
-    ...base,
-    ...overrides,
-    intervals: intervals as PollPolicy['intervals'],
-    errorBackoff: { ...base.errorBackoff, ...overrides.errorBackoff },
-  };
-  for (const [status, interval] of Object.entries(policy.intervals)) {
-    checkInterval(`intervals.${status}`, interval);
-  }
-  checkInterval('errorBackoff', policy.errorBackoff);
-  checkNumber('growth', policy.growth, 1, 100);
-  checkNumber('errorBackoff.growth', policy.errorBackoff.growth, 1, 100);
-  checkNumber('jitter', policy.jitter, 0, 1);
-  checkNumber('errorBackoff.jitter', policy.errorBackoff.jitter, 0, 1);
-  checkNumber('minIntervalMs', policy.minIntervalMs, 0, MAX_TIMER_MS);
-  checkNumber('maxRetryAfterMs', policy.maxRetryAfterMs, 0, MAX_TIMER_MS);
-  checkNumber('maxPollAfterMs', policy.maxPollAfterMs, 0, MAX_TIMER_MS);
-  return policy;
+/** The policy schema's parser, once `policy.ts` is loaded: it is what loads zod (~18 MB). */
+let parsePolicy: ((overrides: unknown) => PollPolicy) | undefined;
+
+/** Called by `policy.ts` as it loads, so that the module in memory is the one used. */
+export function registerPolicyParser(parse: (overrides: unknown) => PollPolicy): void {
+  parsePolicy = parse;
 }
 
-/** A policy override: any field, and any status's interval in part. */
-export interface PartialPollPolicy {
-  readonly intervals?: Readonly<Record<string, Partial<IntervalPolicy> | undefined>>;
-  readonly growth?: number;
-  readonly jitter?: number;
-  readonly minIntervalMs?: number;
-  readonly errorBackoff?: Partial<PollPolicy['errorBackoff']>;
-  readonly maxRetryAfterMs?: number;
-  readonly maxPollAfterMs?: number;
-}
-
-function checkInterval(name: string, interval: IntervalPolicy): void {
-  checkNumber(`${name}.baseMs`, interval.baseMs, 0, MAX_TIMER_MS);
-  checkNumber(`${name}.capMs`, interval.capMs, interval.baseMs, MAX_TIMER_MS);
-}
-
-function checkNumber(name: string, value: unknown, min: number, max: number): void {
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
-    throw new ConfigError(`Expected \`${name}\` to be a number from ${min} to ${max}, got ${JSON.stringify(value)}`);
+/** Loads `policy.ts` synchronously (a constructor needs the policy at once): `require` of an ES module. */
+function loadPolicyParser(): (overrides: unknown) => PollPolicy {
+  if (!process.features.require_module) {
+    throw new ConfigError(`a polling policy override needs Node 22.12 or newer (this is ${process.version}): upgrade Node`);
   }
+  return (createRequire(import.meta.url)('./policy.js') as typeof PolicyModule).parsePollPolicy;
+}
+
+/**
+ * Merges a partial policy over the defaults and validates it with `pollPolicySchema`; throws
+ * `ConfigError` naming the field and the bad value. Without overrides it returns
+ * `DEFAULT_POLL_POLICY` and loads nothing: zod is loaded on the first override.
+ */
+export function resolvePollPolicy(overrides?: PartialPollPolicy): PollPolicy {
+  if (overrides === undefined || isEmptyObject(overrides)) return DEFAULT_POLL_POLICY;
+  parsePolicy ??= loadPolicyParser();
+  return parsePolicy(overrides);
+}
+
+function isEmptyObject(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && !Array.isArray(value) && Object.keys(value).length === 0;
 }
 
 /** The interval bounds that apply to a status. */

@@ -230,9 +230,9 @@ describe('runwatch: usage', () => {
     [['watch', 'thread_1', 'run_1'], { PORTKEY_API_KEY: 'x', PORTKEY_API_KEY_FILE: '/nonexistent' }, /both PORTKEY_API_KEY and PORTKEY_API_KEY_FILE/],
     [['watch', 'thread_1', 'run_1'], { PORTKEY_API_KEY_FILE: '/nonexistent/key' }, /cannot read PORTKEY_API_KEY_FILE \(\/nonexistent\/key\): ENOENT/],
     [['frobnicate'], {}, /unknown command "frobnicate"/],
-    [['watch', 't', 'r', '--policy', '{"jitter":3}'], { PORTKEY_API_KEY: 'x' }, /Expected `jitter` to be a number from 0 to 1, got 3/],
+    [['watch', 't', 'r', '--policy', '{"jitter":3}'], { PORTKEY_API_KEY: 'x' }, /invalid --policy\.jitter: expected a number from 0 to 1 \(got 3\)/],
     [['watch', 't', 'r', '--policy', '{"intervals":{"queued":{"baseMs":"fast"}}}'], { PORTKEY_API_KEY: 'x' }, /invalid --policy\.intervals\.queued\.baseMs/],
-    [['watch', 't', 'r', '--policy', '{"jiter":0}'], { PORTKEY_API_KEY: 'x' }, /invalid --policy: Unrecognized key/],
+    [['watch', 't', 'r', '--policy', '{"jiter":0}'], { PORTKEY_API_KEY: 'x' }, /invalid --policy\.jiter: unknown setting \(got 0\)/],
   ])('exits 64 with a one-line error for %j', async (args, env, message) => {
     const result = await runCli(args, env);
     expect(result.code).toBe(64);

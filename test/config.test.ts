@@ -75,6 +75,13 @@ describe('parsePolicyArgument', () => {
     expect(() => parsePolicyArgument('{"growth":"fast"}')).toThrow('--policy.growth');
     expect(() => parsePolicyArgument('{"errorBackoff":{"capMs":1,"baseMs":5}}')).toThrow('errorBackoff.capMs');
     expect(() => parsePolicyArgument('@/nonexistent/policy.json')).toThrow('ENOENT');
+    expect(() => parsePolicyArgument('{"jitter":2}')).toThrow('invalid --policy.jitter: expected a number from 0 to 1 (got 2)');
+    expect(() => parsePolicyArgument('{"errorBackoff":{"jiter":1}}')).toThrow('invalid --policy.errorBackoff.jiter: unknown setting');
+  });
+
+  it('accepts errorBackoff.jitter, as documented', () => {
+    expect(parsePolicyArgument('{"errorBackoff":{"jitter":0.5}}')).toEqual({ errorBackoff: { jitter: 0.5 } });
+    expect(() => parsePolicyArgument('{"errorBackoff":{"jitter":1.5}}')).toThrow('--policy.errorBackoff.jitter');
   });
 });
 

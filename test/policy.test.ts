@@ -1,0 +1,69 @@
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parsePolicyArgument } from '../src/config.js';
+import { ConfigError } from '../src/errors.js';
+import { parsePollPolicy, pollPolicySchema } from '../src/policy.js';
+import { DEFAULT_POLL_POLICY, resolvePollPolicy } from '../src/schedule.js';
+
+function isDeepFrozen(value: unknown): boolean {
+  return typeof value !== 'object' || value === null || (Object.isFrozen(value) && Object.values(value).every(isDeepFrozen));
+}
+
+describe('pollPolicySchema', () => {
+  it('parses {} to DEFAULT_POLL_POLICY, deep-frozen like it', () => {
+    expect(pollPolicySchema.parse({})).toEqual(DEFAULT_POLL_POLICY);
+    expect(isDeepFrozen(DEFAULT_POLL_POLICY)).toBe(true);
+    expect(isDeepFrozen(resolvePollPolicy({ intervals: { thinking: { baseMs: 300 } } }))).toBe(true);
+  });
+
+  it('returns the default itself without overrides (nothing to load or merge)', () => {
+    expect(resolvePollPolicy()).toBe(DEFAULT_POLL_POLICY);
+    expect(resolvePollPolicy({})).toBe(DEFAULT_POLL_POLICY);
+  });
+
+  it('names the field and the value, as the library always did', () => {
+    expect(() => parsePollPolicy({ growth: 0 })).toThrow('Expected `growth` to be a number from 1 to 100, got 0');
+    expect(() => parsePollPolicy({ errorBackoff: { capMs: 100 } })).toThrow('Expected `errorBackoff.capMs` to be a number from 500 to 2147483647, got 100');
+    expect(() => parsePollPolicy({ maxPollAfterMs: Number.POSITIVE_INFINITY })).toThrow('Expected `maxPollAfterMs` to be a number from 0 to 2147483647, got Infinity');
+    expect(() => parsePollPolicy({ intervals: { thinking: { capMs: 'soon' } } })).toThrow('Expected `intervals.thinking.capMs` to be a number from 0 to 2147483647, got "soon"');
+    expect(() => parsePollPolicy({ intervals: [] })).toThrow('Expected `intervals` to be an object, got []');
+    expect(() => parsePollPolicy({ growht: 2 })).toThrow('Unknown polling policy setting `growht`');
+  });
+});
+
+describe('errorBackoff.jitter (documented in "Polling policy")', () => {
+  it('is accepted by the library and --policy, and bounded by both', () => {
+    expect(resolvePollPolicy({ errorBackoff: { jitter: 0.25 } }).errorBackoff).toEqual({ ...DEFAULT_POLL_POLICY.errorBackoff, jitter: 0.25 });
+    expect(parsePolicyArgument('{"errorBackoff":{"jitter":0.25}}')).toEqual({ errorBackoff: { jitter: 0.25 } });
+    expect(() => resolvePollPolicy({ errorBackoff: { jitter: 2 } })).toThrow(ConfigError);
+    expect(() => parsePolicyArgument('{"errorBackoff":{"jitter":2}}')).toThrow('invalid --policy.errorBackoff.jitter');
+  });
+});
+
+describe("import 'runwatch'", () => {
+  it('does not load zod; the first policy override loads the schema module, sharing the entry point\'s modules', () => {
+    const script = `
+      import { registerHooks } from 'node:module';
+      const urls = [];
+      registerHooks({ load(url, context, next) { urls.push(url); return next(url, context); } });
+      const { ConfigError, DEFAULT_POLL_POLICY, RunWatcher } = await import('./dist/index.js');
+      const zod = () => urls.some((url) => url.includes('/node_modules/zod/'));
+      const plain = new RunWatcher();
+      const report = { onImport: zod(), defaultPolicy: plain.policy === DEFAULT_POLL_POLICY && !zod() };
+      const tuned = new RunWatcher({ policy: { errorBackoff: { jitter: 0.5 } } });
+      report.afterOverride = zod();
+      report.jitter = tuned.policy.errorBackoff.jitter;
+      try { new RunWatcher({ policy: { growth: 0 } }); } catch (error) { report.error = [error instanceof ConfigError, error.message]; }
+      await Promise.all([plain.close(), tuned.close()]);
+      console.log(JSON.stringify(report));`;
+    const output = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: path.join(import.meta.dirname, '..'), encoding: 'utf8' });
+    expect(JSON.parse(output)).toEqual({
+      onImport: false,
+      defaultPolicy: true,
+      afterOverride: true,
+      jitter: 0.5,
+      error: [true, 'Expected `growth` to be a number from 1 to 100, got 0'],
+    });
+  });
+});
