@@ -87,8 +87,9 @@ describe('parsePolicyArgument', () => {
 
 describe('config/default.json', () => {
   it('documents exactly the defaults the code uses', () => {
-    const file = JSON.parse(readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8')) as unknown;
-    expect(file).toEqual(DEFAULT_CONFIG);
+    const text = readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8');
+    expect(JSON.parse(text)).toEqual(DEFAULT_CONFIG);
+    expect(text, 'npm run config:defaults writes it').toBe(`${JSON.stringify(DEFAULT_CONFIG, null, 2)}\n`);
     expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
   });
 });

@@ -1,7 +1,10 @@
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parsePolicyArgument } from '../src/config.js';
+import { loadConfig } from '../src/daemon/config.js';
 import { ConfigError } from '../src/errors.js';
 import { parsePollPolicy, pollPolicySchema } from '../src/policy.js';
 import { DEFAULT_POLL_POLICY, resolvePollPolicy } from '../src/schedule.js';
@@ -33,11 +36,16 @@ describe('pollPolicySchema', () => {
 });
 
 describe('errorBackoff.jitter (documented in "Polling policy")', () => {
-  it('is accepted by the library and --policy, and bounded by both', () => {
+  it('is accepted by the library, --policy and the daemon config, and bounded by all three', () => {
     expect(resolvePollPolicy({ errorBackoff: { jitter: 0.25 } }).errorBackoff).toEqual({ ...DEFAULT_POLL_POLICY.errorBackoff, jitter: 0.25 });
     expect(parsePolicyArgument('{"errorBackoff":{"jitter":0.25}}')).toEqual({ errorBackoff: { jitter: 0.25 } });
+    const file = path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-policy-')), 'config.json');
+    writeFileSync(file, JSON.stringify({ watch: { policy: { errorBackoff: { jitter: 0.25 } } } }));
+    expect(loadConfig({ file }).watch.policy.errorBackoff.jitter).toBe(0.25);
+    expect(loadConfig({ env: { RUNWATCH_WATCH__POLICY__ERROR_BACKOFF__JITTER: '0.5' } }).watch.policy.errorBackoff.jitter).toBe(0.5);
     expect(() => resolvePollPolicy({ errorBackoff: { jitter: 2 } })).toThrow(ConfigError);
     expect(() => parsePolicyArgument('{"errorBackoff":{"jitter":2}}')).toThrow('invalid --policy.errorBackoff.jitter');
+    expect(() => loadConfig({ overrides: [['watch.policy.errorBackoff.jitter', '2']] })).toThrow('invalid config.watch.policy.errorBackoff.jitter: expected a number from 0 to 1 (got 2)');
   });
 });
 

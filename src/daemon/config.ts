@@ -6,116 +6,188 @@ import { API_VERSION_PATTERN, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFA
 import { describeIssue } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
-import type { PartialPollPolicy } from '../schedule.js';
-import { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY, resolvePollPolicy } from '../schedule.js';
+import { pollPolicySchema } from '../policy.js';
+import { DEFAULT_DEADLINES } from '../schedule.js';
 import type { FsyncPolicy } from '../sinks/file.js';
 
 const DAY_MS = 86_400_000;
-// widened on purpose: a config file may override any part of the policy or the fsync mode
-const defaultPolicy: PartialPollPolicy = DEFAULT_POLL_POLICY;
-const defaultFsync: FsyncPolicy = 'interval';
-/** Where the daemon keeps its state. */
-export type StoreKind = 'sqlite' | 'redis' | 'memory';
-
-/** Every setting with its default; `config/default.json` is this object (a test checks it). */
-export const DEFAULT_CONFIG = Object.freeze({
-  watch: { ...DEFAULT_CLIENT, baseUrl: null as string | null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: defaultPolicy },
-  daemon: {
-    host: '127.0.0.1',
-    port: 8080,
-    dataDir: './data',
-    logLevel: 'info',
-    shutdownTimeoutMs: 10_000,
-    maxBodyBytes: 65_536,
-    stallThresholdMs: 600_000,
-    cancelAfterStallMs: null as number | null,
-    toolHandler: null as { path: string; options?: Record<string, unknown> } | null,
-    callbackHosts: [] as string[],
-  },
-  sinks: {
-    stdout: { enabled: true },
-    file: { enabled: false, path: './data/events.ndjson', fsync: defaultFsync, fsyncIntervalMs: 1_000 },
-    webhook: { url: null as string | null, timeoutMs: 10_000, quickRetries: 2 },
-    redisStream: { enabled: false, stream: 'runwatch:events', maxLen: 1_000_000 },
-    callback: { timeoutMs: 10_000, quickRetries: 2 },
-    modules: [] as Array<{ path: string; options?: Record<string, unknown> }>,
-    delivery: { retryForMs: DAY_MS, backoffBaseMs: 1_000, backoffCapMs: 300_000, concurrency: 8 },
-  },
-  retention: { eventsMs: 7 * DAY_MS, watchesMs: 7 * DAY_MS, pruneIntervalMs: 600_000 },
-  store: {
-    // widened on purpose (the linter cannot see that the config type derives from this object)
-    // eslint-disable-next-line @typescript-eslint/no-unnecessary-type-assertion
-    kind: 'sqlite' as StoreKind,
-    prefix: 'runwatch:',
-    partitions: 8,
-    lockDurationMs: 10_000,
-    stalledIntervalMs: 5_000,
-    leaseMs: 10_000,
-  },
-});
-
 const positiveInt = z.number().int().positive();
 const durationMs = z.number().int().positive().max(2 ** 31 - 1);
+const quickRetries = z.number().int().min(0).max(10);
 const url = z.string().url().refine((u) => /^https?:/.test(u), 'must be an http(s) URL');
+const moduleRef = z.strictObject({ path: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() });
+const FSYNC_POLICIES = ['always', 'interval', 'never'] as const satisfies readonly FsyncPolicy[];
 
-const schema = z
-  .object({
-    watch: z
-      .object({
-        provider: z.enum(PROVIDERS as [string, ...string[]]),
-        baseUrl: z.string().nullable(),
-        apiVersion: z.string().regex(API_VERSION_PATTERN, `expected an api-version such as ${DEFAULT_AZURE_API_VERSION}`),
-        requestTimeoutMs: durationMs,
-        maxSockets: positiveInt,
-        traceId: z.boolean(),
-        defaultTimeoutMs: durationMs,
-        expiresGraceMs: durationMs,
-        maxInFlight: positiveInt,
-        maxRequestsPerSecond: z.number().positive(),
-        policy: z.record(z.string(), z.unknown()),
-      })
-      .strict(),
-    daemon: z
-      .object({
-        host: z.string().min(1),
-        port: z.number().int().min(0).max(65_535),
-        dataDir: z.string().min(1),
-        logLevel: z.enum(LOG_LEVELS as unknown as [string, ...string[]]),
-        shutdownTimeoutMs: durationMs,
-        maxBodyBytes: positiveInt.max(10_000_000),
-        stallThresholdMs: durationMs,
-        cancelAfterStallMs: durationMs.nullable(),
-        toolHandler: z.object({ path: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() }).strict().nullable(),
-        callbackHosts: z.array(z.string().min(1)),
-      })
-      .strict(),
-    sinks: z
-      .object({
-        stdout: z.object({ enabled: z.boolean() }).strict(),
-        file: z.object({ enabled: z.boolean(), path: z.string().min(1), fsync: z.enum(['always', 'interval', 'never']), fsyncIntervalMs: durationMs }).strict(),
-        webhook: z.object({ url: url.nullable(), timeoutMs: durationMs, quickRetries: z.number().int().min(0).max(10) }).strict(),
-        redisStream: z.object({ enabled: z.boolean(), stream: z.string().min(1).max(256), maxLen: positiveInt }).strict(),
-        callback: z.object({ timeoutMs: durationMs, quickRetries: z.number().int().min(0).max(10) }).strict(),
-        modules: z.array(z.object({ path: z.string().min(1), options: z.record(z.string(), z.unknown()).optional() }).strict()),
-        delivery: z.object({ retryForMs: durationMs, backoffBaseMs: durationMs, backoffCapMs: durationMs, concurrency: positiveInt.max(256) }).strict(),
-      })
-      .strict(),
-    retention: z.object({ eventsMs: z.number().int().positive(), watchesMs: z.number().int().positive(), pruneIntervalMs: durationMs }).strict(),
-    store: z
-      .object({
-        kind: z.enum(['sqlite', 'redis', 'memory']),
-        prefix: z.string().min(1).max(64),
-        partitions: z.number().int().min(1).max(256),
-        lockDurationMs: durationMs,
-        stalledIntervalMs: durationMs,
-        leaseMs: durationMs,
-      })
-      .strict(),
-  })
-  .strict();
+/**
+ * Every daemon setting: its bounds and its default (`config/default.json` is written from
+ * this by `npm run config:defaults`; a test keeps them equal). The `watch` defaults are the
+ * library's (`DEFAULT_CLIENT`, `DEFAULT_DEADLINES`, `DEFAULT_BUDGET`, `DEFAULT_POLL_POLICY`).
+ */
+const configSchema = z.strictObject({
+  watch: z
+    .strictObject({
+      /** @default 'portkey' */
+      provider: z.enum(PROVIDERS).default(DEFAULT_CLIENT.provider),
+      /** @default null (the provider's hosted API; azure needs its project endpoint) */
+      baseUrl: z.string().nullable().default(null),
+      /** @default '2025-05-01' */
+      apiVersion: z.string().regex(API_VERSION_PATTERN, `expected an api-version such as ${DEFAULT_AZURE_API_VERSION}`).default(DEFAULT_AZURE_API_VERSION),
+      /** @default 30000 */
+      requestTimeoutMs: durationMs.default(DEFAULT_CLIENT.requestTimeoutMs),
+      /** @default 64 */
+      maxSockets: positiveInt.default(DEFAULT_CLIENT.maxSockets),
+      /** @default true */
+      traceId: z.boolean().default(DEFAULT_CLIENT.traceId),
+      /** @default 3600000 */
+      defaultTimeoutMs: durationMs.default(DEFAULT_DEADLINES.defaultTimeoutMs),
+      /** @default 120000 */
+      expiresGraceMs: durationMs.default(DEFAULT_DEADLINES.expiresGraceMs),
+      /** @default 32 */
+      maxInFlight: positiveInt.default(DEFAULT_BUDGET.maxInFlight),
+      /** @default 50 */
+      maxRequestsPerSecond: z.number().positive().default(DEFAULT_BUDGET.maxRequestsPerSecond),
+      /** The whole policy in force: what the config gave, merged over the defaults. @default DEFAULT_POLL_POLICY */
+      policy: pollPolicySchema.prefault({}),
+    })
+    .superRefine((watch, ctx) => {
+      if (watch.provider === 'azure' && watch.baseUrl === null) {
+        ctx.addIssue({ code: 'custom', path: ['baseUrl'], input: null, message: 'provider azure needs the project endpoint, e.g. https://<resource>.services.ai.azure.com/api/projects/<project>' });
+      }
+    })
+    .prefault({}),
+  daemon: z
+    .strictObject({
+      /** @default '127.0.0.1' */
+      host: z.string().min(1).default('127.0.0.1'),
+      /** @default 8080 */
+      port: z.number().int().min(0).max(65_535).default(8080),
+      /** @default './data' */
+      dataDir: z.string().min(1).default('./data'),
+      /** @default 'info' */
+      logLevel: z.enum(LOG_LEVELS).default('info'),
+      /** @default 10000 */
+      shutdownTimeoutMs: durationMs.default(10_000),
+      /** @default 65536 */
+      maxBodyBytes: positiveInt.max(10_000_000).default(65_536),
+      /** @default 600000 */
+      stallThresholdMs: durationMs.default(600_000),
+      /** @default null (never) */
+      cancelAfterStallMs: durationMs.nullable().default(null),
+      /** @default null (none) */
+      toolHandler: moduleRef.nullable().default(null),
+      /** @default [] */
+      callbackHosts: z.array(z.string().min(1)).default([]),
+    })
+    .prefault({}),
+  sinks: z
+    .strictObject({
+      stdout: z.strictObject({ /** @default true */ enabled: z.boolean().default(true) }).prefault({}),
+      file: z
+        .strictObject({
+          /** @default false */
+          enabled: z.boolean().default(false),
+          /** @default './data/events.ndjson' */
+          path: z.string().min(1).default('./data/events.ndjson'),
+          /** @default 'interval' */
+          fsync: z.enum(FSYNC_POLICIES).default('interval'),
+          /** @default 1000 */
+          fsyncIntervalMs: durationMs.default(1_000),
+        })
+        .prefault({}),
+      webhook: z
+        .strictObject({
+          /** @default null (no webhook) */
+          url: url.nullable().default(null),
+          /** @default 10000 */
+          timeoutMs: durationMs.default(10_000),
+          /** @default 2 */
+          quickRetries: quickRetries.default(2),
+        })
+        .prefault({}),
+      redisStream: z
+        .strictObject({
+          /** @default false */
+          enabled: z.boolean().default(false),
+          /** @default 'runwatch:events' */
+          stream: z.string().min(1).max(256).default('runwatch:events'),
+          /** @default 1000000 */
+          maxLen: positiveInt.default(1_000_000),
+        })
+        .prefault({}),
+      callback: z
+        .strictObject({
+          /** @default 10000 */
+          timeoutMs: durationMs.default(10_000),
+          /** @default 2 */
+          quickRetries: quickRetries.default(2),
+        })
+        .prefault({}),
+      /** @default [] */
+      modules: z.array(moduleRef).default([]),
+      delivery: z
+        .strictObject({
+          /** @default 86400000 (1 day), then dead-letter */
+          retryForMs: durationMs.default(DAY_MS),
+          /** @default 1000 */
+          backoffBaseMs: durationMs.default(1_000),
+          /** @default 300000 */
+          backoffCapMs: durationMs.default(300_000),
+          /** @default 8 */
+          concurrency: positiveInt.max(256).default(8),
+        })
+        .superRefine((delivery, ctx) => {
+          if (delivery.backoffCapMs < delivery.backoffBaseMs) {
+            ctx.addIssue({ code: 'custom', path: ['backoffCapMs'], input: delivery.backoffCapMs, message: `must be >= backoffBaseMs = ${delivery.backoffBaseMs}` });
+          }
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  retention: z
+    .strictObject({
+      /** @default 604800000 (7 days) */
+      eventsMs: positiveInt.default(7 * DAY_MS),
+      /** @default 604800000 (7 days) */
+      watchesMs: positiveInt.default(7 * DAY_MS),
+      /** @default 600000 */
+      pruneIntervalMs: durationMs.default(600_000),
+    })
+    .prefault({}),
+  store: z
+    .strictObject({
+      /** @default 'sqlite' */
+      kind: z.enum(['sqlite', 'redis', 'memory']).default('sqlite'),
+      /** @default 'runwatch:' */
+      prefix: z.string().min(1).max(64).default('runwatch:'),
+      /** @default 8 */
+      partitions: z.number().int().min(1).max(256).default(8),
+      /** @default 10000 */
+      lockDurationMs: durationMs.default(10_000),
+      /** @default 5000 */
+      stalledIntervalMs: durationMs.default(5_000),
+      /** @default 10000 */
+      leaseMs: durationMs.default(10_000),
+    })
+    .prefault({}),
+});
 
-/** The validated daemon configuration. */
-export type DaemonConfig = typeof DEFAULT_CONFIG;
+/** The validated daemon configuration: every setting, defaults filled in. */
+export type DaemonConfig = z.output<typeof configSchema>;
+
+/** Where the daemon keeps its state. */
+export type StoreKind = DaemonConfig['store']['kind'];
+
+/** Freezes an object and everything in it (the defaults are shared; nobody may change them). */
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** Every setting with its default: the schema's parse of `{}`. `config/default.json` is this object. */
+export const DEFAULT_CONFIG: Readonly<DaemonConfig> = deepFreeze(configSchema.parse({}));
 
 /** Where a configuration comes from, lowest precedence first. */
 export interface ConfigSources {
@@ -211,25 +283,12 @@ export function loadConfig(sources: ConfigSources = {}): DaemonConfig {
   return validateConfig(config);
 }
 
-/** Validates a whole configuration object. */
+/** Validates a whole configuration object, filling in defaults; throws `ConfigError` naming the setting and the value. */
 export function validateConfig(input: unknown): DaemonConfig {
-  const parsed = schema.safeParse(input);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const value = issue ? issue.path.reduce<unknown>((node, key) => (node as Record<PropertyKey, unknown> | undefined)?.[key], input) : undefined;
-    throw new ConfigError(`${describeIssue(parsed.error, 'config')} (got ${JSON.stringify(value)})`);
-  }
-  const config = parsed.data as unknown as DaemonConfig;
+  const parsed = configSchema.safeParse(input, { reportInput: true });
+  if (!parsed.success) throw new ConfigError(describeIssue(parsed.error, 'config'));
+  const config = parsed.data;
   if (config.watch.baseUrl !== null) normalizeBaseUrl(config.watch.baseUrl);
-  if (config.watch.provider === 'azure' && config.watch.baseUrl === null) {
-    throw new ConfigError('invalid config.watch.baseUrl: provider azure needs the project endpoint, e.g. https://<resource>.services.ai.azure.com/api/projects/<project>');
-  }
-  try {
-    resolvePollPolicy(config.watch.policy);
-  } catch (error) {
-    throw new ConfigError(`invalid config.watch.policy: ${(error as Error).message}`);
-  }
-  if (config.sinks.delivery.backoffCapMs < config.sinks.delivery.backoffBaseMs) throw new ConfigError('invalid config.sinks.delivery.backoffCapMs: must be >= backoffBaseMs');
   return config;
 }
 
