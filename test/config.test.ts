@@ -3,13 +3,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parsePolicyArgument } from '../src/config.js';
-import { DEFAULT_CONFIG } from '../src/daemon/config.js';
+import { DEFAULT_CONFIG, loadConfig } from '../src/daemon/config.js';
 import { credentialsFromEnv, readSecret } from '../src/credentials.js';
 import { parseDurationMs } from '../src/duration.js';
 import { ConfigError } from '../src/errors.js';
 import { DEFAULT_BUDGET } from '../src/budget.js';
 import { DEFAULT_AZURE_API_VERSION, DEFAULT_CLIENT } from '../src/client.js';
-import { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY } from '../src/schedule.js';
+import { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY, resolvePollPolicy } from '../src/schedule.js';
 
 describe('parseDurationMs', () => {
   it.each([
@@ -91,5 +91,105 @@ describe('config/default.json', () => {
     expect(JSON.parse(text)).toEqual(DEFAULT_CONFIG);
     expect(text, 'npm run config:defaults writes it').toBe(`${JSON.stringify(DEFAULT_CONFIG, null, 2)}\n`);
     expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
+  });
+});
+
+describe('README: every documented setting', () => {
+  const readme = readFileSync(path.join(import.meta.dirname, '..', 'README.md'), 'utf8').split('\n');
+
+  /** The lines under a heading, up to the next heading of the same or a higher level. */
+  function section(heading: string): string[] {
+    const start = readme.indexOf(heading);
+    const level = heading.indexOf(' ');
+    const end = readme.findIndex((line, i) => i > start && /^#+ /.test(line) && line.indexOf(' ') <= level);
+    expect(start, heading).toBeGreaterThanOrEqual(0);
+    return readme.slice(start + 1, end === -1 ? undefined : end);
+  }
+
+  /** The body rows, as trimmed cells, of the first table in `lines` whose header row starts with `header`. */
+  function rows(lines: string[], header: string): string[][] {
+    const start = lines.findIndex((line) => line.startsWith(header));
+    expect(start, header).toBeGreaterThanOrEqual(0);
+    const body = lines.slice(start + 2);
+    const end = body.findIndex((line) => !line.startsWith('|'));
+    return body.slice(0, end === -1 ? undefined : end).map((line) => line.split('|').slice(1, -1).map((cell) => cell.trim()));
+  }
+
+  /** The `code` spans of a cell. */
+  function names(cell: string): string[] {
+    return [...cell.matchAll(/`([^`]+)`/g)].map((match) => match[1] ?? '');
+  }
+
+  /** `a.b.c` / `d` / `e.f` -> a.b.c, a.b.d, e.f: a name without a dot is a sibling of the first. */
+  function settingPaths(cell: string): string[] {
+    const [first = '', ...rest] = names(cell);
+    const parent = first.split('.').slice(0, -1);
+    return [first, ...rest.map((name) => (name.includes('.') ? name : [...parent, name].join('.')))];
+  }
+
+  function valueAt(root: unknown, dotted: string): unknown {
+    return dotted.split('.').reduce<unknown>((node, key) => (node as Record<string, unknown> | undefined)?.[key], root);
+  }
+
+  function exists(root: unknown, dotted: string): boolean {
+    const keys = dotted.split('.');
+    const parent = keys.length > 1 ? valueAt(root, keys.slice(0, -1).join('.')) : root;
+    return typeof parent === 'object' && parent !== null && (keys.at(-1) ?? '') in parent;
+  }
+
+  /** Paths of the values that are not plain objects (numbers, strings, null, arrays). */
+  function leaves(value: unknown, prefix = ''): string[] {
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) return [prefix];
+    return Object.entries(value).flatMap(([key, child]) => leaves(child, prefix ? `${prefix}.${key}` : key));
+  }
+
+  const numberOf = (text: string): number => Number(text.replace(/,/g, ''));
+  const reference = section('## Configuration reference');
+  const daemonRows = rows(reference, '| setting | default |');
+  const daemonPaths = daemonRows.flatMap(([setting = '']) => settingPaths(setting)).filter((setting) => setting !== 'watch.*');
+
+  const policy = section('## Polling policy');
+  // status table: intervals.<status>.baseMs / capMs; setting table: a number, or `name` number pairs
+  const documentedPolicy = new Map<string, number>();
+  for (const [status = '', baseMs = '', capMs = ''] of rows(policy, '| status |')) {
+    const name = names(status)[0] ?? '';
+    documentedPolicy.set(`intervals.${name}.baseMs`, numberOf(baseMs)).set(`intervals.${name}.capMs`, numberOf(capMs));
+  }
+  for (const [setting = '', value = ''] of rows(policy, '| setting | default |')) {
+    const name = names(setting)[0] ?? '';
+    const parts = [...value.matchAll(/`(\w+)` ([\d,.]+)/g)];
+    if (parts.length === 0) documentedPolicy.set(name, numberOf(value));
+    for (const [, field = '', number = ''] of parts) documentedPolicy.set(`${name}.${field}`, numberOf(number));
+  }
+
+  it('finds the tables', () => {
+    expect(daemonPaths).toContain('sinks.file.fsyncIntervalMs');
+    expect(daemonPaths).toContain('daemon.port');
+    expect(documentedPolicy.get('intervals.unknown.capMs')).toBe(30_000);
+    expect(documentedPolicy.get('errorBackoff.jitter')).toBe(1);
+  });
+
+  it('every daemon setting in the table exists and is accepted with its default', () => {
+    for (const setting of daemonPaths) {
+      expect(exists(DEFAULT_CONFIG, setting), setting).toBe(true);
+      expect(() => loadConfig({ overrides: [[setting, JSON.stringify(valueAt(DEFAULT_CONFIG, setting))]] }), setting).not.toThrow();
+    }
+  });
+
+  it('the table documents every daemon setting; watch.* are the library options', () => {
+    const options = rows(reference, '| option | default |').flatMap(([option = '']) => names(option));
+    expect(Object.keys(DEFAULT_CONFIG.watch).filter((key) => !options.includes(key))).toEqual([]);
+    expect(leaves(DEFAULT_CONFIG).filter((setting) => !setting.startsWith('watch.') && !daemonPaths.includes(setting))).toEqual([]);
+  });
+
+  it('every policy setting in "Polling policy" is the default and is accepted by the library, --policy and the daemon', () => {
+    expect([...documentedPolicy.keys()].sort()).toEqual(leaves(DEFAULT_POLL_POLICY).sort());
+    for (const [setting, value] of documentedPolicy) {
+      expect(valueAt(DEFAULT_POLL_POLICY, setting), setting).toBe(value);
+      const override = setting.split('.').reduceRight<unknown>((inner, key) => ({ [key]: inner }), value) as Record<string, unknown>;
+      expect(valueAt(resolvePollPolicy(override), setting), setting).toBe(value);
+      expect(parsePolicyArgument(JSON.stringify(override)), setting).toEqual(override);
+      expect(valueAt(loadConfig({ overrides: [[`watch.policy.${setting}`, String(value)]] }).watch.policy, setting), setting).toBe(value);
+    }
   });
 });
