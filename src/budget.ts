@@ -1,6 +1,6 @@
 import { ConfigError } from './errors.js';
 import { Fifo } from './queues.js';
-import { MAX_TIMER_MS } from './schedule.js';
+import { MAX_TIMER_MS, sleep } from './backoff.js';
 
 /** Limits on the requests one process sends, shared by every watch. */
 export interface BudgetOptions {
@@ -38,11 +38,12 @@ export const INCREASE_PER_SECOND = 0.02;
 export const DEFAULT_BUDGET = Object.freeze({ maxInFlight: 32, maxRequestsPerSecond: 50 });
 
 /**
- * A token bucket plus an in-flight limit. Callers queue when it says no; nothing is dropped.
- * Time is passed in, so the bucket is a pure object and easy to test.
+ * The request budget's bucket: tokens refilled at an adaptive rate (AIMD on 429s) and a pause
+ * for a server's `retry-after`. Time is passed in, so it is a pure object; the fleet budget runs
+ * the same rules in a Redis script (test/budget.test.ts runs both on the same steps).
  */
 export class RequestBudget {
-  /** Limit of concurrent requests. */
+  /** Limit of concurrent requests (kept by the queue, `QueuedBudget`). */
   readonly maxInFlight: number;
   /** Refill rate, tokens per second. */
   readonly ratePerSecond: number;
@@ -56,7 +57,6 @@ export class RequestBudget {
   #starved = false;
   #tokens: number;
   #refilledAtMs: number;
-  #inFlight = 0;
   /** No request before this: a server's `retry-after` on a 429 holds for every request, not one watch. */
   #pausedUntilMs = -Infinity;
 
@@ -93,38 +93,16 @@ export class RequestBudget {
     this.#tokens = Math.min(this.#tokens, 0);
   }
 
-  /** Requests currently in flight. */
-  get inFlight(): number {
-    return this.#inFlight;
-  }
-
-  /** Takes one slot and one token if both are available. */
-  tryAcquire(nowMs: number): boolean {
-    if (this.#inFlight >= this.maxInFlight || nowMs < this.#pausedUntilMs) return false;
+  /** Takes a token: 0 when one was taken, else the milliseconds until one may be (nothing is taken then). */
+  take(nowMs: number): number {
     this.#refill(nowMs);
+    if (nowMs < this.#pausedUntilMs) return Math.ceil(this.#pausedUntilMs - nowMs);
     if (this.#tokens < 1) {
       this.#starved = true;
-      return false;
+      return Math.ceil(((1 - this.#tokens) * 1000) / this.#rate);
     }
     this.#tokens -= 1;
-    this.#inFlight += 1;
-    return true;
-  }
-
-  /** Returns the slot of a finished request. */
-  release(): void {
-    if (this.#inFlight > 0) this.#inFlight -= 1;
-  }
-
-  /**
-   * Milliseconds until a token is available (0 if one is), or `undefined` when the
-   * in-flight limit is what blocks (a release, not time, unblocks it).
-   */
-  waitMs(nowMs: number): number | undefined {
-    if (this.#inFlight >= this.maxInFlight) return undefined;
-    if (nowMs < this.#pausedUntilMs) return Math.ceil(this.#pausedUntilMs - nowMs);
-    this.#refill(nowMs);
-    return this.#tokens >= 1 ? 0 : Math.ceil(((1 - this.#tokens) * 1000) / this.#rate);
+    return 0;
   }
 
   #refill(nowMs: number): void {
@@ -150,8 +128,8 @@ export interface BudgetSnapshot {
 
 /**
  * The request budget as the driver sees it: every request (poll or action) takes a slot first
- * and gives it back when answered. In one process it is a `LocalBudget`; in Redis mode a fleet
- * budget shared by every replica.
+ * and gives it back when answered. In one process it is a `RequestBudget` behind a queue; in
+ * Redis mode the same bucket lives in Redis for the fleet.
  */
 export interface Budget {
   /** Waits for a slot, in arrival order; resolves `false` when `signal` aborts first or the budget closed. */
@@ -166,49 +144,55 @@ export interface Budget {
   close(): void;
 }
 
-interface Waiter {
-  readonly signal: AbortSignal;
-  readonly resolve: (granted: boolean) => void;
-  readonly onAbort: () => void;
-  settled: boolean;
+/** A bucket a `QueuedBudget` takes tokens from: this process's `RequestBudget`, or the fleet's in Redis. */
+export interface TokenBucket {
+  /** 0 when a token was taken, else how long until one may be. */
+  take(nowMs: number): number | Promise<number>;
+  penalize(nowMs: number, retryAfterMs?: number): void;
+  readonly currentRatePerSecond: number;
 }
 
-/**
- * The budget of one process: a `RequestBudget` with a queue. Requests that find no slot wait
- * in arrival order (due order, since the scheduler starts polls when due); one timer wakes the
- * queue at the next refill, and a release wakes it at once. Nothing is dropped.
- */
-export class LocalBudget implements Budget {
-  readonly #bucket: RequestBudget;
-  readonly #waiters = new Fifo<Waiter>();
-  #queued = 0;
-  #timer: NodeJS.Timeout | null = null;
-  #closed = false;
+/** Longest sleep of the first waiter before it asks the bucket again (a config change or another replica's pause is seen this soon). */
+const MAX_WAIT_MS = 1_000;
 
-  constructor(options: BudgetOptions = {}) {
-    this.#bucket = new RequestBudget(options);
+/**
+ * A budget: an in-flight limit and a token bucket, with a queue in front. Requests that cannot
+ * go yet wait in arrival order (due order: the scheduler starts polls when due); only the
+ * first asks the bucket and sleeps until its token, so a saturated budget costs one timer (and
+ * in Redis mode one script call per grant). Nothing is dropped.
+ */
+export class QueuedBudget implements Budget {
+  readonly #bucket: TokenBucket;
+  readonly #maxInFlight: number;
+  /** Waiters for the turn; `wake` returns false for one that gave up meanwhile. */
+  readonly #waiters = new Fifo<{ wake: () => boolean }>();
+  readonly #closed = new AbortController();
+  /** The first waiter holds the turn while it asks and sleeps. */
+  #busy = false;
+  #inFlight = 0;
+  #queued = 0;
+
+  constructor(bucket: TokenBucket, maxInFlight: number) {
+    this.#bucket = bucket;
+    this.#maxInFlight = maxInFlight;
   }
 
   acquire(signal: AbortSignal): Promise<boolean> {
-    if (this.#closed || signal.aborted) return Promise.resolve(false);
-    if (this.#queued === 0 && this.#bucket.tryAcquire(Date.now())) return Promise.resolve(true);
-    return new Promise<boolean>((resolve) => {
-      const waiter: Waiter = {
-        signal,
-        resolve,
-        settled: false,
-        onAbort: () => this.#settle(waiter, false),
-      };
-      signal.addEventListener('abort', waiter.onAbort, { once: true });
-      this.#waiters.push(waiter);
-      this.#queued += 1;
-      this.#arm();
-    });
+    if (this.#closed.signal.aborted || signal.aborted) return Promise.resolve(false);
+    if (this.#busy || this.#waiters.size > 0 || this.#inFlight >= this.#maxInFlight) return this.#wait(AbortSignal.any([signal, this.#closed.signal]));
+    // first in line: ask at once; a token at hand costs no timer, no listener and no promise to wait on
+    this.#busy = true;
+    const first = this.#bucket.take(Date.now());
+    if (first !== 0) return this.#wait(AbortSignal.any([signal, this.#closed.signal]), first);
+    this.#inFlight += 1;
+    this.#next();
+    return Promise.resolve(true);
   }
 
   release(): void {
-    this.#bucket.release();
-    this.#pump();
+    if (this.#inFlight > 0) this.#inFlight -= 1;
+    // a waiter held back by the in-flight cap may go now
+    if (!this.#busy) this.#next();
   }
 
   penalize(nowMs: number, retryAfterMs?: number): void {
@@ -216,59 +200,73 @@ export class LocalBudget implements Budget {
   }
 
   snapshot(): BudgetSnapshot {
-    return { ratePerSecond: this.#bucket.currentRatePerSecond, inFlight: this.#bucket.inFlight, queued: this.#queued };
+    return { ratePerSecond: this.#bucket.currentRatePerSecond, inFlight: this.#inFlight, queued: this.#queued };
   }
 
   close(): void {
-    this.#closed = true;
-    this.#clearTimer();
-    for (let waiter = this.#waiters.shift(); waiter; waiter = this.#waiters.shift()) this.#settle(waiter, false);
+    this.#closed.abort();
   }
 
-  #settle(waiter: Waiter, granted: boolean): void {
-    if (waiter.settled) return;
-    waiter.settled = true;
-    this.#queued -= 1;
-    waiter.signal.removeEventListener('abort', waiter.onAbort);
-    waiter.resolve(granted);
-  }
-
-  /** Grants slots to waiters in order while the bucket allows, then arms the timer for the rest. */
-  #pump(): void {
-    this.#clearTimer();
-    const now = Date.now();
-    for (;;) {
-      const waiter = this.#peek();
-      if (!waiter || !this.#bucket.tryAcquire(now)) break;
-      this.#waiters.shift();
-      this.#settle(waiter, true);
+  /** Waits for the turn (unless `first`, the answer of an ask made holding it, is given), then for a token. */
+  async #wait(stop: AbortSignal, first?: number | Promise<number>): Promise<boolean> {
+    this.#queued += 1;
+    try {
+      if (first === undefined && !(await this.#turn(stop))) return false;
+      try {
+        for (let answer = first ?? this.#bucket.take(Date.now()); ; answer = this.#bucket.take(Date.now())) {
+          const waitMs = await answer;
+          if (waitMs === 0) {
+            this.#inFlight += 1;
+            return true;
+          }
+          if (!(await sleep(Math.min(waitMs, MAX_WAIT_MS), stop).then(() => true, () => false))) return false;
+        }
+      } finally {
+        this.#next();
+      }
+    } finally {
+      this.#queued -= 1;
     }
-    this.#arm();
   }
 
-  /** The first waiter still waiting; aborted ones are dropped on the way. */
-  #peek(): Waiter | undefined {
-    for (let waiter = this.#waiters.peek(); waiter; waiter = this.#waiters.peek()) {
-      if (!waiter.settled) return waiter;
-      this.#waiters.shift();
+  /** Waits to be first in line with an in-flight slot free; false when stopped. */
+  async #turn(stop: AbortSignal): Promise<boolean> {
+    while (this.#busy || this.#inFlight >= this.#maxInFlight) {
+      await new Promise<void>((resolve) => {
+        let waiting = true;
+        const onAbort = (): void => {
+          waiting = false;
+          resolve();
+        };
+        stop.addEventListener('abort', onAbort, { once: true });
+        this.#waiters.push({
+          wake: () => {
+            if (!waiting) return false;
+            waiting = false;
+            stop.removeEventListener('abort', onAbort);
+            resolve();
+            return true;
+          },
+        });
+      });
+      if (stop.aborted) return false;
     }
-    return undefined;
+    this.#busy = true;
+    return true;
   }
 
-  /** One timer at the next refill while someone waits; a release (not time) unblocks the in-flight cap. */
-  #arm(): void {
-    if (this.#timer || this.#queued === 0 || this.#closed) return;
-    const waitMs = this.#bucket.waitMs(Date.now());
-    if (waitMs === undefined) return;
-    this.#timer = setTimeout(() => {
-      this.#timer = null;
-      this.#pump();
-    }, Math.max(1, waitMs));
+  /** Hands the turn to the next waiter still waiting. */
+  #next(): void {
+    this.#busy = false;
+    for (let waiter = this.#waiters.shift(); waiter; waiter = this.#waiters.shift()) if (waiter.wake()) return;
   }
+}
 
-  #clearTimer(): void {
-    if (this.#timer) clearTimeout(this.#timer);
-    this.#timer = null;
+/** The budget of one process. */
+export class LocalBudget extends QueuedBudget {
+  constructor(options: BudgetOptions = {}) {
+    const bucket = new RequestBudget(options);
+    super(bucket, bucket.maxInFlight);
   }
 }
 

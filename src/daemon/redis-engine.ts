@@ -4,7 +4,7 @@ import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
-import type { BudgetSnapshot } from '../budget.js';
+import type { Budget, BudgetSnapshot } from '../budget.js';
 import { ApiClient } from '../client.js';
 import type { StepEnd, Watch } from '../driver.js';
 import { WatchDriver } from '../driver.js';
@@ -17,7 +17,7 @@ import type { NewWatch, WatchRecord } from '../store/store.js';
 import { kindOf, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import type { Engine, EngineEvents, EngineSettings } from './engine.js';
-import { FleetBudget } from './fleet-budget.js';
+import { fleetBudget } from './fleet-budget.js';
 
 const QUEUE = 'polls';
 /** How soon a step refused as stale (a cancel was recorded meanwhile) runs again. */
@@ -53,7 +53,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly #settings: EngineSettings;
   readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls'>;
   readonly #client: ApiClient;
-  readonly #budget: FleetBudget;
+  readonly #budget: Budget;
   readonly #driver: WatchDriver;
   readonly #queue: Queue;
   readonly #worker: Worker<{ watchId: string }, string>;
@@ -85,7 +85,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     };
     // lets a server (and the simulator) see which replica sent a request
     this.#client = new ApiClient({ ...watcher, headers: { ...watcher.headers, 'x-runwatch-instance': this.replicaId } });
-    this.#budget = new FleetBudget(redis, store.keys.budget, watcher);
+    this.#budget = fleetBudget(redis, store.keys.budget, watcher);
     const logger = watcher.logger ?? options.logger;
     this.#driver = new WatchDriver({
       client: this.#client,
