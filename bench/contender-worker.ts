@@ -2,7 +2,8 @@
 // scale workload, holds N watches for a measurement window) and reports what it saw and cost.
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiClient, RUN_KIND, RunWatcher } from '../dist/index.js';
+import { ApiClient, RunWatcher } from '../dist/index.js';
+import { RUN_KIND } from '../dist/resource.js';
 import type { PartialPollPolicy, RunRef } from '../dist/index.js';
 import { runIds } from './workloads.ts';
 

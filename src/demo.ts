@@ -2,8 +2,9 @@
 // Events go to stdout as NDJSON (what the CLI and the stdout sink write); a summary to stderr.
 import { idFieldsOf } from './events.js';
 import { createLogger } from './logger.js';
-import { SinkDispatcher, StdoutSink } from './sinks/index.js';
-import type { Sink } from './sinks/index.js';
+import { SinkDispatcher } from './sinks/sink.js';
+import { StdoutSink } from './sinks/stdout.js';
+import type { Sink } from './sinks/sink.js';
 import { DEMO_RUNS, startSimulator } from './simulator.js';
 import { RunWatcher } from './watcher.js';
 

@@ -1,32 +1,31 @@
+// The library's public face: what a user calls, and the types of what it passes and gets back.
+// The README's "Public API" section lists the values and why each is here; a test keeps the two equal.
+// Separate entry points keep a watcher light: 'runwatch/daemon' (the service: stores, engines,
+// config; node:sqlite, prom-client, zod, ioredis) and 'runwatch/simulator'; the policy schema
+// (zod) is loaded on the first policy override, never by this file.
 export { waitForIdleThread, watchResponse, watchRun } from './watch-run.js';
 export type { WaitForIdleThreadOptions, WatchResponseCallOptions, WatchRunCallOptions } from './watch-run.js';
-export { RunWatcher, randomWatchId } from './watcher.js';
+export { RunWatcher } from './watcher.js';
 export type { PollReport, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, RequiresActionContext, ToolCall, ToolHandler, ToolOutput, WatchOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
-export { ApiClient, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, PROVIDERS, classifyResponse, parseHints, redactSecrets } from './client.js';
+export { ApiClient } from './client.js';
 export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext, ResourceAction } from './client.js';
 export { ConfigError, DeliveryError, InvalidIdError, RunwatchError, WatchError } from './errors.js';
 export type { ErrorCode } from './errors.js';
-export { actionEvent, eventId, isResponseEvent, isRunEvent, isWatchError, snapshotOf } from './events.js';
-export type { ActionEventName } from './events.js';
+export { isResponseEvent, isRunEvent, isWatchError } from './events.js';
 export type { EventEnvelope, ThreadEvent, ThreadTransitionEvent, ThreadWatchErrorEvent, ResponseEvent, ResponseTransitionEvent, ResponseWatchErrorEvent, RunEvent, RunTransitionEvent, RunWatchErrorEvent, WatchErrorDetails, WatchEvent } from './events.js';
-export { ID_PATTERN, RESPONSE_KIND, RUN_KIND, TERMINAL_RESPONSE_STATUSES, THREAD_KIND, assertValidId } from './resource.js';
+export { TERMINAL_RESPONSE_STATUSES } from './resource.js';
 export type { ResourceKind, ResponseRef, ResponseSnapshot, RunRef, RunSnapshot, Snapshot, ThreadRef, ThreadSnapshot } from './resource.js';
-export { DEFAULT_DEADLINES, DEFAULT_POLL_POLICY, deadlineFor, nextDelayMs, planNextStep, resolvePollPolicy } from './schedule.js';
-export type { IntervalPolicy, PartialPollPolicy, PollPolicy, ServerHints } from './schedule.js';
-export { ACTIVE_RUN_STATUSES, StatusMachine, TERMINAL_RUN_STATUSES, normalizeStatus } from './status.js';
-export type { KnownRunStatus, MachineState, Observation, RunStatus, StatusRules } from './status.js';
-export { DEFAULT_BUDGET, RequestBudget } from './budget.js';
+export { ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES } from './status.js';
+export type { KnownRunStatus, RunStatus } from './status.js';
+export { DEFAULT_POLL_POLICY } from './schedule.js';
+export type { IntervalPolicy, PartialPollPolicy, PollPolicy } from './schedule.js';
 export type { BudgetOptions } from './budget.js';
+export type { CommitPort, CommitResult, WatchChange, WatchState } from './driver.js';
+export type { Progress, StoredProgress } from './step.js';
 export { SinkDispatcher } from './sinks/sink.js';
 export type { DeliveryContext, Sink, SinkDispatcherOptions, SinkFailure } from './sinks/sink.js';
 export { StdoutSink } from './sinks/stdout.js';
 export { FileSink } from './sinks/file.js';
 export type { FileSinkOptions, FsyncPolicy } from './sinks/file.js';
-export { WebhookSink, signWebhook, verifyWebhook, webhookKey } from './sinks/webhook.js';
+export { WebhookSink, verifyWebhook } from './sinks/webhook.js';
 export type { WebhookSinkOptions } from './sinks/webhook.js';
-export { loadModuleSink } from './sinks/module.js';
-export { loadToolHandler } from './actions.js';
-export type { ActionMemory } from './actions.js';
-// separate entry points, so a watcher does not load what it does not use: 'runwatch/daemon'
-// (node:sqlite, prom-client, zod, ioredis; also the Redis stream sink), 'runwatch/simulator' (zod);
-// the policy schema (zod) is loaded by resolvePollPolicy on the first override, never by this file

@@ -5,8 +5,12 @@ import path from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
-import { FileSink, SinkDispatcher, StdoutSink, loadModuleSink, signWebhook, verifyWebhook, webhookKey } from '../src/sinks/index.js';
-import type { Sink, SinkFailure } from '../src/sinks/index.js';
+import { FileSink } from '../src/sinks/file.js';
+import { loadModuleSink } from '../src/sinks/module.js';
+import { SinkDispatcher } from '../src/sinks/sink.js';
+import { StdoutSink } from '../src/sinks/stdout.js';
+import { signWebhook, verifyWebhook, webhookKey } from '../src/sinks/webhook.js';
+import type { Sink, SinkFailure } from '../src/sinks/sink.js';
 
 function event(seq: number): WatchEvent {
   return {

@@ -19,32 +19,24 @@ const moduleRef = z.strictObject({ path: z.string().min(1), options: z.record(z.
 const FSYNC_POLICIES = ['always', 'interval', 'never'] as const satisfies readonly FsyncPolicy[];
 
 /**
- * Every daemon setting: its bounds and its default (`config/default.json` is written from
- * this by `npm run config:defaults`; a test keeps them equal). The `watch` defaults are the
- * library's (`DEFAULT_CLIENT`, `DEFAULT_DEADLINES`, `DEFAULT_BUDGET`, `DEFAULT_POLL_POLICY`).
+ * Every daemon setting: its bounds and its default, written once (`config/default.json` is
+ * written from this by `npm run config:defaults`; a test keeps them equal, and another that
+ * every setting is in the README's table). The `watch` defaults are the library's
+ * (`DEFAULT_CLIENT`, `DEFAULT_DEADLINES`, `DEFAULT_BUDGET`, `DEFAULT_POLL_POLICY`).
  */
 const configSchema = z.strictObject({
   watch: z
     .strictObject({
-      /** @default 'portkey' */
       provider: z.enum(PROVIDERS).default(DEFAULT_CLIENT.provider),
       /** @default null (the provider's hosted API; azure needs its project endpoint) */
       baseUrl: z.string().nullable().default(null),
-      /** @default '2025-05-01' */
       apiVersion: z.string().regex(API_VERSION_PATTERN, `expected an api-version such as ${DEFAULT_AZURE_API_VERSION}`).default(DEFAULT_AZURE_API_VERSION),
-      /** @default 30000 */
       requestTimeoutMs: durationMs.default(DEFAULT_CLIENT.requestTimeoutMs),
-      /** @default 64 */
       maxSockets: positiveInt.default(DEFAULT_CLIENT.maxSockets),
-      /** @default true */
       traceId: z.boolean().default(DEFAULT_CLIENT.traceId),
-      /** @default 3600000 */
       defaultTimeoutMs: durationMs.default(DEFAULT_DEADLINES.defaultTimeoutMs),
-      /** @default 120000 */
       expiresGraceMs: durationMs.default(DEFAULT_DEADLINES.expiresGraceMs),
-      /** @default 32 */
       maxInFlight: positiveInt.default(DEFAULT_BUDGET.maxInFlight),
-      /** @default 50 */
       maxRequestsPerSecond: z.number().positive().default(DEFAULT_BUDGET.maxRequestsPerSecond),
       /** The whole policy in force: what the config gave, merged over the defaults. @default DEFAULT_POLL_POLICY */
       policy: pollPolicySchema.prefault({}),
@@ -57,40 +49,28 @@ const configSchema = z.strictObject({
     .prefault({}),
   daemon: z
     .strictObject({
-      /** @default '127.0.0.1' */
       host: z.string().min(1).default('127.0.0.1'),
-      /** @default 8080 */
       port: z.number().int().min(0).max(65_535).default(8080),
-      /** @default './data' */
       dataDir: z.string().min(1).default('./data'),
-      /** @default 'info' */
       logLevel: z.enum(LOG_LEVELS).default('info'),
-      /** @default 10000 */
       shutdownTimeoutMs: durationMs.default(10_000),
-      /** @default 65536 */
       maxBodyBytes: positiveInt.max(10_000_000).default(65_536),
-      /** @default 600000 */
       stallThresholdMs: durationMs.default(600_000),
       /** @default null (never) */
       cancelAfterStallMs: durationMs.nullable().default(null),
       /** @default null (none) */
       toolHandler: moduleRef.nullable().default(null),
-      /** @default [] */
       callbackHosts: z.array(z.string().min(1)).default([]),
     })
     .prefault({}),
   sinks: z
     .strictObject({
-      stdout: z.strictObject({ /** @default true */ enabled: z.boolean().default(true) }).prefault({}),
+      stdout: z.strictObject({ enabled: z.boolean().default(true) }).prefault({}),
       file: z
         .strictObject({
-          /** @default false */
           enabled: z.boolean().default(false),
-          /** @default './data/events.ndjson' */
           path: z.string().min(1).default('./data/events.ndjson'),
-          /** @default 'interval' */
           fsync: z.enum(FSYNC_POLICIES).default('interval'),
-          /** @default 1000 */
           fsyncIntervalMs: durationMs.default(1_000),
         })
         .prefault({}),
@@ -98,41 +78,30 @@ const configSchema = z.strictObject({
         .strictObject({
           /** @default null (no webhook) */
           url: url.nullable().default(null),
-          /** @default 10000 */
           timeoutMs: durationMs.default(10_000),
-          /** @default 2 */
           quickRetries: quickRetries.default(2),
         })
         .prefault({}),
       redisStream: z
         .strictObject({
-          /** @default false */
           enabled: z.boolean().default(false),
-          /** @default 'runwatch:events' */
           stream: z.string().min(1).max(256).default('runwatch:events'),
-          /** @default 1000000 */
           maxLen: positiveInt.default(1_000_000),
         })
         .prefault({}),
       callback: z
         .strictObject({
-          /** @default 10000 */
           timeoutMs: durationMs.default(10_000),
-          /** @default 2 */
           quickRetries: quickRetries.default(2),
         })
         .prefault({}),
-      /** @default [] */
       modules: z.array(moduleRef).default([]),
       delivery: z
         .strictObject({
           /** @default 86400000 (1 day), then dead-letter */
           retryForMs: durationMs.default(DAY_MS),
-          /** @default 1000 */
           backoffBaseMs: durationMs.default(1_000),
-          /** @default 300000 */
           backoffCapMs: durationMs.default(300_000),
-          /** @default 8 */
           concurrency: positiveInt.max(256).default(8),
         })
         .superRefine((delivery, ctx) => {
@@ -149,23 +118,16 @@ const configSchema = z.strictObject({
       eventsMs: positiveInt.default(7 * DAY_MS),
       /** @default 604800000 (7 days) */
       watchesMs: positiveInt.default(7 * DAY_MS),
-      /** @default 600000 */
       pruneIntervalMs: durationMs.default(600_000),
     })
     .prefault({}),
   store: z
     .strictObject({
-      /** @default 'sqlite' */
       kind: z.enum(['sqlite', 'redis', 'memory']).default('sqlite'),
-      /** @default 'runwatch:' */
       prefix: z.string().min(1).max(64).default('runwatch:'),
-      /** @default 8 */
       partitions: z.number().int().min(1).max(256).default(8),
-      /** @default 10000 */
       lockDurationMs: durationMs.default(10_000),
-      /** @default 5000 */
       stalledIntervalMs: durationMs.default(5_000),
-      /** @default 10000 */
       leaseMs: durationMs.default(10_000),
     })
     .prefault({}),

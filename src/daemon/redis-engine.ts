@@ -9,7 +9,7 @@ import { ApiClient } from '../client.js';
 import type { StepEnd, Watch } from '../driver.js';
 import { WatchDriver } from '../driver.js';
 import { WatchError } from '../errors.js';
-import { resolvePollPolicy } from '../schedule.js';
+import { DEFAULT_DEADLINES, resolvePollPolicy } from '../schedule.js';
 import type { StepSettings } from '../step.js';
 import { resumeProgress } from '../step.js';
 import type { RedisStore } from '../store/redis.js';
@@ -77,8 +77,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       policy: resolvePollPolicy(watcher.policy),
       resolveOn: new Set(),
       timeoutMs: undefined,
-      expiresGraceMs: watcher.expiresGraceMs!,
-      defaultTimeoutMs: watcher.defaultTimeoutMs!,
+      expiresGraceMs: watcher.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs,
+      defaultTimeoutMs: watcher.defaultTimeoutMs ?? DEFAULT_DEADLINES.defaultTimeoutMs,
       stallThresholdMs: watcher.stallThresholdMs,
       cancelAfterStallMs: settings.cancelAfterStallMs,
       random: Math.random,

@@ -3,56 +3,44 @@
  * a key by concatenation. All live under one prefix (`store.prefix`), BullMQ's under `<prefix>bull`.
  */
 export class RedisKeys {
-  /** The prefix every key starts with, e.g. `runwatch:`. */
-  readonly prefix: string;
+  /** Hash: target key -> watch id, one watch per run or response (the name predates responses). */
+  readonly targets: string;
+  /** Sorted set of every watch by creation order. */
+  readonly watches: string;
+  /** Counter of the creation order. */
+  readonly order: string;
+  /** Set of the active watches' ids. */
+  readonly active: string;
+  /** Hash: last status (`none` before the first poll) -> active watches in it, for the gauges. */
+  readonly statusCounts: string;
+  /** Counter of event positions. */
+  readonly position: string;
+  /** Stream of every event, entry id `<pos>-0` (SSE resumes by position). */
+  readonly log: string;
+  /** Hash of the fleet's request budget (token bucket, rate, pause). */
+  readonly budget: string;
+  /** BullMQ's prefix: its own keys (the `polls` queue) live below it. */
+  readonly bullPrefix: string;
+  /** Prefix of the watch hashes, for the create script (which builds the key of a new id). */
+  readonly watchPrefix: string;
 
-  constructor(prefix: string) {
-    this.prefix = prefix;
+  /** @param prefix - what every key starts with, e.g. `runwatch:` */
+  constructor(readonly prefix: string) {
+    this.targets = `${prefix}runs`;
+    this.watches = `${prefix}watches`;
+    this.order = `${prefix}order`;
+    this.active = `${prefix}active`;
+    this.statusCounts = `${prefix}status-counts`;
+    this.position = `${prefix}pos`;
+    this.log = `${prefix}log`;
+    this.budget = `${prefix}budget`;
+    this.bullPrefix = `${prefix}bull`;
+    this.watchPrefix = `${prefix}watch:`;
   }
 
   /** Hash of one watch (its target, fields and progress). */
   watch(id: string): string {
-    return `${this.prefix}watch:${id}`;
-  }
-
-  /** Prefix of the watch hashes, for the create script (which builds the key of a new id). */
-  get watchPrefix(): string {
-    return this.watch('');
-  }
-
-  /** Hash: target key -> watch id, one watch per run or response (the name predates responses). */
-  get targets(): string {
-    return `${this.prefix}runs`;
-  }
-
-  /** Sorted set of every watch by creation order. */
-  get watches(): string {
-    return `${this.prefix}watches`;
-  }
-
-  /** Counter of the creation order. */
-  get order(): string {
-    return `${this.prefix}order`;
-  }
-
-  /** Set of the active watches' ids. */
-  get active(): string {
-    return `${this.prefix}active`;
-  }
-
-  /** Hash: last status (`none` before the first poll) -> active watches in it, for the gauges. */
-  get statusCounts(): string {
-    return `${this.prefix}status-counts`;
-  }
-
-  /** Counter of event positions. */
-  get position(): string {
-    return `${this.prefix}pos`;
-  }
-
-  /** Stream of every event, entry id `<pos>-0` (SSE resumes by position). */
-  get log(): string {
-    return `${this.prefix}log`;
+    return `${this.watchPrefix}${id}`;
   }
 
   /** Outbox stream of one partition, read by each sink's consumer group. */
@@ -68,15 +56,5 @@ export class RedisKeys {
   /** Stream of a sink's dead letters. */
   dead(sink: string): string {
     return `${this.prefix}dead:${sink}`;
-  }
-
-  /** Hash of the fleet's request budget (token bucket, rate, pause). */
-  get budget(): string {
-    return `${this.prefix}budget`;
-  }
-
-  /** BullMQ's prefix: its own keys (the `polls` queue) live below it. */
-  get bullPrefix(): string {
-    return `${this.prefix}bull`;
   }
 }
