@@ -48,7 +48,7 @@ export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets):
   if (config.sinks.webhook.url) sinks.push(new WebhookSink({ secret: secrets.webhookSecret, ...config.sinks.webhook, url: config.sinks.webhook.url }));
   if (config.sinks.redisStream.enabled) {
     if (!secrets.redisUrl) throw new ConfigError('sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
-    sinks.push(new RedisStreamSink({ url: checkRedisUrl(secrets.redisUrl), stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
+    sinks.push(new RedisStreamSink({ url: secrets.redisUrl, stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
   }
   for (const module of config.sinks.modules) sinks.push(await loadModuleSink(module.path, module.options));
   const names = sinks.map((s) => s.name);
@@ -180,6 +180,7 @@ export class Daemon implements RunningDaemon {
    */
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<Daemon> {
     assertSafeBind(config, secrets);
+    if (secrets.redisUrl && (config.store.kind === 'redis' || config.sinks.redisStream.enabled)) checkRedisUrl(secrets.redisUrl);
     const sinks = await createSinks(config, secrets);
     const settings = engineSettings(config, secrets, logger, await loadDaemonToolHandler(config));
     const daemon = new Daemon(config, logger);
@@ -289,7 +290,7 @@ export class Daemon implements RunningDaemon {
   async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy): Promise<void> {
     const config = this.#config;
     if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
-    const url = checkRedisUrl(secrets.redisUrl);
+    const url = secrets.redisUrl;
     // our own commands fail fast while Redis is away (the store says so); BullMQ keeps its own connections
     const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error'));
@@ -349,7 +350,9 @@ export class Daemon implements RunningDaemon {
     const budgetMs = this.#config.daemon.shutdownTimeoutMs;
     const deadline = Date.now() + budgetMs;
     const remainingMs = (): number => Math.max(0, deadline - Date.now());
-    this.#logger.info({ timeoutMs: budgetMs }, 'shutting down');
+    // a daemon that never listened is being taken down after a failed start: its error says it all
+    const started = this.#address !== null;
+    if (started) this.#logger.info({ timeoutMs: budgetMs }, 'shutting down');
     for (const hook of [...this.#hooks].reverse()) {
       try {
         await hook.run(remainingMs);
@@ -357,7 +360,7 @@ export class Daemon implements RunningDaemon {
         this.#logger.error({ err: error, step: hook.name }, 'shutdown step failed');
       }
     }
-    this.#logger.info('stopped');
+    if (started) this.#logger.info('stopped');
   }
 }
 

@@ -5,6 +5,7 @@ import type { Redis } from 'ioredis';
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
 import type { Budget, BudgetSnapshot } from '../budget.js';
+import { DEFAULT_BUDGET } from '../budget.js';
 import { ApiClient } from '../client.js';
 import type { StepEnd, Watch } from '../driver.js';
 import { WatchDriver } from '../driver.js';
@@ -107,7 +108,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       prefix,
       autorun: false,
       // the fleet budget paces requests; this bounds the steps one replica runs at once
-      concurrency: watcher.maxInFlight,
+      concurrency: watcher.maxInFlight ?? DEFAULT_BUDGET.maxInFlight,
       lockDuration: options.lockDurationMs,
       stalledInterval: options.stalledIntervalMs,
       // a stall means a replica died, never that the watch is broken
