@@ -86,13 +86,15 @@ describe('tool handler (onRequiresAction)', () => {
     expect(events[1]).toMatchObject({ type: 'run.action_failed', error: { code: 'tool_handler_failed', message: 'no output for tool call(s) call_0' } });
   });
 
-  it('ends a watch whose handler never returns at the deadline, aborting the handler signal', async () => {
+  it('ends a watch whose handler never returns at the deadline, aborting the handler signal (no action_failed: the deadline ended it)', async () => {
     const ids = addRun([{ status: 'requires_action' }]);
     let aborted = false;
+    const events: WatchEvent[] = [];
     const error = await watchRun({
       ...client(),
       ...ids,
       timeoutMs: 600,
+      onEvent: (e) => events.push(e),
       onRequiresAction: ({ signal }) =>
         new Promise(() => {
           signal.addEventListener('abort', () => (aborted = true));
@@ -100,6 +102,7 @@ describe('tool handler (onRequiresAction)', () => {
     }).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'deadline_exceeded' });
     expect(aborted).toBe(true);
+    expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'watch.error']);
   });
 
   it('sends the submission inside the request budget, like a poll', async () => {
@@ -146,6 +149,23 @@ describe('cancel', () => {
     await watcher.close();
     expect(events.map((e) => e.type)).toEqual(['run.in_progress', 'run.cancel_requested', 'run.cancelling', 'run.cancelled']);
     expect(events[1]).toMatchObject({ reason: 'requested', from: 'in_progress', to: 'in_progress' });
+  });
+
+  it('ends a response watch at once when the cancel answer is already final (cancelled)', async () => {
+    const responseId = `resp_act${(counter += 1)}`;
+    sim.addResponse({ responseId, timeline: [{ status: 'in_progress' }] });
+    const watcher = new RunWatcher(client());
+    const events: WatchEvent[] = [];
+    watcher.on('event', (e) => events.push(e));
+    const handle = watcher.watchResponse({ responseId, watchId: 'w_cancel_response', timeoutMs: 30_000 });
+    await new Promise<void>((resolve) => watcher.once('event', () => resolve()));
+    const polls = sim.requests(responseId).filter((r) => r.method === 'GET').length;
+    await watcher.cancel('w_cancel_response');
+    expect((await handle.promise).status).toBe('cancelled');
+    await watcher.close();
+    expect(events.map((e) => e.type)).toEqual(['response.in_progress', 'response.cancel_requested', 'response.cancelled']);
+    // the answer to the cancel ended it: no poll after it
+    expect(sim.requests(responseId).filter((r) => r.method === 'GET').length).toBeLessThanOrEqual(polls + 1);
   });
 
   it('cancels a run stalled past cancelAfterStallMs, once', async () => {

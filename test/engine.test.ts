@@ -104,7 +104,16 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
     };
     const engine = makeEngine(store, settings);
     const events: WatchEvent[] = [];
-    engine.on('event', (event) => events.push(event));
+    const unwritten: string[] = [];
+    engine.on('event', (event) => {
+      events.push(event);
+      // an event reaches listeners only once written: the log must hold it already
+      void store
+        .eventsAfter(0, {}, 10_000)
+        .then((log) => (log.some((e) => e.event_id === event.id) ? undefined : unwritten.push(event.id)))
+        .catch(() => undefined);
+    });
+    afterChecks.push(() => expect(unwritten).toEqual([]));
     await engine.start();
     running.push({ engine, store, where });
     return { engine, store, events };
@@ -120,8 +129,10 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
     await entry!.where.release(entry!.store);
   }
 
+  const afterChecks: Array<() => void> = [];
   afterEach(async () => {
     for (const { engine } of [...running]) await stop(engine);
+    for (const check of afterChecks.splice(0)) check();
   });
 
   function ids(): { thread_id: string; run_id: string } {
@@ -239,8 +250,8 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
     await first.engine.add({ kind: 'run', id: `w_${run.run_id}`, ...run });
     await until(first.store, run.run_id, (list) => list.some((e) => e.type === 'run.action_failed'));
     await stop(first.engine);
-    // the run moves on while nothing watches it
-    sim.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'in_progress', durationMs: 200 }, { status: 'completed' }], start: 'first_request' });
+    // the resumed watch sees the same tool calls again (a handler must not be called twice for them), then the run moves on
+    sim.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'requires_action', durationMs: 500 }, { status: 'in_progress', durationMs: 200 }, { status: 'completed' }], start: 'first_request' });
     const second = await start(where, { toolHandler: failing });
     const all = await until(second.store, run.run_id, (list) => list.some((e) => e.type === 'run.completed'));
     expect(all.map((e) => [e.type, e.seq])).toEqual([
