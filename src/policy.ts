@@ -1,14 +1,13 @@
 import { z } from 'zod';
 import { ConfigError } from './errors.js';
-import { MAX_TIMER_MS, POLL_POLICY_DEFAULTS, registerPolicyParser } from './schedule.js';
+import { MAX_TIMER_MS, POLICY_BOUNDS, POLL_POLICY_DEFAULTS } from './schedule.js';
 
 /** The one message of a number field, whatever is wrong (type, NaN, infinity, range): what it takes. */
-function numberFrom(min: number, max: number) {
+function numberFrom([min, max]: readonly [number, number]) {
   const error = `expected a number from ${min} to ${max}`;
   return z.number({ error }).min(min, { error }).max(max, { error });
 }
 
-const timerMs = numberFrom(0, MAX_TIMER_MS);
 const objectError = { error: (issue: { code: string }) => (issue.code === 'invalid_type' ? 'expected an object' : undefined) };
 
 /** `capMs` below `baseMs` is reported on `capMs`, with the range it may take. */
@@ -24,9 +23,9 @@ function intervalSchema(defaults: { readonly baseMs: number; readonly capMs: num
     .strictObject(
       {
         /** Interval right after the status was first seen. */
-        baseMs: timerMs.default(defaults.baseMs),
+        baseMs: numberFrom(POLICY_BOUNDS.interval.baseMs).default(defaults.baseMs),
         /** Largest interval while the status stays unchanged; at least `baseMs`. */
-        capMs: timerMs.default(defaults.capMs),
+        capMs: numberFrom(POLICY_BOUNDS.interval.capMs).default(defaults.capMs),
       },
       objectError,
     )
@@ -41,7 +40,8 @@ function knownStatuses<T extends Record<string, { readonly baseMs: number; reado
 }
 
 /**
- * The polling policy: its fields, their bounds and their defaults (`DEFAULT_POLL_POLICY`).
+ * The polling policy for the CLI's `--policy` and the daemon's `watch.policy`: its fields, their
+ * bounds (`POLICY_BOUNDS`) and their defaults (`DEFAULT_POLL_POLICY`).
  * Parsing a partial policy gives the whole policy, deep-frozen; a status's interval may be
  * given in part, and a status not listed here (a future API value) starts from `unknown`'s.
  */
@@ -63,18 +63,18 @@ export const pollPolicySchema = z
        * the age (see the README's Performance section).
        * @default 1.05
        */
-      growth: numberFrom(1, 100).default(POLL_POLICY_DEFAULTS.growth),
+      growth: numberFrom(POLICY_BOUNDS.growth).default(POLL_POLICY_DEFAULTS.growth),
       /**
        * Share of each poll delay that is randomised: uniform in `[d * (1 - jitter), d]`. Enough to
        * keep watches from moving in lockstep; more costs requests for the same latency.
        * @default 0.1
        */
-      jitter: numberFrom(0, 1).default(POLL_POLICY_DEFAULTS.jitter),
+      jitter: numberFrom(POLICY_BOUNDS.jitter).default(POLL_POLICY_DEFAULTS.jitter),
       /**
        * No poll comes sooner than this after the previous one, whatever the jitter drew.
        * @default 100
        */
-      minIntervalMs: timerMs.default(POLL_POLICY_DEFAULTS.minIntervalMs),
+      minIntervalMs: numberFrom(POLICY_BOUNDS.minIntervalMs).default(POLL_POLICY_DEFAULTS.minIntervalMs),
       /**
        * Backoff after transient errors (network, timeout, 408, 409, 429, 5xx, malformed body):
        * `baseMs * growth^(n-1)` capped, with its own jitter (full by default, so that watches
@@ -85,13 +85,13 @@ export const pollPolicySchema = z
         .strictObject(
           {
             /** Backoff after the first error in a row. */
-            baseMs: timerMs.default(POLL_POLICY_DEFAULTS.errorBackoff.baseMs),
+            baseMs: numberFrom(POLICY_BOUNDS.errorBackoff.baseMs).default(POLL_POLICY_DEFAULTS.errorBackoff.baseMs),
             /** Largest backoff; at least `baseMs`. */
-            capMs: timerMs.default(POLL_POLICY_DEFAULTS.errorBackoff.capMs),
+            capMs: numberFrom(POLICY_BOUNDS.errorBackoff.capMs).default(POLL_POLICY_DEFAULTS.errorBackoff.capMs),
             /** Factor per further error in a row. */
-            growth: numberFrom(1, 100).default(POLL_POLICY_DEFAULTS.errorBackoff.growth),
+            growth: numberFrom(POLICY_BOUNDS.errorBackoff.growth).default(POLL_POLICY_DEFAULTS.errorBackoff.growth),
             /** Share of each backoff that is randomised, as `jitter` for polls. */
-            jitter: numberFrom(0, 1).default(POLL_POLICY_DEFAULTS.errorBackoff.jitter),
+            jitter: numberFrom(POLICY_BOUNDS.errorBackoff.jitter).default(POLL_POLICY_DEFAULTS.errorBackoff.jitter),
           },
           objectError,
         )
@@ -102,12 +102,12 @@ export const pollPolicySchema = z
        * Largest `retry-after` / `retry-after-ms` obeyed; larger hints are clamped to it.
        * @default 600000
        */
-      maxRetryAfterMs: timerMs.default(POLL_POLICY_DEFAULTS.maxRetryAfterMs),
+      maxRetryAfterMs: numberFrom(POLICY_BOUNDS.maxRetryAfterMs).default(POLL_POLICY_DEFAULTS.maxRetryAfterMs),
       /**
        * Largest `openai-poll-after-ms` obeyed; larger hints are clamped to it.
        * @default 60000
        */
-      maxPollAfterMs: timerMs.default(POLL_POLICY_DEFAULTS.maxPollAfterMs),
+      maxPollAfterMs: numberFrom(POLICY_BOUNDS.maxPollAfterMs).default(POLL_POLICY_DEFAULTS.maxPollAfterMs),
     },
     objectError,
   )
@@ -167,6 +167,3 @@ export function parsePollPolicy(overrides: unknown): PollPolicy {
   const got = issue.got ? `, got ${showValue(issue.got.value)}` : '';
   throw new ConfigError(`Expected \`${name}\` to be ${issue.message.replace(/^expected /, '')}${got}`);
 }
-
-// whichever way this module was loaded (import, require, a test runner), resolvePollPolicy uses it
-registerPolicyParser(parsePollPolicy);

@@ -1,7 +1,5 @@
-import { createRequire } from 'node:module';
 import { MAX_TIMER_MS, backoffDelayMs } from './backoff.js';
 import { ConfigError } from './errors.js';
-import type * as PolicyModule from './policy.js';
 import type { IntervalPolicy, PartialPollPolicy, PollPolicy } from './policy.js';
 
 export { MAX_TIMER_MS } from './backoff.js';
@@ -56,35 +54,86 @@ export interface ScheduleInput {
   readonly hints?: ServerHints | undefined;
 }
 
-/** The policy schema's parser, once `policy.ts` is loaded: it is what loads zod (~18 MB). */
-let parsePolicy: ((overrides: unknown) => PollPolicy) | undefined;
-
-/** Called by `policy.ts` as it loads, so that the module in memory is the one used. */
-export function registerPolicyParser(parse: (overrides: unknown) => PollPolicy): void {
-  parsePolicy = parse;
-}
-
-/** Loads `policy.ts` synchronously (a constructor needs the policy at once): `require` of an ES module. */
-function loadPolicyParser(): (overrides: unknown) => PollPolicy {
-  if (!process.features.require_module) {
-    throw new ConfigError(`a polling policy override needs Node 22.12 or newer (this is ${process.version}): upgrade Node`);
-  }
-  return (createRequire(import.meta.url)('./policy.js') as typeof PolicyModule).parsePollPolicy;
-}
+/** A number's bounds: `[min, max]`. */
+type Bounds = readonly [min: number, max: number];
+const ANY_MS: Bounds = [0, MAX_TIMER_MS];
+const FACTOR: Bounds = [1, 100];
+const SHARE: Bounds = [0, 1];
 
 /**
- * Merges a partial policy over the defaults and validates it with `pollPolicySchema`; throws
- * `ConfigError` naming the field and the bad value. Without overrides it returns
- * `DEFAULT_POLL_POLICY` and loads nothing: zod is loaded on the first override.
+ * The bounds of every number of the policy, written once: `pollPolicySchema` (zod, for the
+ * CLI and the daemon config) is built from this table, and so is `resolvePollPolicy`'s check
+ * (the library's, which must not load zod: it costs a polling process about 100 MB); a test
+ * feeds both the same policies. A `capMs` is also at least its `baseMs`.
+ */
+export const POLICY_BOUNDS = Object.freeze({
+  interval: Object.freeze({ baseMs: ANY_MS, capMs: ANY_MS }),
+  growth: FACTOR,
+  jitter: SHARE,
+  minIntervalMs: ANY_MS,
+  errorBackoff: Object.freeze({ baseMs: ANY_MS, capMs: ANY_MS, growth: FACTOR, jitter: SHARE }),
+  maxRetryAfterMs: ANY_MS,
+  maxPollAfterMs: ANY_MS,
+});
+
+/**
+ * Merges a partial policy over the defaults and checks it against `POLICY_BOUNDS`; throws
+ * `ConfigError` naming the field and the bad value (``Expected `growth` to be a number from 1
+ * to 100, got 0``). Without overrides it returns `DEFAULT_POLL_POLICY` itself.
  */
 export function resolvePollPolicy(overrides?: PartialPollPolicy): PollPolicy {
   if (overrides === undefined || isEmptyObject(overrides)) return DEFAULT_POLL_POLICY;
-  parsePolicy ??= loadPolicyParser();
-  return parsePolicy(overrides);
+  const given = fields('', overrides, ['intervals', 'errorBackoff', 'growth', 'jitter', 'minIntervalMs', 'maxRetryAfterMs', 'maxPollAfterMs']);
+  const intervals: Record<string, IntervalPolicy> = { ...DEFAULT_POLL_POLICY.intervals };
+  if (given.intervals !== undefined) {
+    for (const [status, interval] of Object.entries(fields('intervals', given.intervals))) {
+      if (interval === undefined) continue;
+      const defaults = DEFAULT_POLL_POLICY.intervals[status] ?? DEFAULT_POLL_POLICY.intervals.unknown;
+      intervals[status] = bounded(`intervals.${status}`, interval, defaults, POLICY_BOUNDS.interval);
+    }
+  }
+  const top: Record<string, number> = {};
+  for (const key of ['growth', 'jitter', 'minIntervalMs', 'maxRetryAfterMs', 'maxPollAfterMs'] as const) {
+    top[key] = given[key] === undefined ? DEFAULT_POLL_POLICY[key] : checkNumber(key, given[key], POLICY_BOUNDS[key]);
+  }
+  const errorBackoff = given.errorBackoff === undefined ? DEFAULT_POLL_POLICY.errorBackoff : bounded('errorBackoff', given.errorBackoff, DEFAULT_POLL_POLICY.errorBackoff, POLICY_BOUNDS.errorBackoff);
+  return Object.freeze({ ...(top as Pick<PollPolicy, 'growth' | 'jitter' | 'minIntervalMs' | 'maxRetryAfterMs' | 'maxPollAfterMs'>), intervals: Object.freeze(intervals) as PollPolicy['intervals'], errorBackoff });
 }
 
 function isEmptyObject(value: unknown): boolean {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && Object.keys(value).length === 0;
+}
+
+/** How a message shows a value: JSON, except the numbers JSON has no text for. */
+function shown(value: unknown): string {
+  return typeof value === 'number' && !Number.isFinite(value) ? String(value) : String(JSON.stringify(value));
+}
+
+function invalid(path: string, what: string, value: unknown): never {
+  throw new ConfigError(`Expected \`${path}\` to be ${what}, got ${shown(value)}`);
+}
+
+/** An object's fields, refusing keys outside `known` (when given). */
+function fields(path: string, value: unknown, known?: readonly string[]): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) invalid(path || 'policy', 'an object', value);
+  const record = value as Record<string, unknown>;
+  const unknown = known && Object.keys(record).find((key) => !known.includes(key));
+  if (unknown !== undefined) throw new ConfigError(`Unknown polling policy setting \`${path ? `${path}.` : ''}${unknown}\``);
+  return record;
+}
+
+function checkNumber(path: string, value: unknown, [min, max]: Bounds): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) invalid(path, `a number from ${min} to ${max}`, value);
+  return value;
+}
+
+/** A group of numbers (an interval, the error backoff) over its defaults, each in its bounds, `capMs` at least `baseMs`. */
+function bounded<T extends { readonly baseMs: number; readonly capMs: number }>(path: string, value: unknown, defaults: T, bounds: { readonly [K in keyof T]: Bounds }): T {
+  const given = fields(path, value, Object.keys(bounds));
+  const out: Record<string, number> = { ...defaults };
+  for (const key of Object.keys(bounds) as Array<keyof T & string>) if (given[key] !== undefined) out[key] = checkNumber(`${path}.${key}`, given[key], bounds[key]);
+  if (out.capMs! < out.baseMs!) invalid(`${path}.capMs`, `a number from ${out.baseMs} to ${MAX_TIMER_MS}`, out.capMs);
+  return Object.freeze(out) as unknown as T;
 }
 
 /** The interval bounds that apply to a status. */

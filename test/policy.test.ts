@@ -8,6 +8,7 @@ import { loadConfig } from '../src/daemon/config.js';
 import { ConfigError } from '../src/errors.js';
 import { parsePollPolicy, pollPolicySchema } from '../src/policy.js';
 import { DEFAULT_POLL_POLICY, resolvePollPolicy } from '../src/schedule.js';
+import type { PartialPollPolicy } from '../src/schedule.js';
 
 function isDeepFrozen(value: unknown): boolean {
   return typeof value !== 'object' || value === null || (Object.isFrozen(value) && Object.values(value).every(isDeepFrozen));
@@ -23,6 +24,43 @@ describe('pollPolicySchema', () => {
   it('returns the default itself without overrides (nothing to load or merge)', () => {
     expect(resolvePollPolicy()).toBe(DEFAULT_POLL_POLICY);
     expect(resolvePollPolicy({})).toBe(DEFAULT_POLL_POLICY);
+  });
+
+  it('and the library\'s check (resolvePollPolicy, no zod) read the same bounds: same policy, or same message', () => {
+    const corpus: unknown[] = [
+      { growth: 2 },
+      { growth: 0 },
+      { growth: 101 },
+      { jitter: 1 },
+      { jitter: -0.1 },
+      { minIntervalMs: 0 },
+      { minIntervalMs: Number.NaN },
+      { maxRetryAfterMs: 2 ** 31 },
+      { maxPollAfterMs: '10' },
+      { intervals: { queued: { baseMs: 50 } } },
+      { intervals: { queued: { baseMs: 6_000 } } },
+      { intervals: { thinking: { baseMs: 300, capMs: 900 } } },
+      { intervals: { thinking: { capMs: 100 } } },
+      { intervals: { queued: { baseMs: 1_000, jitter: 0 } } },
+      { intervals: { queued: 5 } },
+      { intervals: [] },
+      { errorBackoff: { jitter: 0.25, growth: 3 } },
+      { errorBackoff: { capMs: 100 } },
+      { errorBackoff: { growth: 0.5 } },
+      { errorBackoff: { jiter: 1 } },
+      { growht: 2 },
+      { intervals: { in_progress: { baseMs: 10_000, capMs: 10_000 } }, jitter: 0 },
+      [],
+      'fast',
+    ];
+    const outcome = (parse: (value: unknown) => unknown, value: unknown): unknown => {
+      try {
+        return { ok: parse(value) };
+      } catch (error) {
+        return { error: (error as Error).message };
+      }
+    };
+    for (const policy of corpus) expect([policy, outcome((v) => resolvePollPolicy(v as PartialPollPolicy), policy)]).toEqual([policy, outcome(parsePollPolicy, policy)]);
   });
 
   it('names the field and the value, as the library always did', () => {
@@ -50,7 +88,7 @@ describe('errorBackoff.jitter (documented in "Polling policy")', () => {
 });
 
 describe("import 'runwatch'", () => {
-  it('does not load zod; the first policy override loads the schema module, sharing the entry point\'s modules', () => {
+  it('does not load zod, not even to check a policy override (zod costs a polling process about 100 MB)', () => {
     const script = `
       import { registerHooks } from 'node:module';
       const urls = [];
@@ -69,7 +107,7 @@ describe("import 'runwatch'", () => {
     expect(JSON.parse(output)).toEqual({
       onImport: false,
       defaultPolicy: true,
-      afterOverride: true,
+      afterOverride: false,
       jitter: 0.5,
       error: [true, 'Expected `growth` to be a number from 1 to 100, got 0'],
     });
