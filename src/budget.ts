@@ -152,6 +152,10 @@ export interface TokenBucket {
   readonly currentRatePerSecond: number;
 }
 
+// shared answers: the common case allocates nothing
+const GRANTED = Promise.resolve(true);
+const REFUSED = Promise.resolve(false);
+
 /** Longest sleep of the first waiter before it asks the bucket again (a config change or another replica's pause is seen this soon). */
 const MAX_WAIT_MS = 1_000;
 
@@ -164,9 +168,11 @@ const MAX_WAIT_MS = 1_000;
 export class QueuedBudget implements Budget {
   readonly #bucket: TokenBucket;
   readonly #maxInFlight: number;
-  /** Waiters for the turn; `wake` returns false for one that gave up meanwhile. */
-  readonly #waiters = new Fifo<{ wake: () => boolean }>();
-  readonly #closed = new AbortController();
+  /** Waiters for the turn: `wake(true)` gives it, `wake(false)` sends one away; false for one that gave up meanwhile. */
+  readonly #waiters = new Fifo<{ wake: (go: boolean) => boolean }>();
+  /** Wakes the first waiter early from its sleep (close). */
+  #nap: AbortController | null = null;
+  #closed = false;
   /** The first waiter holds the turn while it asks and sleeps. */
   #busy = false;
   #inFlight = 0;
@@ -178,15 +184,15 @@ export class QueuedBudget implements Budget {
   }
 
   acquire(signal: AbortSignal): Promise<boolean> {
-    if (this.#closed.signal.aborted || signal.aborted) return Promise.resolve(false);
-    if (this.#busy || this.#waiters.size > 0 || this.#inFlight >= this.#maxInFlight) return this.#wait(AbortSignal.any([signal, this.#closed.signal]));
+    if (this.#closed || signal.aborted) return REFUSED;
+    if (this.#busy || this.#waiters.size > 0 || this.#inFlight >= this.#maxInFlight) return this.#wait(signal);
     // first in line: ask at once; a token at hand costs no timer, no listener and no promise to wait on
     this.#busy = true;
     const first = this.#bucket.take(Date.now());
-    if (first !== 0) return this.#wait(AbortSignal.any([signal, this.#closed.signal]), first);
+    if (first !== 0) return this.#wait(signal, first);
     this.#inFlight += 1;
     this.#next();
-    return Promise.resolve(true);
+    return GRANTED;
   }
 
   release(): void {
@@ -204,22 +210,25 @@ export class QueuedBudget implements Budget {
   }
 
   close(): void {
-    this.#closed.abort();
+    this.#closed = true;
+    this.#nap?.abort();
+    for (let waiter = this.#waiters.shift(); waiter; waiter = this.#waiters.shift()) waiter.wake(false);
   }
 
   /** Waits for the turn (unless `first`, the answer of an ask made holding it, is given), then for a token. */
-  async #wait(stop: AbortSignal, first?: number | Promise<number>): Promise<boolean> {
+  async #wait(signal: AbortSignal, first?: number | Promise<number>): Promise<boolean> {
     this.#queued += 1;
     try {
-      if (first === undefined && !(await this.#turn(stop))) return false;
+      if (first === undefined && !(await this.#turn(signal))) return false;
       try {
         for (let answer = first ?? this.#bucket.take(Date.now()); ; answer = this.#bucket.take(Date.now())) {
           const waitMs = await answer;
+          if (this.#closed || signal.aborted) return false;
           if (waitMs === 0) {
             this.#inFlight += 1;
             return true;
           }
-          if (!(await sleep(Math.min(waitMs, MAX_WAIT_MS), stop).then(() => true, () => false))) return false;
+          if (!(await this.#sleep(Math.min(waitMs, MAX_WAIT_MS), signal))) return false;
         }
       } finally {
         this.#next();
@@ -229,27 +238,39 @@ export class QueuedBudget implements Budget {
     }
   }
 
-  /** Waits to be first in line with an in-flight slot free; false when stopped. */
-  async #turn(stop: AbortSignal): Promise<boolean> {
+  /** The first waiter's sleep until its token: cut short by its signal or by close(). */
+  async #sleep(ms: number, signal: AbortSignal): Promise<boolean> {
+    const nap = (this.#nap = new AbortController());
+    const onAbort = (): void => nap.abort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await sleep(ms, nap.signal).then(
+        () => true,
+        () => false,
+      );
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      this.#nap = null;
+    }
+  }
+
+  /** Waits to be first in line with an in-flight slot free; false when its signal aborts or the budget closes. */
+  async #turn(signal: AbortSignal): Promise<boolean> {
     while (this.#busy || this.#inFlight >= this.#maxInFlight) {
-      await new Promise<void>((resolve) => {
+      const go = await new Promise<boolean>((resolve) => {
         let waiting = true;
-        const onAbort = (): void => {
+        const wake = (go: boolean): boolean => {
+          if (!waiting) return false;
           waiting = false;
-          resolve();
+          signal.removeEventListener('abort', onAbort);
+          resolve(go);
+          return true;
         };
-        stop.addEventListener('abort', onAbort, { once: true });
-        this.#waiters.push({
-          wake: () => {
-            if (!waiting) return false;
-            waiting = false;
-            stop.removeEventListener('abort', onAbort);
-            resolve();
-            return true;
-          },
-        });
+        const onAbort = (): void => void wake(false);
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.#waiters.push({ wake });
       });
-      if (stop.aborted) return false;
+      if (!go) return false;
     }
     this.#busy = true;
     return true;
@@ -258,7 +279,7 @@ export class QueuedBudget implements Budget {
   /** Hands the turn to the next waiter still waiting. */
   #next(): void {
     this.#busy = false;
-    for (let waiter = this.#waiters.shift(); waiter; waiter = this.#waiters.shift()) if (waiter.wake()) return;
+    for (let waiter = this.#waiters.shift(); waiter; waiter = this.#waiters.shift()) if (waiter.wake(true)) return;
   }
 }
 

@@ -103,6 +103,7 @@ const ACTION_COMMIT_TRIES = 5;
 
 type Details = Parameters<typeof actionEvent>[5];
 const INTERRUPTED: StepEnd = Object.freeze({ kind: 'interrupted' });
+const NO_EVENTS: readonly WatchEvent[] = Object.freeze([]);
 
 /**
  * The watch loop, written once: poll, apply the outcome, commit, act as the step decides
@@ -123,9 +124,20 @@ export class WatchDriver {
    */
   async step(w: Watch, due: NextStep): Promise<StepEnd> {
     if (due.kind === 'deadline') return this.end(w, this.#deadlineError(w));
-    const outcome = await this.#poll(w, due.atMs);
-    if (!outcome) return INTERRUPTED;
-    return this.#observe(w, outcome);
+    const { budget, client } = this.#ports;
+    if (!(await budget.acquire(w.signal))) return INTERRUPTED;
+    const sentAtMs = Date.now();
+    let outcome: PollOutcome<Snapshot>;
+    try {
+      outcome = await client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.signal, credentials: w.credentials, headers: w.headers });
+    } finally {
+      budget.release();
+    }
+    if (w.signal.aborted || (!outcome.ok && outcome.aborted)) return INTERRUPTED;
+    const now = Date.now();
+    this.#ports.onPoll?.({ watchId: w.id, outcome: outcome.ok ? 'ok' : outcome.code, httpStatus: outcome.httpStatus, latencyMs: now - sentAtMs, latenessMs: Math.max(0, sentAtMs - due.atMs) });
+    if (!outcome.ok && outcome.httpStatus === 429) budget.penalize(now, outcome.hints.retryAfterMs);
+    return this.#observe(w, outcome, now);
   }
 
   /**
@@ -161,10 +173,9 @@ export class WatchDriver {
   }
 
   /** Applies a poll's outcome: commits what it shows, then acts if the step says so. */
-  async #observe(w: Watch, outcome: PollOutcome<Snapshot>): Promise<StepEnd> {
-    const now = Date.now();
+  async #observe(w: Watch, outcome: PollOutcome<Snapshot>, now: number): Promise<StepEnd> {
     const { progress, emissions, result } = applyOutcome(w.kind, w.progress, outcome, w.settings, now);
-    const events = emissions.map((emission) => {
+    const events = emissions.length === 0 ? NO_EVENTS : emissions.map((emission) => {
       if (emission.kind === 'transition') this.#log('info', w, { from: emission.from, to: emission.to }, 'status changed');
       else this.#log('warn', w, { status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
       return emissionEvent(w.kind, w.id, w.ref, emission, now);
@@ -175,8 +186,7 @@ export class WatchDriver {
       const level = progress.consecutiveErrors === 1 ? 'warn' : 'debug';
       this.#log(level, w, { httpStatus: outcome.httpStatus, consecutiveErrors: progress.consecutiveErrors, retryAfterMs: outcome.hints.retryAfterMs }, `transient error: ${outcome.message}`);
     }
-    const next = result.kind === 'continue' ? result.next : null;
-    const committed = await this.#commit(w, { progress: { ...progress, next }, events, state: result.kind === 'resolved' ? 'finished' : 'active' });
+    const committed = await this.#commit(w, { progress, events, state: result.kind === 'resolved' ? 'finished' : 'active' });
     if (committed !== 'ok') return { kind: 'stale', result: committed };
     if (result.kind === 'resolved') return { kind: 'resolved', snapshot: result.snapshot };
     if (result.action && !this.#ports.stopping.aborted) return this.#decided(w, result.action);
@@ -229,9 +239,9 @@ export class WatchDriver {
       const events = [event, ...(step?.emissions ?? []).map((emission) => emissionEvent(w.kind, w.id, w.ref, emission, now))];
       const result = step?.result;
       if (result?.kind === 'failed') return this.end(w, this.errorFrom(w, result.failure), events, step!.progress);
-      const next = result?.kind === 'continue' ? result.next : result ? null : stepAfterAction(w.settings.policy, after, now, w.settings.random);
-      const committed = await this.#commit(w, { progress: { ...(step?.progress ?? after), next }, events, state: result?.kind === 'resolved' ? 'finished' : 'active' });
-      if (committed === 'ok') return result?.kind === 'resolved' ? { kind: 'resolved', snapshot: result.snapshot } : { kind: 'next', next: next! };
+      const progress = step?.progress ?? { ...after, next: stepAfterAction(w.settings.policy, after, now, w.settings.random) };
+      const committed = await this.#commit(w, { progress, events, state: result?.kind === 'resolved' ? 'finished' : 'active' });
+      if (committed === 'ok') return result?.kind === 'resolved' ? { kind: 'resolved', snapshot: result.snapshot } : { kind: 'next', next: progress.next! };
       const fresh = committed === 'stale' && attempt < ACTION_COMMIT_TRIES ? await this.#ports.store?.loadProgress?.(w.id) : undefined;
       if (!fresh) return { kind: 'stale', result: committed };
       w.progress = fresh;
@@ -249,24 +259,6 @@ export class WatchDriver {
     }
     if (change.events.length > 0) this.#ports.onEvents(w, change.events);
     return result;
-  }
-
-  /** One poll inside the budget; `undefined` when the watch's signal aborted first. */
-  async #poll(w: Watch, plannedAtMs: number): Promise<PollOutcome<Snapshot> | undefined> {
-    const { budget, client } = this.#ports;
-    if (!(await budget.acquire(w.signal))) return undefined;
-    const sentAtMs = Date.now();
-    let outcome: PollOutcome<Snapshot>;
-    try {
-      outcome = await client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.signal, credentials: w.credentials, headers: w.headers });
-    } finally {
-      budget.release();
-    }
-    if (w.signal.aborted || (!outcome.ok && outcome.aborted)) return undefined;
-    const now = Date.now();
-    this.#ports.onPoll?.({ watchId: w.id, outcome: outcome.ok ? 'ok' : outcome.code, httpStatus: outcome.httpStatus, latencyMs: now - sentAtMs, latenessMs: Math.max(0, sentAtMs - plannedAtMs) });
-    if (!outcome.ok && outcome.httpStatus === 429) budget.penalize(now, outcome.hints.retryAfterMs);
-    return outcome;
   }
 
   /** One POST with retries on transient failures, each try inside the budget like a poll; `undefined` when aborted. */

@@ -135,7 +135,8 @@ export function decideAction(progress: Progress, settings: StepSettings, nowMs: 
 
 /**
  * One step of a watch: applies a poll outcome to its progress and says what to emit and what
- * to do next. Pure apart from `settings.random`; no I/O, no timers.
+ * to do next (the returned progress carries that plan in `next`). Pure apart from
+ * `settings.random`; no I/O, no timers.
  */
 export function applyOutcome(
   kind: ResourceKind<object, Snapshot>,
@@ -147,47 +148,44 @@ export function applyOutcome(
   if (!outcome.ok) {
     if (!outcome.retryable) return { progress, emissions: [], result: { kind: 'failed', failure: outcome } };
     const consecutiveErrors = progress.consecutiveErrors + 1;
-    const next: Progress = {
-      ...progress,
-      consecutiveErrors,
-      lastFailure: { code: outcome.code, message: outcome.message, httpStatus: outcome.httpStatus, requestId: outcome.requestId },
-    };
     const delayMs = nextDelayMs(settings.policy, { status: progress.status, unchangedPolls: progress.unchangedPolls, consecutiveErrors, hints: outcome.hints }, settings.random);
-    const notBeforeMs = nowMs + retryAfterFloorMs(settings.policy, outcome.hints);
-    return { progress: next, emissions: [], result: { kind: 'continue', next: planNextStep(nowMs, delayMs, next.deadlineAtMs, notBeforeMs) } };
+    const planned = planNextStep(nowMs, delayMs, progress.deadlineAtMs, nowMs + retryAfterFloorMs(settings.policy, outcome.hints));
+    const lastFailure = { code: outcome.code, message: outcome.message, httpStatus: outcome.httpStatus, requestId: outcome.requestId };
+    return { progress: { ...progress, consecutiveErrors, lastFailure, next: planned }, emissions: [], result: { kind: 'continue', next: planned } };
   }
 
   const snapshot = outcome.snapshot;
   const machine = new StatusMachine(kind.rules, { status: progress.status, seq: progress.seq });
   const observation = machine.observe(snapshot.status);
   const emissions: Emission[] = [];
-  let next: Progress = { ...progress, consecutiveErrors: 0, lastFailure: null };
-
+  // every field is worked out first and the progress built once: this runs for every poll
+  let { unchangedPolls, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot } = progress;
+  let resolved = false;
   if (observation.kind === 'stale' || observation.kind === 'after_terminal') {
-    next = { ...next, unchangedPolls: next.unchangedPolls + 1 };
+    unchangedPolls += 1;
   } else {
-    let deadlineAtMs = next.deadlineAtMs;
     const expiresAtMs = settings.timeoutMs === undefined ? kind.expiresAtMs(snapshot) : undefined;
     if (expiresAtMs !== undefined) deadlineAtMs = deadlineFor({ ...settings, expiresAtMs });
-    next = { ...next, lastSnapshot: snapshot, deadlineAtMs };
+    lastSnapshot = snapshot;
     if (observation.kind === 'unchanged') {
-      next = { ...next, unchangedPolls: next.unchangedPolls + 1 };
-      const stalledForMs = nowMs - next.statusSinceMs;
-      if (settings.stallThresholdMs !== undefined && !next.stallReported && stalledForMs >= settings.stallThresholdMs) {
+      unchangedPolls += 1;
+      const stalledForMs = nowMs - statusSinceMs;
+      if (settings.stallThresholdMs !== undefined && !stallReported && stalledForMs >= settings.stallThresholdMs) {
         emissions.push({ kind: 'stalled', status: observation.status, seq: machine.nextSeq(), snapshot, stalledForMs });
-        next = { ...next, stallReported: true };
+        stallReported = true;
       }
     } else {
       emissions.push({ kind: 'transition', from: observation.from, to: observation.to, seq: observation.seq, snapshot });
-      next = { ...next, status: observation.to, unchangedPolls: 0, statusSinceMs: nowMs, stallReported: false };
-      if (observation.terminal || settings.resolveOn.has(observation.to)) {
-        return { progress: { ...next, seq: machine.seq }, emissions, result: { kind: 'resolved', snapshot } };
-      }
+      unchangedPolls = 0;
+      statusSinceMs = nowMs;
+      stallReported = false;
+      resolved = observation.terminal || settings.resolveOn.has(observation.to);
     }
   }
-  next = { ...next, seq: machine.seq, status: machine.status };
-  const delayMs = nextDelayMs(settings.policy, { status: next.status, unchangedPolls: next.unchangedPolls, consecutiveErrors: 0, hints: outcome.hints }, settings.random);
-  const planned = planNextStep(nowMs, delayMs, next.deadlineAtMs);
+  const status = machine.status;
+  const planned = resolved ? null : planNextStep(nowMs, nextDelayMs(settings.policy, { status, unchangedPolls, consecutiveErrors: 0, hints: outcome.hints }, settings.random), deadlineAtMs);
+  const next: Progress = { ...progress, status, seq: machine.seq, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, next: planned };
+  if (!planned) return { progress: next, emissions, result: { kind: 'resolved', snapshot } };
   const action = decideAction(next, settings, nowMs);
   return { progress: next, emissions, result: action ? { kind: 'continue', next: planned, action } : { kind: 'continue', next: planned } };
 }

@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { ToolHandler } from './actions.js';
 import type { BudgetOptions } from './budget.js';
-import { LocalBudget } from './budget.js';
+import { DEFAULT_BUDGET, LocalBudget } from './budget.js';
 import type { ClientOptions, Credentials, PollClient } from './client.js';
 import { ApiClient, assertValidHeader } from './client.js';
 import type { CommitPort, PollReport, StepEnd, Watch } from './driver.js';
@@ -12,7 +12,7 @@ import { WatchDriver } from './driver.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
 import type { WatchEvent } from './events.js';
-import { MinHeap } from './queues.js';
+import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
@@ -180,7 +180,10 @@ interface LiveWatch extends Watch {
   generation: number;
   /** The planned step, `null` while a step runs. */
   step: NextStep | null;
+  /** Off the books: no step is planned or started any more. */
   done: boolean;
+  /** Its promise is settled and `settled` was emitted. */
+  finished: boolean;
   resolve: (snapshot: Snapshot) => void;
   reject: (error: WatchError<Snapshot>) => void;
   detach: () => void;
@@ -221,7 +224,13 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   readonly #stallThresholdMs: number | undefined;
   readonly #watches = new Map<string, LiveWatch>();
   readonly #heap = new MinHeap<Scheduled>();
-  readonly #inFlight = new Set<Promise<void>>();
+  /** Due watches whose step waits to start: a reference each, where a started step would hold its whole frame. */
+  readonly #ready = new Fifo<LiveWatch>();
+  /** Steps started and not yet past the budget are kept to this many; the rest wait in `#ready`. */
+  readonly #maxQueued: number;
+  /** Steps and actions running: close() waits until none is. */
+  #running = 0;
+  #drained: (() => void) | null = null;
   #timer: NodeJS.Timeout | null = null;
   #timerAtMs = Infinity;
   #closing: Promise<void> | null = null;
@@ -236,6 +245,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs);
     this.#stallThresholdMs = options.stallThresholdMs === undefined ? undefined : checkDuration('stallThresholdMs', options.stallThresholdMs);
     this.#budget = new LocalBudget(options);
+    this.#maxQueued = options.maxInFlight ?? DEFAULT_BUDGET.maxInFlight;
     this.#client = options.client ?? new ApiClient(options);
     this.#ownsClient = options.client === undefined;
     this.#logger = options.logger ?? pino({ level: 'silent' });
@@ -260,9 +270,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     return this.#watches.size;
   }
 
-  /** The request budget right now (for metrics). */
+  /** The request budget right now (for metrics); `queued` counts the due polls not yet sent. */
   get budget(): { readonly inFlight: number; readonly ratePerSecond: number; readonly queued: number } {
-    return this.#budget.snapshot();
+    const { inFlight, ratePerSecond, queued } = this.#budget.snapshot();
+    return { inFlight, ratePerSecond, queued: queued + this.#ready.size };
   }
 
   /** Ids of the watches not yet ended. */
@@ -359,10 +370,11 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#budget.close();
     this.#clearTimer();
     this.#heap.clear();
-    if (drainTimeoutMs > 0 && this.#inFlight.size > 0) {
+    this.#ready.clear();
+    if (drainTimeoutMs > 0 && this.#running > 0) {
       let timer: NodeJS.Timeout | undefined;
       const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)));
-      await Promise.race([Promise.allSettled([...this.#inFlight]), timeout]);
+      await Promise.race([this.#idle(), timeout]);
       clearTimeout(timer);
     }
     this.#closed.abort();
@@ -371,7 +383,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     }
     this.#clearTimer();
     this.#heap.clear();
-    await Promise.allSettled([...this.#inFlight]);
+    this.#ready.clear();
+    await this.#idle();
     if (this.#ownsClient) this.#client.close();
   }
 
@@ -445,6 +458,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       generation: 0,
       step: null,
       done: false,
+      finished: false,
       resolve: resolve as (snapshot: Snapshot) => void,
       reject: reject as (error: WatchError<Snapshot>) => void,
       detach: () => undefined,
@@ -473,7 +487,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const error = new WatchError('aborted', 'the watch was aborted', { cause: reason, lastSnapshot: w.progress.lastSnapshot });
     this.#stop(w);
     // the watch is already off the books; what is left is recording why
-    void this.#track(this.#driver.end(w, error), w).then(() => this.#finish(w, { ok: false, error }));
+    void this.#track(this.#driver.end(w, error), w, () => this.#finish(w, { ok: false, error }));
   }
 
   #plan(w: LiveWatch, step: NextStep): void {
@@ -506,7 +520,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#timerAtMs = Infinity;
   }
 
-  /** Starts the step of every due watch, in due order; the budget queues what it cannot send yet. */
+  /** Moves every due watch to the ready queue, in due order, and starts what the budget can take. */
   #tick(): void {
     this.#timer = null;
     this.#timerAtMs = Infinity;
@@ -515,16 +529,25 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       this.#heap.pop();
       const { watch: w, generation } = top.value;
       if (w.done || generation !== w.generation || !w.step) continue;
-      this.#run(w, w.step);
+      this.#ready.push(w);
     }
+    this.#pump();
     this.#arm();
+  }
+
+  /** Starts ready steps while few wait for the budget; each step that ends starts the next. */
+  #pump(): void {
+    while (this.#ready.size > 0 && this.#budget.snapshot().queued < this.#maxQueued && !this.#draining.signal.aborted) {
+      const w = this.#ready.shift()!;
+      if (!w.done && w.step) this.#run(w, w.step);
+    }
   }
 
   /** Runs one step of a watch; what it returns plans the next. */
   #run(w: LiveWatch, due: NextStep): void {
     w.generation += 1;
     w.step = null;
-    void this.#track(this.#driver.step(w, due), w).then((end) => end && this.#settle(w, end));
+    void this.#track(this.#driver.step(w, due), w, (end) => this.#settle(w, end));
   }
 
   /** What a step's end means for a watch held here. */
@@ -541,22 +564,39 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   }
 
   /**
-   * Keeps a task in the in-flight set, so close() waits for it. A store that cannot be written
-   * stops the watch (no event: the store is the truth) and is reported as `error`.
+   * Runs a task of a watch (a step, a cancel), counted so close() waits for it, then `onDone`
+   * with its result; each one that ends lets the next ready step start. A store that cannot be
+   * written stops the watch (no event: the store is the truth) and is reported as `error`.
    */
-  #track<T>(task: Promise<T>, w: LiveWatch): Promise<T | undefined> {
-    const tracked = task.catch((error: unknown) => {
-      const failure = error instanceof Error ? error : new Error(String(error));
-      this.#logger.error({ err: failure, watchId: w.id }, 'a step failed; the watch stops');
-      this.#stop(w);
-      this.#finish(w, { ok: false, error: new WatchError('closed', `the watch stopped: ${failure.message}`, { cause: failure, lastSnapshot: w.progress.lastSnapshot }) });
-      this.#safeEmit('error', failure);
-      return undefined;
-    });
-    const done = tracked.then(() => undefined);
-    this.#inFlight.add(done);
-    void done.finally(() => this.#inFlight.delete(done));
-    return tracked;
+  #track<T>(task: Promise<T>, w: LiveWatch, onDone?: (value: T) => void): Promise<T | undefined> {
+    this.#running += 1;
+    return task.then(
+      (value) => {
+        this.#ended();
+        onDone?.(value);
+        this.#pump();
+        return value;
+      },
+      (error: unknown) => {
+        this.#ended();
+        const failure = error instanceof Error ? error : new Error(String(error));
+        this.#logger.error({ err: failure, watchId: w.id }, 'a step failed; the watch stops');
+        this.#finish(w, { ok: false, error: new WatchError('closed', `the watch stopped: ${failure.message}`, { cause: failure, lastSnapshot: w.progress.lastSnapshot }) });
+        this.#safeEmit('error', failure);
+        this.#pump();
+        return undefined;
+      },
+    );
+  }
+
+  #ended(): void {
+    this.#running -= 1;
+    if (this.#running === 0) this.#drained?.();
+  }
+
+  /** Resolves once no task runs. */
+  #idle(): Promise<void> {
+    return this.#running === 0 ? Promise.resolve() : new Promise<void>((resolve) => (this.#drained = resolve));
   }
 
   /** Takes a watch off the books: no more steps, its request and handler stop. */
@@ -571,6 +611,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     if (this.#watches.size === 0) {
       // nothing left to poll: drop stale heap entries so no timer keeps the process alive
       this.#heap.clear();
+      this.#ready.clear();
       this.#clearTimer();
     }
   }
@@ -578,6 +619,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   /** Settles a watch's promise once and reports how it ended. */
   #finish(w: LiveWatch, result: { ok: true; snapshot: Snapshot } | { ok: false; error: WatchError<Snapshot> }): void {
     this.#stop(w);
+    if (w.finished) return;
+    w.finished = true;
     if (result.ok) {
       w.resolve(result.snapshot);
       this.#safeEmit('settled', { watchId: w.id, ok: true, status: result.snapshot.status });
