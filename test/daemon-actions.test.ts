@@ -4,7 +4,6 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
-import type { RunningDaemon } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { ConfigError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
@@ -44,9 +43,9 @@ const stores = [
 
 describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) => {
   let sim: RunningSimulator;
-  let daemon: RunningDaemon;
+  let daemon: Daemon;
   let base: string;
-  let start: () => Promise<RunningDaemon>;
+  let start: () => Promise<Daemon>;
   const prefix = testPrefix();
   const tag = kind === 'sqlite' ? 'sq' : 'rd';
 

@@ -4,7 +4,6 @@ import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
-import type { RunningDaemon } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
@@ -85,7 +84,7 @@ const stores = [
 
 describe.each(stores)('outbox delivery with the $kind store', ({ kind, skip }) => {
   let sim: RunningSimulator;
-  let daemon: RunningDaemon;
+  let daemon: Daemon;
   let base: string;
   const prefix = testPrefix();
   const tag = kind === 'sqlite' ? 'sq' : 'rd';

@@ -125,15 +125,6 @@ export function checkRedisUrl(raw: string): string {
   return raw;
 }
 
-/** What the CLI needs from a running daemon. */
-export interface RunningDaemon {
-  readonly address: AddressInfo;
-  /** Rejects when the daemon cannot go on safely; the caller shuts down and exits non-zero. */
-  readonly failed: Promise<never>;
-  reopen(): Promise<void>;
-  shutdown(): Promise<void>;
-}
-
 /** A part's cleanup, run at shutdown in the reverse order of registration, each despite the others' errors. */
 interface CloseHook {
   readonly name: string;
@@ -148,7 +139,7 @@ const REDIS_START_TIMEOUT_MS = 10_000;
  * an engine. The store kind picks the parts (memory or SQLite: one process's engine and outbox
  * rows; Redis: the fleet's engine and partitioned outbox); everything else is the same.
  */
-export class Daemon implements RunningDaemon {
+export class Daemon {
   readonly #config: DaemonConfig;
   readonly #logger: Logger;
   readonly #hooks: CloseHook[] = [];
