@@ -2,15 +2,14 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { ConfigError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
-import type { RunningSimulator } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
-import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
+import { requireRedis } from './redis.js';
 import { readSseEvents } from './sse.js';
+import { storeKinds, useDaemon } from './daemons.js';
 
 const KEY = 'sk-daemon-actions';
 const redisAvailable = await requireRedis();
@@ -36,120 +35,85 @@ function readEvents(base: string, query: string, done: (events: WatchEvent[]) =>
   return readSseEvents(`${base}/v1/events${query}`, done);
 }
 
-const stores = [
-  { kind: 'sqlite' as const, skip: false },
-  { kind: 'redis' as const, skip: !redisAvailable },
-];
-
-describe.each(stores)('daemon actions with the $kind store', ({ kind, skip }) => {
-  let sim: RunningSimulator;
-  let daemon: Daemon;
-  let base: string;
-  let start: () => Promise<Daemon>;
-  const prefix = testPrefix();
-  const tag = kind === 'sqlite' ? 'sq' : 'rd';
-
-  beforeAll(async () => {
-    if (skip) return;
-    sim = await startSimulator({ apiKey: KEY });
-    const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-actions-'));
-    const handlerPath = path.join(dir, 'tools.mjs');
-    writeFileSync(handlerPath, HANDLER);
-    const config = loadConfig({
-      overrides: [
-        ['daemon.port', '0'],
-        ['daemon.dataDir', JSON.stringify(dir)],
+describe.each(storeKinds(redisAvailable, ['sqlite', 'redis']))('daemon actions with the $kind store', ({ kind, skip }) => {
+  const tag = kind;
+  const t = useDaemon(kind, {
+    skip,
+    key: KEY,
+    settings: (d) => {
+      writeFileSync(path.join(d.dir, 'tools.mjs'), HANDLER);
+      return [
         ['daemon.cancelAfterStallMs', '1500'],
-        ['daemon.toolHandler', JSON.stringify({ path: handlerPath, options: { failRuns: [`run_${tag}_fails`, `run_${tag}_restart`] } })],
-        ['store.kind', JSON.stringify(kind)],
-        ['store.prefix', JSON.stringify(prefix)],
-        ['sinks.stdout.enabled', 'false'],
-        ['watch.provider', '"openai"'],
-        ['watch.baseUrl', JSON.stringify(sim.baseUrl)],
-        ['watch.policy', '{"jitter":0,"intervals":{"queued":{"baseMs":100,"capMs":100},"in_progress":{"baseMs":100,"capMs":100},"requires_action":{"baseMs":100,"capMs":100},"cancelling":{"baseMs":100,"capMs":100}}}'],
-      ],
-    });
-    const secrets = { credentials: { apiKey: KEY }, redisUrl: REDIS_URL };
-    start = async () => {
-      daemon = await Daemon.start(config, secrets, pino({ level: 'silent' }));
-      base = `http://127.0.0.1:${daemon.address.port}`;
-      return daemon;
-    };
-    await start();
-  });
-  afterAll(async () => {
-    if (skip) return;
-    await daemon.shutdown();
-    await sim.close();
-    if (kind === 'redis') await removeKeys(prefix);
+        ['daemon.toolHandler', JSON.stringify({ path: path.join(d.dir, 'tools.mjs'), options: { failRuns: [`run_${tag}_fails`, `run_${tag}_restart`] } })],
+      ];
+    },
   });
 
   const post = async (route: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> => {
-    const res = await fetch(`${base}${route}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const res = await fetch(`${t.base}${route}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
     return { status: res.status, json: (await res.json()) as Record<string, unknown> };
   };
 
   it.skipIf(skip)('answers two rounds of requires_action with the configured tool handler and follows the run to completed', async () => {
     const runId = `run_${tag}_tools`;
-    sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'in_progress', durationMs: 150 }, { status: 'requires_action' }, { status: 'in_progress', durationMs: 150 }, { status: 'requires_action' }, { status: 'completed' }], start: 'first_request' });
+    t.sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'in_progress', durationMs: 150 }, { status: 'requires_action' }, { status: 'in_progress', durationMs: 150 }, { status: 'requires_action' }, { status: 'completed' }], start: 'first_request' });
     expect((await post('/v1/watches', { thread_id: 'thread_tools', run_id: runId })).status).toBe(201);
-    const events = await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.completed'));
+    const events = await readEvents(t.base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.completed'));
     expect(events.map((e) => e.type)).toEqual(['run.in_progress', 'run.requires_action', 'run.tool_outputs_submitted', 'run.in_progress', 'run.requires_action', 'run.tool_outputs_submitted', 'run.completed']);
     expect(events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6, 7]);
     expect(events[2]).toMatchObject({ tool_call_ids: ['call_1'] });
     expect(handlerCalls().filter((c) => c.startsWith(runId))).toEqual([`${runId}:call_1`, `${runId}:call_3`]);
-    const posts = sim.requests(runId).filter((r) => r.method === 'POST');
+    const posts = t.sim.requests(runId).filter((r) => r.method === 'POST');
     expect(posts).toHaveLength(2);
     expect(JSON.parse(posts[0]!.body!)).toEqual({ tool_outputs: [{ tool_call_id: 'call_1', output: '{"city":"Paris","temp":21}' }] });
   });
 
   it.skipIf(skip)('reports a failing handler once, then cancels the run left stalled past cancelAfterStallMs', async () => {
     const runId = `run_${tag}_fails`;
-    sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'requires_action' }], start: 'first_request' });
+    t.sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'requires_action' }], start: 'first_request' });
     await post('/v1/watches', { thread_id: 'thread_tools', run_id: runId });
-    const events = await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.cancelled'));
+    const events = await readEvents(t.base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.cancelled'));
     expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.action_failed', 'run.cancel_requested', 'run.cancelling', 'run.cancelled']);
     expect(events[1]).toMatchObject({ reason: 'submit_tool_outputs', tool_call_ids: ['call_0'], error: { code: 'tool_handler_failed', message: `weather service down for ${runId}` } });
     expect(events[2]).toMatchObject({ reason: 'stalled' });
     expect((events[2] as { stalled_for_ms: number }).stalled_for_ms).toBeGreaterThanOrEqual(1500);
     // many polls in requires_action, one handler call: no retry storm
     expect(handlerCalls().filter((c) => c.startsWith(runId))).toHaveLength(1);
-    expect(sim.requests(runId).filter((r) => r.method === 'POST').map((r) => r.path)).toEqual([`/v1/threads/thread_tools/runs/${runId}/cancel`]);
+    expect(t.sim.requests(runId).filter((r) => r.method === 'POST').map((r) => r.path)).toEqual([`/v1/threads/thread_tools/runs/${runId}/cancel`]);
   });
 
   it.skipIf(skip)('cancels a background response over the API: 202, then response.cancel_requested and response.cancelled; 502 when refused', async () => {
     const responseId = `resp_${tag}_cancel`;
-    sim.addResponse({ responseId, timeline: [{ status: 'in_progress' }] });
+    t.sim.addResponse({ responseId, timeline: [{ status: 'in_progress' }] });
     const created = await post('/v1/watches', { response_id: responseId });
     const id = String(created.json.id);
-    await readEvents(base, `?response_id=${responseId}`, (list) => list.length > 0);
+    await readEvents(t.base, `?response_id=${responseId}`, (list) => list.length > 0);
     const accepted = await post(`/v1/watches/${id}/cancel`);
     expect(accepted.status).toBe(202);
     expect(accepted.json).toMatchObject({ id, kind: 'response' });
-    const events = await readEvents(base, `?response_id=${responseId}`, (list) => list.some((e) => e.type === 'response.cancelled'));
+    const events = await readEvents(t.base, `?response_id=${responseId}`, (list) => list.some((e) => e.type === 'response.cancelled'));
     expect(events.map((e) => e.type)).toEqual(['response.in_progress', 'response.cancel_requested', 'response.cancelled']);
     expect(events[1]).toMatchObject({ reason: 'requested', seq: 2 });
 
     const runId = `run_${tag}_cancelling`;
-    sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'cancelling' }] });
+    t.sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'cancelling' }] });
     const watch = String((await post('/v1/watches', { thread_id: 'thread_tools', run_id: runId })).json.id);
-    await readEvents(base, `?run_id=${runId}`, (list) => list.length > 0);
+    await readEvents(t.base, `?run_id=${runId}`, (list) => list.length > 0);
     const refused = await post(`/v1/watches/${watch}/cancel`);
     expect(refused.status).toBe(502);
     expect(refused.json).toMatchObject({ error: { code: 'cancel_refused' } });
-    const after = await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.action_failed'));
+    const after = await readEvents(t.base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.action_failed'));
     expect(after.at(-1)).toMatchObject({ reason: 'cancel', error: { code: 'bad_request', http_status: 400 } });
   });
 
   // last in this block: it restarts the daemon
   it.skipIf(skip)('does not call the handler again after a restart for tool calls it failed on; the stall cancel still comes, once', async () => {
     const runId = `run_${tag}_restart`;
-    sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'requires_action' }], start: 'first_request' });
+    t.sim.addRun({ threadId: 'thread_tools', runId, timeline: [{ status: 'requires_action' }], start: 'first_request' });
     await post('/v1/watches', { thread_id: 'thread_tools', run_id: runId });
-    await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.action_failed'));
-    await daemon.shutdown();
-    await start();
-    const events = await readEvents(base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.cancelled'));
+    await readEvents(t.base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.action_failed'));
+    await t.restart();
+    const events = await readEvents(t.base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.cancelled'));
     expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.action_failed', 'run.cancel_requested', 'run.cancelling', 'run.cancelled']);
     expect(handlerCalls().filter((c) => c.startsWith(runId))).toHaveLength(1);
   });

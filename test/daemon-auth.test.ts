@@ -1,25 +1,13 @@
-import { mkdtempSync } from 'node:fs';
 import http from 'node:http';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/daemon/config.js';
-import { Daemon } from '../src/daemon/daemon.js';
-import type { RunningSimulator } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
-import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
+import { describe, expect, it } from 'vitest';
+import { requireRedis } from './redis.js';
 import { readSseEvents } from './sse.js';
+import { storeKinds, useDaemon } from './daemons.js';
 
 const KEY = 'sk-daemon-auth';
 const TOKEN = 'control-token-auth-tests';
 const redisAvailable = await requireRedis();
 
-const stores = [
-  { kind: 'memory' as const, skip: false },
-  { kind: 'sqlite' as const, skip: false },
-  { kind: 'redis' as const, skip: !redisAvailable },
-];
 
 /** Every method a client may send, listed or not by the API. */
 const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
@@ -62,50 +50,21 @@ function request(base: string, method: string, route: string, headers: Record<st
   });
 }
 
-describe.each(stores)('control API token with the $kind store', ({ kind, skip }) => {
-  let sim: RunningSimulator;
-  let daemon: Daemon;
-  let base: string;
-  const prefix = testPrefix();
-  const tag = kind === 'sqlite' ? 'sq' : 'rd';
-
-  beforeAll(async () => {
-    if (skip) return;
-    sim = await startSimulator({ apiKey: KEY });
-    const config = loadConfig({
-      overrides: [
-        ['daemon.port', '0'],
-        ['daemon.dataDir', JSON.stringify(mkdtempSync(path.join(tmpdir(), 'runwatch-auth-')))],
-        ['store.kind', JSON.stringify(kind)],
-        ['store.prefix', JSON.stringify(prefix)],
-        ['sinks.stdout.enabled', 'false'],
-        ['watch.provider', '"openai"'],
-        ['watch.baseUrl', JSON.stringify(sim.baseUrl)],
-        ['watch.policy', '{"jitter":0,"intervals":{"in_progress":{"baseMs":100,"capMs":100}}}'],
-      ],
-    });
-    const secrets = { credentials: { apiKey: KEY }, controlToken: TOKEN, redisUrl: REDIS_URL };
-    daemon = await Daemon.start(config, secrets, pino({ level: 'silent' }));
-    base = `http://127.0.0.1:${daemon.address.port}`;
-  });
-  afterAll(async () => {
-    if (skip) return;
-    await daemon.shutdown();
-    await sim.close();
-    if (kind === 'redis') await removeKeys(prefix);
-  });
+describe.each(storeKinds(redisAvailable, ['memory', 'sqlite', 'redis']))('control API token with the $kind store', ({ kind, skip }) => {
+  const tag = kind;
+  const t = useDaemon(kind, { skip, key: KEY, secrets: { controlToken: TOKEN }, settings: () => [] });
 
   const authorized = { authorization: `Bearer ${TOKEN}` };
 
   it.skipIf(skip)('answers every method on every route 401 without the right token, and nothing changes', async () => {
     const runId = `run_${tag}_guarded`;
     const intruderRunId = `run_${tag}_intruder`;
-    sim.addRun({ threadId: 'thread_auth', runId, timeline: [{ status: 'in_progress' }] });
-    sim.addRun({ threadId: 'thread_auth', runId: intruderRunId, timeline: [{ status: 'in_progress' }] });
-    const created = await request(base, 'POST', '/v1/watches', authorized, JSON.stringify({ thread_id: 'thread_auth', run_id: runId }));
+    t.sim.addRun({ threadId: 'thread_auth', runId, timeline: [{ status: 'in_progress' }] });
+    t.sim.addRun({ threadId: 'thread_auth', runId: intruderRunId, timeline: [{ status: 'in_progress' }] });
+    const created = await request(t.base, 'POST', '/v1/watches', authorized, JSON.stringify({ thread_id: 'thread_auth', run_id: runId }));
     expect(created.status).toBe(201);
     const id = (JSON.parse(created.body) as { id: string }).id;
-    await readSseEvents(`${base}/v1/events?run_id=${runId}`, (list) => list.length > 0, authorized);
+    await readSseEvents(`${t.base}/v1/events?run_id=${runId}`, (list) => list.length > 0, authorized);
 
     const routes = ['/v1/watches', `/v1/watches/${id}`, `/v1/watches/${id}/cancel`, '/v1/events', `/v1/events?run_id=${runId}`, '/metrics', '/v1/no-such-route'];
     const intruderBody = JSON.stringify({ thread_id: 'thread_auth', run_id: intruderRunId });
@@ -114,7 +73,7 @@ describe.each(stores)('control API token with the $kind store', ({ kind, skip })
     for (const route of routes) {
       for (const method of METHODS) {
         for (const [who, headers] of INTRUDERS) {
-          const answer = await request(base, method, route, headers, ['POST', 'PUT', 'PATCH'].includes(method) ? intruderBody : undefined);
+          const answer = await request(t.base, method, route, headers, ['POST', 'PUT', 'PATCH'].includes(method) ? intruderBody : undefined);
           const name = `${method} ${route} with ${who}`;
           answers.push(name);
           // HEAD answers carry no body
@@ -127,22 +86,22 @@ describe.each(stores)('control API token with the $kind store', ({ kind, skip })
     expect(wrong).toEqual([]);
 
     // nothing changed: no watch created, the watch still active, no cancel sent to the provider
-    const list = await request(base, 'GET', '/v1/watches', authorized);
+    const list = await request(t.base, 'GET', '/v1/watches', authorized);
     expect(list.status).toBe(200);
     const watches = (JSON.parse(list.body) as { data: Array<{ id: string; run_id?: string }> }).data;
     expect(watches.map((w) => w.run_id)).toEqual([runId]);
-    const watch = await request(base, 'GET', `/v1/watches/${id}`, authorized);
+    const watch = await request(t.base, 'GET', `/v1/watches/${id}`, authorized);
     expect(JSON.parse(watch.body)).toMatchObject({ id, state: 'active', status: 'in_progress', seq: 1 });
-    expect(sim.requests(runId).filter((r) => r.method !== 'GET')).toEqual([]);
-    expect(sim.requests(intruderRunId)).toEqual([]);
-    const events = await readSseEvents(`${base}/v1/events?run_id=${runId}`, (all) => all.length > 0, authorized);
+    expect(t.sim.requests(runId).filter((r) => r.method !== 'GET')).toEqual([]);
+    expect(t.sim.requests(intruderRunId)).toEqual([]);
+    const events = await readSseEvents(`${t.base}/v1/events?run_id=${runId}`, (all) => all.length > 0, authorized);
     expect(events.map((e) => e.type)).toEqual(['run.in_progress']);
   });
 
   it.skipIf(skip)('still serves the health checks without a token, and everything with it', async () => {
-    expect((await request(base, 'GET', '/healthz', {})).status).toBe(200);
-    expect((await request(base, 'GET', '/readyz', {})).status).toBe(200);
-    expect((await request(base, 'GET', '/metrics', authorized)).status).toBe(200);
-    expect((await request(base, 'GET', '/v1/watches', authorized)).status).toBe(200);
+    expect((await request(t.base, 'GET', '/healthz', {})).status).toBe(200);
+    expect((await request(t.base, 'GET', '/readyz', {})).status).toBe(200);
+    expect((await request(t.base, 'GET', '/metrics', authorized)).status).toBe(200);
+    expect((await request(t.base, 'GET', '/v1/watches', authorized)).status).toBe(200);
   });
 });

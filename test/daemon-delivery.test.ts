@@ -1,13 +1,8 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/daemon/config.js';
-import { Daemon } from '../src/daemon/daemon.js';
-import type { RunningSimulator } from '../src/simulator.js';
-import { startSimulator } from '../src/simulator.js';
-import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
+import { describe, expect, it } from 'vitest';
+import { requireRedis } from './redis.js';
+import { storeKinds, useDaemon } from './daemons.js';
 
 const KEY = 'sk-daemon-delivery';
 const redisAvailable = await requireRedis();
@@ -76,55 +71,25 @@ function counter(text: string, name: string, labels: string): number {
   return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
 }
 
-const stores = [
-  { kind: 'memory' as const, skip: false },
-  { kind: 'sqlite' as const, skip: false },
-  { kind: 'redis' as const, skip: !redisAvailable },
-];
-
-describe.each(stores)('outbox delivery with the $kind store', ({ kind, skip }) => {
-  let sim: RunningSimulator;
-  let daemon: Daemon;
-  let base: string;
-  const prefix = testPrefix();
-  const tag = kind === 'sqlite' ? 'sq' : 'rd';
-  const journal = (journals[`${tag}-${prefix}`] = new Journal());
-
-  beforeAll(async () => {
-    if (skip) return;
-    sim = await startSimulator({ apiKey: KEY });
-    const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-delivery-'));
-    const sinkPath = path.join(dir, 'late-sink.mjs');
-    writeFileSync(sinkPath, SINK);
-    const config = loadConfig({
-      overrides: [
-        ['daemon.port', '0'],
-        ['daemon.dataDir', JSON.stringify(dir)],
-        ['store.kind', JSON.stringify(kind)],
-        ['store.prefix', JSON.stringify(prefix)],
-        ['sinks.stdout.enabled', 'false'],
-        ['sinks.modules', JSON.stringify([{ path: sinkPath, options: { key: `${tag}-${prefix}`, failType: 'run.in_progress', failAfterMs: 30 } }])],
+describe.each(storeKinds(redisAvailable, ['memory', 'sqlite', 'redis']))('outbox delivery with the $kind store', ({ kind, skip }) => {
+  const tag = kind;
+  const t = useDaemon(kind, {
+    skip,
+    key: KEY,
+    settings: (d) => {
+      writeFileSync(path.join(d.dir, 'late-sink.mjs'), SINK);
+      return [
+        ['sinks.modules', JSON.stringify([{ path: path.join(d.dir, 'late-sink.mjs'), options: { key: `${tag}-${d.dir}`, failType: 'run.in_progress', failAfterMs: 30 } }])],
         ['sinks.delivery', '{"retryForMs":60000,"backoffBaseMs":50,"backoffCapMs":50,"concurrency":8}'],
-        ['watch.provider', '"openai"'],
-        ['watch.baseUrl', JSON.stringify(sim.baseUrl)],
-        ['watch.policy', '{"jitter":0,"intervals":{"in_progress":{"baseMs":100,"capMs":100}}}'],
-      ],
-    });
-    const secrets = { credentials: { apiKey: KEY }, redisUrl: REDIS_URL };
-    daemon = await Daemon.start(config, secrets, pino({ level: 'silent' }));
-    base = `http://127.0.0.1:${daemon.address.port}`;
+      ];
+    },
   });
-  afterAll(async () => {
-    if (skip) return;
-    await daemon.shutdown();
-    await sim.close();
-    if (kind === 'redis') await removeKeys(prefix);
-  });
+  const journal = (journals[`${tag}-${t.dir}`] = new Journal());
 
   it.skipIf(skip)('retries an event whose sink promise rejects late, and holds the run’s later events back until it is delivered', async () => {
     const runId = `run_${tag}_late_sink`;
-    sim.addRun({ threadId: 'thread_delivery', runId, timeline: [{ status: 'in_progress', durationMs: 100 }, { status: 'completed' }], start: 'first_request' });
-    const created = await fetch(`${base}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ thread_id: 'thread_delivery', run_id: runId }) });
+    t.sim.addRun({ threadId: 'thread_delivery', runId, timeline: [{ status: 'in_progress', durationMs: 100 }, { status: 'completed' }], start: 'first_request' });
+    const created = await fetch(`${t.base}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ thread_id: 'thread_delivery', run_id: runId }) });
     expect(created.status).toBe(201);
 
     const lines = await journal.until((seen) => seen.includes('run.completed delivered'));
@@ -136,7 +101,7 @@ describe.each(stores)('outbox delivery with the $kind store', ({ kind, skip }) =
       'run.completed attempt 1',
       'run.completed delivered',
     ]);
-    const metrics = await (await fetch(`${base}/metrics`)).text();
+    const metrics = await (await fetch(`${t.base}/metrics`)).text();
     expect(counter(metrics, 'runwatch_sink_deliveries_total', 'sink="late",outcome="retry"')).toBe(1);
     expect(counter(metrics, 'runwatch_sink_deliveries_total', 'sink="late",outcome="delivered"')).toBe(2);
     expect(counter(metrics, 'runwatch_sink_deliveries_total', 'sink="late",outcome="dead"')).toBe(0);
