@@ -16,7 +16,8 @@ const watcher = new RunWatcher({ provider: 'openai', baseUrl: sim.baseUrl, crede
 const terminalSink: Sink = {
   name: 'terminal',
   deliver: (event) => {
-    const detail = event.type === 'watch.error' ? `${event.error.code}: ${event.error.message}` : `${event.from ?? '(first seen)'} -> ${event.to}`;
+    // an action (tool outputs submitted) leaves the status as it was: name the action instead
+    const detail = event.type === 'watch.error' ? `${event.error.code}: ${event.error.message}` : event.from === event.to ? `${event.type.slice(event.type.indexOf('.') + 1)} (${event.to})` : `${event.from ?? '(first seen)'} -> ${event.to}`;
     process.stdout.write(`${event.observed_at.slice(11, 23)}  ${(idFieldsOf(event).at(-1)?.[1] ?? '').padEnd(22)} #${event.seq}  ${detail}\n`);
   },
 };
