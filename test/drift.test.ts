@@ -115,6 +115,10 @@ describe.skipIf(!redisAvailable)('one engine: the SQLite and the Redis daemon te
       expect(refused.headers.get('retry-after')).toBe('5');
       expect(await refused.json()).toMatchObject({ error: { code: 'store_unavailable' } });
       expect((await fetch(`${base}/v1/watches`)).status).toBe(503);
+      // the gauges keep their last figures; what this process counts is still scraped
+      const scrape = await fetch(`${base}/metrics`);
+      expect(scrape.status).toBe(200);
+      expect(await scrape.text()).toContain('# TYPE runwatch_polls_total counter');
       await proxy.up();
       await waitFor(async () => (await fetch(`${base}/readyz`)).status === 200, 'readiness to return');
       expect((await post(base, { thread_id: 'thread_drift', run_id: 'run_during_outage' })).status).toBe(201);

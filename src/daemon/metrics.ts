@@ -48,7 +48,9 @@ export class DaemonMetrics {
       labelNames: ['status'],
       registers,
       async collect() {
-        const counts = await sources.activeByStatus();
+        // a store that does not answer keeps the last figures: the scrape still reports polls and 429s
+        const counts = await sources.activeByStatus().catch(() => undefined);
+        if (!counts) return;
         this.reset();
         for (const [status, count] of counts) this.set({ status }, count);
       },
@@ -60,7 +62,8 @@ export class DaemonMetrics {
       labelNames: ['sink'],
       registers,
       async collect() {
-        const sinks = await sources.outbox();
+        const sinks = await sources.outbox().catch(() => undefined);
+        if (!sinks) return;
         this.reset();
         outbox.reset();
         for (const stats of sinks) {
