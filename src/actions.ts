@@ -2,6 +2,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { BackoffPolicy } from './backoff.js';
 import type { PollFailure, PollOutcome } from './client.js';
+import { ABORTED } from './client.js';
 import { ConfigError } from './errors.js';
 import type { WatchErrorDetails } from './events.js';
 import type { RunSnapshot, Snapshot } from './resource.js';
@@ -99,7 +100,7 @@ class RetryableOutcome extends Error {
  * short. Returns the last outcome (an `aborted` one if `signal` aborted before any try).
  */
 export async function actWithRetries<T extends Snapshot>(send: () => Promise<PollOutcome<T>>, signal: AbortSignal): Promise<PollOutcome<T>> {
-  let last: PollOutcome<T> = { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+  let last: PollOutcome<T> = ABORTED;
   try {
     return await retryWithBackoff(
       async () => {

@@ -209,6 +209,11 @@ export class QueuedBudget implements Budget {
     return { ratePerSecond: this.#bucket.currentRatePerSecond, inFlight: this.#inFlight, queued: this.#queued };
   }
 
+  /** Requests waiting for the budget now (read by the scheduler before each step it starts). */
+  get queued(): number {
+    return this.#queued;
+  }
+
   close(): void {
     this.#closed = true;
     this.#nap?.abort();

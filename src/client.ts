@@ -126,6 +126,9 @@ export interface PollFailure {
   readonly aborted?: boolean;
 }
 
+/** The outcome of a request our own signal aborted: not an error to retry or report. */
+export const ABORTED: PollFailure = Object.freeze({ ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: Object.freeze({}), aborted: true });
+
 /** The outcome of one poll; `retrieve` never throws. */
 export type PollOutcome<TSnapshot extends Snapshot> = PollSuccess<TSnapshot> | PollFailure;
 
@@ -281,7 +284,7 @@ export function classifyResponse<TRef extends object, TSnapshot extends Snapshot
 export function classifyRequestError(error: unknown, timeoutMs: number): PollFailure {
   const code = (error as { code?: unknown } | null)?.code;
   if (code === 'ERR_ABORTED' || code === 'ABORT_ERR' || (error instanceof Error && error.name === 'AbortError')) {
-    return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+    return ABORTED;
   }
   if (code === 'ETIMEDOUT') {
     return { ok: false, retryable: true, code: 'transient', message: `request timed out after ${timeoutMs} ms`, hints: {} };
@@ -420,7 +423,7 @@ export class ApiClient implements PollClient {
       const fresh = tokens.current(Date.now(), true);
       return fresh !== undefined && fresh !== token ? await this.#attempt(kind, path, body, context, { apiKey: fresh }) : outcome;
     } catch (error) {
-      if (context.signal?.aborted) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+      if (context.signal?.aborted) return ABORTED;
       return classifyRequestError(error, this.requestTimeoutMs);
     }
   }

@@ -3,6 +3,7 @@ import type { ToolCall, ToolHandler } from './actions.js';
 import { actWithRetries, callToolHandler, errorDetails, toolCallsKey } from './actions.js';
 import type { Budget } from './budget.js';
 import type { Credentials, PollClient, PollFailure, PollOutcome, ResourceAction } from './client.js';
+import { ABORTED } from './client.js';
 import type { ErrorCode } from './errors.js';
 import { WatchError } from './errors.js';
 import type { ActionEventName, WatchErrorDetails, WatchEvent } from './events.js';
@@ -266,7 +267,7 @@ export class WatchDriver {
     const { budget, client } = this.#ports;
     if (!client.act) throw new Error('the client cannot POST (PollClient.act)');
     const outcome = await actWithRetries(async (): Promise<PollOutcome<Snapshot>> => {
-      if (!(await budget.acquire(signal))) return { ok: false, retryable: false, code: 'aborted', message: 'request aborted', hints: {}, aborted: true };
+      if (!(await budget.acquire(signal))) return ABORTED;
       try {
         const answer = await client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers });
         if (!answer.ok && answer.httpStatus === 429) budget.penalize(Date.now(), answer.hints.retryAfterMs);

@@ -85,11 +85,6 @@ export class Fifo<T> {
     this.#items.push(value);
   }
 
-  /** The oldest value, without removing it. */
-  peek(): T | undefined {
-    return this.#head < this.#items.length ? this.#items[this.#head] : undefined;
-  }
-
   /** Removes and returns the oldest value. */
   shift(): T | undefined {
     if (this.#head >= this.#items.length) return undefined;

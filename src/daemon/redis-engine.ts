@@ -184,7 +184,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   #watch(record: WatchRecord): Watch {
     const toolHandler = record.kind === 'run' ? this.#settings.toolHandler : undefined;
     const settings: StepSettings = { ...this.#base, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined };
-    return { id: record.id, kind: kindOf(record), ref: targetOf(record), settings, toolHandler, signal: this.#halt.signal, progress: resumeProgress(kindOf(record), settings, record.progress) };
+    const kind = kindOf(record);
+    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress) };
   }
 
   /** One step of one watch, then asleep in `delayed` until the next. */
