@@ -445,7 +445,7 @@ function daemonSources(args: string[], env: NodeJS.ProcessEnv): { help: boolean;
 const loadDaemon = async () => ({
   ...(await import('./daemon/config.js')),
   ...(await import('./daemon/daemon.js')),
-  ...(await import('./sinks/webhook.js')),
+  ...(await import('./standard-webhooks.js')),
 });
 
 async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv): Promise<DaemonSecrets> {

@@ -27,5 +27,6 @@ export type { DeliveryContext, Sink, SinkDispatcherOptions, SinkFailure } from '
 export { StdoutSink } from './sinks/stdout.js';
 export { FileSink } from './sinks/file.js';
 export type { FileSinkOptions, FsyncPolicy } from './sinks/file.js';
-export { WebhookSink, verifyWebhook } from './sinks/webhook.js';
+export { WebhookSink } from './sinks/webhook.js';
+export { verifyWebhook } from './standard-webhooks.js';
 export type { WebhookSinkOptions } from './sinks/webhook.js';

@@ -5,7 +5,7 @@ import { expect } from 'vitest';
 import type { RunEvent } from '../src/events.js';
 import type { SimulatedRun } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
-import { verifyWebhook } from '../src/sinks/webhook.js';
+import { verifyWebhook } from '../src/standard-webhooks.js';
 
 /** A webhook delivery as the receiver saw it. */
 export interface Received {

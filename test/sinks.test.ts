@@ -9,7 +9,7 @@ import { FileSink } from '../src/sinks/file.js';
 import { loadModuleSink } from '../src/sinks/module.js';
 import { SinkDispatcher } from '../src/sinks/sink.js';
 import { StdoutSink } from '../src/sinks/stdout.js';
-import { signWebhook, verifyWebhook, webhookKey } from '../src/sinks/webhook.js';
+import { signWebhook, verifyWebhook, webhookKey } from '../src/standard-webhooks.js';
 import type { Sink, SinkFailure } from '../src/sinks/sink.js';
 
 function event(seq: number): WatchEvent {

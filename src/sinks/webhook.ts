@@ -1,12 +1,12 @@
-import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { Got } from 'got';
 import type { BackoffPolicy } from '../backoff.js';
 import { parseHints } from '../client.js';
-import { ConfigError, DeliveryError } from '../errors.js';
+import { DeliveryError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import { retryWithBackoff } from '../retry.js';
+import { signWebhook, webhookKey } from '../standard-webhooks.js';
 import { VERSION } from '../version.js';
 import type { DeliveryContext, Sink } from './sink.js';
 
@@ -29,39 +29,6 @@ const QUICK_RETRY_AFTER_MAX_MS = 2_000;
 
 /** Waits between quick retries: 200 ms, 400 ms, ... up to 2 s, or the receiver's short `retry-after`. */
 const QUICK_BACKOFF: BackoffPolicy = Object.freeze({ baseMs: 200, capMs: 2_000, growth: 2, jitter: 0, maxFloorMs: QUICK_RETRY_AFTER_MAX_MS });
-
-/** Decodes a `whsec_` secret to its key bytes; throws `ConfigError` when malformed. */
-export function webhookKey(secret: string): Buffer {
-  const encoded = secret.startsWith('whsec_') ? secret.slice('whsec_'.length) : secret;
-  const key = Buffer.from(encoded, 'base64');
-  if (!/^[A-Za-z0-9+/]+={0,2}$/.test(encoded) || key.length < 16) {
-    throw new ConfigError('invalid webhook secret: expected whsec_ followed by base64 of at least 16 bytes');
-  }
-  return key;
-}
-
-/** The Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of `id.timestamp.body`. */
-export function signWebhook(key: Buffer, id: string, timestampSec: number, body: string): string {
-  return `v1,${createHmac('sha256', key).update(`${id}.${timestampSec}.${body}`).digest('base64')}`;
-}
-
-/**
- * Verifies a Standard Webhooks request (for receivers and tests): one of the space-separated
- * `v1,` signatures must match and the timestamp must be within `toleranceSec` of now.
- */
-export function verifyWebhook(secret: string, headers: Readonly<Record<string, string | string[] | undefined>>, body: string, nowMs = Date.now(), toleranceSec = 300): boolean {
-  const id = headers['webhook-id'];
-  const timestamp = headers['webhook-timestamp'];
-  const signatures = headers['webhook-signature'];
-  if (typeof id !== 'string' || typeof timestamp !== 'string' || typeof signatures !== 'string') return false;
-  const ts = Number(timestamp);
-  if (!Number.isInteger(ts) || Math.abs(nowMs / 1000 - ts) > toleranceSec) return false;
-  const expected = Buffer.from(signWebhook(webhookKey(secret), id, ts, body));
-  return signatures.split(' ').some((candidate) => {
-    const given = Buffer.from(candidate);
-    return given.length === expected.length && timingSafeEqual(given, expected);
-  });
-}
 
 /**
  * POSTs each event as JSON, signed per the Standard Webhooks spec (`webhook-id` is the event
