@@ -320,9 +320,24 @@ export interface PollClient {
    * Never throws. Optional: a client without it cannot run tool handlers or cancel.
    */
   act?<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, action: ResourceAction, body: unknown, context: RequestContext): Promise<PollOutcome<TSnapshot>>;
+  /**
+   * Opens a server-sent event stream on a resource (`{path}?{query}`), e.g. a background
+   * response's resume stream. Never throws. Optional: without it a watch only polls.
+   */
+  openStream?<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, query: string, context: RequestContext): Promise<StreamOpening>;
   /** Releases sockets. */
   close(): void;
 }
+
+/** An event stream as opened: its text body, or why the server did not stream. */
+export type StreamOpening =
+  /** Status 200 and `text/event-stream`: `body` yields the decoded text; `close()` drops the connection. */
+  | { readonly ok: true; readonly body: AsyncIterable<string>; close(): void }
+  /**
+   * No stream. `refused`: the server will not stream this resource (a 4xx other than 408, 409
+   * and 429, or an answer that is not an event stream); else a transient failure to retry.
+   */
+  | { readonly ok: false; readonly refused: boolean; readonly failure: PollFailure };
 
 /** Largest response body read; a bigger one is a transient error (a proxy's error page gone wrong). */
 const MAX_BODY_BYTES = 8 * 1024 * 1024;
@@ -359,6 +374,8 @@ export class ApiClient implements PollClient {
   readonly #headers: Readonly<Record<string, string>>;
   readonly #traceId: boolean;
   readonly #agent: http.Agent;
+  /** Created on the first stream: streams never share the polls' sockets. */
+  #streamAgent: http.Agent | undefined;
   readonly #transport: typeof http | typeof https;
   readonly #target: { readonly protocol: string; readonly hostname: string; readonly port: string; readonly basePath: string };
   readonly #secrets: readonly string[];
@@ -404,6 +421,69 @@ export class ApiClient implements PollClient {
   /** POSTs `{path}/{action}` with a JSON body. Never throws; the outcome carries the new snapshot. */
   act<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, action: ResourceAction, body: unknown, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
     return this.#call(kind, this.#path(`${kind.path(ref)}/${action}`), JSON.stringify(body ?? {}), context);
+  }
+
+  /**
+   * Opens `{path}?{query}` as an event stream, on its own agent (a stream holds its socket for
+   * minutes; the polls' keep-alive pool must not lend it). Headers must come within
+   * `requestTimeoutMs`; after that the stream lasts until either side closes it.
+   */
+  async openStream<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, query: string, context: RequestContext): Promise<StreamOpening> {
+    const credentials = context.credentials ?? (this.#tokenFile ? { apiKey: this.#tokenFile.current(Date.now()) } : this.#credentials);
+    const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
+    const headers = { ...buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders), accept: 'text/event-stream' };
+    const { protocol, hostname, port } = this.#target;
+    this.#streamAgent ??= this.#target.protocol === 'https:' ? new https.Agent({ keepAlive: false }) : new http.Agent({ keepAlive: false });
+    let res: http.IncomingMessage;
+    const req = this.#transport.request({ protocol, hostname, port, path: this.#path(`${kind.path(ref)}?${query}`), method: 'GET', headers, agent: this.#streamAgent, signal: context.signal });
+    try {
+      res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+        const timer = setTimeout(() => req.destroy(new RequestTimeout(`no answer within ${this.requestTimeoutMs} ms`)), this.requestTimeoutMs);
+        req.once('error', (error) => {
+          clearTimeout(timer);
+          reject(error);
+        });
+        req.once('response', (answer) => {
+          clearTimeout(timer);
+          resolve(answer);
+        });
+        req.end();
+      });
+    } catch (error) {
+      if (context.signal?.aborted) return { ok: false, refused: false, failure: ABORTED };
+      return { ok: false, refused: false, failure: classifyRequestError(error, this.requestTimeoutMs) };
+    }
+    const statusCode = res.statusCode ?? 0;
+    const eventStream = /^text\/event-stream\b/i.test(res.headers['content-type'] ?? '');
+    if (statusCode === 200 && eventStream) {
+      const body = decoded(res);
+      body.setEncoding('utf8');
+      // a failure mid-stream ends the iteration (the caller reconnects), it is not thrown at it
+      body.on('error', () => undefined);
+      return { ok: true, body: body as AsyncIterable<string>, close: () => req.destroy() };
+    }
+    // read a little of the answer for its message, then let the socket go
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of decoded(res) as AsyncIterable<Buffer>) {
+        chunks.push(chunk);
+        size += chunk.length;
+        if (size > 64 * 1024) break;
+      }
+    } catch {
+      // the status says enough
+    } finally {
+      req.destroy();
+    }
+    const secrets = secretsOf(credentials, extra);
+    const text = Buffer.concat(chunks).toString('utf8');
+    if (statusCode === 200) {
+      return { ok: false, refused: true, failure: { ok: false, retryable: false, code: 'http_error', message: `HTTP 200 without an event stream (content-type ${JSON.stringify(res.headers['content-type'] ?? '')})`, httpStatus: 200, hints: {} } };
+    }
+    const failure = classifyResponse(kind, statusCode, res.headers, text, { nowMs: Date.now(), secrets });
+    if (failure.ok) return { ok: false, refused: true, failure: { ok: false, retryable: false, code: 'http_error', message: `HTTP ${statusCode} without an event stream`, httpStatus: statusCode, hints: {} } };
+    return { ok: false, refused: !failure.retryable, failure };
   }
 
   /** The request path: base path, resource path, then Azure's api-version (after any query the kind has). */
@@ -500,6 +580,7 @@ export class ApiClient implements PollClient {
   /** Closes idle keep-alive sockets. Idempotent. */
   close(): void {
     this.#agent.destroy();
+    this.#streamAgent?.destroy();
   }
 }
 

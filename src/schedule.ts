@@ -136,6 +136,28 @@ function bounded<T extends { readonly baseMs: number; readonly capMs: number }>(
   return Object.freeze(out) as unknown as T;
 }
 
+/** The safety net of a watch with a push signal: its polls start at `baseMs` and double up to `capMs`. */
+export interface SafetyNet {
+  /** @default 30000 */
+  readonly baseMs?: number;
+  /** @default 300000 (5 minutes) */
+  readonly capMs?: number;
+}
+
+/** Defaults of `SafetyNet`. */
+export const DEFAULT_SAFETY_NET = Object.freeze({ baseMs: 30_000, capMs: 300_000 });
+
+/**
+ * The policy of a watch a push signal covers: `policy` with every status (known or not) at the
+ * safety net's interval, doubling on each unchanged poll; errors and server hints as in `policy`.
+ * Throws `ConfigError` naming the field (`safetyNet.capMs`).
+ */
+export function safetyNetPolicy(policy: PollPolicy, net: SafetyNet = {}): PollPolicy {
+  const interval = bounded('safetyNet', { ...DEFAULT_SAFETY_NET, ...net }, DEFAULT_SAFETY_NET, POLICY_BOUNDS.interval);
+  const intervals = Object.fromEntries([...Object.keys(policy.intervals), 'unknown'].map((status) => [status, interval]));
+  return Object.freeze({ ...policy, intervals: Object.freeze(intervals) as PollPolicy['intervals'], growth: 2 });
+}
+
 /** The interval bounds that apply to a status. */
 export function intervalFor(policy: PollPolicy, status: string | null): IntervalPolicy {
   return (status === null ? undefined : policy.intervals[status]) ?? policy.intervals.unknown;

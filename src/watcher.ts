@@ -15,10 +15,12 @@ import type { WatchEvent } from './events.js';
 import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
-import type { NextStep, PartialPollPolicy, PollPolicy } from './schedule.js';
-import { DEFAULT_DEADLINES, MAX_TIMER_MS, resolvePollPolicy } from './schedule.js';
+import type { NextStep, PartialPollPolicy, PollPolicy, SafetyNet } from './schedule.js';
+import { DEFAULT_DEADLINES, MAX_TIMER_MS, resolvePollPolicy, safetyNetPolicy } from './schedule.js';
 import type { StepSettings, StoredProgress } from './step.js';
 import { resumeProgress } from './step.js';
+import type { StreamOptions } from './stream.js';
+import { ResponseStreams } from './stream.js';
 
 export type { RequiresActionContext, ToolCall, ToolHandler, ToolOutput } from './actions.js';
 export type { PollReport } from './driver.js';
@@ -60,7 +62,28 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
    * @default none: the watches live in this object's memory only
    */
   readonly store?: CommitPort;
+  /**
+   * How a watch with a push signal (`push: 'stream'` while its stream is open, `push:
+   * 'webhook'`) polls: slowly, only to catch a lost signal. Every status starts at `baseMs`,
+   * doubles on each unchanged poll, up to `capMs`.
+   * @default { baseMs: 30000, capMs: 300000 }
+   */
+  readonly safetyNet?: SafetyNet;
+  /** Limits of the response streams (`push: 'stream'`). @default DEFAULT_STREAMS */
+  readonly streams?: StreamOptions;
 }
+
+/**
+ * How a background response watch learns of a change besides polling: `none` polls as the
+ * policy says; `stream` holds the response's resume stream open (a terminal event triggers
+ * the confirming poll) and polls on the safety net meanwhile, or as usual when the server will
+ * not stream it or every stream slot is taken; `webhook` polls on the safety net from the
+ * start and counts on `wakeResponse()` (the daemon's `/v1/hooks/openai`) to poll at once.
+ */
+export type PushMode = 'none' | 'stream' | 'webhook';
+
+/** Every push mode. */
+export const PUSH_MODES: readonly PushMode[] = ['none', 'stream', 'webhook'];
 
 /** Options of one watch, whatever it watches. */
 export interface WatchOptions {
@@ -128,6 +151,12 @@ export interface WatchThreadOptions extends Omit<WatchOptions, 'cancelAfterStall
 export interface WatchResponseOptions extends WatchOptions {
   /** The response id (`resp_...`), of a response created with `background: true`. */
   readonly responseId: string;
+  /**
+   * The push signal this watch counts on besides polling (see `PushMode`); `stream` needs a
+   * response created with `stream: true`.
+   * @default 'none'
+   */
+  readonly push?: PushMode;
 }
 
 /** A running watch. */
@@ -173,6 +202,14 @@ export interface RunWatcherEvents {
 }
 
 interface LiveWatch extends Watch {
+  /** What the driver steps with: `base`, or `net` while a push signal covers the watch. */
+  settings: StepSettings;
+  readonly base: StepSettings;
+  /** The settings with the safety-net policy (`base` for a watch without a push signal). */
+  readonly net: StepSettings;
+  readonly push: PushMode;
+  /** The watch was woken while its step ran: the next poll is at once. */
+  wakePending: boolean;
   readonly onEvent: ((event: WatchEvent) => void) | undefined;
   /** Aborted when the watch ends: the request in flight and a tool handler stop. */
   readonly controller: AbortController;
@@ -223,6 +260,12 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   readonly #expiresGraceMs: number;
   readonly #stallThresholdMs: number | undefined;
   readonly #watches = new Map<string, LiveWatch>();
+  /** Response watches by response id, for `wakeResponse`. */
+  readonly #byResponse = new Map<string, LiveWatch[]>();
+  readonly #safetyNet: PollPolicy;
+  readonly #streamOptions: StreamOptions | undefined;
+  /** Created with the first `push: 'stream'` watch. */
+  #streams: ResponseStreams | undefined;
   readonly #heap = new MinHeap<Scheduled>();
   /** Due watches whose step waits to start: a reference each, where a started step would hold its whole frame. */
   readonly #ready = new Fifo<LiveWatch>();
@@ -241,6 +284,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   constructor(options: RunWatcherOptions = {}) {
     super();
     this.policy = resolvePollPolicy(options.policy);
+    this.#safetyNet = safetyNetPolicy(this.policy, options.safetyNet);
+    this.#streamOptions = options.streams;
     this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? DEFAULT_DEADLINES.defaultTimeoutMs);
     this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs);
     this.#stallThresholdMs = options.stallThresholdMs === undefined ? undefined : checkDuration('stallThresholdMs', options.stallThresholdMs);
@@ -296,7 +341,25 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
    * `response.<status>`. Throws `InvalidIdError` or `ConfigError` before any request.
    */
   watchResponse(options: WatchResponseOptions): WatchHandle<ResponseSnapshot> {
-    return this.#start(RESPONSE_KIND, { response_id: options.responseId }, options);
+    const push = options.push ?? 'none';
+    if (!PUSH_MODES.includes(push)) throw new ConfigError(`unknown push ${JSON.stringify(push)}: use ${PUSH_MODES.join(', ')}`);
+    return this.#start(RESPONSE_KIND, { response_id: options.responseId }, options, undefined, push);
+  }
+
+  /**
+   * Polls every watch of this background response now (or right after its step in flight): a
+   * push signal (an OpenAI webhook) said it changed. The poll decides what happened, so a
+   * forged or stale signal costs one request and ends nothing. Returns how many watches woke.
+   */
+  wakeResponse(responseId: string): number {
+    const watches = this.#byResponse.get(responseId) ?? [];
+    for (const w of watches) this.#wake(w);
+    return watches.length;
+  }
+
+  /** Response streams open now (`push: 'stream'`). */
+  get openStreams(): number {
+    return this.#streams?.size ?? 0;
   }
 
   /**
@@ -366,6 +429,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   async #close(drainTimeoutMs: number): Promise<void> {
     this.#draining.abort();
+    this.#streams?.close();
     // polls waiting for the budget are not in flight: they give up their turn
     this.#budget.close();
     this.#clearTimer();
@@ -409,6 +473,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     ref: TRef,
     options: WatchOptions,
     toolHandler?: ToolHandler,
+    push: PushMode = 'none',
   ): WatchHandle<TSnapshot> {
     if (this.#closing) throw new ConfigError('the watcher is closed');
     kind.validate(ref);
@@ -443,11 +508,16 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       random: this.#random,
     };
     const controller = new AbortController();
+    const net = push === 'none' ? settings : { ...settings, policy: this.#safetyNet };
     const w: LiveWatch = {
       id,
       kind: kind as unknown as ResourceKind<object, Snapshot>,
       ref,
-      settings,
+      settings: push === 'webhook' ? net : settings,
+      base: settings,
+      net,
+      push,
+      wakePending: false,
       credentials: options.credentials,
       headers: options.headers,
       toolHandler,
@@ -466,6 +536,10 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const abort = (reason?: unknown): void => this.#abort(w, reason);
     const signal = options.signal;
     this.#watches.set(id, w);
+    if (kind === (RESPONSE_KIND as unknown)) {
+      const responseId = (ref as { response_id: string }).response_id;
+      this.#byResponse.set(responseId, [...(this.#byResponse.get(responseId) ?? []), w]);
+    }
     if (signal?.aborted) {
       // nothing was sent; the caller still gets the rejection and the event
       abort(signal.reason);
@@ -550,11 +624,43 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     void this.#track(this.#driver.step(w, due), w, (end) => this.#settle(w, end));
   }
 
+  /** Polls a watch now, or right after the step it is running. */
+  #wake(w: LiveWatch): void {
+    if (w.done || this.#draining.signal.aborted) return;
+    if (w.step === null) w.wakePending = true;
+    else if (w.step.atMs > Date.now()) this.#plan(w, { kind: 'poll', atMs: Date.now() });
+  }
+
+  /** The response stream of a `push: 'stream'` watch, opened after its first poll when a slot is free. */
+  #stream(w: LiveWatch): void {
+    this.#streams ??= new ResponseStreams(this.#client, this.#budget, {
+      opened: (sw) => {
+        const live = sw as LiveWatch;
+        if (!live.done) live.settings = live.net;
+      },
+      // the stream is over: polling as usual again, and at once, in case it ended in silence
+      terminal: (sw) => this.#unpushed(sw as LiveWatch),
+      dropped: (sw) => this.#unpushed(sw as LiveWatch),
+    }, this.#logger, this.#streamOptions);
+    this.#streams.start(w);
+  }
+
+  #unpushed(w: LiveWatch): void {
+    if (w.done) return;
+    w.settings = w.base;
+    this.#wake(w);
+  }
+
   /** What a step's end means for a watch held here. */
   #settle(w: LiveWatch, end: StepEnd): void {
     if (w.done) return;
-    if (end.kind === 'next') this.#plan(w, end.next);
-    else if (end.kind === 'resolved') this.#finish(w, { ok: true, snapshot: end.snapshot });
+    if (end.kind === 'next') {
+      const now = Date.now();
+      const next = w.wakePending && end.next.atMs > now ? { kind: 'poll' as const, atMs: now } : end.next;
+      w.wakePending = false;
+      this.#plan(w, next);
+      if (w.push === 'stream') this.#stream(w);
+    } else if (end.kind === 'resolved') this.#finish(w, { ok: true, snapshot: end.snapshot });
     else if (end.kind === 'failed') this.#finish(w, { ok: false, error: end.error });
     else if (end.kind === 'stale') {
       // one writer per watch in a process: only a store shared with another writer gets here
@@ -608,12 +714,21 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     w.controller.abort();
     w.detach();
     this.#watches.delete(w.id);
+    if (w.kind === (RESPONSE_KIND as unknown)) this.#unindex(w);
+    if (w.push === 'stream') this.#streams?.stop(w.id);
     if (this.#watches.size === 0) {
       // nothing left to poll: drop stale heap entries so no timer keeps the process alive
       this.#heap.clear();
       this.#ready.clear();
       this.#clearTimer();
     }
+  }
+
+  #unindex(w: LiveWatch): void {
+    const responseId = (w.ref as { response_id: string }).response_id;
+    const rest = (this.#byResponse.get(responseId) ?? []).filter((other) => other !== w);
+    if (rest.length > 0) this.#byResponse.set(responseId, rest);
+    else this.#byResponse.delete(responseId);
   }
 
   /** Settles a watch's promise once and reports how it ended. */
