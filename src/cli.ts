@@ -452,7 +452,17 @@ async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv): Prom
   const { effectiveBaseUrl, webhookKey } = await loadDaemon();
   const webhookSecret = readSecret(env, 'RUNWATCH_WEBHOOK_SECRET');
   if (webhookSecret) webhookKey(webhookSecret);
+  // several during a rotation, separated by spaces or commas
+  const openaiWebhookSecrets = (readSecret(env, 'RUNWATCH_OPENAI_WEBHOOK_SECRET') ?? '').split(/[\s,]+/).filter((secret) => secret !== '');
+  for (const secret of openaiWebhookSecrets) {
+    try {
+      webhookKey(secret);
+    } catch {
+      throw new ConfigError('invalid RUNWATCH_OPENAI_WEBHOOK_SECRET: expected the whsec_... secret of your OpenAI webhook endpoint (several separated by spaces during a rotation)');
+    }
+  }
   return {
+    openaiWebhookSecrets,
     credentials: credentialsFromEnv(config.watch.provider, effectiveBaseUrl(config), env),
     controlToken: readSecret(env, 'RUNWATCH_CONTROL_TOKEN'),
     webhookSecret,
@@ -469,7 +479,7 @@ async function configCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
   const config = (await loadDaemon()).loadConfig(sources);
   const provider = config.watch.provider;
   const secrets: Record<string, string | null> = {};
-  for (const name of [...Object.values(SECRET_ENV[provider]), 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_REDIS_URL']) {
+  for (const name of [...Object.values(SECRET_ENV[provider]), 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_OPENAI_WEBHOOK_SECRET', 'RUNWATCH_REDIS_URL']) {
     if (name) secrets[name] = readSecret(env, name) ? '[REDACTED]' : null;
   }
   process.stdout.write(`${JSON.stringify({ ...config, secrets }, null, 2)}\n`);

@@ -50,6 +50,8 @@ export interface ControlApiDeps {
   subscribe(listener: () => void): () => void;
   ready(): MaybePromise<boolean>;
   metrics(): Promise<{ contentType: string; body: string }>;
+  /** The inbound webhook route (no token: its signature authenticates it), when configured. */
+  readonly hook?: { readonly path: string; receive(headers: http.IncomingHttpHeaders, body: string): Promise<{ status: number; body: unknown }> } | undefined;
 }
 
 /** Options of the control API. */
@@ -136,9 +138,7 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     if (!timingSafeEqual(digest(given), tokenDigest)) throw new ApiError(401, 'unauthorized', 'missing or wrong bearer token', { 'www-authenticate': 'Bearer' });
   };
 
-  const readJson = async (req: http.IncomingMessage): Promise<unknown> => {
-    const type = req.headers['content-type'] ?? '';
-    if (!/^application\/json\b/i.test(type)) throw new ApiError(415, 'unsupported_media_type', 'send Content-Type: application/json');
+  const readBody = async (req: http.IncomingMessage): Promise<string> => {
     const declared = Number(req.headers['content-length'] ?? 0);
     if (declared > options.maxBodyBytes) throw new ApiError(413, 'body_too_large', `bodies are limited to ${options.maxBodyBytes} bytes`);
     const chunks: Buffer[] = [];
@@ -148,8 +148,15 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       if (size > options.maxBodyBytes) throw new ApiError(413, 'body_too_large', `bodies are limited to ${options.maxBodyBytes} bytes`);
       chunks.push(chunk as Buffer);
     }
+    return Buffer.concat(chunks).toString('utf8');
+  };
+
+  const readJson = async (req: http.IncomingMessage): Promise<unknown> => {
+    const type = req.headers['content-type'] ?? '';
+    if (!/^application\/json\b/i.test(type)) throw new ApiError(415, 'unsupported_media_type', 'send Content-Type: application/json');
+    const body = await readBody(req);
     try {
-      return JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+      return JSON.parse(body) as unknown;
     } catch {
       throw new ApiError(400, 'invalid_json', 'the body is not valid JSON');
     }
@@ -262,6 +269,12 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       only('GET', 'HEAD');
       const ready = await deps.ready();
       send(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready' });
+      return;
+    }
+    if (deps.hook && path === deps.hook.path) {
+      only('POST');
+      const answer = await deps.hook.receive(req.headers, await readBody(req));
+      send(res, answer.status, answer.body);
       return;
     }
     authorize(req);

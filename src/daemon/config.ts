@@ -7,8 +7,9 @@ import { describeIssue } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
 import { pollPolicySchema } from '../policy.js';
-import { DEFAULT_DEADLINES } from '../schedule.js';
+import { DEFAULT_DEADLINES, DEFAULT_SAFETY_NET } from '../schedule.js';
 import type { FsyncPolicy } from '../sinks/file.js';
+import { DEFAULT_STREAMS } from '../stream.js';
 
 const DAY_MS = 86_400_000;
 const positiveInt = z.number().int().positive();
@@ -112,6 +113,26 @@ const configSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  push: z
+    .strictObject({
+      /**
+       * The push signal of background response watches: `none` (poll), `stream` (resume
+       * streams, one process only), `webhook` (OpenAI webhooks to `hookPath`), `auto` (webhook
+       * when RUNWATCH_OPENAI_WEBHOOK_SECRET is set, else stream, else none in Redis mode).
+       */
+      mode: z.enum(['none', 'stream', 'webhook', 'auto']).default('none'),
+      hookPath: z.string().regex(/^\/[A-Za-z0-9/_.-]*$/, 'expected a path such as /v1/hooks/openai').default('/v1/hooks/openai'),
+      safetyNetBaseMs: durationMs.default(DEFAULT_SAFETY_NET.baseMs),
+      safetyNetCapMs: durationMs.default(DEFAULT_SAFETY_NET.capMs),
+      maxStreams: positiveInt.max(100_000).default(DEFAULT_STREAMS.maxStreams),
+    })
+    .superRefine((push, ctx) => {
+      if (push.safetyNetCapMs < push.safetyNetBaseMs) ctx.addIssue({ code: 'custom', path: ['safetyNetCapMs'], input: push.safetyNetCapMs, message: `must be >= safetyNetBaseMs = ${push.safetyNetBaseMs}` });
+      if (['/healthz', '/readyz', '/metrics', '/v1/events'].includes(push.hookPath) || push.hookPath.startsWith('/v1/watches')) {
+        ctx.addIssue({ code: 'custom', path: ['hookPath'], input: push.hookPath, message: 'is a route of the control API: pick another path' });
+      }
+    })
+    .prefault({}),
   retention: z
     .strictObject({
       /** @default 604800000 (7 days) */
@@ -175,7 +196,7 @@ export const ENV_ALIASES: Readonly<Record<string, string>> = {
 };
 
 /** Variables that are not settings (secrets and the config path itself). */
-const NOT_SETTINGS = new Set(['RUNWATCH_CONFIG', 'RUNWATCH_REDIS_URL', 'RUNWATCH_REDIS_URL_FILE', 'RUNWATCH_TEST_REDIS_URL', 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_CONTROL_TOKEN_FILE', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_WEBHOOK_SECRET_FILE', 'RUNWATCH_SIM_API_KEY', 'RUNWATCH_SIM_API_KEY_FILE', 'RUNWATCH_NODE_CACHE']);
+const NOT_SETTINGS = new Set(['RUNWATCH_CONFIG', 'RUNWATCH_REDIS_URL', 'RUNWATCH_REDIS_URL_FILE', 'RUNWATCH_TEST_REDIS_URL', 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_CONTROL_TOKEN_FILE', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_WEBHOOK_SECRET_FILE', 'RUNWATCH_OPENAI_WEBHOOK_SECRET', 'RUNWATCH_OPENAI_WEBHOOK_SECRET_FILE', 'RUNWATCH_SIM_WEBHOOK_SECRET', 'RUNWATCH_SIM_WEBHOOK_SECRET_FILE', 'RUNWATCH_SIM_API_KEY', 'RUNWATCH_SIM_API_KEY_FILE', 'RUNWATCH_NODE_CACHE']);
 
 /** `SHUTDOWN_TIMEOUT_MS` -> `shutdownTimeoutMs`. */
 function camel(upper: string): string {
@@ -257,6 +278,15 @@ export function validateConfig(input: unknown): DaemonConfig {
 /** The base URL in force: the configured one, else the provider's hosted API (validation makes sure there is one). */
 export function effectiveBaseUrl(config: DaemonConfig): string {
   return config.watch.baseUrl ?? DEFAULT_BASE_URLS[config.watch.provider] ?? '';
+}
+
+/** The push mode response watches get: `auto` resolved against the secrets and the store kind. */
+export function pushModeOf(config: DaemonConfig, hasWebhookSecret: boolean): 'none' | 'stream' | 'webhook' {
+  const { mode } = config.push;
+  if (mode === 'stream' && config.store.kind === 'redis') throw new ConfigError('push.mode stream holds each stream in one process and store.kind redis spreads watches over replicas: use push.mode webhook');
+  if (mode === 'webhook' && !hasWebhookSecret) throw new ConfigError('push.mode webhook needs the secret of your OpenAI webhook endpoint: set RUNWATCH_OPENAI_WEBHOOK_SECRET (or _FILE)');
+  if (mode !== 'auto') return mode;
+  return hasWebhookSecret ? 'webhook' : config.store.kind === 'redis' ? 'none' : 'stream';
 }
 
 /** True for addresses only this machine can reach. */

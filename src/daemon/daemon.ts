@@ -25,6 +25,7 @@ import type { DaemonConfig } from './config.js';
 import { isLoopback } from './config.js';
 import type { Engine, EngineSettings } from './engine.js';
 import { engineSettings, LocalEngine } from './engine.js';
+import { OpenAIHookReceiver } from './hooks.js';
 import { DaemonMetrics } from './metrics.js';
 import type { DeliveryPolicy, Outbox } from './outbox.js';
 import { OutboxWorker } from './outbox.js';
@@ -36,6 +37,8 @@ export interface DaemonSecrets {
   readonly credentials: Credentials;
   readonly controlToken?: string | undefined;
   readonly webhookSecret?: string | undefined;
+  /** `RUNWATCH_OPENAI_WEBHOOK_SECRET`: the `whsec_` secrets of the OpenAI webhook endpoint (several during a rotation). */
+  readonly openaiWebhookSecrets?: readonly string[] | undefined;
   /** `RUNWATCH_REDIS_URL`: the Redis store and the redis-stream sink (it may carry a password). */
   readonly redisUrl?: string | undefined;
 }
@@ -204,6 +207,7 @@ export class Daemon {
       activeByStatus: () => this.#engine.activeByStatus(),
       outbox: () => Promise.all(this.#outboxes.map(async (outbox) => ({ sink: outbox.sink.name, ...(await outbox.stats()) }))),
       budget: () => this.#engine.budget(),
+      openStreams: () => this.#engine.openStreams(),
     });
     const delivery: DeliveryPolicy = {
       retryForMs: config.sinks.delivery.retryForMs,
@@ -214,6 +218,15 @@ export class Daemon {
     if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery);
     else this.#localParts(all, settings, delivery);
     const store = this.#engine.store;
+    const secretsOfHook = secrets.openaiWebhookSecrets ?? [];
+    const hook =
+      secretsOfHook.length === 0
+        ? undefined
+        : new OpenAIHookReceiver(
+            secretsOfHook,
+            { claimWebhook: (id) => this.#engine.claimWebhook(id), wakeResponse: (id) => this.#engine.wakeResponse(id), count: (outcome) => metrics.webhooks.inc({ outcome }) },
+            this.#logger.child({ component: 'hooks' }),
+          );
 
     const api = createControlApi(
       {
@@ -229,6 +242,7 @@ export class Daemon {
         },
         ready: () => this.#shutdown === null && store.healthy(),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
+        hook: hook && { path: config.push.hookPath, receive: (headers, body) => hook.receive(headers, body) },
       },
       { token: secrets.controlToken, maxBodyBytes: config.daemon.maxBodyBytes, callbackHosts: config.daemon.callbackHosts, logger: this.#logger.child({ component: 'api' }) },
     );

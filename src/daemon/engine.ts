@@ -7,10 +7,11 @@ import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import type { Snapshot } from '../resource.js';
 import type { NewWatch, WatchRecord, WatchStore } from '../store/store.js';
-import type { RunWatcherOptions, WatchHandle } from '../watcher.js';
+import { WEBHOOK_TOLERANCE_SEC } from '../standard-webhooks.js';
+import type { PushMode, RunWatcherOptions, WatchHandle } from '../watcher.js';
 import { RunWatcher } from '../watcher.js';
 import type { DaemonConfig } from './config.js';
-import { effectiveBaseUrl } from './config.js';
+import { effectiveBaseUrl, pushModeOf } from './config.js';
 import type { DaemonSecrets } from './daemon.js';
 
 /** What an engine tells its host. */
@@ -44,6 +45,12 @@ export interface Engine extends EventEmitter<EngineEvents> {
   activeByStatus(): Promise<ReadonlyMap<string, number>>;
   /** The request budget now. */
   budget(): BudgetSnapshot;
+  /** Polls the active watch of this background response now (a webhook said it changed); false when none watches it. */
+  wakeResponse(responseId: string): Promise<boolean>;
+  /** True the first time a webhook id is seen within the replay window (by this process, or the fleet in Redis mode). */
+  claimWebhook(webhookId: string): Promise<boolean>;
+  /** Response streams open in this process. */
+  openStreams(): number;
   /** Lets steps in flight finish for up to `drainTimeoutMs`, then stops. Idempotent. */
   close(drainTimeoutMs: number): Promise<void>;
 }
@@ -53,7 +60,12 @@ export interface EngineSettings {
   readonly watcher: Omit<RunWatcherOptions, 'store' | 'client'>;
   readonly cancelAfterStallMs: number | undefined;
   readonly toolHandler: ToolHandler | undefined;
+  /** The push signal of response watches (`auto` already resolved). @default 'none' */
+  readonly push?: PushMode;
 }
+
+/** How long a webhook id is remembered: twice the timestamp tolerance, past which a replay is refused anyway. */
+export const WEBHOOK_REPLAY_WINDOW_MS = 2 * WEBHOOK_TOLERANCE_SEC * 1000;
 
 /** The engine settings of a daemon configuration (one place for both engines). */
 export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, toolHandler: ToolHandler | undefined): EngineSettings {
@@ -73,10 +85,13 @@ export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, log
       maxRequestsPerSecond: watch.maxRequestsPerSecond,
       policy: watch.policy,
       stallThresholdMs: config.daemon.stallThresholdMs,
+      safetyNet: { baseMs: config.push.safetyNetBaseMs, capMs: config.push.safetyNetCapMs },
+      streams: { maxStreams: config.push.maxStreams },
       logger: logger.child({ component: 'engine' }),
     },
     cancelAfterStallMs: config.daemon.cancelAfterStallMs ?? undefined,
     toolHandler,
+    push: pushModeOf(config, (secrets.openaiWebhookSecrets ?? []).length > 0),
   };
 }
 
@@ -89,6 +104,8 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly #watcher: RunWatcher;
   readonly #settings: EngineSettings;
   readonly #handles = new Map<string, WatchHandle<Snapshot>>();
+  /** Webhook ids seen, with when they may be forgotten. */
+  readonly #webhooks = new Map<string, number>();
 
   constructor(store: WatchStore, settings: EngineSettings) {
     super();
@@ -146,6 +163,26 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.#watcher.budget;
   }
 
+  wakeResponse(responseId: string): Promise<boolean> {
+    return Promise.resolve(this.#watcher.wakeResponse(responseId) > 0);
+  }
+
+  claimWebhook(webhookId: string): Promise<boolean> {
+    const now = Date.now();
+    // ids are kept in arrival order: the oldest expire first
+    for (const [id, expiresAtMs] of this.#webhooks) {
+      if (expiresAtMs > now) break;
+      this.#webhooks.delete(id);
+    }
+    if (this.#webhooks.has(webhookId)) return Promise.resolve(false);
+    this.#webhooks.set(webhookId, now + WEBHOOK_REPLAY_WINDOW_MS);
+    return Promise.resolve(true);
+  }
+
+  openStreams(): number {
+    return this.#watcher.openStreams;
+  }
+
   close(drainTimeoutMs: number): Promise<void> {
     return this.#watcher.close({ drainTimeoutMs });
   }
@@ -156,7 +193,7 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     const handle: WatchHandle<Snapshot> =
       record.kind === 'run'
         ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, onRequiresAction: this.#settings.toolHandler })
-        : this.#watcher.watchResponse({ ...options, responseId: record.response_id });
+        : this.#watcher.watchResponse({ ...options, responseId: record.response_id, push: this.#settings.push });
     this.#handles.set(record.id, handle);
   }
 }

@@ -9,6 +9,8 @@ export interface MetricsSources {
   outbox(): Promise<ReadonlyArray<{ readonly sink: string; readonly pending: number; readonly dead: number }>>;
   /** The request budget now. */
   budget(): { readonly ratePerSecond: number; readonly inFlight: number; readonly queued: number };
+  /** Response streams open in this process. */
+  openStreams(): number;
 }
 
 /** The `status` label of an event in `runwatch_transitions_total`: the new status, `stalled`, an action, or `watch_error`. */
@@ -24,6 +26,7 @@ export class DaemonMetrics {
   readonly pollLateness: Histogram;
   readonly transitions: Counter<'status'>;
   readonly deliveries: Counter<'sink' | 'outcome'>;
+  readonly webhooks: Counter<'outcome'>;
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
@@ -86,6 +89,20 @@ export class DaemonMetrics {
       registers,
       collect() {
         this.set(sources.budget().inFlight);
+      },
+    });
+    this.webhooks = new Counter({
+      name: 'runwatch_webhooks_total',
+      help: 'Inbound webhooks by stage: each counts in received, then verified or rejected, then duplicate, ignored, matched or unknown.',
+      labelNames: ['outcome'],
+      registers,
+    });
+    new Gauge({
+      name: 'runwatch_open_streams',
+      help: 'Response streams this process holds open (push mode stream).',
+      registers,
+      collect() {
+        this.set(sources.openStreams());
       },
     });
     new Gauge({

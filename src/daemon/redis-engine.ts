@@ -10,14 +10,15 @@ import { ApiClient } from '../client.js';
 import type { StepEnd, Watch } from '../driver.js';
 import { WatchDriver } from '../driver.js';
 import { WatchError } from '../errors.js';
-import { DEFAULT_DEADLINES, resolvePollPolicy } from '../schedule.js';
+import { DEFAULT_DEADLINES, resolvePollPolicy, safetyNetPolicy } from '../schedule.js';
 import type { StepSettings } from '../step.js';
 import { resumeProgress } from '../step.js';
 import type { RedisStore } from '../store/redis.js';
 import type { NewWatch, WatchRecord } from '../store/store.js';
-import { kindOf, targetOf } from '../store/store.js';
+import { kindOf, targetKey, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import type { Engine, EngineEvents, EngineSettings } from './engine.js';
+import { WEBHOOK_REPLAY_WINDOW_MS } from './engine.js';
 import { fleetBudget } from './fleet-budget.js';
 
 const QUEUE = 'polls';
@@ -26,6 +27,10 @@ const STALE_RETRY_MS = 50;
 /** How often the log is checked for events other replicas committed (to wake SSE streams). */
 const LOG_WATCH_MS = 250;
 /** A watch's job: kept while it polls; retried (a crashed step) as long as the watch lives. */
+/** A woken watch whose step is running is promoted once it is delayed again: tried this often, this far apart. */
+const WAKE_TRIES = 20;
+const WAKE_RETRY_MS = 250;
+
 const JOB_OPTIONS = { removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } } as const;
 
 /** Options of a `RedisEngine` beside the engine settings. */
@@ -63,6 +68,9 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   /** Aborted once the drain time is over: requests and handlers still running stop. */
   readonly #halt = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
+  readonly #wakeTimers = new Set<NodeJS.Timeout>();
+  /** The settings of a response watch when webhooks cover it. */
+  readonly #net: StepSettings['policy'] | undefined;
   #lastPosition = 0;
   #closing: Promise<void> | null = null;
 
@@ -84,6 +92,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       cancelAfterStallMs: settings.cancelAfterStallMs,
       random: Math.random,
     };
+    this.#net = settings.push === 'webhook' ? safetyNetPolicy(this.#base.policy, watcher.safetyNet) : undefined;
     // lets a server (and the simulator) see which replica sent a request
     this.#client = new ApiClient({ ...watcher, headers: { ...watcher.headers, 'x-runwatch-instance': this.replicaId } });
     this.#budget = fleetBudget(redis, store.keys.budget, watcher);
@@ -167,7 +176,43 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.#closing;
   }
 
+  async wakeResponse(responseId: string): Promise<boolean> {
+    const id = await this.#redis.hget(this.store.keys.targets, targetKey({ kind: 'response', response_id: responseId }));
+    const job: Job<{ watchId: string }> | undefined = id === null ? undefined : await this.#queue.getJob(id);
+    if (!job) return false;
+    void this.#promote(job, WAKE_TRIES);
+    return true;
+  }
+
+  async claimWebhook(webhookId: string): Promise<boolean> {
+    return (await this.#redis.set(this.store.keys.webhook(webhookId), '1', 'PX', WEBHOOK_REPLAY_WINDOW_MS, 'NX')) === 'OK';
+  }
+
+  openStreams(): number {
+    return 0;
+  }
+
+  /** Moves a delayed step job to now; a job whose step is running is tried again shortly (it is delayed again when its step ends). */
+  async #promote(job: Job<{ watchId: string }>, triesLeft: number): Promise<void> {
+    try {
+      const state = await job.getState();
+      if (state === 'delayed') await job.promote();
+      else if (state === 'active' && triesLeft > 1 && !this.#stopping.signal.aborted) {
+        const timer = setTimeout(() => {
+          this.#wakeTimers.delete(timer);
+          void this.#promote(job, triesLeft - 1);
+        }, WAKE_RETRY_MS);
+        this.#wakeTimers.add(timer);
+      }
+    } catch (error) {
+      // promoted meanwhile, or Redis away: the safety net polls anyway
+      this.#options.logger.debug({ err: error, watchId: job.id }, 'could not wake a watch');
+    }
+  }
+
   async #close(drainTimeoutMs: number): Promise<void> {
+    for (const timer of this.#wakeTimers) clearTimeout(timer);
+    this.#wakeTimers.clear();
     for (const timer of this.#timers) clearInterval(timer);
     this.#stopping.abort(new Error('the daemon is shutting down'));
     this.#budget.close();
@@ -183,7 +228,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   /** A stored watch as the driver works on it. */
   #watch(record: WatchRecord): Watch {
     const toolHandler = record.kind === 'run' ? this.#settings.toolHandler : undefined;
-    const settings: StepSettings = { ...this.#base, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined };
+    const policy = record.kind === 'response' && this.#net ? this.#net : this.#base.policy;
+    const settings: StepSettings = { ...this.#base, policy, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined };
     const kind = kindOf(record);
     return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress) };
   }

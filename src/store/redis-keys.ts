@@ -53,6 +53,11 @@ export class RedisKeys {
     return `${this.prefix}lease:${sink}:${partition}`;
   }
 
+  /** Marker of an inbound webhook id already taken (dedupe across replicas), with a TTL. */
+  webhook(webhookId: string): string {
+    return `${this.prefix}hook:${webhookId}`;
+  }
+
   /** Stream of a sink's dead letters. */
   dead(sink: string): string {
     return `${this.prefix}dead:${sink}`;
