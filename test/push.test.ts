@@ -181,8 +181,13 @@ describe("push: 'stream'", () => {
     streams[0]!.end();
     await clock.tickAsync(0);
     expect(streams.map((s) => s.query)).toEqual(['stream=true', 'stream=true&starting_after=1']);
-    // a server that replays seq 1 again is not counted twice; the terminal event still ends it
-    streams[1]!.push(sse('response.in_progress', 1) + sse('response.completed', 2));
+    // a server that replays what was skipped must not move the position back
+    streams[1]!.push(sse('response.output_text.delta', 2) + sse('response.in_progress', 1));
+    await clock.tickAsync(0);
+    streams[1]!.end();
+    await clock.tickAsync(0);
+    expect(streams.map((s) => s.query)).toEqual(['stream=true', 'stream=true&starting_after=1', 'stream=true&starting_after=2']);
+    streams[2]!.push(sse('response.completed', 3));
     await clock.tickAsync(0);
     await expect(handle.promise).resolves.toMatchObject({ status: 'completed' });
     await watcher.close();
@@ -190,10 +195,15 @@ describe("push: 'stream'", () => {
 
   it('falls back to polling as usual when the server refuses to stream, and never asks again', async () => {
     const { client, streams, refuseWith } = streamingClient([response('in_progress')]);
-    refuseWith(() => ({ ok: false, refused: true, failure: { ok: false, retryable: false, code: 'bad_request', message: 'HTTP 400: not created with stream', httpStatus: 400, hints: {} } }));
+    let asked = 0;
+    refuseWith(() => {
+      asked += 1;
+      return { ok: false, refused: true, failure: { ok: false, retryable: false, code: 'bad_request', message: 'HTTP 400: not created with stream', httpStatus: 400, hints: {} } };
+    });
     const watcher = new RunWatcher({ client, random: () => 0 });
     watcher.watchResponse({ responseId: 'resp_1', push: 'stream' });
     await clock.tickAsync(10_000);
+    expect(asked).toBe(1);
     expect(streams).toHaveLength(0);
     // the normal in_progress policy: 1.75 s growing by 1.05
     expect(client.calls.length).toBeGreaterThanOrEqual(5);
