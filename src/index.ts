@@ -6,9 +6,9 @@
 export { waitForIdleThread, watchResponse, watchRun } from './watch-run.js';
 export type { WaitForIdleThreadOptions, WatchResponseCallOptions, WatchRunCallOptions } from './watch-run.js';
 export { RunWatcher } from './watcher.js';
-export type { PollReport, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, RequiresActionContext, ToolCall, ToolHandler, ToolOutput, WatchOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
+export type { PollReport, PushMode, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, RequiresActionContext, ToolCall, ToolHandler, ToolOutput, WatchOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
 export { ApiClient } from './client.js';
-export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext, ResourceAction } from './client.js';
+export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext, ResourceAction, StreamOpening } from './client.js';
 export { ConfigError, DeliveryError, InvalidIdError, RunwatchError, WatchError } from './errors.js';
 export type { ErrorCode } from './errors.js';
 export { isResponseEvent, isRunEvent, isWatchError } from './events.js';
@@ -18,7 +18,8 @@ export type { ResourceKind, ResponseRef, ResponseSnapshot, RunRef, RunSnapshot, 
 export { ACTIVE_RUN_STATUSES, TERMINAL_RUN_STATUSES } from './status.js';
 export type { KnownRunStatus, RunStatus } from './status.js';
 export { DEFAULT_POLL_POLICY } from './schedule.js';
-export type { IntervalPolicy, PartialPollPolicy, PollPolicy } from './schedule.js';
+export type { IntervalPolicy, PartialPollPolicy, PollPolicy, SafetyNet } from './schedule.js';
+export type { StreamOptions } from './stream.js';
 export type { BudgetOptions } from './budget.js';
 export type { CommitPort, CommitResult, WatchChange, WatchState } from './driver.js';
 export type { Progress, StoredProgress } from './step.js';
@@ -29,4 +30,6 @@ export { FileSink } from './sinks/file.js';
 export type { FileSinkOptions, FsyncPolicy } from './sinks/file.js';
 export { WebhookSink } from './sinks/webhook.js';
 export { verifyWebhook } from './standard-webhooks.js';
+export { OpenAIHookReceiver } from './hooks.js';
+export type { HookAnswer, HookDeps, HookOutcome } from './hooks.js';
 export type { WebhookSinkOptions } from './sinks/webhook.js';

@@ -2,6 +2,8 @@ import type { Clock } from '@sinonjs/fake-timers';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { PollOutcome, RequestContext, StreamOpening } from '../src/client.js';
 import { ConfigError } from '../src/errors.js';
+import { OpenAIHookReceiver } from '../src/hooks.js';
+import { signWebhook, webhookKey } from '../src/standard-webhooks.js';
 import type { Snapshot } from '../src/resource.js';
 import { safetyNetPolicy, DEFAULT_POLL_POLICY, nextDelayMs } from '../src/schedule.js';
 import { RunWatcher } from '../src/watcher.js';
@@ -235,5 +237,26 @@ describe("push: 'stream'", () => {
     expect(watcher.openStreams).toBe(2);
     await watcher.close();
     expect(streams.every((s) => s.closed)).toBe(true);
+  });
+});
+
+describe('OpenAIHookReceiver in a library user\'s own server', () => {
+  it('wakes the watch a verified event names, once per webhook-id, and refuses a bad signature', async () => {
+    const { client, watcher } = setup([response('in_progress'), response('completed')]);
+    const secret = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
+    const receiver = new OpenAIHookReceiver([secret], { wakeResponse: (id) => watcher.wakeResponse(id) > 0 });
+    const handle = watcher.watchResponse({ responseId: 'resp_1', push: 'webhook' });
+    await clock.tickAsync(1_000);
+    const body = JSON.stringify({ id: 'evt_1', object: 'event', type: 'response.completed', created_at: Math.floor(Date.now() / 1000), data: { id: 'resp_1' } });
+    const ts = Math.floor(Date.now() / 1000);
+    const headers = { 'webhook-id': 'evt_1', 'webhook-timestamp': String(ts), 'webhook-signature': signWebhook(webhookKey(secret), 'evt_1', ts, body) };
+    expect(await receiver.receive({ ...headers, 'webhook-signature': 'v1,AAAA' }, body)).toMatchObject({ status: 401 });
+    expect(await receiver.receive(headers, body)).toEqual({ status: 200, body: { status: 'matched' } });
+    expect(await receiver.receive(headers, body)).toEqual({ status: 200, body: { status: 'duplicate' } });
+    await clock.tickAsync(0);
+    await expect(handle.promise).resolves.toMatchObject({ status: 'completed' });
+    expect(offsets(client.calls)).toEqual([0, 1_000]);
+    expect(() => new OpenAIHookReceiver([], { wakeResponse: () => false })).toThrow(ConfigError);
+    await watcher.close();
   });
 });

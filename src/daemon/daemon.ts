@@ -25,7 +25,7 @@ import type { DaemonConfig } from './config.js';
 import { isLoopback } from './config.js';
 import type { Engine, EngineSettings } from './engine.js';
 import { engineSettings, LocalEngine } from './engine.js';
-import { OpenAIHookReceiver } from './hooks.js';
+import { OpenAIHookReceiver } from '../hooks.js';
 import { DaemonMetrics } from './metrics.js';
 import type { DeliveryPolicy, Outbox } from './outbox.js';
 import { OutboxWorker } from './outbox.js';
@@ -222,11 +222,12 @@ export class Daemon {
     const hook =
       secretsOfHook.length === 0
         ? undefined
-        : new OpenAIHookReceiver(
-            secretsOfHook,
-            { claimWebhook: (id) => this.#engine.claimWebhook(id), wakeResponse: (id) => this.#engine.wakeResponse(id), count: (outcome) => metrics.webhooks.inc({ outcome }) },
-            this.#logger.child({ component: 'hooks' }),
-          );
+        : new OpenAIHookReceiver(secretsOfHook, {
+            claimWebhook: (id) => this.#engine.claimWebhook(id),
+            wakeResponse: (id) => this.#engine.wakeResponse(id),
+            count: (outcome) => metrics.webhooks.inc({ outcome }),
+            logger: this.#logger.child({ component: 'hooks' }),
+          });
 
     const api = createControlApi(
       {

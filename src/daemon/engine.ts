@@ -7,7 +7,7 @@ import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import type { Snapshot } from '../resource.js';
 import type { NewWatch, WatchRecord, WatchStore } from '../store/store.js';
-import { WEBHOOK_TOLERANCE_SEC } from '../standard-webhooks.js';
+import { SeenWebhooks } from '../hooks.js';
 import type { PushMode, RunWatcherOptions, WatchHandle } from '../watcher.js';
 import { RunWatcher } from '../watcher.js';
 import type { DaemonConfig } from './config.js';
@@ -64,8 +64,7 @@ export interface EngineSettings {
   readonly push?: PushMode;
 }
 
-/** How long a webhook id is remembered: twice the timestamp tolerance, past which a replay is refused anyway. */
-export const WEBHOOK_REPLAY_WINDOW_MS = 2 * WEBHOOK_TOLERANCE_SEC * 1000;
+
 
 /** The engine settings of a daemon configuration (one place for both engines). */
 export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, toolHandler: ToolHandler | undefined): EngineSettings {
@@ -104,8 +103,7 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly #watcher: RunWatcher;
   readonly #settings: EngineSettings;
   readonly #handles = new Map<string, WatchHandle<Snapshot>>();
-  /** Webhook ids seen, with when they may be forgotten. */
-  readonly #webhooks = new Map<string, number>();
+  readonly #webhooks = new SeenWebhooks();
 
   constructor(store: WatchStore, settings: EngineSettings) {
     super();
@@ -168,15 +166,7 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   }
 
   claimWebhook(webhookId: string): Promise<boolean> {
-    const now = Date.now();
-    // ids are kept in arrival order: the oldest expire first
-    for (const [id, expiresAtMs] of this.#webhooks) {
-      if (expiresAtMs > now) break;
-      this.#webhooks.delete(id);
-    }
-    if (this.#webhooks.has(webhookId)) return Promise.resolve(false);
-    this.#webhooks.set(webhookId, now + WEBHOOK_REPLAY_WINDOW_MS);
-    return Promise.resolve(true);
+    return Promise.resolve(this.#webhooks.claim(webhookId));
   }
 
   openStreams(): number {

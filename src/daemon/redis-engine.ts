@@ -18,7 +18,7 @@ import type { NewWatch, WatchRecord } from '../store/store.js';
 import { kindOf, targetKey, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import type { Engine, EngineEvents, EngineSettings } from './engine.js';
-import { WEBHOOK_REPLAY_WINDOW_MS } from './engine.js';
+import { WEBHOOK_REPLAY_WINDOW_MS } from '../hooks.js';
 import { fleetBudget } from './fleet-budget.js';
 
 const QUEUE = 'polls';
