@@ -13,6 +13,9 @@ export interface Received {
   readonly body: string;
   readonly event: RunEvent;
   readonly signatureValid: boolean;
+  readonly headers: http.IncomingHttpHeaders;
+  /** When it arrived (epoch ms). */
+  readonly atMs: number;
 }
 
 /** A webhook receiver on 127.0.0.1 that checks Standard Webhooks signatures. */
@@ -64,7 +67,7 @@ export async function startReceiver(secret: string): Promise<Receiver> {
       const body = Buffer.concat(chunks).toString('utf8');
       receiver.attempts += 1;
       if (receiver.answer >= 200 && receiver.answer < 300) {
-        receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as RunEvent, signatureValid: verifyWebhook(secret, req.headers, body) });
+        receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as RunEvent, signatureValid: verifyWebhook(secret, req.headers, body), headers: req.headers, atMs: Date.now() });
       }
       res.writeHead(receiver.answer).end();
       for (const check of [...waiters]) check();
