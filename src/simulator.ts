@@ -1,10 +1,19 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { z } from 'zod';
+import { MAX_TIMER_MS } from './backoff.js';
 import { DEFAULT_AZURE_API_VERSION } from './client.js';
 import { ConfigError } from './errors.js';
-import { ID_PATTERN } from './resource.js';
+import { ID_PATTERN, RESPONSE_KIND } from './resource.js';
+import type { StreamFaults } from './simulator-stream.js';
+import { checkStreamFaults, responseStreamEvents, StreamConnection } from './simulator-stream.js';
+import type { SimulatedWebhooks, WebhookStats } from './simulator-webhooks.js';
+import { WebhookSender } from './simulator-webhooks.js';
 import { TERMINAL_RUN_STATUSES } from './status.js';
+
+export type { StreamFaults } from './simulator-stream.js';
+export type { SimulatedWebhooks, WebhookStats } from './simulator-webhooks.js';
+export { parseSimulatedWebhooks } from './simulator-webhooks.js';
 
 /** One step of a simulated run's life. */
 export interface TimelineStep {
@@ -62,6 +71,13 @@ export interface SimulatedResponse {
   readonly latencyMs?: number;
   /** @default 'created' */
   readonly start?: 'created' | 'first_request';
+  /**
+   * Created with `stream: true`: `GET /v1/responses/{id}?stream=true&starting_after=N` then
+   * serves its events (others answer 400, as the API does). Per-response `faults` and
+   * `latencyMs` apply to plain GETs only.
+   * @default false
+   */
+  readonly stream?: boolean;
 }
 
 /** One request the simulator received for a run. */
@@ -74,7 +90,13 @@ export interface RecordedRequest {
   readonly status: string | null;
   /** The body of a POST. */
   readonly body?: string;
+  /** A `?stream=true` request of a response (counted apart from plain GETs). */
+  readonly stream?: boolean;
+  /** The stream's `starting_after`, when it had a valid one. */
+  readonly startingAfter?: number;
 }
+
+type MutableRecordedRequest = { -readonly [K in keyof RecordedRequest]: RecordedRequest[K] };
 
 /** A status change as the simulator made it, with its true time. */
 export interface TrueTransition {
@@ -83,7 +105,7 @@ export interface TrueTransition {
 }
 
 /** Options of `startSimulator()`. */
-export interface SimulatorOptions {
+export interface SimulatorOptions extends StreamFaults {
   /** @default 0 (a free port) */
   readonly port?: number;
   /** @default '127.0.0.1' */
@@ -114,6 +136,14 @@ export interface SimulatorOptions {
    * @default true
    */
   readonly recordRequests?: boolean;
+  /**
+   * POST a signed `response.<status>` event when a background response reaches a terminal
+   * status (runs send none), as OpenAI's webhooks do.
+   * @default undefined (no webhooks)
+   */
+  readonly webhooks?: SimulatedWebhooks;
+  /** Time between two `response.output_text.delta` events of a streamed response in `in_progress`. @default 250 */
+  readonly streamDeltaIntervalMs?: number;
 }
 
 /** A token bucket over all runs' retrieve requests. */
@@ -132,6 +162,10 @@ export interface SimulatorStats {
   readonly rateLimited: number;
   /** Requests and 429s per wall-clock second (epoch seconds as keys). */
   readonly perSecond: ReadonlyMap<number, { readonly requests: number; readonly rateLimited: number }>;
+  /** `?stream=true` requests of known responses (answered or not); not counted by `retrieveCount`. */
+  readonly streams: number;
+  /** Webhook deliveries (all zero without `webhooks`). */
+  readonly webhooks: WebhookStats;
 }
 
 /** A running simulator. */
@@ -145,23 +179,35 @@ export interface RunningSimulator {
   addResponse(response: SimulatedResponse): void;
   /** Requests received for a run or response (retrieve, submit and cancel). */
   requests(runId: string): readonly RecordedRequest[];
-  /** The run's true status changes, for measuring detection latency. */
+  /**
+   * The run's or response's true status changes up to now (the last one is its terminal
+   * status once reached, even if nobody asked since), for measuring detection latency.
+   */
   transitions(runId: string): readonly TrueTransition[];
   /** Most requests for one run that were ever in flight at once. */
   maxConcurrent(runId: string): number;
   /** Every request received, for any path (including rejected ones). */
   totalRequests(): number;
-  /** Retrieve requests received for a run (answered or not). */
+  /** Retrieve requests received for a run (answered or not); stream requests are not counted. */
   retrieveCount(runId: string): number;
+  /** `?stream=true` requests received for a response (answered or not). */
+  streamCount(responseId: string): number;
   /** Counters, including the rate limit's. */
   stats(): SimulatorStats;
   /** Changes the key requests must carry (a rotated token); `undefined` accepts any. */
   setApiKey(key: string | undefined): void;
-  /** Stops the server and drops every connection (hung ones too). */
+  /**
+   * Changes the stream faults for connections opened from now on: each key given replaces the
+   * current value (`undefined` clears it), keys left out stay.
+   */
+  setStreamFaults(faults: StreamFaults): void;
+  /** Stops the server, drops every connection (hung ones and streams too), clears every timer and aborts webhook POSTs. */
   close(): Promise<void>;
 }
 
 const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
+/** A background response ends on these (a webhook goes out, a stream ends). */
+const RESPONSE_TERMINAL = RESPONSE_KIND.rules.terminal;
 /** Azure's error codes by HTTP status, as Foundry answers them. */
 const AZURE_CODES: Readonly<Record<number, string>> = { 400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 429: 'TooManyRequests' };
 const MAX_BODY_BYTES = 1_000_000;
@@ -186,11 +232,11 @@ export const DEMO_RUNS: readonly SimulatedRun[] = ([
   },
 ] satisfies SimulatedRun[]).map((run) => ({ ...run, start: 'first_request' as const }));
 
-/** Ready-made background responses, served with `--demo`; each starts at its first request. */
+/** Ready-made background responses, served with `--demo`; each starts at its first request and can be streamed. */
 export const DEMO_RESPONSES: readonly SimulatedResponse[] = [
-  { responseId: 'resp_demo_completed', timeline: [{ status: 'queued', durationMs: 500 }, { status: 'in_progress', durationMs: 1_500 }, { status: 'completed' }], start: 'first_request' },
-  { responseId: 'resp_demo_failed', timeline: [{ status: 'queued', durationMs: 300 }, { status: 'in_progress', durationMs: 1_000 }, { status: 'failed' }], start: 'first_request' },
-  { responseId: 'resp_demo_incomplete', timeline: [{ status: 'in_progress', durationMs: 800 }, { status: 'incomplete' }], start: 'first_request' },
+  { responseId: 'resp_demo_completed', timeline: [{ status: 'queued', durationMs: 500 }, { status: 'in_progress', durationMs: 1_500 }, { status: 'completed' }], start: 'first_request', stream: true },
+  { responseId: 'resp_demo_failed', timeline: [{ status: 'queued', durationMs: 300 }, { status: 'in_progress', durationMs: 1_000 }, { status: 'failed' }], start: 'first_request', stream: true },
+  { responseId: 'resp_demo_incomplete', timeline: [{ status: 'in_progress', durationMs: 800 }, { status: 'incomplete' }], start: 'first_request', stream: true },
 ];
 
 class RunState {
@@ -199,7 +245,7 @@ class RunState {
   readonly spec: SimulatedRun;
   readonly createdAtMs: number;
   readonly steps: TimelineStep[];
-  readonly requests: Array<{ -readonly [K in keyof RecordedRequest]: RecordedRequest[K] }> = [];
+  readonly requests: MutableRecordedRequest[] = [];
   readonly transitions: TrueTransition[] = [];
   cursor = 0;
   stepStartedAtMs: number;
@@ -208,13 +254,25 @@ class RunState {
   maxConcurrent = 0;
 
   started = false;
+  /** Response only: created with `stream: true`. */
+  readonly streamable: boolean;
+  streamRequests = 0;
+  readonly streams = new Set<StreamConnection>();
+  /** Response only: wakes it at its next change while a webhook or a stream waits for one. */
+  timer: NodeJS.Timeout | undefined;
+  webhookSent = false;
+  settleQueued = false;
+  /** Runs after every status change (responses: webhooks, streams, the timer). */
+  readonly #onChange: ((state: RunState) => void) | undefined;
 
-  constructor(spec: SimulatedRun, nowMs: number, kind: 'run' | 'response' = 'run') {
+  constructor(spec: SimulatedRun, nowMs: number, kind: 'run' | 'response' = 'run', streamable = false, onChange?: (state: RunState) => void) {
     this.kind = kind;
     this.spec = spec;
     this.steps = [...spec.timeline];
     this.createdAtMs = nowMs;
     this.stepStartedAtMs = nowMs;
+    this.streamable = streamable;
+    this.#onChange = onChange;
     if (spec.start !== 'first_request') this.begin(nowMs);
   }
 
@@ -222,6 +280,7 @@ class RunState {
     this.started = true;
     this.stepStartedAtMs = nowMs;
     this.transitions.push({ status: this.step.status, atMs: nowMs });
+    this.#onChange?.(this);
   }
 
   get step(): TimelineStep {
@@ -244,10 +303,11 @@ class RunState {
     this.cursor += 1;
     this.stepStartedAtMs = atMs;
     this.transitions.push({ status: this.step.status, atMs });
+    this.#onChange?.(this);
   }
 
-  toJSON(): Record<string, unknown> {
-    const status = this.step.status;
+  /** The object GET answers with; a response's may be asked at an earlier status (stream events). */
+  toJSON(status = this.step.status): Record<string, unknown> {
     const seconds = (ms: number): number => Math.floor(ms / 1000);
     if (this.kind === 'response') {
       const done = status === 'completed';
@@ -316,7 +376,7 @@ const runSchema = z.object({
   start: z.enum(['created', 'first_request']).optional(),
 });
 
-const responseSchema = runSchema.omit({ threadId: true, runId: true, expiresInMs: true }).extend({ responseId: idSchema });
+const responseSchema = runSchema.omit({ threadId: true, runId: true, expiresInMs: true }).extend({ responseId: idSchema, stream: z.boolean().optional() });
 
 /** Validates a background response specification; throws `ConfigError` naming the field. */
 export function parseSimulatedResponse(input: unknown): SimulatedResponse {
@@ -337,10 +397,14 @@ function parseSpec<T>(schema: z.ZodType<T>, what: string, input: unknown): T {
   return result.data;
 }
 
+const NO_WEBHOOKS: WebhookStats = Object.freeze({ attempts: 0, sent: 0, dropped: 0, duplicated: 0, reordered: 0, failed: 0 });
+
 /**
  * Starts an OpenAI/Portkey-compatible runs server on loopback with scripted timelines and
  * faults: `GET /v1/threads/{tid}/runs/{rid}`, `POST .../submit_tool_outputs`, `POST .../cancel`,
- * and `POST /_sim/runs` to add a run over HTTP.
+ * background responses at `GET /v1/responses/{id}` (with `?stream=true&starting_after=N` for
+ * one created with `stream: true`) and `POST .../cancel`, signed webhooks when a response ends,
+ * and `POST /_sim/runs` and `/_sim/responses` to add one over HTTP.
  */
 export async function startSimulator(options: SimulatorOptions = {}): Promise<RunningSimulator> {
   const runs = new Map<string, RunState>();
@@ -349,8 +413,15 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const recordRequests = options.recordRequests ?? true;
   const limiter = options.rateLimit ? new Limiter(options.rateLimit) : null;
   const perSecond = new Map<number, { requests: number; rateLimited: number }>();
+  const deltaIntervalMs = options.streamDeltaIntervalMs ?? 250;
+  if (!(Number.isFinite(deltaIntervalMs) && deltaIntervalMs > 0)) throw new ConfigError(`invalid streamDeltaIntervalMs ${String(deltaIntervalMs)}: use a positive number of ms`);
+  let streamFaults: StreamFaults = { streamCutAfterEvents: options.streamCutAfterEvents, streamBuffering: options.streamBuffering, refuseStreams: options.refuseStreams };
+  checkStreamFaults(streamFaults);
+  const webhooks = options.webhooks ? new WebhookSender(options.webhooks) : null;
+  let closed = false;
   let total = 0;
   let rateLimited = 0;
+  let streamTotal = 0;
   const countSecond = (nowMs: number, limited: boolean): void => {
     const second = Math.floor(nowMs / 1000);
     let bucket = perSecond.get(second);
@@ -359,13 +430,71 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     if (limited) bucket.rateLimited += 1;
   };
 
+  /** Brings a response up to now: its webhook once terminal, its streams' new events, its next wake-up. */
+  const settle = (state: RunState): void => {
+    // a replaced response's state lives on only in the closures of its old requests
+    if (closed || !state.started || runs.get(state.spec.runId) !== state) return;
+    const now = Date.now();
+    state.advance(now);
+    if (webhooks && !state.webhookSent) {
+      const ended = state.transitions.find((t) => RESPONSE_TERMINAL.has(t.status));
+      if (ended) {
+        state.webhookSent = true;
+        webhooks.send(state.spec.runId, ended.status, ended.atMs);
+      }
+    }
+    if (state.streams.size > 0) {
+      const events = responseStreamEvents(state.transitions, now, deltaIntervalMs, RESPONSE_TERMINAL);
+      for (const stream of [...state.streams]) stream.pump(events, (status) => state.toJSON(status));
+    }
+    schedule(state, now);
+  };
+
+  /** Sets the response's one timer at its next step change (and next text delta while streamed), if anyone waits for it. */
+  const schedule = (state: RunState, now: number): void => {
+    clearTimeout(state.timer);
+    state.timer = undefined;
+    const step = state.step;
+    if ((!webhooks || state.webhookSent) && state.streams.size === 0) return;
+    if (RESPONSE_TERMINAL.has(step.status)) return;
+    let atMs = step.durationMs !== undefined && state.cursor < state.steps.length - 1 ? state.stepStartedAtMs + step.durationMs : Infinity;
+    if (state.streams.size > 0 && step.status === 'in_progress') {
+      atMs = Math.min(atMs, state.stepStartedAtMs + (Math.floor((now - state.stepStartedAtMs) / deltaIntervalMs) + 1) * deltaIntervalMs);
+    }
+    if (atMs === Infinity) return;
+    state.timer = setTimeout(() => {
+      state.timer = undefined;
+      settle(state);
+    }, Math.min(Math.max(atMs - now, 1), MAX_TIMER_MS));
+  };
+
+  /** A status change may happen deep inside `advance()`: settle once, right after. */
+  const changed = (state: RunState): void => {
+    if (state.settleQueued) return;
+    state.settleQueued = true;
+    queueMicrotask(() => {
+      state.settleQueued = false;
+      settle(state);
+    });
+  };
+
+  /** Stops what a state still runs when its id is served anew or the simulator closes. */
+  const retire = (state: RunState | undefined): void => {
+    if (!state) return;
+    clearTimeout(state.timer);
+    state.timer = undefined;
+    for (const stream of [...state.streams]) stream.destroy();
+  };
+
   const addRun = (input: SimulatedRun): void => {
     const spec = parseSimulatedRun(input);
+    retire(runs.get(spec.runId));
     runs.set(spec.runId, new RunState(spec, Date.now()));
   };
   const addResponse = (input: SimulatedResponse): void => {
     const spec = parseSimulatedResponse(input);
-    runs.set(spec.responseId, new RunState({ ...spec, threadId: '', runId: spec.responseId }, Date.now(), 'response'));
+    retire(runs.get(spec.responseId));
+    runs.set(spec.responseId, new RunState({ ...spec, threadId: '', runId: spec.responseId }, Date.now(), 'response', spec.stream ?? false, changed));
   };
   for (const run of options.runs ?? []) addRun(run);
   for (const response of options.responses ?? []) addResponse(response);
@@ -374,7 +503,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const apiVersion = options.apiVersion ?? DEFAULT_AZURE_API_VERSION;
   let apiKey = options.apiKey;
   let azureRequests = 0;
-  const sendError = (res: http.ServerResponse, status: number, message: string, code: string | null = null, headers: Record<string, string> = {}): void => {
+  const sendError = (res: http.ServerResponse, status: number, message: string, code: string | null = null, headers: Record<string, string> = {}, param: string | null = null): void => {
     if (errorStyle === 'azure') {
       azureRequests += 1;
       sendJson(res, status, { error: { code: AZURE_CODES[status] ?? (status >= 500 ? 'InternalServerError' : 'BadRequest'), message } }, { 'apim-request-id': `sim-${azureRequests}`, ...headers });
@@ -383,7 +512,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     const body =
       errorStyle === 'portkey'
         ? { status: 'failure', message }
-        : { error: { message, type: status === 401 ? 'invalid_request_error' : 'api_error', param: null, code } };
+        : { error: { message, type: status === 401 ? 'invalid_request_error' : 'api_error', param, code } };
     sendJson(res, status, body, headers);
   };
 
@@ -408,6 +537,39 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendError(res, 401, `Incorrect API key provided: ${given.slice(0, 3)}***${given.slice(-4)}. You can find your API key at https://platform.openai.com/account/api-keys.`, 'invalid_api_key');
     }
     return true;
+  };
+
+  /** The fleet rate limit: counts the request in its second, and answers 429 (returning true) beyond the limit. */
+  const limited = (res: http.ServerResponse, now: number): boolean => {
+    const waitMs = limiter?.take(now) ?? 0;
+    countSecond(now, waitMs > 0);
+    if (waitMs === 0) return false;
+    rateLimited += 1;
+    sendError(res, 429, 'Rate limit reached for requests.', 'rate_limit_exceeded', { 'retry-after': String(Math.ceil(waitMs / 1000)), 'retry-after-ms': String(waitMs) });
+    return true;
+  };
+
+  /** `GET /responses/{id}?stream=true&starting_after=N`: the response's events after N, live until the terminal one. */
+  const openStream = (state: RunState, url: URL, res: http.ServerResponse, record: MutableRecordedRequest, now: number): void => {
+    state.streamRequests += 1;
+    streamTotal += 1;
+    if (limited(res, now)) return;
+    if (streamFaults.refuseStreams || !state.streamable) {
+      sendError(res, 400, `Response '${state.spec.runId}' was not created with 'stream: true' and cannot be streamed.`, null, {}, 'stream');
+      return;
+    }
+    const startingAfter = url.searchParams.get('starting_after');
+    if (startingAfter !== null && record.startingAfter === undefined) {
+      sendError(res, 400, `Invalid 'starting_after': expected a sequence number, got '${startingAfter.slice(0, 40)}'.`, null, {}, 'starting_after');
+      return;
+    }
+    state.advance(now);
+    record.status = state.step.status;
+    const stream = new StreamConnection(res, record.startingAfter ?? -1, streamFaults, { 'x-request-id': `req_${state.spec.runId}_s${state.streamRequests}` }, () => {
+      state.streams.delete(stream);
+    });
+    state.streams.add(stream);
+    settle(state);
   };
 
   /** `GET /threads/{id}/runs?limit=&order=`: the thread's runs, newest first unless order=asc. */
@@ -465,7 +627,18 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     const now = Date.now();
-    const record = { method: req.method ?? 'GET', path: url.pathname, atMs: now, headers: recordRequests ? { ...req.headers } : {}, status: null as string | null, ...(body === '' ? {} : { body }) };
+    const streamed = run.kind === 'response' && req.method === 'GET' && url.searchParams.get('stream') === 'true';
+    const startingAfter = streamed ? /^\d{1,15}$/.exec(url.searchParams.get('starting_after') ?? '')?.[0] : undefined;
+    const record: MutableRecordedRequest = {
+      method: req.method ?? 'GET',
+      path: url.pathname,
+      atMs: now,
+      headers: recordRequests ? { ...req.headers } : {},
+      status: null,
+      ...(body === '' ? {} : { body }),
+      ...(streamed ? { stream: true } : {}),
+      ...(startingAfter === undefined ? {} : { startingAfter: Number(startingAfter) }),
+    };
     if (recordRequests) run.requests.push(record);
     if (req.method === 'POST') {
       run.advance(now);
@@ -477,14 +650,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       return;
     }
     if (!run.started) run.begin(now);
-    run.retrieves += 1;
-    const waitMs = limiter?.take(now) ?? 0;
-    countSecond(now, waitMs > 0);
-    if (waitMs > 0) {
-      rateLimited += 1;
-      sendError(res, 429, 'Rate limit reached for requests.', 'rate_limit_exceeded', { 'retry-after': String(Math.ceil(waitMs / 1000)), 'retry-after-ms': String(waitMs) });
+    if (streamed) {
+      openStream(run, url, res, record, now);
       return;
     }
+    run.retrieves += 1;
+    if (limited(res, now)) return;
     run.inFlight += 1;
     run.maxConcurrent = Math.max(run.maxConcurrent, run.inFlight);
     res.once('close', () => (run.inFlight -= 1));
@@ -562,13 +733,26 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     sendError(res, 405, 'Method POST not allowed');
   };
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
-      server.off('error', reject);
-      resolve();
+  /** Stops every timer, stream and webhook; the server is closed apart. */
+  const shutdown = (): void => {
+    closed = true;
+    webhooks?.close();
+    for (const state of runs.values()) retire(state);
+  };
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(options.port ?? 0, options.host ?? '127.0.0.1', () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
-  });
+  } catch (error) {
+    // responses that started already set timers
+    shutdown();
+    throw error;
+  }
   const { port } = server.address() as AddressInfo;
   const host = options.host ?? '127.0.0.1';
   return {
@@ -577,15 +761,27 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     addRun,
     addResponse,
     requests: (runId) => runs.get(runId)?.requests ?? [],
-    transitions: (runId) => runs.get(runId)?.transitions ?? [],
+    transitions: (runId) => {
+      const state = runs.get(runId);
+      // steps change lazily, on requests: catch up, so a status nobody asked for has its true time
+      if (state?.started) state.advance(Date.now());
+      return state?.transitions ?? [];
+    },
     maxConcurrent: (runId) => runs.get(runId)?.maxConcurrent ?? 0,
     totalRequests: () => total,
     retrieveCount: (runId) => runs.get(runId)?.retrieves ?? 0,
-    stats: () => ({ requests: total, rateLimited, perSecond }),
+    streamCount: (responseId) => runs.get(responseId)?.streamRequests ?? 0,
+    stats: () => ({ requests: total, rateLimited, perSecond, streams: streamTotal, webhooks: webhooks?.stats() ?? NO_WEBHOOKS }),
     setApiKey: (key) => {
       apiKey = key;
     },
+    setStreamFaults: (faults) => {
+      const next = { ...streamFaults, ...faults };
+      checkStreamFaults(next);
+      streamFaults = next;
+    },
     close: async () => {
+      shutdown();
       for (const res of hung) res.destroy();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
