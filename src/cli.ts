@@ -17,7 +17,8 @@ import type { Snapshot } from './resource.js';
 import { RESPONSE_KIND, RUN_KIND } from './resource.js';
 import { SinkDispatcher } from './sinks/sink.js';
 import { StdoutSink } from './sinks/stdout.js';
-import type { SimulatedResponse, SimulatedRun } from './simulator.js';
+import type { SimulatedResponse, SimulatedRun, SimulatedWebhooks } from './simulator.js';
+import { webhookKey } from './standard-webhooks.js';
 import { VERSION } from './version.js';
 import { RunWatcher } from './watcher.js';
 
@@ -150,7 +151,9 @@ Exit codes: 0 accepted, 2 refused (e.g. the run already ended) or not found, 64 
 
 const SIM_HELP = `Usage: runwatch sim [options]
 
-Starts an OpenAI/Portkey-compatible runs server with scripted timelines and faults.
+Starts an OpenAI/Portkey-compatible runs server with scripted timelines and faults; it also
+serves background responses (streamed with ?stream=true&starting_after=N when created with
+stream: true) and can POST signed webhooks when they end.
 Prints one JSON line with its base URL to stdout; logs go to stderr. Stops on SIGINT/SIGTERM.
 
 Options:
@@ -160,6 +163,9 @@ Options:
   --runs FILE       serve the runs in FILE (a JSON array of SimulatedRun)
   --api-key KEY     require this key (env RUNWATCH_SIM_API_KEY)
   --error-style openai|portkey|azure   azure: serves under /api/projects/sim, needs ?api-version= [openai]
+  --webhook-url URL POST a signed response.<status> event here when a background response
+                    ends; the whsec_ secret comes from env RUNWATCH_SIM_WEBHOOK_SECRET (or _FILE)
+  --webhook-drop-rate N   share of those webhooks never sent, 0 to 1   [0]
   --log-level LEVEL                                                     [info]
 `;
 
@@ -340,6 +346,8 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
       runs: { type: 'string' },
       'api-key': { type: 'string' },
       'error-style': { type: 'string', default: 'openai' },
+      'webhook-url': { type: 'string' },
+      'webhook-drop-rate': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -351,6 +359,7 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   const port = Number(values.port);
   if (!Number.isInteger(port) || port < 0 || port > 65_535) throw new ConfigError(`invalid --port ${JSON.stringify(values.port)}: use 0 to 65535`);
   const errorStyle = oneOf('--error-style', values['error-style'], ['openai', 'portkey', 'azure'] as const);
+  const webhooks = simWebhooks(values['webhook-url'], values['webhook-drop-rate'], env);
   const logger: Logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
   // loaded here: the simulator (and zod) is not needed by the other commands
   const { DEMO_RESPONSES, DEMO_RUNS, startSimulator } = await import('./simulator.js');
@@ -373,7 +382,7 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   const apiKey = values['api-key'] ?? readSecret(env, 'RUNWATCH_SIM_API_KEY');
   let sim;
   try {
-    sim = await startSimulator({ port, host: values.host, apiKey, errorStyle, runs, responses });
+    sim = await startSimulator({ port, host: values.host, apiKey, errorStyle, runs, responses, webhooks });
   } catch (error) {
     if (error instanceof RunwatchError) throw error;
     const code = (error as NodeJS.ErrnoException).code ?? 'error';
@@ -382,7 +391,7 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   process.stdout.write(
     `${JSON.stringify({ base_url: sim.baseUrl, runs: runs.map((r) => ({ thread_id: r.threadId, run_id: r.runId })), responses: responses.map((r) => ({ response_id: r.responseId })) })}\n`,
   );
-  logger.info({ baseUrl: sim.baseUrl, runs: runs.length }, 'simulator listening');
+  logger.info({ baseUrl: sim.baseUrl, runs: runs.length, webhookUrl: webhooks?.url }, 'simulator listening');
   const signal = await new Promise<NodeJS.Signals>((resolve) => {
     process.once('SIGINT', resolve);
     process.once('SIGTERM', resolve);
@@ -390,6 +399,25 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
   logger.info({ signal }, 'simulator stopping');
   await sim.close();
   return EXIT.completed;
+}
+
+/** The simulator's webhooks from `--webhook-url`, `--webhook-drop-rate` and the secret in the environment (never a flag: argv is visible to every user). */
+function simWebhooks(url: string | undefined, dropRate: string | undefined, env: NodeJS.ProcessEnv): SimulatedWebhooks | undefined {
+  if (url === undefined) {
+    if (dropRate !== undefined) throw new ConfigError('--webhook-drop-rate needs --webhook-url');
+    return undefined;
+  }
+  if (!/^https?:\/\/[^/]/i.test(url) || !URL.canParse(url)) throw new ConfigError(`invalid --webhook-url ${JSON.stringify(url)}: use an http(s) URL`);
+  const secret = readSecret(env, 'RUNWATCH_SIM_WEBHOOK_SECRET');
+  if (!secret) throw new ConfigError('--webhook-url needs a signing secret: set RUNWATCH_SIM_WEBHOOK_SECRET (or RUNWATCH_SIM_WEBHOOK_SECRET_FILE) to whsec_ followed by base64');
+  try {
+    webhookKey(secret);
+  } catch (error) {
+    throw new ConfigError(`RUNWATCH_SIM_WEBHOOK_SECRET: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  const rate = dropRate === undefined ? undefined : Number(dropRate);
+  if (rate !== undefined && (dropRate?.trim() === '' || !(rate >= 0 && rate <= 1))) throw new ConfigError(`invalid --webhook-drop-rate ${JSON.stringify(dropRate)}: use a number from 0 to 1`);
+  return { url, secret, ...(rate === undefined ? {} : { dropRate: rate }) };
 }
 
 const DAEMON_HELP = `Usage: runwatch daemon [options]

@@ -6,6 +6,7 @@ import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator, SimulatedRun } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { TERMINAL_RUN_STATUSES } from '../src/status.js';
+import { startReceiver } from './receiver.js';
 import { runCli, startCli } from './spawn.js';
 import type { CliResult } from './spawn.js';
 import { useSimulator } from './sim.js';
@@ -262,5 +263,35 @@ describe('runwatch sim', () => {
     expect(result.events.at(-1)?.type).toBe('run.completed');
     server.child.kill('SIGTERM');
     expect((await server.done).code).toBe(0);
+  });
+
+  it('POSTs signed webhooks to --webhook-url with the secret from the environment', async () => {
+    const secret = `whsec_${Buffer.from('cli-simulator-webhook-secret-32b').toString('base64')}`;
+    const receiver = await startReceiver(secret);
+    const server = startCli(['sim', '--demo', '--port', '0', '--webhook-url', receiver.url, '--webhook-drop-rate', '0', '--log-level', 'warn'], { RUNWATCH_SIM_WEBHOOK_SECRET: secret });
+    try {
+      const ready = JSON.parse(await server.waitForLine((line) => line.includes('base_url'))) as { base_url: string };
+      // the demo responses start at their first request; this one ends 800 ms later
+      expect((await fetch(`${ready.base_url}/responses/resp_demo_incomplete`)).status).toBe(200);
+      await receiver.waitFor((received) => received.length > 0, 5_000);
+      expect(receiver.received[0]!.signatureValid).toBe(true);
+      expect(JSON.parse(receiver.received[0]!.body)).toMatchObject({ object: 'event', type: 'response.incomplete', data: { id: 'resp_demo_incomplete' } });
+    } finally {
+      server.child.kill('SIGTERM');
+      await server.done;
+      await receiver.close();
+    }
+  });
+
+  it('refuses --webhook-url without RUNWATCH_SIM_WEBHOOK_SECRET, and a bad drop rate, with exit 64', async () => {
+    const noSecret = await runCli(['sim', '--port', '0', '--webhook-url', 'http://127.0.0.1:9/hook']);
+    expect(noSecret.code).toBe(64);
+    expect(noSecret.stderr).toContain('RUNWATCH_SIM_WEBHOOK_SECRET');
+    const secret = { RUNWATCH_SIM_WEBHOOK_SECRET: `whsec_${Buffer.from('0123456789abcdef').toString('base64')}` };
+    const badRate = await runCli(['sim', '--port', '0', '--webhook-url', 'http://127.0.0.1:9/hook', '--webhook-drop-rate', '2'], secret);
+    expect(badRate.code).toBe(64);
+    expect(badRate.stderr).toContain('--webhook-drop-rate');
+    const help = await runCli(['sim', '--help']);
+    expect(help.stdout).toContain('--webhook-url URL');
   });
 });
