@@ -93,6 +93,7 @@ export class WebhookSender {
   readonly #random: () => number;
   readonly #abort = new AbortController();
   readonly #timers = new Set<NodeJS.Timeout>();
+  readonly #dropped: string[] = [];
   readonly #stats = { attempts: 0, sent: 0, dropped: 0, duplicated: 0, reordered: 0, failed: 0 };
 
   constructor(options: SimulatedWebhooks) {
@@ -100,6 +101,11 @@ export class WebhookSender {
     this.#url = new URL(this.#options.url);
     this.#key = webhookKey(this.#options.secret);
     this.#random = seededRandom(this.#options.seed ?? 1);
+  }
+
+  /** Responses whose webhook was dropped on purpose. */
+  dropped(): readonly string[] {
+    return [...this.#dropped];
   }
 
   /** A copy of the counters. */
@@ -115,6 +121,7 @@ export class WebhookSender {
     const options = this.#options;
     if (drop < (options.dropRate ?? 0)) {
       this.#stats.dropped += 1;
+      this.#dropped.push(responseId);
       return;
     }
     const copies = duplicate < (options.duplicateRate ?? 0) ? 2 : 1;

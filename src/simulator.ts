@@ -201,6 +201,13 @@ export interface RunningSimulator {
    * current value (`undefined` clears it), keys left out stay.
    */
   setStreamFaults(faults: StreamFaults): void;
+  /**
+   * Starts (or replaces, or with `null` stops) the webhooks for responses that end from now on:
+   * a receiver started after the simulator (a daemon polling it) gets its URL here.
+   */
+  setWebhooks(webhooks: SimulatedWebhooks | null): void;
+  /** Responses whose webhook was dropped on purpose (`dropRate`): a benchmark checks how late those were found. */
+  droppedWebhooks(): readonly string[];
   /** Stops the server, drops every connection (hung ones and streams too), clears every timer and aborts webhook POSTs. */
   close(): Promise<void>;
 }
@@ -417,7 +424,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   if (!(Number.isFinite(deltaIntervalMs) && deltaIntervalMs > 0)) throw new ConfigError(`invalid streamDeltaIntervalMs ${String(deltaIntervalMs)}: use a positive number of ms`);
   let streamFaults: StreamFaults = { streamCutAfterEvents: options.streamCutAfterEvents, streamBuffering: options.streamBuffering, refuseStreams: options.refuseStreams };
   checkStreamFaults(streamFaults);
-  const webhooks = options.webhooks ? new WebhookSender(options.webhooks) : null;
+  let webhooks = options.webhooks ? new WebhookSender(options.webhooks) : null;
   let closed = false;
   let total = 0;
   let rateLimited = 0;
@@ -775,6 +782,14 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     setApiKey: (key) => {
       apiKey = key;
     },
+    setWebhooks: (next) => {
+      const sender = next ? new WebhookSender(next) : null;
+      webhooks?.close();
+      webhooks = sender;
+      // responses already going need their timer now that someone waits for their end
+      for (const state of runs.values()) if (state.kind === 'response') settle(state);
+    },
+    droppedWebhooks: () => webhooks?.dropped() ?? [],
     setStreamFaults: (faults) => {
       const next = { ...streamFaults, ...faults };
       checkStreamFaults(next);

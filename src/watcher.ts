@@ -16,7 +16,7 @@ import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy, SafetyNet } from './schedule.js';
-import { DEFAULT_DEADLINES, MAX_TIMER_MS, resolvePollPolicy, safetyNetPolicy } from './schedule.js';
+import { DEFAULT_DEADLINES, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy, safetyNetPolicy } from './schedule.js';
 import type { StepSettings, StoredProgress } from './step.js';
 import { resumeProgress } from './step.js';
 import type { StreamOptions } from './stream.js';
@@ -634,15 +634,23 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   /** The response stream of a `push: 'stream'` watch, opened after its first poll when a slot is free. */
   #stream(w: LiveWatch): void {
     this.#streams ??= new ResponseStreams(this.#client, this.#budget, {
-      opened: (sw) => {
-        const live = sw as LiveWatch;
-        if (!live.done) live.settings = live.net;
-      },
+      opened: (sw) => this.#pushed(sw as LiveWatch),
       // the stream is over: polling as usual again, and at once, in case it ended in silence
       terminal: (sw) => this.#unpushed(sw as LiveWatch),
       dropped: (sw) => this.#unpushed(sw as LiveWatch),
     }, this.#logger, this.#streamOptions);
     this.#streams.start(w);
+  }
+
+  /** A stream delivers: the poll planned by the normal policy moves to the safety net's time. */
+  #pushed(w: LiveWatch): void {
+    if (w.done || w.settings === w.net) return;
+    w.settings = w.net;
+    const { progress } = w;
+    // a step already due (or running) keeps its turn; only a planned one moves
+    if (w.step?.kind !== 'poll' || w.step.atMs <= Date.now()) return;
+    const delayMs = nextDelayMs(w.net.policy, { status: progress.status, unchangedPolls: progress.unchangedPolls, consecutiveErrors: progress.consecutiveErrors }, this.#random);
+    this.#plan(w, planNextStep(Date.now(), delayMs, progress.deadlineAtMs));
   }
 
   #unpushed(w: LiveWatch): void {
