@@ -3,14 +3,15 @@
 // run in their own processes, one contender at a time, so CPU and memory are each one's own.
 // Prints tables and writes bench/results/latest.{json,md} and bench/results/heavy-tail.svg.
 //
-// Usage: npm run bench [-- --only fixed,heavy,scale,budget] [--match <contender substring>] [--repeat 3] [--quick]
+// Usage: npm run bench [-- --only fixed,heavy,scale,budget,push] [--match <contender substring>] [--repeat 3] [--quick]
 //        npm run bench -- --replot   (redraw the chart from bench/results/latest.json)
 // npm run bench compiles bench/ to bench-dist/ first: type stripping at run time would add
 // about 17 MB to every contender's RSS.
 import { fork } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,7 +23,7 @@ import { HEAVY_MAX_MS } from './workloads.ts';
 const HERE = import.meta.dirname;
 const RESULTS = path.join(HERE, '..', 'bench', 'results');
 const SEED = 20261125;
-const WORKLOADS = ['fixed', 'heavy', 'scale', 'budget'] as const;
+const WORKLOADS = ['fixed', 'heavy', 'scale', 'budget', 'push'] as const;
 type WorkloadName = (typeof WORKLOADS)[number];
 
 const { values: args } = parseArgs({
@@ -48,6 +49,19 @@ const BUDGET_RPS = 200;
 const OPEN_BUDGET = { maxRequestsPerSecond: 100_000, maxInFlight: 256 };
 const RUNWATCH = { type: 'runwatch', ...OPEN_BUDGET } as const satisfies Contender;
 const sdk = (pollIntervalMs: number): Contender => ({ type: 'sdk', pollIntervalMs });
+
+/** What bench/results/latest.json holds. */
+interface Results {
+  readonly machine: string;
+  readonly date: string;
+  readonly repeat: number;
+  readonly quick: boolean;
+  /** Per workload: when, where and how often it was measured (workloads not run keep theirs). */
+  readonly measuredOn: Record<string, string>;
+  readonly medians: Row[];
+  /** Each repetition's rows, of every workload (those not run this time from their last run). */
+  readonly repetitions: Row[][];
+}
 
 interface Row {
   readonly workload: WorkloadName;
@@ -204,6 +218,58 @@ async function budget(): Promise<Row[]> {
   return rows;
 }
 
+/** A port free right now on loopback: the simulator posts its webhooks there, the contender listens on it. */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Push: background responses with heavy-tail durations, watched by polling, streams, or webhooks (some dropped). */
+async function push(): Promise<Row[]> {
+  const secret = `whsec_${Buffer.alloc(32, 42).toString('base64')}`;
+  const base = { type: 'runwatch-push', ...OPEN_BUDGET, maxStreams: RUNS } as const;
+  const contenders: [string, Contender, number | undefined][] = [
+    ['runwatch default polling (push none)', { ...base, push: 'none' }, undefined],
+    ['runwatch push stream (1 stream per job)', { ...base, push: 'stream' }, undefined],
+    ['runwatch push webhook, 0 % dropped', { ...base, push: 'webhook' }, 0],
+    ['runwatch push webhook, 5 % dropped', { ...base, push: 'webhook' }, 0.05],
+  ];
+  const rows: Row[] = [];
+  for (const [name, contender, dropRate] of contenders.filter(([n]) => n.includes(args.match))) {
+    const port = dropRate === undefined ? undefined : await freePort();
+    const spec: WorkloadSpec = {
+      kind: 'push',
+      runs: RUNS,
+      seed: SEED + 4,
+      ...(port === undefined ? {} : { webhooks: { url: `http://127.0.0.1:${port}/hooks/openai`, secret, dropRate, seed: SEED } }),
+    };
+    const { sim, seen } = await measure(spec, port === undefined ? contender : { ...contender, hook: { port, secret } } as Contender);
+    const lat = latencies(sim, seen);
+    const dropped = new Set(sim.dropped ?? []);
+    const droppedLate = [...dropped].flatMap((i) => (seen.observedAtMs[i] !== null && sim.terminalAtMs[i] !== null ? [seen.observedAtMs[i]! - sim.terminalAtMs[i]!] : [])).sort((a, b) => a - b);
+    rows.push({
+      workload: 'push',
+      contender: name,
+      metrics: {
+        getsPerJob: sim.retrieves.reduce((a, b) => a + b, 0) / spec.runs,
+        streamsPerJob: (sim.streams ?? []).reduce((a, b) => a + b, 0) / spec.runs,
+        latencyP50Ms: percentile(lat, 50),
+        latencyP99Ms: percentile(lat, 99),
+        cpuMsPerJob: seen.cpuUs / 1000 / spec.runs,
+        droppedWebhooks: dropped.size,
+        droppedFoundP50S: droppedLate.length > 0 ? percentile(droppedLate, 50) / 1000 : Number.NaN,
+        droppedFoundMaxS: droppedLate.length > 0 ? droppedLate.at(-1)! / 1000 : Number.NaN,
+        failedRuns: seen.failed,
+      },
+    });
+    log(rows.at(-1)!);
+  }
+  return rows;
+}
+
 function log(row: Row): void {
   const parts = Object.entries(row.metrics).map(([k, v]) => `${k}=${format(k, v)}`);
   process.stderr.write(`  ${row.workload} | ${row.contender} | ${parts.join(' ')}\n`);
@@ -213,8 +279,8 @@ function format(key: string, value: number): string {
   if (!Number.isFinite(value)) return 'n/a';
   if (key.startsWith('rateLimitedShare')) return `${(value * 100).toFixed(2)} %`;
   if (key === 'cpuShare') return `${(value * 100).toFixed(0)} %`;
-  if (key === 'watches' || key.startsWith('failed')) return String(Math.round(value));
-  if (key === 'requestsPerRun') return value.toFixed(2);
+  if (key === 'watches' || key === 'droppedWebhooks' || key.startsWith('failed')) return String(Math.round(value));
+  if (key === 'requestsPerRun' || key === 'getsPerJob' || key === 'streamsPerJob' || key === 'cpuMsPerJob') return value.toFixed(2);
   return value >= 100 ? value.toFixed(0) : value.toFixed(1);
 }
 
@@ -250,6 +316,12 @@ const HEADERS: Record<string, string> = {
   rateLimitedShareAfter10s: '429 share after 10 s',
   rateLimitedShareAll: '429 share, all',
   timeToAllTerminalS: 'all terminal seen after s',
+  getsPerJob: 'GETs/job',
+  streamsPerJob: 'streams/job',
+  cpuMsPerJob: 'CPU ms/job',
+  droppedWebhooks: 'webhooks dropped',
+  droppedFoundP50S: 'dropped found after, p50 s',
+  droppedFoundMaxS: 'dropped found after, max s',
 };
 
 function table(rows: Row[]): string {
@@ -311,6 +383,7 @@ const TITLES: Record<WorkloadName, string> = {
   heavy: `Heavy tail: ${RUNS} runs, log-normal durations (median 4 s, p95 40 s, cut at ${HEAVY_MAX_MS / 1000} s)`,
   scale: `Scale: one RunWatcher, every watch polled each ${SCALE_INTERVAL_MS / 1000} s, measured over ${SCALE_MEASURE_MS / 1000} s`,
   budget: `Budget: ${RUNS} runs lasting 21-41 s, the API allows ${quick ? BUDGET_RPS / 4 : BUDGET_RPS} requests/s (429 beyond)`,
+  push: `Push: ${RUNS} background responses created with stream: true, heavy-tail durations (median 4 s, p95 40 s, cut at ${HEAVY_MAX_MS / 1000} s); safety net 30 s doubling to 5 min`,
 };
 
 async function main(): Promise<void> {
@@ -323,7 +396,7 @@ async function main(): Promise<void> {
   const cpus = os.cpus();
   const machine = `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
   process.stderr.write(`runwatch bench on ${machine}; ${repeat} repetition(s)${quick ? ', quick' : ''}\n`);
-  const suites: Record<WorkloadName, () => Promise<Row[]>> = { fixed, heavy, scale, budget };
+  const suites: Record<WorkloadName, () => Promise<Row[]>> = { fixed, heavy, scale, budget, push };
   const repetitions: Row[][] = [];
   for (let r = 0; r < repeat; r += 1) {
     process.stderr.write(`repetition ${r + 1} of ${repeat}\n`);
@@ -331,18 +404,31 @@ async function main(): Promise<void> {
     for (const name of WORKLOADS) if (only.has(name)) rows.push(...(await suites[name]()));
     repetitions.push(rows);
   }
-  const result = medians(repetitions);
-  const markdown = [`Measured ${new Date().toISOString().slice(0, 10)} on ${machine}; ${repeat === 1 ? 'one run' : `median of ${repeat} runs`}${quick ? ' (quick mode: smaller workloads)' : ''}.`, ''];
+  const measured = medians(repetitions);
+  // workloads not run this time keep their last results, each with where and when it was measured
+  const latest = path.join(RESULTS, 'latest.json');
+  const previous = existsSync(latest) ? (JSON.parse(readFileSync(latest, 'utf8')) as Partial<Results>) : {};
+  const oldNote = `${(previous.date ?? '').slice(0, 10)} on ${previous.machine ?? 'unknown'}; ${previous.repeat === 1 ? 'one run' : `median of ${previous.repeat ?? 1} runs`}`;
+  const note = `${new Date().toISOString().slice(0, 10)} on ${machine}; ${repeat === 1 ? 'one run' : `median of ${repeat} runs`}${quick ? ' (quick mode: smaller workloads)' : ''}`;
+  const measuredOn: Record<string, string> = {};
+  for (const name of WORKLOADS) if (!only.has(name) && (previous.medians ?? []).some((row) => row.workload === name)) measuredOn[name] = previous.measuredOn?.[name] ?? oldNote;
+  for (const name of only) measuredOn[name] = note;
+  const result = WORKLOADS.flatMap((name) => (only.has(name) ? measured : (previous.medians ?? [])).filter((row) => row.workload === name));
+  const markdown: string[] = [];
   for (const name of WORKLOADS) {
     const rows = result.filter((row) => row.workload === name);
     if (rows.length === 0) continue;
-    markdown.push(`### ${TITLES[name]}`, '', table(rows), '');
+    markdown.push(`### ${TITLES[name]}`, '', `Measured ${measuredOn[name]}.`, '', table(rows), '');
   }
   const text = markdown.join('\n');
   process.stdout.write(`\n${text}\n`);
   mkdirSync(RESULTS, { recursive: true });
   writeFileSync(path.join(RESULTS, 'latest.md'), text);
-  writeFileSync(path.join(RESULTS, 'latest.json'), `${JSON.stringify({ machine, date: new Date().toISOString(), repeat, quick, medians: result, repetitions }, null, 2)}\n`);
+  // the repetitions of workloads not run stay too, side by side with this run's
+  const kept = (previous.repetitions ?? []).map((rows) => rows.filter((row) => !only.has(row.workload)));
+  const allRepetitions = Array.from({ length: Math.max(kept.length, repetitions.length) }, (_, r) => [...(kept[r] ?? []), ...(repetitions[r] ?? [])]);
+  const results: Results = { machine, date: new Date().toISOString(), repeat, quick, measuredOn, medians: result, repetitions: allRepetitions };
+  writeFileSync(latest, `${JSON.stringify(results, null, 2)}\n`);
   const heavyRows = result.filter((row) => row.workload === 'heavy');
   if (heavyRows.length > 0) writeFileSync(path.join(RESULTS, 'heavy-tail.svg'), `${chart(heavyRows)}\n`);
   process.stderr.write(`wrote ${path.relative(process.cwd(), RESULTS)}/latest.md, latest.json${heavyRows.length > 0 ? ', heavy-tail.svg' : ''}\n`);

@@ -2,14 +2,16 @@
 // scale workload, holds N watches for a measurement window) and reports what it saw and cost.
 import http from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ApiClient, RunWatcher } from '../dist/index.js';
+import { ApiClient, OpenAIHookReceiver, RunWatcher } from '../dist/index.js';
 import { RUN_KIND } from '../dist/resource.js';
-import type { PartialPollPolicy, RunRef } from '../dist/index.js';
-import { runIds } from './workloads.ts';
+import type { PartialPollPolicy, PushMode, RunRef } from '../dist/index.js';
+import { responseId, runIds } from './workloads.ts';
 
 /** Who polls. */
 export type Contender =
   | { readonly type: 'runwatch'; readonly policy?: PartialPollPolicy; readonly maxRequestsPerSecond: number; readonly maxInFlight: number }
+  /** Background responses with a push signal; `webhook` listens on `hookPort` for the simulator's webhooks. */
+  | { readonly type: 'runwatch-push'; readonly push: PushMode; readonly maxRequestsPerSecond: number; readonly maxInFlight: number; readonly maxStreams: number; readonly hook?: { readonly port: number; readonly secret: string } }
   | { readonly type: 'sdk'; readonly pollIntervalMs: number }
   /** Our HTTP client alone in a fixed-interval loop: the client's share of our cost. */
   | { readonly type: 'client-only'; readonly intervalMs: number }
@@ -49,12 +51,13 @@ export interface ContenderReport {
 const API_KEY = 'sk-bench-not-a-secret';
 
 /** The runwatch contender: one RunWatcher with the contender's policy and budget. */
-function runwatchFor(baseUrl: string, contender: Extract<Contender, { type: 'runwatch' }>): RunWatcher {
+function runwatchFor(baseUrl: string, contender: Extract<Contender, { type: 'runwatch' | 'runwatch-push' }>): RunWatcher {
   return new RunWatcher({
     provider: 'openai',
     baseUrl,
     credentials: { apiKey: API_KEY },
-    policy: contender.policy,
+    policy: contender.type === 'runwatch' ? contender.policy : undefined,
+    streams: contender.type === 'runwatch-push' ? { maxStreams: contender.maxStreams } : undefined,
     maxRequestsPerSecond: contender.maxRequestsPerSecond,
     maxInFlight: contender.maxInFlight,
     maxSockets: contender.maxInFlight,
@@ -88,6 +91,34 @@ async function watchAll(request: ContenderRequest): Promise<Pick<ContenderReport
         }
       }),
     );
+  } else if (contender.type === 'runwatch-push') {
+    const watcher = runwatchFor(baseUrl, contender);
+    let server: http.Server | undefined;
+    if (contender.hook) {
+      // the library user's own server, as the README shows it
+      const receiver = new OpenAIHookReceiver([contender.hook.secret], { wakeResponse: (id) => watcher.wakeResponse(id) > 0 });
+      server = http.createServer((req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (chunk: Buffer) => chunks.push(chunk));
+        req.on('end', () => {
+          void receiver.receive(req.headers, Buffer.concat(chunks).toString('utf8')).then((answer) => res.writeHead(answer.status, { 'content-type': 'application/json' }).end(JSON.stringify(answer.body)));
+        });
+      });
+      await new Promise<void>((resolve) => server!.listen(contender.hook!.port, '127.0.0.1', resolve));
+    }
+    await Promise.all(
+      ids.map(async (_, i) => {
+        try {
+          await watcher.watchResponse({ responseId: responseId(i), watchId: responseId(i), push: contender.push }).promise;
+          observedAtMs[i] = Date.now();
+        } catch (error) {
+          fail(error);
+        }
+      }),
+    );
+    await watcher.close();
+    server?.closeAllConnections();
+    await new Promise((resolve) => (server ? server.close(resolve) : resolve(undefined)));
   } else if (contender.type === 'runwatch') {
     const watcher = runwatchFor(baseUrl, contender);
     await Promise.all(

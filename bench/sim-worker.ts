@@ -3,7 +3,7 @@
 import { startSimulator } from '../dist/simulator.js';
 import type { RunningSimulator } from '../dist/simulator.js';
 import type { WorkloadSpec } from './workloads.ts';
-import { buildRuns, runIds } from './workloads.ts';
+import { buildResponses, buildRuns, responseId, runIds } from './workloads.ts';
 
 /** Messages from bench.ts. */
 export type SimRequest = { readonly type: 'start'; readonly spec: WorkloadSpec } | { readonly type: 'collect' };
@@ -17,6 +17,10 @@ export interface SimReport {
   readonly terminalAtMs: (number | null)[];
   readonly requests: number;
   readonly rateLimited: number;
+  /** Push: stream connections per response. */
+  readonly streams?: number[];
+  /** Push: indexes of the responses whose webhook was dropped on purpose. */
+  readonly dropped?: number[];
   /** [epoch second, requests, 429s]. */
   readonly perSecond: [number, number, number][];
 }
@@ -28,15 +32,21 @@ process.on('message', (message: SimRequest) => {
   void (async () => {
     if (message.type === 'start') {
       spec = message.spec;
-      sim = await startSimulator({ runs: buildRuns(spec), rateLimit: spec.rateLimit, recordRequests: false });
+      sim =
+        spec.kind === 'push'
+          ? await startSimulator({ responses: buildResponses(spec), webhooks: spec.webhooks, recordRequests: false })
+          : await startSimulator({ runs: buildRuns(spec), rateLimit: spec.rateLimit, recordRequests: false });
       process.send?.({ type: 'ready', baseUrl: sim.baseUrl });
       return;
     }
     if (!sim || !spec) throw new Error('collect before start');
     const retrieves: number[] = [];
     const terminalAtMs: (number | null)[] = [];
+    const push = spec.kind === 'push';
+    const streams: number[] = [];
     for (let i = 0; i < spec.runs; i += 1) {
-      const { runId } = runIds(i);
+      const runId = push ? responseId(i) : runIds(i).runId;
+      if (push) streams.push(sim.streamCount(runId));
       retrieves.push(sim.retrieveCount(runId));
       const last = sim.transitions(runId).at(-1);
       terminalAtMs.push(last?.status === 'completed' ? last.atMs : null);
@@ -48,6 +58,7 @@ process.on('message', (message: SimRequest) => {
       terminalAtMs,
       requests: stats.requests,
       rateLimited: stats.rateLimited,
+      ...(push ? { streams, dropped: sim.droppedWebhooks().map((id) => Number(id.slice('resp_b'.length))) } : {}),
       perSecond: [...stats.perSecond].map(([second, b]) => [second, b.requests, b.rateLimited]),
     };
     process.send?.(report);

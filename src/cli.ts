@@ -120,8 +120,10 @@ until it is completed, failed, cancelled or incomplete, and writes one JSON even
 change (response.queued, response.in_progress, response.completed, ...) to stdout.
 
 Options: as for runwatch watch (--provider, --base-url, --timeout, --request-timeout,
---header, --watch-id, --policy, --log-level), without --until. A background response has no
-expires_at: without --timeout the watch gives up after 1h.
+--header, --watch-id, --policy, --log-level), without --until, and:
+  --stream                    follow the response's resume stream (created with stream: true)
+                              and poll every 30 s+ meanwhile; polls as usual if it cannot stream
+A background response has no expires_at: without --timeout the watch gives up after 1h.
 
 Exit codes: 0 completed, 20 failed, 21 cancelled, 23 incomplete, 2 watch error, 64 usage,
 130 SIGINT, 143 SIGTERM.
@@ -232,6 +234,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
       'watch-id': { type: 'string' },
       policy: { type: 'string' },
       'log-level': { type: 'string' },
+      stream: { type: 'boolean', default: false },
     },
   });
   if (values.help) {
@@ -240,6 +243,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
   }
   const [first, second] = idArguments(target, positionals);
   if (target !== 'run' && values.until !== 'terminal') throw new ConfigError('--until applies to runs only: a background response has no requires_action');
+  if (target !== 'response' && values.stream) throw new ConfigError('--stream applies to background responses only (runwatch watch-response)');
   if (target === 'thread' && values['cancel-after-stall'] !== undefined) throw new ConfigError('--cancel-after-stall applies to runs and responses, not to a thread');
   const cancelAfterStallMs = values['cancel-after-stall'] === undefined ? undefined : parseDurationMs('--cancel-after-stall', values['cancel-after-stall']);
   const until = oneOf('--until', values.until, ['terminal', 'requires_action'] as const);
@@ -269,7 +273,7 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
       target === 'run'
         ? watcher.watchRun({ ...common, threadId: first, runId: second, resolveOn, cancelAfterStallMs })
         : target === 'response'
-          ? watcher.watchResponse({ ...common, responseId: first, cancelAfterStallMs })
+          ? watcher.watchResponse({ ...common, responseId: first, cancelAfterStallMs, push: values.stream ? 'stream' : 'none' })
           : watcher.waitForIdleThread({ ...common, threadId: first });
     const snapshot: Snapshot = await handle.promise;
     logger.info({ status: snapshot.status }, `${target} ended`);

@@ -67,6 +67,19 @@ describe('runwatch daemon and config: exit paths', () => {
     expect(result.stderr).toMatch(/^runwatch: .*runwatch\.db was written by a newer runwatch \(schema 99, this one knows \d+\): run that version, or start on an empty data dir$/m);
   });
 
+  it('exits 64 with a one-line error for a malformed OpenAI webhook secret, and for push.mode webhook without one', async () => {
+    const bad = await runCli(['daemon', '--data-dir', dir], { PORTKEY_API_KEY: 'x', RUNWATCH_OPENAI_WEBHOOK_SECRET: 'whsec_not base64!!' });
+    expect(bad.code).toBe(64);
+    expect(bad.stderr).toMatch(/^runwatch: invalid RUNWATCH_OPENAI_WEBHOOK_SECRET: expected the whsec_/m);
+    expect(bad.stderr).not.toContain('not base64');
+    const missing = await runCli(['daemon', '--data-dir', dir, '--set', 'push.mode="webhook"'], { PORTKEY_API_KEY: 'x' });
+    expect(missing.code).toBe(64);
+    expect(missing.stderr).toMatch(/push\.mode webhook needs the secret of your OpenAI webhook endpoint: set RUNWATCH_OPENAI_WEBHOOK_SECRET/);
+    const redis = await runCli(['daemon', '--data-dir', dir, '--set', 'push.mode="stream"', '--set', 'store.kind="redis"'], { PORTKEY_API_KEY: 'x', RUNWATCH_REDIS_URL: 'redis://127.0.0.1:1' });
+    expect(redis.code).toBe(64);
+    expect(redis.stderr).toMatch(/push\.mode stream holds each stream in one process/);
+  });
+
   it('exits 69 when the port is taken', async () => {
     const blocker = net.createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
@@ -81,11 +94,13 @@ describe('runwatch daemon and config: exit paths', () => {
   });
 
   it('prints the effective config with secrets redacted', async () => {
-    const result = await runCli(['config', '--set', 'daemon.port=9999'], { PORTKEY_API_KEY: 'pk-very-secret-1234', RUNWATCH_CONTROL_TOKEN: 'tok-very-secret', RUNWATCH_LOG_LEVEL: 'debug' });
+    const hookSecret = `whsec_${Buffer.from('very-secret-hook-key-32-bytes!!!').toString('base64')}`;
+    const result = await runCli(['config', '--set', 'daemon.port=9999'], { PORTKEY_API_KEY: 'pk-very-secret-1234', RUNWATCH_CONTROL_TOKEN: 'tok-very-secret', RUNWATCH_OPENAI_WEBHOOK_SECRET: hookSecret, RUNWATCH_LOG_LEVEL: 'debug' });
     expect(result.code).toBe(0);
     const printed = JSON.parse(result.stdout) as { daemon: { port: number; logLevel: string }; secrets: Record<string, string | null> };
     expect(printed.daemon).toMatchObject({ port: 9999, logLevel: 'debug' });
-    expect(printed.secrets).toMatchObject({ PORTKEY_API_KEY: '[REDACTED]', RUNWATCH_CONTROL_TOKEN: '[REDACTED]', RUNWATCH_WEBHOOK_SECRET: null });
+    expect(printed.secrets).toMatchObject({ PORTKEY_API_KEY: '[REDACTED]', RUNWATCH_CONTROL_TOKEN: '[REDACTED]', RUNWATCH_OPENAI_WEBHOOK_SECRET: '[REDACTED]', RUNWATCH_WEBHOOK_SECRET: null });
+    expect(result.stdout + result.stderr).not.toContain(hookSecret.slice(6, 30));
     expect(result.stdout + result.stderr).not.toMatch(/very-secret/);
   });
 });

@@ -24,10 +24,10 @@ let counter = 0;
 
 useSimulator({ apiKey: KEY }, (started) => (sim = started));
 
-function addResponse(timeline: SimulatedResponse['timeline']): string {
+function addResponse(timeline: SimulatedResponse['timeline'], stream = false): string {
   counter += 1;
   const responseId = `resp_t${counter}`;
-  sim.addResponse({ responseId, timeline, start: 'first_request' });
+  sim.addResponse({ responseId, timeline, start: 'first_request', stream });
   return responseId;
 }
 
@@ -108,6 +108,20 @@ describe('runwatch watch-response', () => {
     const missing = await run(['resp_missing']);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/\(response_not_found\); check the response id/);
+    const stream = await runCli(['watch', 'thread_a', 'run_a', '--stream', '--provider', 'openai', '--base-url', sim.baseUrl], { OPENAI_API_KEY: KEY });
+    expect(stream.code).toBe(64);
+    expect(stream.stderr).toMatch(/^runwatch: --stream applies to background responses only/m);
+  });
+
+  it('--stream follows the resume stream: the same events, two GETs', async () => {
+    const responseId = addResponse([{ status: 'queued', durationMs: 100 }, { status: 'in_progress', durationMs: 600 }, { status: 'completed' }], true);
+    // polls 1 s apart: a stream that takes a while to deliver its first event still beats the second poll
+    const slow = JSON.stringify({ jitter: 0, intervals: { queued: { baseMs: 1_000, capMs: 1_000 } } });
+    const result = await runCli(['watch-response', responseId, '--stream', '--provider', 'openai', '--base-url', sim.baseUrl, '--policy', slow], { OPENAI_API_KEY: KEY });
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.events.map((e) => e.type)).toEqual(['response.queued', 'response.completed']);
+    expect(sim.retrieveCount(responseId)).toBe(2);
+    expect(sim.streamCount(responseId)).toBe(1);
   });
 });
 
