@@ -1,5 +1,6 @@
 // The benchmark's workloads: seeded timelines for the simulator, shared by the simulator
 // worker (which serves them) and the contender worker (which derives the same ids).
+import { seededRandom } from '../dist/simulator.js';
 import type { RateLimit, SimulatedResponse, SimulatedRun, SimulatedWebhooks } from '../dist/simulator.js';
 
 /** What a simulator worker serves. */
@@ -20,17 +21,6 @@ export interface WorkloadSpec {
 export const HEAVY_MAX_MS = 60_000;
 const HEAVY_MEDIAN_MS = 4_000;
 const HEAVY_SIGMA = Math.log(10) / 1.645;
-
-/** mulberry32: tiny, fast, and good enough to make timelines reproducible. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) | 0;
-    let t = Math.imul(a ^ (a >>> 15), 1 | a);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function gaussian(random: () => number): number {
   return Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random());

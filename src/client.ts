@@ -217,16 +217,20 @@ function parseNonNegative(raw: string | undefined): number | undefined {
   return Number.isFinite(value) ? value : undefined;
 }
 
-/** Extracts the server's message from an OpenAI/Azure `{error:{message,code}}` or Portkey `{status:"failure",message}` body. */
-export function parseServerMessage(body: string): string | undefined {
-  let parsed: unknown;
+/** A JSON text's object, or `undefined` when it is not JSON or not an object. */
+export function jsonObject(text: string): Record<string, unknown> | undefined {
   try {
-    parsed = JSON.parse(body);
+    const parsed = JSON.parse(text) as unknown;
+    return typeof parsed === 'object' && parsed !== null ? (parsed as Record<string, unknown>) : undefined;
   } catch {
     return undefined;
   }
-  if (typeof parsed !== 'object' || parsed === null) return undefined;
-  const record = parsed as Record<string, unknown>;
+}
+
+/** Extracts the server's message from an OpenAI/Azure `{error:{message,code}}` or Portkey `{status:"failure",message}` body. */
+export function parseServerMessage(body: string): string | undefined {
+  const record = jsonObject(body);
+  if (!record) return undefined;
   const error = record.error;
   if (typeof error === 'object' && error !== null) {
     const { message, code } = error as Record<string, unknown>;

@@ -2,6 +2,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { ID_PATTERN } from './resource.js';
 import type { WebhookRejection } from './standard-webhooks.js';
+import { jsonObject } from './client.js';
 import { ConfigError } from './errors.js';
 import { checkWebhook, WEBHOOK_TOLERANCE_SEC, webhookKey } from './standard-webhooks.js';
 
@@ -116,14 +117,9 @@ export class OpenAIHookReceiver {
 
 /** The fields of an OpenAI event that matter here, or `undefined` when the body is not one. */
 function parseEvent(body: string): { readonly type: string; readonly objectId: string } | undefined {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(body);
-  } catch {
-    return undefined;
-  }
-  if (typeof parsed !== 'object' || parsed === null) return undefined;
-  const { type, data } = parsed as { type?: unknown; data?: unknown };
+  const parsed = jsonObject(body);
+  if (!parsed) return undefined;
+  const { type, data } = parsed;
   const objectId = typeof data === 'object' && data !== null ? (data as { id?: unknown }).id : undefined;
   if (typeof type !== 'string' || type === '' || typeof objectId !== 'string' || objectId === '') return undefined;
   return { type, objectId };

@@ -74,8 +74,8 @@ export function parseSimulatedWebhooks(input: unknown): SimulatedWebhooks {
   return result.data;
 }
 
-/** mulberry32: tiny and reproducible, enough to draw fault choices from a seed. */
-function seededRandom(seed: number): () => number {
+/** mulberry32: tiny and reproducible, enough to draw fault choices (and the benchmark's timelines) from a seed. */
+export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) | 0;

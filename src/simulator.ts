@@ -13,7 +13,7 @@ import { TERMINAL_RUN_STATUSES } from './status.js';
 
 export type { StreamFaults } from './simulator-stream.js';
 export type { SimulatedWebhooks, WebhookStats } from './simulator-webhooks.js';
-export { parseSimulatedWebhooks } from './simulator-webhooks.js';
+export { parseSimulatedWebhooks, seededRandom } from './simulator-webhooks.js';
 
 /** One step of a simulated run's life. */
 export interface TimelineStep {
