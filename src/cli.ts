@@ -32,6 +32,7 @@ export const EXIT = Object.freeze({
   cancelled: 21,
   expired: 22,
   incomplete: 23,
+  otherFinal: 24,
   usage: 64,
   unavailable: 69,
   shutdownTimeout: 70,
@@ -60,6 +61,7 @@ const HINTS: Partial<Record<ErrorCode, string>> = {
   invalid_id: 'pass the ids exactly as the API returned them (letters, digits, _ and -)',
   deadline_exceeded: 'the run did not finish in time; raise --timeout or check the provider status',
   invalid_config: 'see runwatch --help',
+  response_too_large: 'raise --max-response-bytes (watch.maxResponseBytes in the daemon)',
 };
 
 const MAIN_HELP = `runwatch ${VERSION}: watch long-running LLM runs until they finish
@@ -94,7 +96,11 @@ Options:
   --timeout DURATION          give up after this long (e.g. 90s, 10m)
                               [the run's expires_at + 2m, else 1h]
   --request-timeout DURATION  timeout of one request                       [30s]
-  --header 'name: value'      extra request header, repeatable (e.g. x-portkey-provider)
+  --header 'name: value'      extra request header, repeatable (e.g. x-portkey-custom-host)
+  --portkey-provider @SLUG    portkey: the Model Catalog provider, sent as x-portkey-provider
+                              (env PORTKEY_PROVIDER; replaces virtual keys)
+  --max-response-bytes N      fail the watch when an answer is larger (response_too_large)
+                              [runs 8 MiB, responses 64 MiB]
   --watch-id ID               id of the watch in events                    [random w_...]
   --cancel-after-stall DURATION
                               cancel the run when it stays in one status this long (event
@@ -104,7 +110,7 @@ Options:
   -h, --help                  show this help
 
 Secrets (each also as <NAME>_FILE, a path to a file holding it):
-  portkey: PORTKEY_API_KEY, PORTKEY_VIRTUAL_KEY, PORTKEY_CONFIG
+  portkey: PORTKEY_API_KEY, PORTKEY_VIRTUAL_KEY (deprecated by Portkey), PORTKEY_CONFIG
   openai:  OPENAI_API_KEY
   azure:   AZURE_AI_TOKEN (an Entra ID token); AZURE_AI_TOKEN_FILE is re-read when it changes
   A key is required for the hosted APIs; a self-hosted gateway may need none.
@@ -125,7 +131,8 @@ Options: as for runwatch watch (--provider, --base-url, --timeout, --request-tim
                               and poll every 30 s+ meanwhile; polls as usual if it cannot stream
 A background response has no expires_at: without --timeout the watch gives up after 1h.
 
-Exit codes: 0 completed, 20 failed, 21 cancelled, 23 incomplete, 2 watch error, 64 usage,
+Exit codes: 0 completed, 20 failed, 21 cancelled, 23 incomplete, 24 another final status
+(any but queued and in_progress ends a background response), 2 watch error, 64 usage,
 130 SIGINT, 143 SIGTERM.
 `;
 
@@ -202,21 +209,28 @@ const CONNECTION_FLAGS = {
   'api-version': { type: 'string' },
   'request-timeout': { type: 'string', default: '30s' },
   header: { type: 'string', multiple: true, default: [] as string[] },
+  'portkey-provider': { type: 'string' },
+  'max-response-bytes': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } satisfies NonNullable<ParseArgsConfig['options']>;
 
 /** Client options from the connection flags and the environment (secrets from env only). */
 function connection(
-  values: { provider?: string | undefined; 'base-url'?: string | undefined; 'api-version'?: string | undefined; 'request-timeout': string; header: string[] },
+  values: { provider?: string | undefined; 'base-url'?: string | undefined; 'api-version'?: string | undefined; 'request-timeout': string; header: string[]; 'portkey-provider'?: string | undefined; 'max-response-bytes'?: string | undefined },
   env: NodeJS.ProcessEnv,
-): { provider: Provider; baseUrl: string | undefined; apiVersion: string | undefined; credentials: Credentials; headers: Record<string, string>; requestTimeoutMs: number } {
+): { provider: Provider; baseUrl: string | undefined; apiVersion: string | undefined; credentials: Credentials; headers: Record<string, string>; requestTimeoutMs: number; maxResponseBytes: number | undefined } {
   const provider = oneOf<Provider>('--provider', values.provider ?? env.RUNWATCH_PROVIDER ?? 'portkey', PROVIDERS);
   const baseUrl = values['base-url'] ?? env.RUNWATCH_BASE_URL ?? DEFAULT_BASE_URLS[provider];
+  if (values['portkey-provider'] !== undefined && provider !== 'portkey') throw new ConfigError('--portkey-provider applies to --provider portkey only');
+  const rawMax = values['max-response-bytes'];
+  if (rawMax !== undefined && !/^\d{4,12}$/.test(rawMax)) throw new ConfigError(`invalid --max-response-bytes ${JSON.stringify(rawMax.slice(0, 20))}: use a number of bytes of at least 1024, e.g. 134217728`);
+  const credentials = credentialsFromEnv(provider, baseUrl, env);
   return {
     provider,
     baseUrl,
     apiVersion: values['api-version'] ?? env.RUNWATCH_API_VERSION,
-    credentials: credentialsFromEnv(provider, baseUrl, env),
+    credentials: values['portkey-provider'] === undefined ? credentials : { ...credentials, portkeyProvider: values['portkey-provider'] },
+    maxResponseBytes: rawMax === undefined ? undefined : Number(rawMax),
     headers: parseHeaders(values.header),
     requestTimeoutMs: parseDurationMs('--request-timeout', values['request-timeout']),
   };
@@ -278,7 +292,8 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
     const snapshot: Snapshot = await handle.promise;
     logger.info({ status: snapshot.status }, `${target} ended`);
     if (target === 'thread') return EXIT.completed;
-    return STATUS_EXIT[snapshot.status] ?? EXIT.watchError;
+    // a background response ends on any status but queued and in_progress, documented or not
+    return STATUS_EXIT[snapshot.status] ?? (target === 'response' ? EXIT.otherFinal : EXIT.watchError);
   } catch (error) {
     if (signalExit !== null) return signalExit;
     if (error instanceof RunwatchError) {

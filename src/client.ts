@@ -44,6 +44,12 @@ export interface Credentials {
   /** Portkey only: `x-portkey-config`, a config id or JSON (may carry provider keys). */
   readonly portkeyConfig?: string | undefined;
   /**
+   * Portkey only: `x-portkey-provider`, the `@provider-slug` of a Model Catalog provider
+   * (e.g. `@openai-prod`; what replaced virtual keys: a GET has no model to carry it), or a
+   * provider name (`openai`) with the provider's own key. Not a secret.
+   */
+  readonly portkeyProvider?: string | undefined;
+  /**
    * Azure only: a file holding the bearer token (e.g. written by a sidecar that refreshes it).
    * Re-read when it changes (checked at most once a second) and after a 401. Not a secret itself.
    */
@@ -74,6 +80,12 @@ export interface ClientOptions {
    * @default 30000
    */
   readonly requestTimeoutMs?: number;
+  /**
+   * Largest answer body read; a bigger one fails the watch with `response_too_large` (it would
+   * be as big on every retry).
+   * @default each kind's: 8 MiB for runs and threads, 64 MiB for responses (base64 images)
+   */
+  readonly maxResponseBytes?: number;
   /**
    * Keep-alive sockets per origin.
    * @default 64
@@ -139,6 +151,16 @@ const SENSITIVE_HEADER = /authorization|api-key|apikey|token|secret|password|coo
 const MAX_MESSAGE_LENGTH = 300;
 
 /** Validates a header name and value; throws `ConfigError` naming the header (not the value). */
+/** What a Portkey provider may look like: `@slug` from the Model Catalog, or a provider name. */
+export const PORTKEY_PROVIDER_PATTERN = /^@?[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** Checks `credentials.portkeyProvider`; throws `ConfigError` with an example. */
+export function assertValidPortkeyProvider(value: string | undefined): void {
+  if (value !== undefined && !PORTKEY_PROVIDER_PATTERN.test(value)) {
+    throw new ConfigError(`invalid Portkey provider ${JSON.stringify(value.slice(0, 60))}: expected a Model Catalog slug such as @openai-prod`);
+  }
+}
+
 export function assertValidHeader(name: string, value: string): void {
   if (!HEADER_NAME.test(name)) throw new ConfigError(`invalid header name ${JSON.stringify(name)}`);
   if (/[\r\n\0]/.test(value)) throw new ConfigError(`invalid value for header ${name}: it contains a line break`);
@@ -165,6 +187,7 @@ export function buildHeaders(
     if (credentials.apiKey) headers['x-portkey-api-key'] = credentials.apiKey;
     if (credentials.virtualKey) headers['x-portkey-virtual-key'] = credentials.virtualKey;
     if (credentials.portkeyConfig) headers['x-portkey-config'] = credentials.portkeyConfig;
+    if (credentials.portkeyProvider) headers['x-portkey-provider'] = credentials.portkeyProvider;
     if (traceId) headers['x-portkey-trace-id'] = watchId;
   }
   for (const [name, value] of Object.entries(extra)) headers[name.toLowerCase()] = value;
@@ -335,16 +358,31 @@ export interface PollClient {
 
 /** An event stream as opened: its text body, or why the server did not stream. */
 export type StreamOpening =
-  /** Status 200 and `text/event-stream`: `body` yields the decoded text; `close()` drops the connection. */
-  | { readonly ok: true; readonly body: AsyncIterable<string>; close(): void }
+  /**
+   * Status 200 and `text/event-stream`: `body` yields the decoded text; `close()` drops the
+   * connection; `complete()` says, once `body` is done, whether the server ended it (not a cut).
+   */
+  | { readonly ok: true; readonly body: AsyncIterable<string>; close(): void; complete(): boolean }
   /**
    * No stream. `refused`: the server will not stream this resource (a 4xx other than 408, 409
    * and 429, or an answer that is not an event stream); else a transient failure to retry.
    */
   | { readonly ok: false; readonly refused: boolean; readonly failure: PollFailure };
 
-/** Largest response body read; a bigger one is a transient error (a proxy's error page gone wrong). */
-const MAX_BODY_BYTES = 8 * 1024 * 1024;
+/** An answer body larger than the cap: permanent, it would be as large on every retry. */
+class BodyTooLarge extends Error {
+  readonly code = 'EBODYTOOLARGE';
+}
+
+/** One request to send. */
+interface OutgoingRequest {
+  readonly method: 'GET' | 'POST';
+  readonly path: string;
+  /** JSON; a POST without one sends `content-length: 0`. */
+  readonly body: string | undefined;
+  /** Largest answer body read. */
+  readonly maxBytes: number;
+}
 
 /** An HTTP answer, read whole. */
 interface RawResponse {
@@ -383,6 +421,8 @@ export class ApiClient implements PollClient {
   readonly #transport: typeof http | typeof https;
   readonly #target: { readonly protocol: string; readonly hostname: string; readonly port: string; readonly basePath: string };
   readonly #secrets: readonly string[];
+  /** `maxResponseBytes` when set, else each kind's own. */
+  readonly #maxResponseBytes: number | undefined;
   /** Per kind, the headers of a request that has no per-watch part, built once (unused when the trace id is per watch). */
   readonly #sharedHeaders = new WeakMap<object, Readonly<Record<string, string>>>();
   /** Azure: `api-version=...` (joined with ? or &); empty for the other providers. */
@@ -401,6 +441,11 @@ export class ApiClient implements PollClient {
       throw new ConfigError(`Expected \`requestTimeoutMs\` to be a positive integer, got ${JSON.stringify(options.requestTimeoutMs)}`);
     }
     this.#credentials = options.credentials ?? {};
+    assertValidPortkeyProvider(this.#credentials.portkeyProvider);
+    this.#maxResponseBytes = options.maxResponseBytes;
+    if (this.#maxResponseBytes !== undefined && !(Number.isInteger(this.#maxResponseBytes) && this.#maxResponseBytes >= 1024)) {
+      throw new ConfigError(`Expected \`maxResponseBytes\` to be an integer of at least 1024, got ${JSON.stringify(options.maxResponseBytes)}`);
+    }
     this.#tokenFile = this.provider === 'azure' && this.#credentials.tokenFile && !this.#credentials.apiKey ? new TokenFile(this.#credentials.tokenFile) : null;
     const apiVersion = options.apiVersion ?? DEFAULT_AZURE_API_VERSION;
     if (!API_VERSION_PATTERN.test(apiVersion)) throw new ConfigError(`invalid apiVersion ${JSON.stringify(apiVersion.slice(0, 60))}: expected e.g. ${DEFAULT_AZURE_API_VERSION}`);
@@ -419,12 +464,12 @@ export class ApiClient implements PollClient {
 
   /** Polls a resource once. Never throws: every outcome is a `PollOutcome`. */
   retrieve<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
-    return this.#call(kind, this.#path(kind.path(ref)), undefined, context);
+    return this.#call(kind, 'GET', this.#path(kind.path(ref)), undefined, context);
   }
 
-  /** POSTs `{path}/{action}` with a JSON body. Never throws; the outcome carries the new snapshot. */
+  /** POSTs `{path}/{action}`: a JSON body, none for a cancel (the specs give it none). Never throws; the outcome carries the new snapshot. */
   act<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, action: ResourceAction, body: unknown, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
-    return this.#call(kind, this.#path(`${kind.path(ref)}/${action}`), JSON.stringify(body ?? {}), context);
+    return this.#call(kind, 'POST', this.#path(`${kind.path(ref)}/${action}`), action === 'cancel' ? undefined : JSON.stringify(body ?? {}), context);
   }
 
   /**
@@ -464,7 +509,7 @@ export class ApiClient implements PollClient {
       body.setEncoding('utf8');
       // a failure mid-stream ends the iteration (the caller reconnects), it is not thrown at it
       body.on('error', () => undefined);
-      return { ok: true, body: body as AsyncIterable<string>, close: () => req.destroy() };
+      return { ok: true, body: body as AsyncIterable<string>, close: () => req.destroy(), complete: () => res.complete };
     }
     // read a little of the answer for its message, then let the socket go
     const chunks: Buffer[] = [];
@@ -496,18 +541,22 @@ export class ApiClient implements PollClient {
     return this.#query === '' ? path : `${path}${path.includes('?') ? '&' : '?'}${this.#query}`;
   }
 
-  async #call<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, path: string, body: string | undefined, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
+  async #call<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, method: 'GET' | 'POST', path: string, body: string | undefined, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
+    const request = { method, path, body, maxBytes: this.#maxResponseBytes ?? kind.maxResponseBytes };
     try {
       const tokens = context.credentials === undefined ? this.#tokenFile : null;
-      if (!tokens) return await this.#attempt(kind, path, body, context, context.credentials);
+      if (!tokens) return await this.#attempt(kind, request, context, context.credentials);
       // Azure with a token file: after a 401, the file once more and, if the token changed (tokens rotate), one retry
       const token = tokens.current(Date.now());
-      const outcome = await this.#attempt(kind, path, body, context, { apiKey: token });
+      const outcome = await this.#attempt(kind, request, context, { apiKey: token });
       if (outcome.ok || outcome.httpStatus !== 401) return outcome;
       const fresh = tokens.current(Date.now(), true);
-      return fresh !== undefined && fresh !== token ? await this.#attempt(kind, path, body, context, { apiKey: fresh }) : outcome;
+      return fresh !== undefined && fresh !== token ? await this.#attempt(kind, request, context, { apiKey: fresh }) : outcome;
     } catch (error) {
       if (context.signal?.aborted) return ABORTED;
+      if (error instanceof BodyTooLarge) {
+        return { ok: false, retryable: false, code: 'response_too_large', message: `the answer is larger than ${request.maxBytes} bytes: raise maxResponseBytes (watch.maxResponseBytes, --max-response-bytes)`, hints: {} };
+      }
       return classifyRequestError(error, this.requestTimeoutMs);
     }
   }
@@ -515,8 +564,7 @@ export class ApiClient implements PollClient {
   /** One request with these credentials (the client's when `undefined`), classified; rejects on network errors. */
   async #attempt<TRef extends object, TSnapshot extends Snapshot>(
     kind: ResourceKind<TRef, TSnapshot>,
-    path: string,
-    body: string | undefined,
+    request: OutgoingRequest,
     context: RequestContext,
     own: Credentials | undefined,
   ): Promise<PollOutcome<TSnapshot>> {
@@ -525,7 +573,7 @@ export class ApiClient implements PollClient {
     const shared = own === undefined && context.headers === undefined;
     const secrets = shared ? this.#secrets : secretsOf(credentials, extra);
     const headers = shared && !(this.provider === 'portkey' && this.#traceId) ? this.#shared(kind) : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders);
-    const response = await this.#send(path, headers, body, context.signal);
+    const response = await this.#send(request, headers, context.signal);
     return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
   }
 
@@ -538,12 +586,11 @@ export class ApiClient implements PollClient {
     return headers;
   }
 
-  /** One GET (or POST when there is a body), read whole within `requestTimeoutMs`; rejects on network errors, abort and timeout. */
-  #send(path: string, headers: Readonly<Record<string, string>>, body: string | undefined, signal: AbortSignal | undefined): Promise<RawResponse> {
+  /** One request, its answer read whole (up to `maxBytes`) within `requestTimeoutMs`; rejects on network errors, abort, timeout and size. */
+  #send({ method, path, body, maxBytes }: OutgoingRequest, headers: Readonly<Record<string, string>>, signal: AbortSignal | undefined): Promise<RawResponse> {
     return new Promise<RawResponse>((resolve, reject) => {
       const { protocol, hostname, port } = this.#target;
-      const method = body === undefined ? 'GET' : 'POST';
-      const all = body === undefined ? headers : { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) };
+      const all = body === undefined ? (method === 'POST' ? { ...headers, 'content-length': '0' } : headers) : { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) };
       const req = this.#transport.request({ protocol, hostname, port, path, method, headers: all, agent: this.#agent, signal });
       let settled = false;
       const fail = (error: Error): void => {
@@ -561,7 +608,7 @@ export class ApiClient implements PollClient {
         let size = 0;
         body.on('data', (chunk: Buffer) => {
           size += chunk.length;
-          if (size > MAX_BODY_BYTES) fail(Object.assign(new Error('response body too large'), { code: 'EBODYTOOLARGE' }));
+          if (size > maxBytes) fail(new BodyTooLarge(`answer larger than ${maxBytes} bytes`));
           else chunks.push(chunk);
         });
         body.once('error', fail);

@@ -45,6 +45,8 @@ export function credentialsFromEnv(provider: Provider, baseUrl: string | undefin
     apiKey: names.apiKey ? readSecret(env, names.apiKey) : undefined,
     virtualKey: names.virtualKey ? readSecret(env, names.virtualKey) : undefined,
     portkeyConfig: names.portkeyConfig ? readSecret(env, names.portkeyConfig) : undefined,
+    // not a secret: the Model Catalog slug that replaced virtual keys
+    portkeyProvider: provider === 'portkey' ? env.PORTKEY_PROVIDER || undefined : undefined,
   };
   const hosted = baseUrl?.replace(/\/+$/, '') === DEFAULT_BASE_URLS[provider];
   if (hosted && !credentials.apiKey) {

@@ -40,7 +40,9 @@ export type ErrorCode =
   /** A step could not be written to the daemon's store (disk full, file removed). */
   | 'store_write_failed'
   /** The daemon cannot listen on its address (in use, not permitted). */
-  | 'cannot_listen';
+  | 'cannot_listen'
+  /** The answer's body is larger than `maxResponseBytes`: retrying would not make it smaller. */
+  | 'response_too_large';
 
 /**
  * Base class of every error runwatch throws: a literal `name`, a stable `code`, an optional

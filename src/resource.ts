@@ -79,7 +79,12 @@ export interface ResourceKind<TRef extends object, TSnapshot extends Snapshot> {
   expiresAtMs(snapshot: TSnapshot): number | undefined;
   /** Headers every request for this kind carries (before the user's own), e.g. `openai-beta`. */
   readonly requestHeaders: Readonly<Record<string, string>>;
+  /** Largest answer body read unless `maxResponseBytes` says otherwise. */
+  readonly maxResponseBytes: number;
 }
+
+/** The body cap of runs and threads: a run object is a few KiB; more is a proxy's page gone wrong. */
+const RUN_MAX_RESPONSE_BYTES = 8 * 1024 * 1024;
 
 /** Parses `{ id, status, ... }` and normalises the status; shared by every kind. */
 export function parseSnapshotBase(body: unknown, object: string): Snapshot | undefined {
@@ -109,6 +114,7 @@ export const RUN_KIND: ResourceKind<RunRef, RunSnapshot> = Object.freeze<Resourc
   notFoundCode: 'run_not_found',
   // the runs endpoints still require it on OpenAI-compatible servers, Azure and through Portkey
   requestHeaders: Object.freeze({ 'openai-beta': 'assistants=v2' }),
+  maxResponseBytes: RUN_MAX_RESPONSE_BYTES,
   path: (ref: RunRef) => `threads/${ref.thread_id}/runs/${ref.run_id}`,
   validate(ref: RunRef): void {
     assertValidId('thread_id', ref.thread_id);
@@ -150,9 +156,13 @@ export const RESPONSE_KIND: ResourceKind<ResponseRef, ResponseSnapshot> = Object
   rules: {
     terminal: new Set<string>(TERMINAL_RESPONSE_STATUSES),
     staleAfter: new Map<string, ReadonlySet<string>>([['in_progress', new Set(['queued'])]]),
+    // OpenAI's background-mode guide: poll while queued or in_progress; any other status is final
+    active: new Set(['queued', 'in_progress']),
   },
   notFoundCode: 'response_not_found',
   requestHeaders: Object.freeze({}),
+  // a background response carries its whole output: base64 images exceed 8 MiB
+  maxResponseBytes: 64 * 1024 * 1024,
   path: (ref: ResponseRef) => `responses/${ref.response_id}`,
   validate(ref: ResponseRef): void {
     assertValidId('response_id', ref.response_id);
@@ -191,6 +201,7 @@ export const THREAD_KIND: ResourceKind<ThreadRef, ThreadSnapshot> = Object.freez
   rules: { terminal: new Set(['idle']), staleAfter: new Map() },
   notFoundCode: 'thread_not_found',
   requestHeaders: RUN_KIND.requestHeaders,
+  maxResponseBytes: RUN_MAX_RESPONSE_BYTES,
   path: (ref: ThreadRef) => `threads/${ref.thread_id}/runs?limit=1&order=desc`,
   validate(ref: ThreadRef): void {
     assertValidId('thread_id', ref.thread_id);

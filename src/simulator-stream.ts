@@ -43,12 +43,12 @@ const DELTA_WORDS = ['Simulated', ' streamed', ' answer', '.'] as const;
  * `response.in_progress` as the status changes, a text delta every `deltaIntervalMs` of
  * `in_progress`, then the terminal event, after which nothing comes. Other statuses have no event.
  */
-export function responseStreamEvents(transitions: ReadonlyArray<{ readonly status: string; readonly atMs: number }>, nowMs: number, deltaIntervalMs: number, terminal: ReadonlySet<string>): StreamEventSpec[] {
+export function responseStreamEvents(transitions: ReadonlyArray<{ readonly status: string; readonly atMs: number }>, nowMs: number, deltaIntervalMs: number, isFinal: (status: string) => boolean): StreamEventSpec[] {
   const first = transitions[0];
   if (!first) return [];
   const events: StreamEventSpec[] = [{ type: 'response.created', status: first.status, terminal: false }];
   for (const [i, { status, atMs }] of transitions.entries()) {
-    if (terminal.has(status)) {
+    if (isFinal(status)) {
       events.push({ type: `response.${status}`, status, terminal: true });
       break;
     }

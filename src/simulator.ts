@@ -9,7 +9,7 @@ import type { StreamFaults } from './simulator-stream.js';
 import { checkStreamFaults, responseStreamEvents, StreamConnection } from './simulator-stream.js';
 import type { SimulatedWebhooks, WebhookStats } from './simulator-webhooks.js';
 import { WebhookSender } from './simulator-webhooks.js';
-import { TERMINAL_RUN_STATUSES } from './status.js';
+import { isTerminal, TERMINAL_RUN_STATUSES } from './status.js';
 
 export type { StreamFaults } from './simulator-stream.js';
 export type { SimulatedWebhooks, WebhookStats } from './simulator-webhooks.js';
@@ -78,6 +78,12 @@ export interface SimulatedResponse {
    * @default false
    */
   readonly stream?: boolean;
+  /**
+   * Once completed, its output carries an image of this many base64 characters (a real one can
+   * pass 8 MiB), to test the client's body cap.
+   * @default 0 (a short text answer)
+   */
+  readonly outputImageBytes?: number;
 }
 
 /** One request the simulator received for a run. */
@@ -215,6 +221,8 @@ export interface RunningSimulator {
 const TERMINAL = new Set<string>(TERMINAL_RUN_STATUSES);
 /** A background response ends on these (a webhook goes out, a stream ends). */
 const RESPONSE_TERMINAL = RESPONSE_KIND.rules.terminal;
+/** A response's life ends on any status but queued and in_progress (its stream ends there too); webhooks exist for the four documented ones only. */
+const responseEnded = (status: string): boolean => isTerminal(RESPONSE_KIND.rules, status);
 /** Azure's error codes by HTTP status, as Foundry answers them. */
 const AZURE_CODES: Readonly<Record<number, string>> = { 400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 429: 'TooManyRequests' };
 const MAX_BODY_BYTES = 1_000_000;
@@ -263,6 +271,8 @@ class RunState {
   started = false;
   /** Response only: created with `stream: true`. */
   readonly streamable: boolean;
+  /** A response's image output size once completed (`outputImageBytes`). */
+  imageBytes = 0;
   streamRequests = 0;
   readonly streams = new Set<StreamConnection>();
   /** Response only: wakes it at its next change while a webhook or a stream waits for one. */
@@ -327,7 +337,12 @@ class RunState {
         error: status === 'failed' ? { code: 'server_error', message: 'Simulated failure.' } : null,
         incomplete_details: status === 'incomplete' ? { reason: 'max_output_tokens' } : null,
         model: 'sim-1',
-        output: done ? [{ type: 'message', id: 'msg_sim', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: 'Simulated answer.', annotations: [] }] }] : [],
+        output: done
+          ? [
+              { type: 'message', id: 'msg_sim', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text: 'Simulated answer.', annotations: [] }] },
+              ...(this.imageBytes > 0 ? [{ type: 'image_generation_call', id: 'ig_sim', status: 'completed', result: 'A'.repeat(this.imageBytes) }] : []),
+            ]
+          : [],
         usage: done ? { input_tokens: 10, output_tokens: 20, total_tokens: 30 } : null,
         metadata: {},
       };
@@ -383,7 +398,9 @@ const runSchema = z.object({
   start: z.enum(['created', 'first_request']).optional(),
 });
 
-const responseSchema = runSchema.omit({ threadId: true, runId: true, expiresInMs: true }).extend({ responseId: idSchema, stream: z.boolean().optional() });
+const responseSchema = runSchema
+  .omit({ threadId: true, runId: true, expiresInMs: true })
+  .extend({ responseId: idSchema, stream: z.boolean().optional(), outputImageBytes: z.number().int().min(0).max(256 * 1024 * 1024).optional() });
 
 /** Validates a background response specification; throws `ConfigError` naming the field. */
 export function parseSimulatedResponse(input: unknown): SimulatedResponse {
@@ -451,7 +468,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       }
     }
     if (state.streams.size > 0) {
-      const events = responseStreamEvents(state.transitions, now, deltaIntervalMs, RESPONSE_TERMINAL);
+      const events = responseStreamEvents(state.transitions, now, deltaIntervalMs, responseEnded);
       for (const stream of [...state.streams]) stream.pump(events, (status) => state.toJSON(status));
     }
     schedule(state, now);
@@ -463,7 +480,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     state.timer = undefined;
     const step = state.step;
     if ((!webhooks || state.webhookSent) && state.streams.size === 0) return;
-    if (RESPONSE_TERMINAL.has(step.status)) return;
+    if (responseEnded(step.status)) return;
     let atMs = step.durationMs !== undefined && state.cursor < state.steps.length - 1 ? state.stepStartedAtMs + step.durationMs : Infinity;
     if (state.streams.size > 0 && step.status === 'in_progress') {
       atMs = Math.min(atMs, state.stepStartedAtMs + (Math.floor((now - state.stepStartedAtMs) / deltaIntervalMs) + 1) * deltaIntervalMs);
@@ -501,7 +518,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const addResponse = (input: SimulatedResponse): void => {
     const spec = parseSimulatedResponse(input);
     retire(runs.get(spec.responseId));
-    runs.set(spec.responseId, new RunState({ ...spec, threadId: '', runId: spec.responseId }, Date.now(), 'response', spec.stream ?? false, changed));
+    const state = new RunState({ ...spec, threadId: '', runId: spec.responseId }, Date.now(), 'response', spec.stream ?? false, changed);
+    state.imageBytes = spec.outputImageBytes ?? 0;
+    runs.set(spec.responseId, state);
   };
   for (const run of options.runs ?? []) addRun(run);
   for (const response of options.responses ?? []) addResponse(response);
@@ -535,7 +554,14 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       sendError(res, 400, given === null ? 'Missing required query parameter: api-version' : `Unsupported api-version '${given.slice(0, 40)}'. The supported version is ${apiVersion}.`);
       return true;
     }
-    if (authorized(req)) return false;
+    if (authorized(req)) {
+      // the hosted gateway cannot route a GET without a provider (it has no model to carry one)
+      if (errorStyle === 'portkey' && !['x-portkey-provider', 'x-portkey-config', 'x-portkey-virtual-key'].some((name) => req.headers[name])) {
+        sendError(res, 400, 'Either x-portkey-config or x-portkey-provider header is required');
+        return true;
+      }
+      return false;
+    }
     if (errorStyle === 'azure') {
       sendError(res, 401, 'Access token is missing, invalid, audience is incorrect (https://ai.azure.com), or have expired.');
     } else {

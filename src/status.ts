@@ -34,6 +34,17 @@ export interface StatusRules {
    * ignored (a run never goes back to `queued` from `in_progress`).
    */
   readonly staleAfter: ReadonlyMap<string, ReadonlySet<string>>;
+  /**
+   * When set, the only statuses that are not final: any other, known or not, ends the
+   * resource (a background response ends on anything but `queued` and `in_progress`).
+   * @default undefined (only `terminal` ends it; unknown statuses are polled on)
+   */
+  readonly active?: ReadonlySet<string> | undefined;
+}
+
+/** True when `status` ends a resource under these rules. */
+export function isTerminal(rules: StatusRules, status: string): boolean {
+  return rules.terminal.has(status) || (rules.active !== undefined && !rules.active.has(status));
 }
 
 /** What observing one status did to the machine. */
@@ -57,7 +68,8 @@ export interface MachineState {
 
 /**
  * The status machine of one watch: turns observed statuses into transitions. Knows nothing
- * of HTTP or time. Unknown statuses are transitions like any other and never terminal.
+ * of HTTP or time. Unknown statuses are transitions like any other, and terminal only where
+ * the rules list the active statuses (`StatusRules.active`).
  */
 export class StatusMachine {
   readonly #rules: StatusRules;
@@ -82,20 +94,20 @@ export class StatusMachine {
 
   /** True once a terminal status has been observed. */
   get terminal(): boolean {
-    return this.#status !== null && this.#rules.terminal.has(this.#status);
+    return this.#status !== null && isTerminal(this.#rules, this.#status);
   }
 
   /** Feeds one observed (normalised) status. */
   observe(status: string): Observation {
     const current = this.#status;
     if (current !== null) {
-      if (this.#rules.terminal.has(current)) return { kind: 'after_terminal', status, current };
+      if (isTerminal(this.#rules, current)) return { kind: 'after_terminal', status, current };
       if (status === current) return { kind: 'unchanged', status };
       if (this.#rules.staleAfter.get(current)?.has(status)) return { kind: 'stale', status, current };
     }
     this.#status = status;
     this.#seq += 1;
-    return { kind: 'transition', from: current, to: status, seq: this.#seq, terminal: this.#rules.terminal.has(status) };
+    return { kind: 'transition', from: current, to: status, seq: this.#seq, terminal: isTerminal(this.#rules, status) };
   }
 
   /** Reserves the next sequence number for an event that is not a transition (`watch.error`). */

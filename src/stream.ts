@@ -43,7 +43,7 @@ const TERMINAL_EVENTS: ReadonlySet<string> = new Set(['response.completed', 'res
 export interface StreamHooks {
   /** The stream delivers events: the watch may poll on its safety net. */
   opened(w: Watch): void;
-  /** A terminal event arrived: one poll now confirms it (the stream alone never ends a watch). */
+  /** A terminal event arrived, or the server ended the stream: one poll now confirms it (the stream alone never ends a watch). */
   terminal(w: Watch, type: string): void;
   /** The stream is gone for good (refused, buffered, no slot after a drop): the watch polls as usual. */
   dropped(w: Watch, reason: string): void;
@@ -146,6 +146,8 @@ export class ResponseStreams {
       }
       const read = await this.#read(entry, opening.body, () => opening.close(), signal);
       if (read === 'terminal' || signal.aborted) return;
+      // the server ended the stream without a terminal event we know (a status of a newer API): the poll finds out
+      if (read === 'events' && opening.complete()) return this.#finish(entry, 'end');
       if (read === 'silent') return this.#drop(entry, 'no event came: a proxy may buffer the stream');
       // ended or cut without a terminal event: reopen after the last event seen, at once if it delivered some
       failures = read === 'events' ? 0 : failures + 1;
@@ -205,13 +207,18 @@ export class ResponseStreams {
       close();
     }
     if (terminal !== undefined) {
-      this.#entries.delete(w.id);
-      this.#finished.add(w.id);
-      this.#hooks.terminal(w, terminal);
+      this.#finish(entry, terminal);
       return 'terminal';
     }
     if (silent && events === 0) return 'silent';
     return events > 0 ? 'events' : 'empty';
+  }
+
+  /** The stream said the response ended (`type`: its terminal event, or `end`): done streaming, the watch polls now. */
+  #finish(entry: Entry, type: string): void {
+    this.#entries.delete(entry.watch.id);
+    this.#finished.add(entry.watch.id);
+    this.#hooks.terminal(entry.watch, type);
   }
 
   #drop(entry: Entry, reason: string): void {

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient, buildHeaders, classifyResponse, normalizeBaseUrl, parseHints, parseServerMessage, redactSecrets } from '../src/client.js';
 import { ConfigError } from '../src/errors.js';
-import { RUN_KIND } from '../src/resource.js';
+import { RESPONSE_KIND, RUN_KIND } from '../src/resource.js';
 
 const NOW = Date.UTC(2026, 0, 1);
 const RUN = JSON.stringify({ id: 'run_1', object: 'thread.run', status: 'in_progress' });
@@ -206,9 +206,46 @@ describe('ApiClient over real HTTP', () => {
     // headers come at once, the body never ends: the timeout covers the whole exchange
     handler = (_req, res) => res.writeHead(200, { 'content-length': '1000' }).write(RUN.slice(0, 10));
     expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: false, retryable: true, message: 'request timed out after 300 ms' });
-    handler = (_req, res) => res.end(Buffer.alloc(9 * 1024 * 1024, 0x20));
-    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w' })).toMatchObject({ ok: false, retryable: true, message: 'network error EBODYTOOLARGE' });
     client.close();
+  });
+
+  it('fails a body over the cap for good (it would be as large on every retry); a response may be larger than a run', async () => {
+    const client = new ApiClient({ provider: 'openai', baseUrl });
+    // 9 MiB: over a run's 8 MiB, under a response's 64 MiB
+    const big = Buffer.alloc(9 * 1024 * 1024, 0x20);
+    handler = (_req, res) => res.end(Buffer.concat([Buffer.from('{"id":"resp_1","object":"response","status":"completed","output":"'), big, Buffer.from('"}')]));
+    expect(await client.retrieve(RUN_KIND, { thread_id: 't', run_id: 'r' }, { watchId: 'w' })).toMatchObject({
+      ok: false,
+      retryable: false,
+      code: 'response_too_large',
+      message: expect.stringMatching(/larger than 8388608 bytes: raise maxResponseBytes/) as unknown,
+    });
+    expect(await client.retrieve(RESPONSE_KIND, { response_id: 'resp_1' }, { watchId: 'w' })).toMatchObject({ ok: true, snapshot: { status: 'completed' } });
+    client.close();
+    const capped = new ApiClient({ provider: 'openai', baseUrl, maxResponseBytes: 1024 * 1024 });
+    expect(await capped.retrieve(RESPONSE_KIND, { response_id: 'resp_1' }, { watchId: 'w' })).toMatchObject({ ok: false, code: 'response_too_large', message: expect.stringContaining('1048576 bytes') as unknown });
+    capped.close();
+    expect(() => new ApiClient({ maxResponseBytes: 10 })).toThrow('maxResponseBytes');
+  });
+
+  it('sends a cancel with no body, and the Portkey provider slug as x-portkey-provider', async () => {
+    const seen: Array<{ method?: string; url?: string; headers: Record<string, unknown>; body: string }> = [];
+    handler = (req, res) => {
+      let body = '';
+      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      req.on('end', () => {
+        seen.push({ method: req.method, url: req.url, headers: req.headers, body });
+        res.end(JSON.stringify({ id: 'resp_1', object: 'response', status: 'cancelled' }));
+      });
+    };
+    const client = new ApiClient({ provider: 'portkey', baseUrl, credentials: { apiKey: 'pk-1234', portkeyProvider: '@openai-prod' } });
+    await client.act(RESPONSE_KIND, { response_id: 'resp_1' }, 'cancel', {}, { watchId: 'w_1' });
+    await client.retrieve(RESPONSE_KIND, { response_id: 'resp_1' }, { watchId: 'w_1' });
+    client.close();
+    expect(seen[0]).toMatchObject({ method: 'POST', body: '', headers: { 'content-length': '0', 'x-portkey-provider': '@openai-prod', 'x-portkey-trace-id': 'w_1' } });
+    expect(seen[0]!.headers['content-type']).toBeUndefined();
+    expect(seen[1]).toMatchObject({ method: 'GET', headers: { 'x-portkey-provider': '@openai-prod' } });
+    expect(() => new ApiClient({ provider: 'portkey', credentials: { portkeyProvider: '@bad slug' } })).toThrow(/invalid Portkey provider "@bad slug": expected a Model Catalog slug such as @openai-prod/);
   });
 
   it('does not follow redirects (they could carry the key to another host)', async () => {

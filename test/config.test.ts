@@ -90,7 +90,7 @@ describe('config/default.json', () => {
     const text = readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8');
     expect(JSON.parse(text)).toEqual(DEFAULT_CONFIG);
     expect(text, 'npm run config:defaults writes it').toBe(`${JSON.stringify(DEFAULT_CONFIG, null, 2)}\n`);
-    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
+    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, maxResponseBytes: null, portkeyProvider: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
   });
 });
 

@@ -4,7 +4,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { describe, expect, it } from 'vitest';
+import { pino } from 'pino';
 import { DEFAULT_CONFIG, loadConfig } from '../src/daemon/config.js';
+import { engineSettings } from '../src/daemon/engine.js';
 import { ConfigError } from '../src/errors.js';
 import { runCli } from './spawn.js';
 
@@ -36,6 +38,21 @@ describe('loadConfig', () => {
   ] as const)('names the bad setting and value: %j', (sources, message) => {
     expect(() => loadConfig(sources as Parameters<typeof loadConfig>[0])).toThrow(ConfigError);
     expect(() => loadConfig(sources as Parameters<typeof loadConfig>[0])).toThrow(message);
+  });
+});
+
+describe('watch.portkeyProvider and watch.maxResponseBytes', () => {
+  it('reach the client: the slug overrides PORTKEY_PROVIDER, the cap defaults to each kind\'s', () => {
+    const logger = pino({ level: 'silent' });
+    const secrets = { credentials: { apiKey: 'pk-1', portkeyProvider: '@from-env' } };
+    const given = engineSettings(loadConfig({ overrides: [['watch.portkeyProvider', '"@openai-prod"'], ['watch.maxResponseBytes', '1048576']] }), secrets, logger, undefined);
+    expect(given.watcher.credentials).toEqual({ apiKey: 'pk-1', portkeyProvider: '@openai-prod' });
+    expect(given.watcher.maxResponseBytes).toBe(1_048_576);
+    const defaults = engineSettings(loadConfig(), secrets, logger, undefined);
+    expect(defaults.watcher.credentials).toEqual({ apiKey: 'pk-1', portkeyProvider: '@from-env' });
+    expect(defaults.watcher.maxResponseBytes).toBeUndefined();
+    expect(() => loadConfig({ overrides: [['watch.portkeyProvider', '"not a slug"']] })).toThrow(/watch\.portkeyProvider.*@openai-prod/);
+    expect(() => loadConfig({ overrides: [['watch.maxResponseBytes', '10']] })).toThrow(ConfigError);
   });
 });
 

@@ -109,13 +109,14 @@ describe("push: 'webhook'", () => {
 /** A client whose streams the test feeds by hand. */
 function streamingClient(script: readonly ScriptStep[]) {
   const client = scriptedClient(script);
-  const streams: Array<{ query: string; push(text: string): void; end(): void; closed: boolean }> = [];
+  const streams: Array<{ query: string; push(text: string): void; end(): void; cut(): void; closed: boolean }> = [];
   let answer: (query: string) => StreamOpening | undefined = () => undefined;
   const openStream = (_kind: unknown, _ref: object, query: string): Promise<StreamOpening> => {
     const given = answer(query);
     if (given) return Promise.resolve(given);
     const queue: Array<string | null> = [];
     let wake: (() => void) | undefined;
+    let completed = false;
     const entry = {
       query,
       closed: false,
@@ -123,7 +124,14 @@ function streamingClient(script: readonly ScriptStep[]) {
         queue.push(text);
         wake?.();
       },
+      /** The server ends the response. */
       end() {
+        completed = true;
+        queue.push(null);
+        wake?.();
+      },
+      /** The connection breaks. */
+      cut() {
         queue.push(null);
         wake?.();
       },
@@ -144,6 +152,7 @@ function streamingClient(script: readonly ScriptStep[]) {
         entry.closed = true;
         wake?.();
       },
+      complete: () => completed,
     });
   };
   return { client: Object.assign(client, { openStream }), streams, refuseWith: (fn: typeof answer) => (answer = fn) };
@@ -180,18 +189,33 @@ describe("push: 'stream'", () => {
     await clock.tickAsync(0);
     streams[0]!.push(sse('response.created', 0) + sse('response.in_progress', 1));
     await clock.tickAsync(0);
-    streams[0]!.end();
+    streams[0]!.cut();
     await clock.tickAsync(0);
     expect(streams.map((s) => s.query)).toEqual(['stream=true', 'stream=true&starting_after=1']);
     // a server that replays what was skipped must not move the position back
     streams[1]!.push(sse('response.output_text.delta', 2) + sse('response.in_progress', 1));
     await clock.tickAsync(0);
-    streams[1]!.end();
+    streams[1]!.cut();
     await clock.tickAsync(0);
     expect(streams.map((s) => s.query)).toEqual(['stream=true', 'stream=true&starting_after=1', 'stream=true&starting_after=2']);
     streams[2]!.push(sse('response.completed', 3));
     await clock.tickAsync(0);
     await expect(handle.promise).resolves.toMatchObject({ status: 'completed' });
+    await watcher.close();
+  });
+
+  it('a stream the server ends without a terminal event it knows (a newer status) wakes the watch once and stops', async () => {
+    const { client, streams } = streamingClient([response('in_progress'), response('paused_by_policy')]);
+    const watcher = new RunWatcher({ client, random: () => 0 });
+    const handle = watcher.watchResponse({ responseId: 'resp_1', push: 'stream' });
+    await clock.tickAsync(0);
+    streams[0]!.push(sse('response.created', 0) + sse('response.paused_by_policy', 1));
+    streams[0]!.end();
+    await clock.tickAsync(0);
+    // any status but queued and in_progress ends a background response
+    await expect(handle.promise).resolves.toMatchObject({ status: 'paused_by_policy' });
+    expect(offsets(client.calls)).toEqual([0, 0]);
+    expect(streams).toHaveLength(1);
     await watcher.close();
   });
 

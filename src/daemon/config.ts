@@ -2,7 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_BUDGET } from '../budget.js';
-import { API_VERSION_PATTERN, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PROVIDERS } from '../client.js';
+import { API_VERSION_PATTERN, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PORTKEY_PROVIDER_PATTERN, PROVIDERS } from '../client.js';
 import { describeIssue } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
@@ -34,6 +34,10 @@ const configSchema = z.strictObject({
       apiVersion: z.string().regex(API_VERSION_PATTERN, `expected an api-version such as ${DEFAULT_AZURE_API_VERSION}`).default(DEFAULT_AZURE_API_VERSION),
       requestTimeoutMs: durationMs.default(DEFAULT_CLIENT.requestTimeoutMs),
       maxSockets: positiveInt.default(DEFAULT_CLIENT.maxSockets),
+      /** @default null (each kind's cap: runs 8 MiB, responses 64 MiB) */
+      maxResponseBytes: z.number().int().min(1024).nullable().default(null),
+      /** @default null (PORTKEY_PROVIDER, else none) */
+      portkeyProvider: z.string().regex(PORTKEY_PROVIDER_PATTERN, 'expected a Model Catalog slug such as @openai-prod').nullable().default(null),
       traceId: z.boolean().default(DEFAULT_CLIENT.traceId),
       defaultTimeoutMs: durationMs.default(DEFAULT_DEADLINES.defaultTimeoutMs),
       expiresGraceMs: durationMs.default(DEFAULT_DEADLINES.expiresGraceMs),
