@@ -24,7 +24,17 @@ export interface TimelineStep {
    * `requires_action` step that waits for `submit_tool_outputs`.
    */
   readonly durationMs?: number;
+  /**
+   * What a `requires_action` step asks for: tool outputs (`required_action.type:
+   * "submit_tool_outputs"`), or approvals of MCP tool calls (`"submit_tool_approval"`, Azure's
+   * `SubmitToolApprovalAction`, answered with `tool_approvals`; `errorStyle: 'azure'` only).
+   * @default 'submit_tool_outputs'
+   */
+  readonly requiredAction?: RequiredActionType;
 }
+
+/** The `required_action.type` of a run in `requires_action`. */
+export type RequiredActionType = 'submit_tool_outputs' | 'submit_tool_approval';
 
 /** A scripted failure for a range of a run's retrieve requests (1-based, inclusive). */
 export type Fault = {
@@ -120,7 +130,9 @@ export interface SimulatorOptions extends StreamFaults {
   readonly apiKey?: string;
   /**
    * Shape of error bodies. `azure` also serves under `/api/projects/sim` (a Foundry project
-   * endpoint), answers with `apim-request-id`, and requires `?api-version=` (see `apiVersion`).
+   * endpoint), answers with `apim-request-id`, requires `?api-version=` (see `apiVersion`),
+   * lists a thread's runs as Azure's spec does (`{ data, last_id, has_more }`, no `object`),
+   * and may ask for tool approvals (`TimelineStep.requiredAction`).
    * @default 'openai'
    */
   readonly errorStyle?: 'openai' | 'portkey' | 'azure';
@@ -361,10 +373,7 @@ class RunState {
       cancelled_at: status === 'cancelled' ? endedAt : null,
       failed_at: status === 'failed' ? endedAt : null,
       completed_at: status === 'completed' ? endedAt : null,
-      required_action:
-        status === 'requires_action'
-          ? { type: 'submit_tool_outputs', submit_tool_outputs: { tool_calls: [{ id: `call_${this.cursor}`, type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] } }
-          : null,
+      required_action: status === 'requires_action' ? requiredAction(this.step.requiredAction ?? 'submit_tool_outputs', `call_${this.cursor}`) : null,
       last_error: status === 'failed' ? { code: 'server_error', message: 'Simulated failure.' } : null,
       incomplete_details: status === 'incomplete' ? { reason: 'max_completion_tokens' } : null,
       model: 'sim-1',
@@ -376,12 +385,20 @@ class RunState {
   }
 }
 
+/** The `required_action` of a run waiting at step `call`: a function call to answer, or an MCP call to approve (Azure's `RequiredMcpToolCall`). */
+function requiredAction(type: RequiredActionType, callId: string): Record<string, unknown> {
+  if (type === 'submit_tool_approval') {
+    return { type, submit_tool_approval: { tool_calls: [{ id: callId, type: 'mcp', name: 'fetch_docs', arguments: '{"path":"README.md"}', server_label: 'docs' }] } };
+  }
+  return { type, submit_tool_outputs: { tool_calls: [{ id: callId, type: 'function', function: { name: 'get_weather', arguments: '{"city":"Paris"}' } }] } };
+}
+
 const idSchema = z.string().regex(ID_PATTERN);
 const range = { from: z.number().int().positive(), to: z.number().int().positive().optional() };
 const runSchema = z.object({
   threadId: idSchema,
   runId: idSchema,
-  timeline: z.array(z.object({ status: z.string().min(1).max(64), durationMs: z.number().nonnegative().optional() })).min(1),
+  timeline: z.array(z.object({ status: z.string().min(1).max(64), durationMs: z.number().nonnegative().optional(), requiredAction: z.enum(['submit_tool_outputs', 'submit_tool_approval']).optional() })).min(1),
   faults: z
     .array(
       z.discriminatedUnion('type', [
@@ -425,7 +442,8 @@ const NO_WEBHOOKS: WebhookStats = Object.freeze({ attempts: 0, sent: 0, dropped:
 
 /**
  * Starts an OpenAI/Portkey-compatible runs server on loopback with scripted timelines and
- * faults: `GET /v1/threads/{tid}/runs/{rid}`, `POST .../submit_tool_outputs`, `POST .../cancel`,
+ * faults: `GET /v1/threads/{tid}/runs/{rid}`, `GET /v1/threads/{tid}/runs` (the thread's runs),
+ * `POST .../submit_tool_outputs` (tool outputs, or Azure's tool approvals), `POST .../cancel`,
  * background responses at `GET /v1/responses/{id}` (with `?stream=true&starting_after=N` for
  * one created with `stream: true`) and `POST .../cancel`, signed webhooks when a response ends,
  * and `POST /_sim/runs` and `/_sim/responses` to add one over HTTP.
@@ -512,6 +530,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
 
   const addRun = (input: SimulatedRun): void => {
     const spec = parseSimulatedRun(input);
+    // tool approvals are Azure's (MCP tools); OpenAI's runs API has none
+    if (errorStyle !== 'azure' && spec.timeline.some((step) => step.requiredAction === 'submit_tool_approval')) {
+      throw new ConfigError('invalid simulated run: requiredAction submit_tool_approval needs errorStyle azure');
+    }
     retire(runs.get(spec.runId));
     runs.set(spec.runId, new RunState(spec, Date.now()));
   };
@@ -615,7 +637,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
       r.advance(now);
       return r.toJSON();
     });
-    sendJson(res, 200, { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: all.length > limit });
+    // Azure's Runs_ListRuns answers { data, last_id, has_more } (no object, no first_id); OpenAI's has both
+    const lastId = data.at(-1)?.id;
+    if (errorStyle === 'azure') sendJson(res, 200, { data, ...(lastId === undefined ? {} : { last_id: lastId }), has_more: all.length > limit });
+    else sendJson(res, 200, { object: 'list', data, first_id: data[0]?.id ?? null, last_id: lastId ?? null, has_more: all.length > limit });
   };
 
   const server = http.createServer((req, res) => {
@@ -726,17 +751,36 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
         sendError(res, 400, `Runs in status "${status}" do not accept tool outputs.`);
         return;
       }
-      // as the API does: every tool call needs an output, in one submission
-      let outputs: unknown;
+      let parsed: unknown;
       try {
-        outputs = (JSON.parse(body) as { tool_outputs?: unknown }).tool_outputs;
+        parsed = JSON.parse(body);
       } catch {
-        outputs = undefined;
+        parsed = undefined;
       }
+      const { tool_outputs: outputs, tool_approvals: approvals } = (typeof parsed === 'object' && parsed !== null ? parsed : {}) as { tool_outputs?: unknown; tool_approvals?: unknown };
       const callId = `call_${run.cursor}`;
-      if (!Array.isArray(outputs) || !outputs.some((o) => (o as { tool_call_id?: unknown } | null)?.tool_call_id === callId)) {
-        sendError(res, 400, `Expected tool outputs for call_ids ['${callId}'], got ${Array.isArray(outputs) ? outputs.length : 0} output(s).`, null);
-        return;
+      const answers = (list: unknown, valid: (answer: Record<string, unknown>) => boolean): boolean =>
+        Array.isArray(list) && list.some((a) => typeof a === 'object' && a !== null && (a as Record<string, unknown>).tool_call_id === callId && valid(a as Record<string, unknown>));
+      // one endpoint, two answers: tool_outputs for submit_tool_outputs, tool_approvals for submit_tool_approval; the wrong one is refused
+      if ((run.step.requiredAction ?? 'submit_tool_outputs') === 'submit_tool_approval') {
+        if (outputs !== undefined) {
+          sendError(res, 400, `Run '${run.spec.runId}' requires tool approvals (submit_tool_approval), not tool outputs.`);
+          return;
+        }
+        if (!answers(approvals, (a) => typeof a.approve === 'boolean')) {
+          sendError(res, 400, `Expected tool approvals for call_ids ['${callId}'], got ${Array.isArray(approvals) ? approvals.length : 0} approval(s).`);
+          return;
+        }
+      } else {
+        if (approvals !== undefined) {
+          sendError(res, 400, `Run '${run.spec.runId}' requires tool outputs (submit_tool_outputs), not tool approvals.`);
+          return;
+        }
+        // as the API does: every tool call needs an output, in one submission
+        if (!answers(outputs, () => true)) {
+          sendError(res, 400, `Expected tool outputs for call_ids ['${callId}'], got ${Array.isArray(outputs) ? outputs.length : 0} output(s).`, null);
+          return;
+        }
       }
       run.next(now);
       sendJson(res, 200, run.toJSON());

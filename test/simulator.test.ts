@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningSimulator } from '../src/simulator.js';
 import { parseSimulatedRun, startSimulator } from '../src/simulator.js';
 import { useSimulator } from './sim.js';
@@ -92,5 +92,56 @@ describe('simulator rate limit', () => {
     } finally {
       await limited.close();
     }
+  });
+});
+
+describe('simulator, azure style: the Foundry Agent Service shapes (stable/2025-05-01 and preview/2025-05-15-preview azure-ai-agents.json)', () => {
+  let az: RunningSimulator;
+  const TOKEN = 'eyJ.sim-azure-token-0000';
+  beforeAll(async () => (az = await startSimulator({ errorStyle: 'azure', apiKey: TOKEN })));
+  afterAll(async () => az.close());
+  const call = async (method: 'GET' | 'POST', path: string, body?: unknown): Promise<{ status: number; body: Record<string, unknown> }> => {
+    const res = await fetch(`${az.baseUrl}${path}${path.includes('?') ? '&' : '?'}api-version=2025-05-01`, { method, headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+  };
+
+  it("lists a thread's runs as Runs_ListRuns does: { data, last_id, has_more }, no object and no first_id", async () => {
+    az.addRun({ threadId: 'thread_azl', runId: 'run_azl', timeline: [{ status: 'in_progress' }] });
+    const list = await call('GET', '/threads/thread_azl/runs?limit=1&order=desc');
+    expect(list.status).toBe(200);
+    expect(Object.keys(list.body).sort()).toEqual(['data', 'has_more', 'last_id']);
+    expect(list.body).toMatchObject({ data: [{ id: 'run_azl', object: 'thread.run', status: 'in_progress' }], last_id: 'run_azl', has_more: false });
+    expect((await call('GET', '/threads/thread_none/runs?limit=1')).body).toEqual({ data: [], has_more: false });
+  });
+
+  it('asks for tool approvals (SubmitToolApprovalAction with an MCP call) and moves on only with tool_approvals', async () => {
+    az.addRun({ threadId: 'thread_aza', runId: 'run_aza', timeline: [{ status: 'requires_action', requiredAction: 'submit_tool_approval' }, { status: 'in_progress', durationMs: 60_000 }, { status: 'completed' }] });
+    const path = '/threads/thread_aza/runs/run_aza';
+    expect((await call('GET', path)).body).toMatchObject({
+      status: 'requires_action',
+      required_action: { type: 'submit_tool_approval', submit_tool_approval: { tool_calls: [{ id: 'call_0', type: 'mcp', name: 'fetch_docs', arguments: '{"path":"README.md"}', server_label: 'docs' }] } },
+    });
+    const outputs = await call('POST', `${path}/submit_tool_outputs`, { tool_outputs: [{ tool_call_id: 'call_0', output: 'x' }] });
+    expect(outputs.status).toBe(400);
+    expect(outputs.body).toMatchObject({ error: { code: 'BadRequest', message: "Run 'run_aza' requires tool approvals (submit_tool_approval), not tool outputs." } });
+    expect((await call('POST', `${path}/submit_tool_outputs`, { tool_approvals: [{ tool_call_id: 'call_0', approve: 'yes' }] })).status).toBe(400);
+    expect((await call('POST', `${path}/submit_tool_outputs`, { tool_approvals: [{ tool_call_id: 'call_9', approve: true }] })).status).toBe(400);
+    const approved = await call('POST', `${path}/submit_tool_outputs`, { tool_approvals: [{ tool_call_id: 'call_0', approve: true, headers: { 'x-api-key': 'k' } }] });
+    expect(approved.status).toBe(200);
+    expect(approved.body).toMatchObject({ status: 'in_progress', required_action: null });
+  });
+
+  it('refuses tool_approvals for a run that asks for tool outputs', async () => {
+    az.addRun({ threadId: 'thread_azo', runId: 'run_azo', timeline: [{ status: 'requires_action' }, { status: 'completed' }] });
+    const wrong = await call('POST', '/threads/thread_azo/runs/run_azo/submit_tool_outputs', { tool_approvals: [{ tool_call_id: 'call_0', approve: true }] });
+    expect(wrong.status).toBe(400);
+    expect(wrong.body).toMatchObject({ error: { message: "Run 'run_azo' requires tool outputs (submit_tool_outputs), not tool approvals." } });
+    expect((await call('POST', '/threads/thread_azo/runs/run_azo/submit_tool_outputs', { tool_outputs: [{ tool_call_id: 'call_0', output: 'ok' }] })).body).toMatchObject({ status: 'completed' });
+  });
+
+  it('serves tool approvals in the azure style only, and keeps OpenAI lists as they are', async () => {
+    expect(() => sim.addRun({ threadId: 'thread_x', runId: 'run_x', timeline: [{ status: 'requires_action', requiredAction: 'submit_tool_approval' }] })).toThrow('needs errorStyle azure');
+    sim.addRun({ threadId: 'thread_oal', runId: 'run_oal', timeline: [{ status: 'queued' }] });
+    expect((await get('/threads/thread_oal/runs?limit=1')).body).toMatchObject({ object: 'list', data: [{ id: 'run_oal' }], first_id: 'run_oal', last_id: 'run_oal', has_more: false });
   });
 });
