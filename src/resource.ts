@@ -191,7 +191,8 @@ export interface ThreadRef {
 
 /**
  * The thread guard: `GET /threads/{thread_id}/runs?limit=1` (newest first) until the latest
- * run is no longer active; events `thread.busy` and `thread.idle`.
+ * run is no longer active; events `thread.busy` and `thread.idle`. The list is OpenAI's
+ * `{ object: "list", data, ... }` or Azure's `{ data, last_id, has_more }`.
  */
 export const THREAD_KIND: ResourceKind<ThreadRef, ThreadSnapshot> = Object.freeze<ResourceKind<ThreadRef, ThreadSnapshot>>({
   name: 'thread',
@@ -207,9 +208,10 @@ export const THREAD_KIND: ResourceKind<ThreadRef, ThreadSnapshot> = Object.freez
     assertValidId('thread_id', ref.thread_id);
   },
   parseSnapshot(body: unknown): ThreadSnapshot | undefined {
-    if (typeof body !== 'object' || body === null || (body as { object?: unknown }).object !== 'list') return undefined;
-    const data = (body as { data?: unknown }).data;
-    if (!Array.isArray(data)) return undefined;
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) return undefined;
+    // OpenAI says `object: "list"`; Azure's Runs_ListRuns answers { data, last_id, has_more } without it
+    const { object, data } = body as { object?: unknown; data?: unknown };
+    if ((object !== undefined && object !== 'list') || !Array.isArray(data)) return undefined;
     const latest = data.length > 0 ? RUN_KIND.parseSnapshot(data[0]) : undefined;
     if (data.length > 0 && !latest) return undefined;
     const busy = latest !== undefined && ACTIVE_RUN.has(latest.status);

@@ -5,9 +5,9 @@ import { describe, expect, it } from 'vitest';
 import { ApiClient, DEFAULT_AZURE_API_VERSION } from '../src/client.js';
 import { ConfigError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
-import { RUN_KIND } from '../src/resource.js';
+import { RUN_KIND, THREAD_KIND } from '../src/resource.js';
 import type { RunningSimulator } from '../src/simulator.js';
-import { watchRun } from '../src/watch-run.js';
+import { waitForIdleThread, watchRun } from '../src/watch-run.js';
 import { RunWatcher } from '../src/watcher.js';
 import { runCli } from './spawn.js';
 import { useSimulator } from './sim.js';
@@ -130,5 +130,32 @@ describe('provider azure', () => {
     expect(wrongVersion.code).toBe(2);
     expect(wrongVersion.stderr).toMatch(/HTTP 400: Unsupported api-version/);
     expect(wrongVersion.stderr).not.toContain('token-A');
+  });
+
+  it("waits for an idle thread over Azure's list shape (Runs_ListRuns: { data, last_id, has_more }, no object), library and CLI", async () => {
+    const ids = addRun([{ status: 'in_progress', durationMs: 300 }, { status: 'completed' }]);
+    const events: WatchEvent[] = [];
+    const thread = await waitForIdleThread({ provider: 'azure', baseUrl: sim.baseUrl, credentials: { apiKey: TOKEN_A }, policy: FAST, threadId: ids.threadId, timeoutMs: 5_000, onEvent: (e) => events.push(e) });
+    expect(thread).toMatchObject({ status: 'idle', latest_run: { id: ids.runId, status: 'completed' } });
+    expect(events.map((e) => e.type)).toEqual(['thread.busy', 'thread.idle']);
+    const busy = addRun([{ status: 'queued', durationMs: 200 }, { status: 'failed' }]);
+    const cli = await runCli(['wait-thread', busy.threadId, '--provider', 'azure', '--base-url', sim.baseUrl, '--policy', JSON.stringify(FAST), '--timeout', '5s'], { AZURE_AI_TOKEN: TOKEN_A });
+    expect(cli.code, cli.stderr).toBe(0);
+    expect(cli.events.map((e) => e.type)).toEqual(['thread.busy', 'thread.idle']);
+  });
+});
+
+describe('the thread guard reads both list shapes', () => {
+  const run = { id: 'run_1', object: 'thread.run', thread_id: 'thread_1', status: 'in_progress' };
+  it("takes Azure's { data, last_id, has_more } and OpenAI's { object: 'list', ... }", () => {
+    expect(THREAD_KIND.parseSnapshot({ data: [run], last_id: 'run_1', has_more: false })).toMatchObject({ id: 'thread_1', status: 'busy', latest_run: { id: 'run_1' } });
+    expect(THREAD_KIND.parseSnapshot({ data: [], has_more: false })).toMatchObject({ status: 'idle', latest_run: null });
+    expect(THREAD_KIND.parseSnapshot({ object: 'list', data: [{ ...run, status: 'completed' }], first_id: 'run_1', last_id: 'run_1', has_more: false })).toMatchObject({ status: 'idle' });
+  });
+
+  it('still refuses what is not a list of runs', () => {
+    for (const body of [run, { object: 'thread.run', data: [] }, { object: 'list' }, { data: 'nope' }, { data: [{ id: 'x' }] }, null, [], 'list']) {
+      expect(THREAD_KIND.parseSnapshot(body)).toBeUndefined();
+    }
   });
 });
