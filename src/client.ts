@@ -171,7 +171,11 @@ export function isSensitiveHeader(name: string): boolean {
   return SENSITIVE_HEADER.test(name);
 }
 
-/** Builds the headers of one request; pure, so every watch may carry its own keys. */
+/**
+ * Builds the headers of one request; pure, so every watch may carry its own keys. The kind's
+ * headers (`openai-beta` for runs) are OpenAI's dialect: sent for `openai` and `portkey`, not
+ * for `azure`, whose Agent Service API takes none.
+ */
 export function buildHeaders(
   provider: Provider,
   credentials: Credentials,
@@ -180,7 +184,7 @@ export function buildHeaders(
   traceId = true,
   kindHeaders: Readonly<Record<string, string>> = {},
 ): Record<string, string> {
-  const headers: Record<string, string> = { accept: 'application/json', 'user-agent': `runwatch/${VERSION}`, ...kindHeaders };
+  const headers: Record<string, string> = { accept: 'application/json', 'user-agent': `runwatch/${VERSION}`, ...(provider === 'azure' ? {} : kindHeaders) };
   if (provider === 'openai' || provider === 'azure') {
     if (credentials.apiKey) headers.authorization = `Bearer ${credentials.apiKey}`;
   } else {

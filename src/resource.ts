@@ -77,7 +77,10 @@ export interface ResourceKind<TRef extends object, TSnapshot extends Snapshot> {
   parseSnapshot(body: unknown): TSnapshot | undefined;
   /** The resource's own expiry, epoch milliseconds, when the snapshot has one. */
   expiresAtMs(snapshot: TSnapshot): number | undefined;
-  /** Headers every request for this kind carries (before the user's own), e.g. `openai-beta`. */
+  /**
+   * Headers every request for this kind carries on OpenAI-compatible providers (`openai`,
+   * `portkey`), before the user's own, e.g. `openai-beta`; Azure's API gets none of them.
+   */
   readonly requestHeaders: Readonly<Record<string, string>>;
   /** Largest answer body read unless `maxResponseBytes` says otherwise. */
   readonly maxResponseBytes: number;
@@ -112,7 +115,7 @@ export const RUN_KIND: ResourceKind<RunRef, RunSnapshot> = Object.freeze<Resourc
     ]),
   },
   notFoundCode: 'run_not_found',
-  // the runs endpoints still require it on OpenAI-compatible servers, Azure and through Portkey
+  // OpenAI's runs endpoints require it (also through Portkey); Azure's spec and SDK send none, so the client leaves it out there
   requestHeaders: Object.freeze({ 'openai-beta': 'assistants=v2' }),
   maxResponseBytes: RUN_MAX_RESPONSE_BYTES,
   path: (ref: RunRef) => `threads/${ref.thread_id}/runs/${ref.run_id}`,

@@ -104,6 +104,13 @@ describe('headers and secrets', () => {
     expect(headers['x-portkey-trace-id']).toBeUndefined();
   });
 
+  it("sends no openai-beta to Azure: its Agent Service spec and SDK take none (the user's own headers still go)", () => {
+    const headers = buildHeaders('azure', { apiKey: 'eyJ-token' }, {}, 'w_1', true, RUN_KIND.requestHeaders);
+    expect(headers).toMatchObject({ authorization: 'Bearer eyJ-token' });
+    expect(headers['openai-beta']).toBeUndefined();
+    expect(buildHeaders('azure', {}, { 'OpenAI-Beta': 'assistants=v2' }, 'w_1', true, RUN_KIND.requestHeaders)['openai-beta']).toBe('assistants=v2');
+  });
+
   it('redacts known secrets and key-shaped strings', () => {
     expect(redactSecrets('key=my-secret-value and sk-proj-abcdef123', ['my-secret-value'])).toBe('key=[REDACTED] and sk-[REDACTED]');
   });
