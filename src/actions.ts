@@ -8,12 +8,25 @@ import type { WatchErrorDetails } from './events.js';
 import type { RunSnapshot, Snapshot } from './resource.js';
 import { retryWithBackoff } from './retry.js';
 
-/** One tool call of a run in `requires_action`. */
+/**
+ * One tool call of a run in `requires_action`: a function call to answer (`type: "function"`),
+ * or, on Azure, an MCP tool call to approve (`type: "mcp"`, with `name`, `arguments` and
+ * `server_label`: the spec's `RequiredMcpToolCall`).
+ */
 export interface ToolCall {
   readonly id: string;
   readonly type: string;
   readonly function?: { readonly name: string; readonly arguments: string };
+  /** MCP calls: the tool's name on its server. */
+  readonly name?: string;
+  /** MCP calls: the arguments, a JSON document as the model wrote it. */
+  readonly arguments?: string;
+  /** MCP calls: the label of the MCP server. */
+  readonly server_label?: string;
 }
+
+/** What a run in `requires_action` asks for: tool outputs, or (Azure's MCP tools) approvals of tool calls. */
+export type RequiredActionType = 'submit_tool_outputs' | 'submit_tool_approval';
 
 /** One output to submit: the tool call it answers, and its output (a string, often JSON). */
 export interface ToolOutput {
@@ -21,7 +34,17 @@ export interface ToolOutput {
   readonly output: string;
 }
 
-/** What a tool handler gets: the run's tool calls, the run, and the watch's signal. */
+/**
+ * One approval to submit (Azure's `ToolApproval`): the tool call it answers, whether it may run,
+ * and headers for the tool's server (e.g. its key). Headers are sent, never put in an event.
+ */
+export interface ToolApproval {
+  readonly tool_call_id: string;
+  readonly approve: boolean;
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+/** What a tool handler (or an approval handler) gets: the run's tool calls, the run, and the watch's signal. */
 export interface RequiresActionContext {
   readonly toolCalls: readonly ToolCall[];
   readonly run: RunSnapshot;
@@ -37,13 +60,26 @@ export interface RequiresActionContext {
  */
 export type ToolHandler = (context: RequiresActionContext) => Promise<readonly ToolOutput[]> | readonly ToolOutput[];
 
-/** The tool calls of a run in `requires_action` (checked: the snapshot is the server's data). */
-export function toolCallsOf(snapshot: Snapshot | null): ToolCall[] {
+/**
+ * Approves (or not) a run's tool calls when it asks for approvals (`required_action.type:
+ * "submit_tool_approval"`, Azure's MCP tools). Must return one approval per tool call; they are
+ * submitted in one `POST .../submit_tool_outputs` as `tool_approvals`. If it throws (or returns
+ * too few), a `run.action_failed` event says so and the run is left for a person: the handler
+ * is not called again for the same tool calls.
+ */
+export type ToolApprovalHandler = (context: RequiresActionContext) => Promise<readonly ToolApproval[]> | readonly ToolApproval[];
+
+/** The required action of a run in `requires_action` (checked: the snapshot is the server's data); `undefined` for none, or one of another type. */
+export function requiredActionOf(snapshot: Snapshot | null): { readonly type: RequiredActionType; readonly calls: ToolCall[] } | undefined {
   const action = snapshot?.required_action;
-  if (typeof action !== 'object' || action === null) return [];
-  const calls = (action as { submit_tool_outputs?: { tool_calls?: unknown } }).submit_tool_outputs?.tool_calls;
-  if (!Array.isArray(calls)) return [];
-  return calls.filter((call): call is ToolCall => typeof call === 'object' && call !== null && typeof (call as { id?: unknown }).id === 'string');
+  if (typeof action !== 'object' || action === null) return undefined;
+  const record = action as Record<string, unknown>;
+  // the type says which; one without a type (an older server) is read by the field it carries
+  const type = record.type === 'submit_tool_outputs' || record.type === 'submit_tool_approval' ? record.type : record.type === undefined && record.submit_tool_outputs !== undefined ? 'submit_tool_outputs' : undefined;
+  if (type === undefined) return undefined;
+  const calls = (record[type] as { tool_calls?: unknown } | null | undefined)?.tool_calls;
+  if (!Array.isArray(calls)) return { type, calls: [] };
+  return { type, calls: calls.filter((call): call is ToolCall => typeof call === 'object' && call !== null && typeof (call as { id?: unknown }).id === 'string') };
 }
 
 /** Identifies one set of tool calls by their ids: a handler runs once per set. */
@@ -57,22 +93,50 @@ export interface ActionMemory {
   readonly cancelRequested: boolean;
 }
 
-/** What a tool handler produced: an output per call, or why not (a one-line message). */
-export type HandlerResult = { readonly ok: true; readonly outputs: readonly ToolOutput[] } | { readonly ok: false; readonly error: WatchErrorDetails };
+/** What a handler produced: an answer per call (outputs or approvals), or why not (a one-line message). */
+export type HandlerResult<T = ToolOutput> = { readonly ok: true; readonly answers: readonly T[] } | { readonly ok: false; readonly error: WatchErrorDetails };
 
 /**
- * Calls `handler` and checks it answered every call. Never throws: a throw, a missing output
- * or `signal` aborting first (the handler may ignore it) is an `{ ok: false }` result.
+ * Calls a tool handler and checks it answered every call. Never throws: a throw, a missing
+ * output or `signal` aborting first (the handler may ignore it) is an `{ ok: false }` result.
  */
-export async function callToolHandler(handler: ToolHandler, run: RunSnapshot, calls: readonly ToolCall[], signal: AbortSignal): Promise<HandlerResult> {
+export function callToolHandler(handler: ToolHandler, run: RunSnapshot, calls: readonly ToolCall[], signal: AbortSignal): Promise<HandlerResult<ToolOutput>> {
+  return callHandler(() => handler({ toolCalls: calls, run, signal }), calls, signal, 'output', (o) => (typeof o.output === 'string' ? { tool_call_id: o.tool_call_id, output: o.output } : undefined));
+}
+
+/** Calls an approval handler and checks it approved or refused every call; never throws, like `callToolHandler`. */
+export function callApprovalHandler(handler: ToolApprovalHandler, run: RunSnapshot, calls: readonly ToolCall[], signal: AbortSignal): Promise<HandlerResult<ToolApproval>> {
+  return callHandler(() => handler({ toolCalls: calls, run, signal }), calls, signal, 'approval', (a) => {
+    if (typeof a.approve !== 'boolean') return undefined;
+    if (a.headers === undefined) return { tool_call_id: a.tool_call_id, approve: a.approve };
+    const headers = a.headers as unknown;
+    // headers go to the server as they are: only strings
+    if (typeof headers !== 'object' || headers === null || Object.values(headers).some((value) => typeof value !== 'string')) return undefined;
+    return { tool_call_id: a.tool_call_id, approve: a.approve, headers: a.headers };
+  });
+}
+
+/** Runs a handler until `signal` aborts and keeps, per call, the first well-formed answer (`check`); one missing fails it all. */
+async function callHandler<T extends { readonly tool_call_id: string }>(
+  invoke: () => Promise<readonly T[]> | readonly T[],
+  calls: readonly ToolCall[],
+  signal: AbortSignal,
+  what: string,
+  check: (answer: T) => T | undefined,
+): Promise<HandlerResult<T>> {
   try {
-    const outputs = await untilAborted(
-      Promise.resolve().then(() => handler({ toolCalls: calls, run, signal })),
-      signal,
-    );
-    const missing = calls.filter((call) => !outputs.some((o) => o.tool_call_id === call.id && typeof o.output === 'string')).map((call) => call.id);
-    if (missing.length > 0) throw new Error(`no output for tool call(s) ${missing.join(', ')}`);
-    return { ok: true, outputs: outputs.map(({ tool_call_id, output }) => ({ tool_call_id, output })) };
+    const given = await untilAborted(Promise.resolve().then(invoke), signal);
+    if (!Array.isArray(given)) throw new Error(`the handler returned ${typeof given}, not an array of ${what}s`);
+    const answers: T[] = [];
+    const missing: string[] = [];
+    for (const call of calls) {
+      const answer = (given as readonly T[]).find((a) => typeof a === 'object' && a !== null && a.tool_call_id === call.id);
+      const checked = answer === undefined ? undefined : check(answer);
+      if (checked) answers.push(checked);
+      else missing.push(call.id);
+    }
+    if (missing.length > 0) throw new Error(`no ${what} for tool call(s) ${missing.join(', ')}`);
+    return { ok: true, answers };
   } catch (error) {
     const message = (error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').slice(0, 300);
     return { ok: false, error: { code: 'tool_handler_failed', message } };

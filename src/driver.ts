@@ -1,12 +1,12 @@
 import type { Logger } from 'pino';
-import type { ToolCall, ToolHandler } from './actions.js';
-import { actWithRetries, callToolHandler, errorDetails, toolCallsKey } from './actions.js';
+import type { ToolApproval, ToolApprovalHandler, ToolHandler } from './actions.js';
+import { actWithRetries, callApprovalHandler, callToolHandler, errorDetails, toolCallsKey } from './actions.js';
 import type { Budget } from './budget.js';
 import type { Credentials, PollClient, PollFailure, PollOutcome, ResourceAction } from './client.js';
 import { ABORTED } from './client.js';
 import type { ErrorCode } from './errors.js';
 import { WatchError } from './errors.js';
-import type { ActionEventName, WatchErrorDetails, WatchEvent } from './events.js';
+import type { ActionDetails, ActionEventName, WatchErrorDetails, WatchEvent } from './events.js';
 import { actionEvent, emissionEvent, watchErrorEvent } from './events.js';
 import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
 import type { NextStep } from './schedule.js';
@@ -53,6 +53,8 @@ export interface Watch {
   readonly credentials?: Credentials | undefined;
   readonly headers?: Readonly<Record<string, string>> | undefined;
   readonly toolHandler?: ToolHandler | undefined;
+  /** Answers a run's requests for tool approvals (Azure's MCP tools). */
+  readonly approvalHandler?: ToolApprovalHandler | undefined;
   /** Aborted when the watch ends or its host stops: requests and handlers stop with it. */
   readonly signal: AbortSignal;
   /** Read after every await: another task (a cancel) may have moved it on meanwhile. */
@@ -102,13 +104,12 @@ export interface DriverPorts {
 /** How many times an action event is appended again after another writer moved the watch on. */
 const ACTION_COMMIT_TRIES = 5;
 
-type Details = Parameters<typeof actionEvent>[5];
 const INTERRUPTED: StepEnd = Object.freeze({ kind: 'interrupted' });
 const NO_EVENTS: readonly WatchEvent[] = Object.freeze([]);
 
 /**
  * The watch loop, written once: poll, apply the outcome, commit, act as the step decides
- * (submit tool outputs, cancel after a stall), commit again. Every host drives it: the
+ * (submit tool outputs or tool approvals, cancel after a stall), commit again. Every host drives it: the
  * library's `RunWatcher` and the SQLite daemon from a timer heap, Redis mode from BullMQ jobs.
  * It owns no timer and no watch list: the host schedules what `step` returns.
  */
@@ -178,7 +179,8 @@ export class WatchDriver {
     const { progress, emissions, result } = applyOutcome(w.kind, w.progress, outcome, w.settings, now);
     const events = emissions.length === 0 ? NO_EVENTS : emissions.map((emission) => {
       if (emission.kind === 'transition') this.#log('info', w, { from: emission.from, to: emission.to }, 'status changed');
-      else this.#log('warn', w, { status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
+      else if (emission.kind === 'stalled') this.#log('warn', w, { status: emission.status, stalledForMs: emission.stalledForMs }, 'run stalled');
+      else this.#log('info', w, { toolCalls: emission.calls.map((call) => call.id) }, 'run waits for a person to approve tool calls');
       return emissionEvent(w.kind, w.id, w.ref, emission, now);
     });
     if (result.kind === 'failed') return this.end(w, this.errorFrom(w, result.failure), events, progress);
@@ -197,30 +199,39 @@ export class WatchDriver {
   /** Carries out what the step decided. */
   async #decided(w: Watch, action: ActionDecision): Promise<StepEnd> {
     if (action.kind === 'cancel') return (await this.cancel(w, action.reason, action.stalledForMs)).end;
-    return this.#answerToolCalls(w, action.calls);
+    return this.#answerToolCalls(w, action);
   }
 
-  /** Runs the tool handler on new tool calls and submits its outputs; the deadline cuts the handler short. */
-  async #answerToolCalls(w: Watch, calls: readonly ToolCall[]): Promise<StepEnd> {
+  /**
+   * Runs the tool handler (outputs) or the approval handler (approvals) on new tool calls and
+   * submits its answers in one `POST .../submit_tool_outputs`; the deadline cuts the handler short.
+   */
+  async #answerToolCalls(w: Watch, action: Extract<ActionDecision, { kind: 'submit_tool_outputs' | 'submit_tool_approval' }>): Promise<StepEnd> {
+    const { kind: reason, calls } = action;
     const ids = calls.map((call) => call.id);
     const memory = { handledCalls: toolCallsKey(ids) };
     const deadline = new AbortController();
     const timer = setTimeout(() => deadline.abort(new Error('the watch reached its deadline')), Math.max(1, w.progress.deadlineAtMs - Date.now()));
     const signal = AbortSignal.any([w.signal, deadline.signal, this.#ports.stopping]);
+    const run = w.progress.lastSnapshot as RunSnapshot;
     try {
       // a handler that never settles must not hold the watch: the signal ends the wait
-      const result = await callToolHandler(w.toolHandler!, w.progress.lastSnapshot as RunSnapshot, calls, signal);
+      const result = reason === 'submit_tool_outputs' ? await callToolHandler(w.toolHandler!, run, calls, signal) : await callApprovalHandler(w.approvalHandler!, run, calls, signal);
       if (w.signal.aborted || this.#ports.stopping.aborted) return INTERRUPTED;
       if (deadline.signal.aborted) return this.end(w, this.#deadlineError(w));
       if (!result.ok) {
-        this.#log('warn', w, { toolCalls: ids }, `tool handler failed: ${result.error.message}`);
-        return this.#recordAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: result.error }, memory);
+        this.#log('warn', w, { toolCalls: ids }, `${reason === 'submit_tool_outputs' ? 'tool' : 'tool approval'} handler failed: ${result.error.message}`);
+        return this.#recordAction(w, 'action_failed', { reason, tool_call_ids: ids, error: result.error }, memory);
       }
-      const answer = await this.#act(w, 'submit_tool_outputs', { tool_outputs: result.outputs }, signal);
+      // one endpoint for both: outputs go as tool_outputs, approvals as tool_approvals
+      const body = reason === 'submit_tool_outputs' ? { tool_outputs: result.answers } : { tool_approvals: result.answers };
+      const answer = await this.#act(w, 'submit_tool_outputs', body, signal);
       if (!answer) return deadline.signal.aborted && !w.signal.aborted && !this.#ports.stopping.aborted ? this.end(w, this.#deadlineError(w)) : INTERRUPTED;
-      if (!answer.ok) return this.#recordAction(w, 'action_failed', { reason: 'submit_tool_outputs', tool_call_ids: ids, error: errorDetails(answer) }, memory);
+      if (!answer.ok) return this.#recordAction(w, 'action_failed', { reason, tool_call_ids: ids, error: errorDetails(answer) }, memory);
       // the answer is the run after the submission: an observation like any poll
-      return await this.#recordAction(w, 'tool_outputs_submitted', { tool_call_ids: ids }, memory, answer);
+      if (reason === 'submit_tool_outputs') return await this.#recordAction(w, 'tool_outputs_submitted', { tool_call_ids: ids }, memory, answer);
+      const approvals = (result.answers as readonly ToolApproval[]).map(({ tool_call_id, approve }) => ({ tool_call_id, approve }));
+      return await this.#recordAction(w, 'tool_approvals_submitted', { tool_call_ids: ids, approvals }, memory, answer);
     } finally {
       clearTimeout(timer);
     }
@@ -231,7 +242,7 @@ export class WatchDriver {
    * server's answer like a poll (or plans the next poll as the policy says). When another writer
    * moved the watch on meanwhile, it is appended again after the new seq.
    */
-  async #recordAction(w: Watch, name: ActionEventName, details: Details, memory: Partial<Pick<Progress, 'handledCalls' | 'cancelRequested'>>, answer?: PollOutcome<Snapshot>): Promise<StepEnd> {
+  async #recordAction(w: Watch, name: ActionEventName, details: ActionDetails, memory: Partial<Pick<Progress, 'handledCalls' | 'cancelRequested'>>, answer?: PollOutcome<Snapshot>): Promise<StepEnd> {
     for (let attempt = 1; ; attempt += 1) {
       const now = Date.now();
       const event = actionEvent(w.kind, w.id, w.ref, w.progress, name, details, now);

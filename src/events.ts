@@ -28,8 +28,12 @@ export interface RunTransitionEvent extends EventEnvelope {
   readonly run: RunSnapshot;
   /** Only on `run.stalled` (where `from` and `to` are the same status): how long it has lasted. */
   readonly stalled_for_ms?: number;
-  /** On `run.tool_outputs_submitted` and `run.action_failed`: the tool calls concerned. */
+  /** On `run.tool_outputs_submitted`, `run.tool_approvals_submitted`, `run.approval_required` and `run.action_failed`: the tool calls concerned. */
   readonly tool_call_ids?: readonly string[];
+  /** On `run.tool_approvals_submitted`: what was decided per tool call (the approvals' headers are never in an event). */
+  readonly approvals?: ReadonlyArray<{ readonly tool_call_id: string; readonly approve: boolean }>;
+  /** On `run.approval_required`: what the run asks for, as the server said it (`type: "submit_tool_approval"` and its tool calls). */
+  readonly required_action?: RunSnapshot['required_action'];
   /** On `run.action_failed`: what went wrong (the handler threw, or the server refused). */
   readonly error?: WatchErrorDetails;
   /** On `run.cancel_requested` and `run.action_failed`: `requested`, `stalled` (the watch's threshold), or the action. */
@@ -160,16 +164,23 @@ function envelope(kind: ResourceKind<object, Snapshot>, watchId: string, ref: ob
   return event;
 }
 
-/** The event for a step's emission (a transition, or `<prefix>.stalled`): the one schema both engines emit. */
+/**
+ * The event for a step's emission (a transition, `<prefix>.stalled`, or
+ * `<prefix>.approval_required`): the one schema both engines emit.
+ */
 export function emissionEvent(kind: ResourceKind<object, Snapshot>, watchId: string, ref: object, emission: Emission, nowMs: number): WatchEvent {
-  const stalled = emission.kind === 'stalled';
-  const to = stalled ? emission.status : emission.to;
-  const event = envelope(kind, watchId, ref, `${kind.eventPrefix}.${stalled ? 'stalled' : to}`, emission.seq);
-  event.from = stalled ? emission.status : emission.from;
-  event.to = to;
+  const transition = emission.kind === 'transition';
+  const event = envelope(kind, watchId, ref, `${kind.eventPrefix}.${transition ? emission.to : emission.kind}`, emission.seq);
+  // an event that is not a transition has the current status as both ends
+  event.from = transition ? emission.from : emission.status;
+  event.to = transition ? emission.to : emission.status;
   event.observed_at = new Date(nowMs).toISOString();
+  if (emission.kind === 'approval_required') {
+    event.tool_call_ids = emission.calls.map((call) => call.id);
+    event.required_action = emission.snapshot.required_action;
+  }
   event[kind.snapshotField] = emission.snapshot;
-  if (stalled) event.stalled_for_ms = emission.stalledForMs;
+  if (emission.kind === 'stalled') event.stalled_for_ms = emission.stalledForMs;
   return event as unknown as WatchEvent;
 }
 
@@ -184,12 +195,22 @@ export function watchErrorEvent(kind: ResourceKind<object, Snapshot>, watchId: s
   return event as unknown as RunWatchErrorEvent | ResponseWatchErrorEvent | ThreadWatchErrorEvent;
 }
 
-/** What runwatch did to a resource: submitted tool outputs, asked for a cancel, or failed to. */
-export type ActionEventName = 'tool_outputs_submitted' | 'cancel_requested' | 'action_failed';
+/** What runwatch did to a resource: submitted tool outputs or approvals, asked for a cancel, or failed to. */
+export type ActionEventName = 'tool_outputs_submitted' | 'tool_approvals_submitted' | 'cancel_requested' | 'action_failed';
+
+/** What an action event says beside the envelope. */
+export interface ActionDetails {
+  readonly tool_call_ids?: readonly string[];
+  readonly approvals?: ReadonlyArray<{ readonly tool_call_id: string; readonly approve: boolean }>;
+  readonly error?: WatchErrorDetails;
+  readonly reason?: string;
+  readonly stalled_for_ms?: number;
+}
 
 /**
- * The event of an action (`<prefix>.tool_outputs_submitted`, `.cancel_requested`,
- * `.action_failed`) with the seq after `progress.seq`; `from` and `to` are the current status.
+ * The event of an action (`<prefix>.tool_outputs_submitted`, `.tool_approvals_submitted`,
+ * `.cancel_requested`, `.action_failed`) with the seq after `progress.seq`; `from` and `to` are
+ * the current status.
  */
 export function actionEvent(
   kind: ResourceKind<object, Snapshot>,
@@ -197,7 +218,7 @@ export function actionEvent(
   ref: object,
   progress: Progress,
   action: ActionEventName,
-  details: { readonly tool_call_ids?: readonly string[]; readonly error?: WatchErrorDetails; readonly reason?: string; readonly stalled_for_ms?: number },
+  details: ActionDetails,
   nowMs: number,
 ): WatchEvent {
   const event = envelope(kind, watchId, ref, `${kind.eventPrefix}.${action}`, progress.seq + 1);

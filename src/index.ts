@@ -6,7 +6,7 @@
 export { waitForIdleThread, watchResponse, watchRun } from './watch-run.js';
 export type { WaitForIdleThreadOptions, WatchResponseCallOptions, WatchRunCallOptions } from './watch-run.js';
 export { RunWatcher } from './watcher.js';
-export type { PollReport, PushMode, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, RequiresActionContext, ToolCall, ToolHandler, ToolOutput, WatchOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
+export type { PollReport, PushMode, RunWatcherEvents, RunWatcherOptions, SettledReport, WatchHandle, WatchInfo, RequiresActionContext, ToolApproval, ToolApprovalHandler, ToolCall, ToolHandler, ToolOutput, WatchOptions, WatchResponseOptions, WatchRunOptions, WatchThreadOptions } from './watcher.js';
 export { ApiClient } from './client.js';
 export type { ClientOptions, Credentials, PollClient, PollFailure, PollOutcome, PollSuccess, Provider, RequestContext, ResourceAction, StreamOpening } from './client.js';
 export { ConfigError, DeliveryError, InvalidIdError, RunwatchError, WatchError } from './errors.js';

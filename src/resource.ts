@@ -1,3 +1,4 @@
+import type { ToolCall } from './actions.js';
 import type { ErrorCode } from './errors.js';
 import { InvalidIdError } from './errors.js';
 import type { StatusRules } from './status.js';
@@ -33,16 +34,14 @@ export interface RunSnapshot extends Snapshot {
   readonly created_at?: number;
   /** Unix seconds after which the run expires; `null` once it is terminal. */
   readonly expires_at?: number | null;
-  readonly required_action?: {
-    readonly type: 'submit_tool_outputs';
-    readonly submit_tool_outputs: {
-      readonly tool_calls: ReadonlyArray<{
-        readonly id: string;
-        readonly type: string;
-        readonly function?: { readonly name: string; readonly arguments: string };
-      }>;
-    };
-  } | null;
+  /**
+   * What a run in `requires_action` waits for: tool outputs, or (Azure's MCP tools, the spec's
+   * `SubmitToolApprovalAction`) approvals of tool calls.
+   */
+  readonly required_action?:
+    | { readonly type: 'submit_tool_outputs'; readonly submit_tool_outputs: { readonly tool_calls: readonly ToolCall[] } }
+    | { readonly type: 'submit_tool_approval'; readonly submit_tool_approval: { readonly tool_calls: readonly ToolCall[] } }
+    | null;
   readonly last_error?: { readonly code: string; readonly message: string } | null;
 }
 

@@ -1,5 +1,5 @@
 import type { ToolCall } from './actions.js';
-import { toolCallsKey, toolCallsOf } from './actions.js';
+import { requiredActionOf, toolCallsKey } from './actions.js';
 import type { PollFailure, PollOutcome } from './client.js';
 import type { ResourceKind, Snapshot } from './resource.js';
 import type { NextStep, PollPolicy } from './schedule.js';
@@ -24,8 +24,10 @@ export interface Progress {
   readonly lastSnapshot: Snapshot | null;
   /** The last transient failure of the current series, `null` after a success. */
   readonly lastFailure: Pick<PollFailure, 'code' | 'message' | 'httpStatus' | 'requestId'> | null;
-  /** The tool-call set last given to the tool handler (`toolCallsKey`): a handler runs once per set. */
+  /** The tool-call set last given to the tool (or approval) handler (`toolCallsKey`): a handler runs once per set. */
   readonly handledCalls: string | null;
+  /** The tool-call set last announced as waiting for a person's approval (`<prefix>.approval_required`): once per set. */
+  readonly approvalReported: string | null;
   /** A cancel was sent (or refused): it is never sent again by the stall rule. */
   readonly cancelRequested: boolean;
   /** What was planned after the last step (a poll, or the end at the deadline); `null` before the first. */
@@ -61,20 +63,26 @@ export interface StepSettings {
   readonly stallThresholdMs: number | undefined;
   /** Cancel the resource once when it stays in one status this long; `undefined`: never. */
   readonly cancelAfterStallMs: number | undefined;
-  /** A tool handler answers `requires_action` (runs only). */
+  /** A tool handler answers `requires_action` with tool calls (runs only). */
   readonly handlesToolCalls: boolean;
+  /** An approval handler answers `requires_action` with tool approvals (runs only, Azure). */
+  readonly handlesToolApprovals: boolean;
   readonly random: () => number;
 }
 
 /** Something to emit as an event. */
 export type Emission =
   | { readonly kind: 'transition'; readonly from: string | null; readonly to: string; readonly seq: number; readonly snapshot: Snapshot }
-  | { readonly kind: 'stalled'; readonly status: string; readonly seq: number; readonly snapshot: Snapshot; readonly stalledForMs: number };
+  | { readonly kind: 'stalled'; readonly status: string; readonly seq: number; readonly snapshot: Snapshot; readonly stalledForMs: number }
+  /** The run asks for approvals that no handler gives: a person must answer them. */
+  | { readonly kind: 'approval_required'; readonly status: string; readonly seq: number; readonly snapshot: Snapshot; readonly calls: readonly ToolCall[] };
 
 /** What the watch does to the resource after an observation. */
 export type ActionDecision =
   /** Call the tool handler for these new tool calls and submit its outputs. */
   | { readonly kind: 'submit_tool_outputs'; readonly calls: readonly ToolCall[] }
+  /** Call the approval handler for these new tool calls and submit its approvals. */
+  | { readonly kind: 'submit_tool_approval'; readonly calls: readonly ToolCall[] }
   /** Cancel the resource: it stayed in one status past `cancelAfterStallMs`. */
   | { readonly kind: 'cancel'; readonly reason: 'stalled'; readonly stalledForMs: number };
 
@@ -97,7 +105,15 @@ export function stepAfterAction(policy: PollPolicy, progress: Progress, nowMs: n
 export function initialProgress(
   kind: ResourceKind<object, Snapshot>,
   settings: Pick<StepSettings, 'startedAtMs' | 'timeoutMs' | 'expiresGraceMs' | 'defaultTimeoutMs'>,
-  resume: { readonly status?: string | null; readonly seq?: number; readonly statusSinceMs?: number | undefined; readonly lastSnapshot?: Snapshot | null; readonly handledCalls?: string | null; readonly cancelRequested?: boolean } = {},
+  resume: {
+    readonly status?: string | null;
+    readonly seq?: number;
+    readonly statusSinceMs?: number | undefined;
+    readonly lastSnapshot?: Snapshot | null;
+    readonly handledCalls?: string | null;
+    readonly approvalReported?: string | null;
+    readonly cancelRequested?: boolean;
+  } = {},
   nowMs: number = Date.now(),
 ): Progress {
   const lastSnapshot = resume.lastSnapshot ?? null;
@@ -112,6 +128,7 @@ export function initialProgress(
     lastSnapshot,
     lastFailure: null,
     handledCalls: resume.handledCalls ?? null,
+    approvalReported: resume.approvalReported ?? null,
     cancelRequested: resume.cancelRequested ?? false,
     next: null,
   };
@@ -119,18 +136,31 @@ export function initialProgress(
 
 /**
  * What to do to the resource after a successful observation, if anything: answer new tool
- * calls (once per set), or cancel a resource stalled past `cancelAfterStallMs` (once).
+ * calls with outputs or approvals, by what the run asks and which handler the watch has (once
+ * per set), or cancel a resource stalled past `cancelAfterStallMs` (once).
  */
 export function decideAction(progress: Progress, settings: StepSettings, nowMs: number): ActionDecision | undefined {
-  if (settings.handlesToolCalls && progress.status === 'requires_action') {
-    const calls = toolCallsOf(progress.lastSnapshot);
-    if (calls.length > 0 && toolCallsKey(calls.map((call) => call.id)) !== progress.handledCalls) return { kind: 'submit_tool_outputs', calls };
+  const asked = progress.status === 'requires_action' ? requiredActionOf(progress.lastSnapshot) : undefined;
+  if (asked && asked.calls.length > 0 && (asked.type === 'submit_tool_outputs' ? settings.handlesToolCalls : settings.handlesToolApprovals)) {
+    if (toolCallsKey(asked.calls.map((call) => call.id)) !== progress.handledCalls) return { kind: asked.type, calls: asked.calls };
   }
   const stalledForMs = nowMs - progress.statusSinceMs;
   if (settings.cancelAfterStallMs !== undefined && !progress.cancelRequested && progress.status !== null && stalledForMs >= settings.cancelAfterStallMs) {
     return { kind: 'cancel', reason: 'stalled', stalledForMs };
   }
   return undefined;
+}
+
+/**
+ * The tool calls a run waits to have approved when no handler will approve them and no event
+ * said so yet for this set: a person must answer them (`<prefix>.approval_required`).
+ */
+export function unannouncedApprovals(status: string | null, snapshot: Snapshot | null, approvalReported: string | null, settings: StepSettings): { readonly calls: ToolCall[]; readonly key: string } | undefined {
+  if (settings.handlesToolApprovals || status !== 'requires_action') return undefined;
+  const asked = requiredActionOf(snapshot);
+  if (asked?.type !== 'submit_tool_approval' || asked.calls.length === 0) return undefined;
+  const key = toolCallsKey(asked.calls.map((call) => call.id));
+  return key === approvalReported ? undefined : { calls: asked.calls, key };
 }
 
 /**
@@ -184,7 +214,14 @@ export function applyOutcome(
   }
   const status = machine.status;
   const planned = resolved ? null : planNextStep(nowMs, nextDelayMs(settings.policy, { status, unchangedPolls, consecutiveErrors: 0, hints: outcome.hints }, settings.random), deadlineAtMs);
-  const next: Progress = { ...progress, status, seq: machine.seq, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, next: planned };
+  let { approvalReported } = progress;
+  // a watch that ends here hands the run to its caller; one that goes on says once what it waits for
+  const waiting = planned ? unannouncedApprovals(status, lastSnapshot, approvalReported, settings) : undefined;
+  if (waiting) {
+    emissions.push({ kind: 'approval_required', status: status!, seq: machine.nextSeq(), snapshot: lastSnapshot!, calls: waiting.calls });
+    approvalReported = waiting.key;
+  }
+  const next: Progress = { ...progress, status, seq: machine.seq, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, approvalReported, next: planned };
   if (!planned) return { progress: next, emissions, result: { kind: 'resolved', snapshot } };
   const action = decideAction(next, settings, nowMs);
   return { progress: next, emissions, result: action ? { kind: 'continue', next: planned, action } : { kind: 'continue', next: planned } };

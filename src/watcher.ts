@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import type { ToolHandler } from './actions.js';
+import type { ToolApprovalHandler, ToolHandler } from './actions.js';
 import type { BudgetOptions } from './budget.js';
 import { DEFAULT_BUDGET, LocalBudget } from './budget.js';
 import type { ClientOptions, Credentials, PollClient } from './client.js';
@@ -22,7 +22,7 @@ import { resumeProgress } from './step.js';
 import type { StreamOptions } from './stream.js';
 import { ResponseStreams } from './stream.js';
 
-export type { RequiresActionContext, ToolCall, ToolHandler, ToolOutput } from './actions.js';
+export type { RequiresActionContext, ToolApproval, ToolApprovalHandler, ToolCall, ToolHandler, ToolOutput } from './actions.js';
 export type { PollReport } from './driver.js';
 
 /** Options of a `RunWatcher`: the HTTP client, the polling policy, the budget, the defaults. */
@@ -139,6 +139,13 @@ export interface WatchRunOptions extends WatchOptions {
    * @default undefined (the watch just reports requires_action)
    */
   readonly onRequiresAction?: ToolHandler;
+  /**
+   * Approves tool calls for the run (Azure's MCP tools): called at each `requires_action` whose
+   * `required_action.type` is `submit_tool_approval`, with new tool calls; its approvals are
+   * submitted (`tool_approvals`) and the watch goes on. Needs a client with `act`.
+   * @default undefined (the watch emits `run.approval_required` once per set of tool calls and waits for a person)
+   */
+  readonly onToolApproval?: ToolApprovalHandler;
 }
 
 /** Options of a thread guard: wait until a thread has no active run. */
@@ -328,12 +335,13 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** Starts watching a run. Throws `InvalidIdError` or `ConfigError` before any request. */
   watchRun(options: WatchRunOptions): WatchHandle<RunSnapshot> {
-    if (options.onRequiresAction !== undefined) {
-      if (typeof options.onRequiresAction !== 'function') throw new ConfigError('onRequiresAction must be a function');
-      if (!this.#client.act) throw new ConfigError('onRequiresAction needs a client that can POST (PollClient.act)');
-      if (options.resolveOn?.includes('requires_action')) throw new ConfigError('onRequiresAction and resolveOn requires_action exclude each other: pick one');
+    for (const name of ['onRequiresAction', 'onToolApproval'] as const) {
+      if (options[name] === undefined) continue;
+      if (typeof options[name] !== 'function') throw new ConfigError(`${name} must be a function`);
+      if (!this.#client.act) throw new ConfigError(`${name} needs a client that can POST (PollClient.act)`);
+      if (options.resolveOn?.includes('requires_action')) throw new ConfigError(`${name} and resolveOn requires_action exclude each other: pick one`);
     }
-    return this.#start(RUN_KIND, { thread_id: options.threadId, run_id: options.runId }, options, options.onRequiresAction);
+    return this.#start(RUN_KIND, { thread_id: options.threadId, run_id: options.runId }, options, { toolHandler: options.onRequiresAction, approvalHandler: options.onToolApproval });
   }
 
   /**
@@ -343,7 +351,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   watchResponse(options: WatchResponseOptions): WatchHandle<ResponseSnapshot> {
     const push = options.push ?? 'none';
     if (!PUSH_MODES.includes(push)) throw new ConfigError(`unknown push ${JSON.stringify(push)}: use ${PUSH_MODES.join(', ')}`);
-    return this.#start(RESPONSE_KIND, { response_id: options.responseId }, options, undefined, push);
+    return this.#start(RESPONSE_KIND, { response_id: options.responseId }, options, {}, push);
   }
 
   /**
@@ -472,7 +480,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     kind: ResourceKind<TRef, TSnapshot>,
     ref: TRef,
     options: WatchOptions,
-    toolHandler?: ToolHandler,
+    handlers: Pick<Watch, 'toolHandler' | 'approvalHandler'> = {},
     push: PushMode = 'none',
   ): WatchHandle<TSnapshot> {
     if (this.#closing) throw new ConfigError('the watcher is closed');
@@ -504,7 +512,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       defaultTimeoutMs: this.#defaultTimeoutMs,
       stallThresholdMs: this.#stallThresholdMs,
       cancelAfterStallMs: options.cancelAfterStallMs,
-      handlesToolCalls: toolHandler !== undefined,
+      handlesToolCalls: handlers.toolHandler !== undefined,
+      handlesToolApprovals: handlers.approvalHandler !== undefined,
       random: this.#random,
     };
     const controller = new AbortController();
@@ -520,7 +529,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       wakePending: false,
       credentials: options.credentials,
       headers: options.headers,
-      toolHandler,
+      toolHandler: handlers.toolHandler,
+      approvalHandler: handlers.approvalHandler,
       signal: controller.signal,
       progress: resumeProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, options.progress, now),
       onEvent: options.onEvent,

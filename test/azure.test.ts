@@ -8,6 +8,7 @@ import type { WatchEvent } from '../src/events.js';
 import { RUN_KIND, THREAD_KIND } from '../src/resource.js';
 import type { RunningSimulator } from '../src/simulator.js';
 import { waitForIdleThread, watchRun } from '../src/watch-run.js';
+import type { ToolApprovalHandler, ToolHandler } from '../src/watcher.js';
 import { RunWatcher } from '../src/watcher.js';
 import { runCli } from './spawn.js';
 import { useSimulator } from './sim.js';
@@ -161,3 +162,95 @@ describe('the thread guard reads both list shapes', () => {
     }
   });
 });
+
+describe('tool approvals (MCP tools: required_action.type submit_tool_approval, preview/2025-05-15-preview)', () => {
+  const azure = () => ({ provider: 'azure' as const, baseUrl: sim.baseUrl, credentials: { apiKey: TOKEN_A }, policy: { ...FAST, intervals: { ...FAST.intervals, requires_action: { baseMs: 100, capMs: 100 } } } });
+  const APPROVAL = { status: 'requires_action', requiredAction: 'submit_tool_approval' } as const;
+
+  it('answers approvals with onToolApproval and tool calls with onRequiresAction, each once, and follows the run to completed', async () => {
+    const ids = addRun([APPROVAL, { status: 'in_progress', durationMs: 150 }, { status: 'requires_action' }, { status: 'in_progress', durationMs: 150 }, { status: 'completed' }]);
+    const asked: string[] = [];
+    const onToolApproval: ToolApprovalHandler = ({ toolCalls, run, signal }) => {
+      expect(run.required_action?.type).toBe('submit_tool_approval');
+      expect(signal.aborted).toBe(false);
+      asked.push(...toolCalls.map((c) => `${c.id}:${c.server_label ?? ''}/${c.name ?? ''}`));
+      return toolCalls.map((c) => ({ tool_call_id: c.id, approve: true, headers: { 'x-mcp-key': 'mcp-secret-1234' } }));
+    };
+    const answered: string[] = [];
+    const onRequiresAction: ToolHandler = ({ toolCalls }) => {
+      answered.push(...toolCalls.map((c) => c.id));
+      return toolCalls.map((c) => ({ tool_call_id: c.id, output: 'ok' }));
+    };
+    const events: WatchEvent[] = [];
+    const run = await watchRun({ ...azure(), ...ids, onToolApproval, onRequiresAction, onEvent: (e) => events.push(e) });
+    expect(run.status).toBe('completed');
+    expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.tool_approvals_submitted', 'run.in_progress', 'run.requires_action', 'run.tool_outputs_submitted', 'run.in_progress', 'run.completed']);
+    expect(events[1]).toMatchObject({ seq: 2, from: 'requires_action', to: 'requires_action', tool_call_ids: ['call_0'], approvals: [{ tool_call_id: 'call_0', approve: true }] });
+    // an approval's headers (often an MCP server's key) go to the server only, never into an event
+    expect(JSON.stringify(events)).not.toContain('mcp-secret');
+    expect(asked).toEqual(['call_0:docs/fetch_docs']);
+    expect(answered).toEqual(['call_2']);
+    const posts = sim.requests(ids.runId).filter((r) => r.method === 'POST');
+    expect(posts.map((p) => JSON.parse(p.body!) as unknown)).toEqual([{ tool_approvals: [{ tool_call_id: 'call_0', approve: true, headers: { 'x-mcp-key': 'mcp-secret-1234' } }] }, { tool_outputs: [{ tool_call_id: 'call_2', output: 'ok' }] }]);
+    expect(posts.every((p) => p.path === `/api/projects/sim/threads/${ids.threadId}/runs/${ids.runId}/submit_tool_outputs` && p.headers['openai-beta'] === undefined)).toBe(true);
+  });
+
+  it('without onToolApproval, says once that the run waits for a person (run.approval_required, with what is asked), posts nothing and keeps polling', async () => {
+    const ids = addRun([APPROVAL]);
+    let outputCalls = 0;
+    const events: WatchEvent[] = [];
+    const error = await watchRun({
+      ...azure(),
+      ...ids,
+      timeoutMs: 1_000,
+      onEvent: (e) => events.push(e),
+      onRequiresAction: () => {
+        outputCalls += 1;
+        return [];
+      },
+    }).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'deadline_exceeded' });
+    expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.approval_required', 'watch.error']);
+    expect(events[1]).toMatchObject({
+      seq: 2,
+      from: 'requires_action',
+      to: 'requires_action',
+      tool_call_ids: ['call_0'],
+      required_action: { type: 'submit_tool_approval', submit_tool_approval: { tool_calls: [{ id: 'call_0', type: 'mcp', name: 'fetch_docs', server_label: 'docs' }] } },
+    });
+    expect(outputCalls).toBe(0);
+    expect(sim.requests(ids.runId).filter((r) => r.method === 'POST')).toHaveLength(0);
+    expect(sim.requests(ids.runId).length).toBeGreaterThan(5);
+  });
+
+  it('reports a throwing approval handler once as run.action_failed (reason submit_tool_approval) and leaves the run for a person', async () => {
+    const ids = addRun([APPROVAL]);
+    let calls = 0;
+    const events: WatchEvent[] = [];
+    const onToolApproval: ToolApprovalHandler = () => {
+      calls += 1;
+      throw new Error('approver offline');
+    };
+    await watchRun({ ...azure(), ...ids, timeoutMs: 1_000, onEvent: (e) => events.push(e), onToolApproval }).catch(() => undefined);
+    expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.action_failed', 'watch.error']);
+    expect(events[1]).toMatchObject({ reason: 'submit_tool_approval', tool_call_ids: ['call_0'], error: { code: 'tool_handler_failed', message: 'approver offline' } });
+    expect(calls).toBe(1);
+    expect(sim.requests(ids.runId).filter((r) => r.method === 'POST')).toHaveLength(0);
+  });
+
+  it('reports an approval missing for a tool call as run.action_failed, before any POST', async () => {
+    const ids = addRun([APPROVAL]);
+    const events: WatchEvent[] = [];
+    await watchRun({ ...azure(), ...ids, timeoutMs: 600, onEvent: (e) => events.push(e), onToolApproval: () => [{ tool_call_id: 'call_x', approve: true }] }).catch(() => undefined);
+    expect(events[1]).toMatchObject({ type: 'run.action_failed', reason: 'submit_tool_approval', error: { code: 'tool_handler_failed', message: 'no approval for tool call(s) call_0' } });
+    expect(sim.requests(ids.runId).filter((r) => r.method === 'POST')).toHaveLength(0);
+  });
+
+  it('refuses an onToolApproval that is not a function, or with resolveOn requires_action', async () => {
+    const watcher = new RunWatcher(azure());
+    expect(() => watcher.watchRun({ threadId: 'thread_a', runId: 'run_a', onToolApproval: 'yes' as unknown as ToolApprovalHandler })).toThrow(ConfigError);
+    expect(() => watcher.watchRun({ threadId: 'thread_a', runId: 'run_a', resolveOn: ['requires_action'], onToolApproval: () => [] })).toThrow('exclude each other');
+    await watcher.close();
+  });
+});
+

@@ -73,7 +73,8 @@ describe('runwatch watch: endings', () => {
     expect(result.code, result.stderr).toBe(10);
     expect(result.events.map((e) => e.type)).toEqual(['run.in_progress', 'run.requires_action']);
     const last = result.events.at(-1);
-    expect(last?.type === 'run.requires_action' && last.run.required_action?.submit_tool_outputs.tool_calls).toHaveLength(1);
+    const asked = last?.type === 'run.requires_action' ? last.run.required_action : undefined;
+    expect(asked?.type === 'submit_tool_outputs' && asked.submit_tool_outputs.tool_calls).toHaveLength(1);
   });
 
   it('ends with a watch.error at the deadline (exit 2)', async () => {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { ToolHandler } from '../src/actions.js';
+import type { ToolApprovalHandler, ToolHandler } from '../src/actions.js';
 import type { Engine, EngineSettings } from '../src/daemon/engine.js';
 import { LocalEngine } from '../src/daemon/engine.js';
 import { RedisEngine } from '../src/daemon/redis-engine.js';
@@ -22,6 +22,9 @@ const FAST = { jitter: 0, intervals: Object.fromEntries(['queued', 'in_progress'
 const silent = pino({ level: 'silent' });
 let sim: RunningSimulator;
 useSimulator({ apiKey: KEY }, (started) => (sim = started));
+/** Azure's Agent Service (tool approvals are its own). */
+let azure: RunningSimulator;
+useSimulator({ apiKey: KEY, errorStyle: 'azure' }, (started) => (azure = started));
 
 const redisAvailable = await requireRedis();
 const prefixes: string[] = [];
@@ -87,12 +90,12 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
   let counter = 0;
 
   /** Starts an engine over a store opened at `where`; stopped after each test. */
-  async function start(where: StoreHome, options: { toolHandler?: ToolHandler; expiresGraceMs?: number; cancelAfterStallMs?: number; maxRequestsPerSecond?: number } = {}) {
+  async function start(where: StoreHome, options: { toolHandler?: ToolHandler; approvalHandler?: ToolApprovalHandler; azure?: boolean; expiresGraceMs?: number; cancelAfterStallMs?: number; maxRequestsPerSecond?: number } = {}) {
     const store = where.open();
     const settings: EngineSettings = {
       watcher: {
-        provider: 'openai',
-        baseUrl: sim.baseUrl,
+        provider: options.azure ? 'azure' : 'openai',
+        baseUrl: options.azure ? azure.baseUrl : sim.baseUrl,
         credentials: { apiKey: KEY },
         policy: FAST,
         expiresGraceMs: options.expiresGraceMs ?? 60_000,
@@ -100,6 +103,7 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
         logger: silent,
       },
       toolHandler: options.toolHandler,
+      approvalHandler: options.approvalHandler,
       cancelAfterStallMs: options.cancelAfterStallMs,
     };
     const engine = makeEngine(store, settings);
@@ -186,6 +190,48 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
     expect(all.map((e) => e.type)).toEqual(['run.requires_action', 'run.tool_outputs_submitted', 'run.in_progress', 'run.requires_action', 'run.tool_outputs_submitted', 'run.completed']);
     expect(calls).toHaveLength(2);
     expect(sim.requests(run.run_id).filter((r) => r.method === 'POST')).toHaveLength(2);
+  });
+
+  it.skipIf(skip)('answers tool approvals (Azure) with the approval handler, once per set of tool calls, and follows the run to completed', async () => {
+    const run = ids();
+    azure.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'requires_action', requiredAction: 'submit_tool_approval' }, { status: 'in_progress', durationMs: 150 }, { status: 'completed' }], start: 'first_request' });
+    const asked: string[] = [];
+    const approvalHandler: ToolApprovalHandler = ({ toolCalls }) => {
+      asked.push(toolCalls.map((c) => c.id).join(','));
+      return toolCalls.map((c) => ({ tool_call_id: c.id, approve: false }));
+    };
+    const { engine, store } = await start(home(), { azure: true, approvalHandler, toolHandler: () => [] });
+    await engine.add({ kind: 'run', id: `w_${run.run_id}`, ...run });
+    const all = await until(store, run.run_id, (list) => list.some((e) => e.type === 'run.completed'));
+    expect(all.map((e) => e.type)).toEqual(['run.requires_action', 'run.tool_approvals_submitted', 'run.in_progress', 'run.completed']);
+    expect(all[1]).toMatchObject({ tool_call_ids: ['call_0'], approvals: [{ tool_call_id: 'call_0', approve: false }] });
+    expect(asked).toEqual(['call_0']);
+    expect(azure.requests(run.run_id).filter((r) => r.method === 'POST').map((r) => JSON.parse(r.body!) as unknown)).toEqual([{ tool_approvals: [{ tool_call_id: 'call_0', approve: false }] }]);
+  });
+
+  it.skipIf(skip)('without an approval handler, says once that the run waits for a person, and not again after a restart', async () => {
+    const run = ids();
+    azure.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'requires_action', requiredAction: 'submit_tool_approval' }], start: 'first_request' });
+    const where = home();
+    const first = await start(where, { azure: true });
+    await first.engine.add({ kind: 'run', id: `w_${run.run_id}`, ...run });
+    await until(first.store, run.run_id, (list) => list.some((e) => e.type === 'run.approval_required'));
+    // polled on, told once
+    const polled = azure.requests(run.run_id).length;
+    while (azure.requests(run.run_id).length < polled + 3) await new Promise((resolve) => setTimeout(resolve, 20));
+    await stop(first.engine);
+    // a person approves meanwhile; the resumed watch sees the same tool calls first, then the run moving on
+    azure.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'requires_action', requiredAction: 'submit_tool_approval', durationMs: 400 }, { status: 'in_progress', durationMs: 150 }, { status: 'completed' }], start: 'first_request' });
+    const second = await start(where, { azure: true });
+    const all = await until(second.store, run.run_id, (list) => list.some((e) => e.type === 'run.completed'));
+    expect(all.map((e) => [e.type, e.seq])).toEqual([
+      ['run.requires_action', 1],
+      ['run.approval_required', 2],
+      ['run.in_progress', 3],
+      ['run.completed', 4],
+    ]);
+    expect(all[1]).toMatchObject({ tool_call_ids: ['call_0'], required_action: { type: 'submit_tool_approval' } });
+    expect(azure.requests(run.run_id).filter((r) => r.method === 'POST')).toHaveLength(0);
   });
 
   it.skipIf(skip)('cancels on request: cancel_requested, then cancelling and cancelled', async () => {

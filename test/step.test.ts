@@ -3,7 +3,7 @@ import { RUN_KIND } from '../src/resource.js';
 import type { ResourceKind, Snapshot } from '../src/resource.js';
 import { DEFAULT_POLL_POLICY } from '../src/schedule.js';
 import type { StepSettings } from '../src/step.js';
-import { applyOutcome, deadlineMessage, initialProgress } from '../src/step.js';
+import { applyOutcome, deadlineMessage, decideAction, initialProgress, resumeProgress } from '../src/step.js';
 import { failure, ok } from './helpers.js';
 
 const kind = RUN_KIND as unknown as ResourceKind<object, Snapshot>;
@@ -17,6 +17,7 @@ const settings: StepSettings = {
   stallThresholdMs: 5000,
   cancelAfterStallMs: undefined,
   handlesToolCalls: false,
+  handlesToolApprovals: false,
   random: () => 0,
 };
 const start = initialProgress(kind, settings, {}, 0);
@@ -56,5 +57,49 @@ describe('applyOutcome', () => {
   it('ends at the deadline when it is reached', () => {
     const late = { ...start, deadlineAtMs: 1000 };
     expect(applyOutcome(kind, late, ok('queued'), settings, 1000).result).toEqual({ kind: 'continue', next: { kind: 'deadline', atMs: 1000 } });
+  });
+});
+
+describe('tool approvals in the pure step', () => {
+  const approval = { type: 'submit_tool_approval', submit_tool_approval: { tool_calls: [{ id: 'call_a', type: 'mcp', name: 'fetch_docs', arguments: '{}', server_label: 'docs' }] } };
+  const outputs = { type: 'submit_tool_outputs', submit_tool_outputs: { tool_calls: [{ id: 'call_o', type: 'function', function: { name: 'f', arguments: '{}' } }] } };
+  const approver: StepSettings = { ...settings, handlesToolApprovals: true };
+  const runner: StepSettings = { ...settings, handlesToolCalls: true };
+  const at = (requiredAction: unknown, with_: StepSettings = settings) => applyOutcome(kind, start, ok('requires_action', { required_action: requiredAction }), with_, 0);
+
+  it('decides to submit tool approvals when an approval handler is set, once per set of tool calls', () => {
+    const first = at(approval, approver);
+    expect(first.emissions.map((e) => e.kind)).toEqual(['transition']);
+    expect(first.result).toMatchObject({ kind: 'continue', action: { kind: 'submit_tool_approval', calls: [{ id: 'call_a', name: 'fetch_docs', server_label: 'docs' }] } });
+    expect(decideAction({ ...first.progress, handledCalls: 'call_a' }, approver, 0)).toBeUndefined();
+    // each handler answers its own kind of required action only
+    expect(decideAction(first.progress, runner, 0)).toBeUndefined();
+    expect(at(outputs, approver).result).not.toHaveProperty('action');
+    expect(at(outputs, runner).result).toMatchObject({ action: { kind: 'submit_tool_outputs', calls: [{ id: 'call_o' }] } });
+    // a required action without a type (an older server) is read by the field it carries
+    const untyped = { ...first.progress, lastSnapshot: { id: 'run_1', status: 'requires_action', required_action: { submit_tool_outputs: outputs.submit_tool_outputs } } };
+    expect(decideAction(untyped, runner, 0)).toMatchObject({ kind: 'submit_tool_outputs' });
+  });
+
+  it('without an approval handler, says once per set of tool calls that the run waits for a person', () => {
+    const first = at(approval, runner);
+    expect(first.emissions).toMatchObject([
+      { kind: 'transition', to: 'requires_action', seq: 1 },
+      { kind: 'approval_required', status: 'requires_action', seq: 2, calls: [{ id: 'call_a' }], snapshot: { required_action: approval } },
+    ]);
+    expect(first.progress).toMatchObject({ seq: 2, approvalReported: 'call_a', handledCalls: null });
+    expect(first.result).not.toHaveProperty('action');
+    const stored = JSON.parse(JSON.stringify(first.progress)) as typeof first.progress;
+    const again = applyOutcome(kind, stored, ok('requires_action', { required_action: approval }), runner, 1000);
+    expect(again.emissions).toEqual([]);
+    const other = { ...approval, submit_tool_approval: { tool_calls: [{ id: 'call_b', type: 'mcp' }] } };
+    expect(applyOutcome(kind, again.progress, ok('requires_action', { required_action: other }), runner, 2000).emissions).toMatchObject([{ kind: 'approval_required', seq: 3, calls: [{ id: 'call_b' }] }]);
+    // tool outputs are only a transition, as before; a watch that resolves on requires_action ends there
+    expect(at(outputs).emissions.map((e) => e.kind)).toEqual(['transition']);
+    expect(at(approval, { ...settings, resolveOn: new Set(['requires_action']) }).emissions.map((e) => e.kind)).toEqual(['transition']);
+  });
+
+  it('resumes a progress stored before approvals were remembered', () => {
+    expect(resumeProgress(kind, settings, { status: 'requires_action', seq: 3, handledCalls: 'call_1' }, 0)).toMatchObject({ seq: 3, handledCalls: 'call_1', approvalReported: null });
   });
 });

@@ -77,7 +77,7 @@ describe('RunWatcher polling', () => {
     await clock.runAllAsync();
     const run = await handle.promise;
     expect(run.status).toBe('requires_action');
-    expect(run.required_action?.submit_tool_outputs.tool_calls[0]?.id).toBe('call_1');
+    expect(run.required_action?.type === 'submit_tool_outputs' && run.required_action.submit_tool_outputs.tool_calls[0]?.id).toBe('call_1');
     expect(client.calls).toHaveLength(2);
     await watcher.close();
   });

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
-import type { ToolHandler } from '../actions.js';
+import type { ToolApprovalHandler, ToolHandler } from '../actions.js';
 import type { BudgetSnapshot } from '../budget.js';
 import type { PollReport } from '../driver.js';
 import { ConfigError } from '../errors.js';
@@ -60,14 +60,14 @@ export interface EngineSettings {
   readonly watcher: Omit<RunWatcherOptions, 'store' | 'client'>;
   readonly cancelAfterStallMs: number | undefined;
   readonly toolHandler: ToolHandler | undefined;
+  /** Approves tool calls of runs that ask for it (Azure's MCP tools). @default undefined (`run.approval_required`, once per set of tool calls) */
+  readonly approvalHandler?: ToolApprovalHandler | undefined;
   /** The push signal of response watches (`auto` already resolved). @default 'none' */
   readonly push?: PushMode;
 }
 
-
-
-/** The engine settings of a daemon configuration (one place for both engines). */
-export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, toolHandler: ToolHandler | undefined): EngineSettings {
+/** The engine settings of a daemon configuration (one place for both engines), with the handlers of `daemon.toolHandler`. */
+export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, toolHandler: ToolHandler | undefined, approvalHandler?: ToolApprovalHandler): EngineSettings {
   const { watch } = config;
   return {
     watcher: {
@@ -91,6 +91,7 @@ export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, log
     },
     cancelAfterStallMs: config.daemon.cancelAfterStallMs ?? undefined,
     toolHandler,
+    approvalHandler,
     push: pushModeOf(config, (secrets.openaiWebhookSecrets ?? []).length > 0),
   };
 }
@@ -183,7 +184,7 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     const options = { watchId: record.id, startedAtMs: record.created_at, progress: record.progress ?? undefined, cancelAfterStallMs: this.#settings.cancelAfterStallMs };
     const handle: WatchHandle<Snapshot> =
       record.kind === 'run'
-        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, onRequiresAction: this.#settings.toolHandler })
+        ? this.#watcher.watchRun({ ...options, threadId: record.thread_id, runId: record.run_id, onRequiresAction: this.#settings.toolHandler, onToolApproval: this.#settings.approvalHandler })
         : this.#watcher.watchResponse({ ...options, responseId: record.response_id, push: this.#settings.push });
     this.#handles.set(record.id, handle);
   }

@@ -57,7 +57,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly #redis: Redis;
   readonly #options: RedisEngineOptions;
   readonly #settings: EngineSettings;
-  readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls'>;
+  readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls' | 'handlesToolApprovals'>;
   readonly #client: ApiClient;
   readonly #budget: Budget;
   readonly #driver: WatchDriver;
@@ -228,10 +228,11 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   /** A stored watch as the driver works on it. */
   #watch(record: WatchRecord): Watch {
     const toolHandler = record.kind === 'run' ? this.#settings.toolHandler : undefined;
+    const approvalHandler = record.kind === 'run' ? this.#settings.approvalHandler : undefined;
     const policy = record.kind === 'response' && this.#net ? this.#net : this.#base.policy;
-    const settings: StepSettings = { ...this.#base, policy, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined };
+    const settings: StepSettings = { ...this.#base, policy, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined, handlesToolApprovals: approvalHandler !== undefined };
     const kind = kindOf(record);
-    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress) };
+    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, approvalHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress) };
   }
 
   /** One step of one watch, then asleep in `delayed` until the next. */
