@@ -211,21 +211,51 @@ export function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promi
   });
 }
 
+/** The handlers a module gives the daemon: tool outputs (`requires_action` with tool calls) and tool approvals (Azure's MCP tools). */
+export interface ToolHandlers {
+  readonly onRequiresAction?: ToolHandler;
+  readonly onToolApproval?: ToolApprovalHandler;
+}
+
 /**
- * Loads a tool handler from a module (the daemon's `daemon.toolHandler`): either it exports
- * `createToolHandler(options)` returning the handler (for setup, e.g. clients), or its default
- * export is the handler itself (both are functions, so the factory needs its own name).
+ * Loads the tool handlers from a module (the daemon's `daemon.toolHandler`). Its
+ * `createToolHandler(options)` (for setup, e.g. clients) or its default export is the tool
+ * handler itself, or an object `{ onRequiresAction?, onToolApproval? }`; a named
+ * `onToolApproval` export is the approval handler. At least one handler is needed; throws
+ * `ConfigError` otherwise, or when the module cannot be loaded.
  */
-export async function loadToolHandler(modulePath: string, options: Readonly<Record<string, unknown>> = {}): Promise<ToolHandler> {
-  let module: { default?: unknown; createToolHandler?: unknown };
+export async function loadToolHandlers(modulePath: string, options: Readonly<Record<string, unknown>> = {}): Promise<ToolHandlers> {
+  let module: { default?: unknown; createToolHandler?: unknown; onToolApproval?: unknown };
   try {
     module = (await import(pathToFileURL(path.resolve(modulePath)).href)) as typeof module;
   } catch (error) {
     throw new ConfigError(`cannot load tool handler module ${modulePath}: ${error instanceof Error ? error.message : String(error)}`);
   }
-  const handler = typeof module.createToolHandler === 'function' ? await (module.createToolHandler as (o: unknown) => unknown)(options) : module.default;
-  if (typeof handler !== 'function') {
-    throw new ConfigError(`tool handler module ${modulePath} must export default a function ({ toolCalls, run, signal }) => outputs, or export createToolHandler(options) returning one`);
+  const made = typeof module.createToolHandler === 'function' ? await (module.createToolHandler as (o: unknown) => unknown)(options) : module.default;
+  // a function is the tool handler (both are functions, so the factory needs its own name); an object names each
+  const given: { onRequiresAction?: unknown; onToolApproval?: unknown } = typeof made === 'function' ? { onRequiresAction: made } : typeof made === 'object' && made !== null ? made : {};
+  if (module.onToolApproval !== undefined && given.onToolApproval !== undefined) throw new ConfigError(`tool handler module ${modulePath} gives two tool approval handlers: keep one`);
+  const handlers = { onRequiresAction: given.onRequiresAction, onToolApproval: given.onToolApproval ?? module.onToolApproval };
+  for (const [name, handler] of Object.entries(handlers)) {
+    if (handler !== undefined && typeof handler !== 'function') throw new ConfigError(`tool handler module ${modulePath}: ${name} must be a function ({ toolCalls, run, signal }) => answers`);
   }
-  return handler as ToolHandler;
+  if (handlers.onRequiresAction === undefined && handlers.onToolApproval === undefined) {
+    throw new ConfigError(
+      `tool handler module ${modulePath} must export default a function ({ toolCalls, run, signal }) => outputs, or export createToolHandler(options) returning one, or give onToolApproval (a named export, or beside onRequiresAction in the object it exports)`,
+    );
+  }
+  return {
+    ...(handlers.onRequiresAction === undefined ? {} : { onRequiresAction: handlers.onRequiresAction as ToolHandler }),
+    ...(handlers.onToolApproval === undefined ? {} : { onToolApproval: handlers.onToolApproval as ToolApprovalHandler }),
+  };
+}
+
+/**
+ * Loads a tool handler from a module, as `loadToolHandlers` does, when only the tool outputs
+ * handler is wanted; throws `ConfigError` when the module gives none.
+ */
+export async function loadToolHandler(modulePath: string, options: Readonly<Record<string, unknown>> = {}): Promise<ToolHandler> {
+  const { onRequiresAction } = await loadToolHandlers(modulePath, options);
+  if (!onRequiresAction) throw new ConfigError(`tool handler module ${modulePath} must export default a function ({ toolCalls, run, signal }) => outputs, or export createToolHandler(options) returning one`);
+  return onRequiresAction;
 }

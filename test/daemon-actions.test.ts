@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
 import { describe, expect, it } from 'vitest';
+import { loadToolHandlers } from '../src/actions.js';
 import { loadConfig } from '../src/daemon/config.js';
 import { Daemon } from '../src/daemon/daemon.js';
 import { ConfigError } from '../src/errors.js';
@@ -119,6 +120,40 @@ describe.each(storeKinds(redisAvailable, ['sqlite', 'redis']))('daemon actions w
   });
 });
 
+/** A module with both handlers, the approval one as a named export beside the default tool handler. */
+const APPROVALS = `
+export default async ({ toolCalls }) => toolCalls.map((c) => ({ tool_call_id: c.id, output: 'ok' }));
+export async function onToolApproval({ toolCalls, run }) {
+  (globalThis.__runwatchApprovals ??= []).push(run.id + ':' + toolCalls.map((c) => c.server_label + '/' + c.name).join(','));
+  return toolCalls.map((c) => ({ tool_call_id: c.id, approve: c.server_label === 'docs' }));
+}
+`;
+
+describe.each(storeKinds(redisAvailable, ['sqlite']))('daemon tool approvals (Azure) with the $kind store', ({ kind, skip }) => {
+  const t = useDaemon(kind, {
+    skip,
+    key: KEY,
+    sim: { errorStyle: 'azure' },
+    settings: (d) => {
+      writeFileSync(path.join(d.dir, 'approvals.mjs'), APPROVALS);
+      return [['daemon.toolHandler', JSON.stringify({ path: path.join(d.dir, 'approvals.mjs') })]];
+    },
+  });
+
+  it.skipIf(skip)("answers tool approvals with the module's onToolApproval export, and tool calls with its default export", async () => {
+    const runId = `run_${kind}_approvals`;
+    t.sim.addRun({ threadId: 'thread_mcp', runId, timeline: [{ status: 'requires_action', requiredAction: 'submit_tool_approval' }, { status: 'in_progress', durationMs: 150 }, { status: 'requires_action' }, { status: 'completed' }], start: 'first_request' });
+    const created = await fetch(`${t.base}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ thread_id: 'thread_mcp', run_id: runId }) });
+    expect(created.status).toBe(201);
+    const events = await readEvents(t.base, `?run_id=${runId}`, (list) => list.some((e) => e.type === 'run.completed'));
+    expect(events.map((e) => e.type)).toEqual(['run.requires_action', 'run.tool_approvals_submitted', 'run.in_progress', 'run.requires_action', 'run.tool_outputs_submitted', 'run.completed']);
+    expect(events[1]).toMatchObject({ tool_call_ids: ['call_0'], approvals: [{ tool_call_id: 'call_0', approve: true }] });
+    expect((globalThis as { __runwatchApprovals?: string[] }).__runwatchApprovals).toEqual([`${runId}:docs/fetch_docs`]);
+    const posts = t.sim.requests(runId).filter((r) => r.method === 'POST');
+    expect(posts.map((r) => Object.keys(JSON.parse(r.body!) as object))).toEqual([['tool_approvals'], ['tool_outputs']]);
+  });
+});
+
 describe('daemon tool handler config', () => {
   it('refuses to start with a tool handler module that is missing or exports no function', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-actions-'));
@@ -131,6 +166,31 @@ describe('daemon tool handler config', () => {
       const started = Daemon.start(config, { credentials: { apiKey: KEY } }, pino({ level: 'silent' }));
       await expect(started).rejects.toBeInstanceOf(ConfigError);
       await expect(started).rejects.toThrow(message);
+    }
+  });
+
+  it('loads the tool approval handler from a named export, or from an object with both handlers', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-approvals-'));
+    const write = (name: string, code: string): string => {
+      writeFileSync(path.join(dir, name), code);
+      return path.join(dir, name);
+    };
+    const outputs = write('outputs.mjs', 'export default () => [];\n');
+    expect(Object.keys(await loadToolHandlers(outputs))).toEqual(['onRequiresAction']);
+    const named = write('named.mjs', 'export const onToolApproval = () => [];\n');
+    expect(Object.keys(await loadToolHandlers(named))).toEqual(['onToolApproval']);
+    const both = write('both.mjs', 'export function createToolHandler(o) { return { onRequiresAction: () => [], onToolApproval: () => [{ tool_call_id: o.id, approve: true }] }; }\n');
+    const handlers = await loadToolHandlers(both, { id: 'call_1' });
+    expect(typeof handlers.onRequiresAction).toBe('function');
+    expect(await handlers.onToolApproval!({ toolCalls: [], run: { id: 'run_1', status: 'requires_action' }, signal: new AbortController().signal })).toEqual([{ tool_call_id: 'call_1', approve: true }]);
+    const object = write('object.mjs', 'export default { onToolApproval: () => [] };\n');
+    expect(Object.keys(await loadToolHandlers(object))).toEqual(['onToolApproval']);
+    for (const [name, code, message] of [
+      ['neither.mjs', 'export default { onToolApproval: 1 };\n', /onToolApproval must be a function/],
+      ['twice.mjs', 'export default { onToolApproval: () => [] };\nexport const onToolApproval = () => [];\n', /two tool approval handlers/],
+      ['empty.mjs', 'export const x = 1;\n', /must export default a function/],
+    ] as const) {
+      await expect(loadToolHandlers(write(name, code))).rejects.toThrow(message);
     }
   });
 });

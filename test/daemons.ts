@@ -6,7 +6,7 @@ import { afterAll, beforeAll } from 'vitest';
 import { loadConfig } from '../src/daemon/config.js';
 import type { DaemonSecrets } from '../src/daemon/daemon.js';
 import { Daemon } from '../src/daemon/daemon.js';
-import type { RunningSimulator } from '../src/simulator.js';
+import type { RunningSimulator, SimulatorOptions } from '../src/simulator.js';
 import { startSimulator } from '../src/simulator.js';
 import { REDIS_URL, removeKeys, testPrefix } from './redis.js';
 
@@ -41,7 +41,14 @@ export interface TestDaemon {
  */
 export function useDaemon(
   kind: 'memory' | 'sqlite' | 'redis',
-  options: { readonly skip: boolean; readonly key: string; readonly secrets?: Partial<DaemonSecrets>; readonly settings?: (t: TestDaemon) => Array<[string, string]> },
+  options: {
+    readonly skip: boolean;
+    readonly key: string;
+    readonly secrets?: Partial<DaemonSecrets>;
+    readonly settings?: (t: TestDaemon) => Array<[string, string]>;
+    /** The simulator's options beside its key; `errorStyle: 'azure'` makes the daemon's provider azure. */
+    readonly sim?: Omit<SimulatorOptions, 'apiKey'>;
+  },
 ): TestDaemon {
   const prefix = testPrefix();
   let start: () => Promise<void> = () => Promise.resolve();
@@ -56,7 +63,7 @@ export function useDaemon(
   } as TestDaemon;
   beforeAll(async () => {
     if (options.skip) return;
-    t.sim = await startSimulator({ apiKey: options.key });
+    t.sim = await startSimulator({ ...options.sim, apiKey: options.key });
     const config = loadConfig({
       overrides: [
         ['daemon.port', '0'],
@@ -64,7 +71,7 @@ export function useDaemon(
         ['store.kind', JSON.stringify(kind)],
         ['store.prefix', JSON.stringify(prefix)],
         ['sinks.stdout.enabled', 'false'],
-        ['watch.provider', '"openai"'],
+        ['watch.provider', options.sim?.errorStyle === 'azure' ? '"azure"' : '"openai"'],
         ['watch.baseUrl', JSON.stringify(t.sim.baseUrl)],
         ['watch.policy', FAST_POLICY],
         ...(options.settings?.(t) ?? []),

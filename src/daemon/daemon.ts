@@ -3,8 +3,8 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
-import type { ToolHandler } from '../actions.js';
-import { loadToolHandler } from '../actions.js';
+import type { ToolHandlers } from '../actions.js';
+import { loadToolHandlers } from '../actions.js';
 import type { Credentials } from '../client.js';
 import { ConfigError, ListenError, StoreUnavailableError } from '../errors.js';
 import { FileSink } from '../sinks/file.js';
@@ -60,10 +60,10 @@ export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets):
   return sinks;
 }
 
-/** The configured tool handler (`daemon.toolHandler`), loaded once at start; throws `ConfigError`. */
-export async function loadDaemonToolHandler(config: DaemonConfig): Promise<ToolHandler | undefined> {
+/** The handlers of the configured module (`daemon.toolHandler`: tool outputs, tool approvals), loaded once at start; throws `ConfigError`. */
+export async function loadDaemonToolHandlers(config: DaemonConfig): Promise<ToolHandlers> {
   const module = config.daemon.toolHandler;
-  return module ? loadToolHandler(module.path, module.options) : undefined;
+  return module ? loadToolHandlers(module.path, module.options) : {};
 }
 
 /** A stored watch as the API shows it. */
@@ -176,7 +176,8 @@ export class Daemon {
     assertSafeBind(config, secrets);
     if (secrets.redisUrl && (config.store.kind === 'redis' || config.sinks.redisStream.enabled)) checkRedisUrl(secrets.redisUrl);
     const sinks = await createSinks(config, secrets);
-    const settings = engineSettings(config, secrets, logger, await loadDaemonToolHandler(config));
+    const handlers = await loadDaemonToolHandlers(config);
+    const settings = engineSettings(config, secrets, logger, handlers.onRequiresAction, handlers.onToolApproval);
     const daemon = new Daemon(config, logger);
     try {
       await daemon.#begin(secrets, sinks, settings);

@@ -1,6 +1,7 @@
 // `runwatch/daemon`: the service's pieces, kept out of the main entry so the library stays light
 export { Daemon } from './daemon.js';
-export { loadToolHandler } from '../actions.js';
+export { loadToolHandler, loadToolHandlers } from '../actions.js';
+export type { ToolHandlers } from '../actions.js';
 export { ListenError, StoreOpenError, StoreUnavailableError, StoreWriteError } from '../errors.js';
 export type { DaemonSecrets } from './daemon.js';
 export { DEFAULT_CONFIG, ENV_ALIASES, loadConfig, validateConfig } from './config.js';
