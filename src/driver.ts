@@ -67,6 +67,8 @@ export interface PollReport {
   /** `ok`, `transient` or the permanent error code. */
   readonly outcome: 'ok' | ErrorCode;
   readonly httpStatus?: number | undefined;
+  /** The failure's one-line message (e.g. `network error ECONNREFUSED`, never a credential); absent on `ok`. */
+  readonly message?: string | undefined;
   /** Time from send to answer. */
   readonly latencyMs: number;
   /** Time the request was sent after its planned time (budget waits, event-loop lag). */
@@ -137,7 +139,7 @@ export class WatchDriver {
     }
     if (w.signal.aborted || (!outcome.ok && outcome.aborted)) return INTERRUPTED;
     const now = Date.now();
-    this.#ports.onPoll?.({ watchId: w.id, outcome: outcome.ok ? 'ok' : outcome.code, httpStatus: outcome.httpStatus, latencyMs: now - sentAtMs, latenessMs: Math.max(0, sentAtMs - due.atMs) });
+    this.#ports.onPoll?.({ watchId: w.id, outcome: outcome.ok ? 'ok' : outcome.code, httpStatus: outcome.httpStatus, message: outcome.ok ? undefined : outcome.message, latencyMs: now - sentAtMs, latenessMs: Math.max(0, sentAtMs - due.atMs) });
     if (!outcome.ok && outcome.httpStatus === 429) budget.penalize(now, outcome.hints.retryAfterMs);
     return this.#observe(w, outcome, now);
   }
