@@ -16,9 +16,9 @@ import { createLogger } from './logger.js';
 import type { Snapshot } from './resource.js';
 import { RESPONSE_KIND, RUN_KIND } from './resource.js';
 import { SinkDispatcher } from './sinks/sink.js';
-import { StdoutSink } from './sinks/stdout.js';
 import type { SimulatedResponse, SimulatedRun, SimulatedWebhooks } from './simulator.js';
 import { webhookKey } from './standard-webhooks.js';
+import { quietLogLevel, Terminal } from './terminal.js';
 import { VERSION } from './version.js';
 import { RunWatcher } from './watcher.js';
 
@@ -67,7 +67,7 @@ const HINTS: Partial<Record<ErrorCode, string>> = {
 const MAIN_HELP = `runwatch ${VERSION}: watch long-running LLM runs until they finish
 
 Usage:
-  runwatch watch <thread_id> <run_id> [options]   watch one run, events as NDJSON on stdout
+  runwatch watch <thread_id> <run_id> [options]   watch one run, one line per event on stdout
   runwatch watch-response <response_id> [options] watch one background response (Responses API)
   runwatch wait-thread <thread_id> [options]      wait until a thread has no active run
   runwatch cancel <thread_id> <run_id> [options]  cancel a run; cancel-response <response_id> for a response
@@ -82,7 +82,9 @@ Run "runwatch <command> --help" for a command's options.
 const WATCH_HELP = `Usage: runwatch watch <thread_id> <run_id> [options]
 
 Polls GET {base-url}/threads/{thread_id}/runs/{run_id} until the run ends and writes one
-JSON event per status change to stdout. Logs go to stderr.
+event per status change to stdout: a readable line on a terminal, a JSON object (NDJSON)
+when piped. Logs go to stderr; on a terminal a status line there (elapsed, polls, next poll,
+last error) is redrawn in place between changes.
 
 Options:
   --provider portkey|openai|azure
@@ -106,8 +108,14 @@ Options:
                               cancel the run when it stays in one status this long (event
                               run.cancel_requested), then watch it to cancelled   [never]
   --policy JSON|@FILE         polling policy overrides, e.g. '{"jitter":0.5}' (README: Polling policy)
+  --output pretty|ndjson      one readable line per event, or NDJSON (colours off with NO_COLOR)
+                              [pretty when stdout is a terminal, else ndjson]
+  -q, --quiet                 no status line and no info logs: events, warnings and errors
   --log-level LEVEL           trace|debug|info|warn|error|silent (env LOG_LEVEL) [info]
   -h, --help                  show this help
+
+A server that cannot be reached (connection refused, unknown host) is retried until the
+deadline, and said once on stderr with the URL.
 
 Secrets (each also as <NAME>_FILE, a path to a file holding it):
   portkey: PORTKEY_API_KEY, PORTKEY_VIRTUAL_KEY (deprecated by Portkey), PORTKEY_CONFIG
@@ -123,10 +131,11 @@ const WATCH_RESPONSE_HELP = `Usage: runwatch watch-response <response_id> [optio
 
 Polls GET {base-url}/responses/{response_id} (a response created with background: true)
 until it is completed, failed, cancelled or incomplete, and writes one JSON event per status
-change (response.queued, response.in_progress, response.completed, ...) to stdout.
+change (response.queued, response.in_progress, response.completed, ...) to stdout, a
+readable line on a terminal and NDJSON when piped.
 
 Options: as for runwatch watch (--provider, --base-url, --timeout, --request-timeout,
---header, --watch-id, --policy, --log-level), without --until, and:
+--header, --watch-id, --policy, --output, --quiet, --log-level), without --until, and:
   --stream                    follow the response's resume stream (created with stream: true)
                               and poll every 30 s+ meanwhile; polls as usual if it cannot stream
 A background response has no expires_at: without --timeout the watch gives up after 1h.
@@ -140,10 +149,11 @@ const WAIT_THREAD_HELP = `Usage: runwatch wait-thread <thread_id> [options]
 
 The thread guard: polls GET {base-url}/threads/{thread_id}/runs?limit=1 until the thread's
 latest run is no longer active (queued, in_progress, requires_action, cancelling), so that
-messages and runs may be added. Events thread.busy and thread.idle go to stdout.
+messages and runs may be added. Events thread.busy and thread.idle go to stdout, a readable
+line on a terminal and NDJSON when piped.
 
 Options: as for runwatch watch (--provider, --base-url, --api-version, --timeout, --header,
---watch-id, --policy, --log-level). Exit codes: 0 idle, 2 watch error (e.g. deadline_exceeded),
+--watch-id, --policy, --output, --quiet, --log-level). Exit codes: 0 idle, 2 watch error (e.g. deadline_exceeded),
 64 usage, 130 SIGINT, 143 SIGTERM.
 `;
 
@@ -249,6 +259,8 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
       policy: { type: 'string' },
       'log-level': { type: 'string' },
       stream: { type: 'boolean', default: false },
+      output: { type: 'string' },
+      quiet: { type: 'boolean', short: 'q', default: false },
     },
   });
   if (values.help) {
@@ -262,11 +274,12 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
   const cancelAfterStallMs = values['cancel-after-stall'] === undefined ? undefined : parseDurationMs('--cancel-after-stall', values['cancel-after-stall']);
   const until = oneOf('--until', values.until, ['terminal', 'requires_action'] as const);
   const timeoutMs = values.timeout === undefined ? undefined : parseDurationMs('--timeout', values.timeout);
+  const terminal = new Terminal({ output: values.output, quiet: values.quiet, env });
   const client = connection(values, env);
   const policy = values.policy === undefined ? undefined : parsePolicyArgument(values.policy);
-  const logger = await createLogger(values['log-level'] ?? env.LOG_LEVEL ?? 'info');
+  const logger = await createLogger(quietLogLevel(values['log-level'] ?? env.LOG_LEVEL ?? 'info', values.quiet), terminal.loggerOptions);
   const watcher = new RunWatcher({ ...client, policy, logger, maxInFlight: 1 });
-  const dispatcher = new SinkDispatcher([new StdoutSink()], { logger });
+  const dispatcher = new SinkDispatcher([terminal.sink()], { logger });
   watcher.on('event', (event) => dispatcher.dispatch(event));
 
   const controller = new AbortController();
@@ -289,7 +302,12 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
         : target === 'response'
           ? watcher.watchResponse({ ...common, responseId: first, cancelAfterStallMs, push: values.stream ? 'stream' : 'none' })
           : watcher.waitForIdleThread({ ...common, threadId: first });
-    const snapshot: Snapshot = await handle.promise;
+    terminal.follow(watcher, handle.id, client.baseUrl ?? '', logger);
+    // the last event is printed and the status line erased before the closing line
+    const snapshot: Snapshot = await handle.promise.finally(async () => {
+      await dispatcher.flush();
+      terminal.close();
+    });
     logger.info({ status: snapshot.status }, `${target} ended`);
     if (target === 'thread') return EXIT.completed;
     // a background response ends on any status but queued and in_progress, documented or not
@@ -298,11 +316,12 @@ async function watchCommand(args: string[], env: NodeJS.ProcessEnv, target: 'run
     if (signalExit !== null) return signalExit;
     if (error instanceof RunwatchError) {
       if (error.code === 'invalid_config') return fail(EXIT.usage, error.message);
-      const hint = HINTS[error.code];
+      const hint = (error.code === 'deadline_exceeded' ? terminal.deadlineHint() : undefined) ?? HINTS[error.code];
       return fail(EXIT.watchError, `${error.message} (${error.code})${hint ? `; ${hint}` : ''}`);
     }
     throw error;
   } finally {
+    terminal.close();
     await watcher.close();
     await dispatcher.close();
     process.off('SIGINT', onSignal);
