@@ -17,7 +17,6 @@ useSimulator({ apiKey: KEY }, (started) => (sim = started));
 // util-linux `script` runs a command on a pseudo-terminal; Node has no pty of its own
 const SCRIPT = spawnSync('script', ['--version'], { encoding: 'utf8' });
 const HAS_PTY = SCRIPT.status === 0 && SCRIPT.stdout.includes('util-linux');
-if (!HAS_PTY) console.warn('cli-terminal.test.ts: util-linux script not found, the terminal tests are skipped');
 
 /** Adds a run with a fresh id. */
 function addRun(timeline: SimulatedRun['timeline']): { threadId: string; runId: string } {
@@ -38,7 +37,9 @@ interface TtyResult {
   readonly screen: string[];
 }
 
+// eslint-disable-next-line no-control-regex
 const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
+// eslint-disable-next-line no-control-regex
 const SGR = /\x1b\[[0-9;]*m/;
 
 /** The lines a terminal keeps: after the last carriage return of each line, without escape sequences. */
@@ -82,7 +83,7 @@ async function closedPort(): Promise<number> {
 
 const TIMELINE: SimulatedRun['timeline'] = [{ status: 'queued', durationMs: 250 }, { status: 'in_progress', durationMs: 1000 }, { status: 'completed' }];
 
-describe.skipIf(!HAS_PTY)('runwatch watch on a terminal', () => {
+describe.skipIf(!HAS_PTY)('runwatch watch on a terminal (skipped without util-linux script, which gives it a pseudo-terminal)', () => {
   it('prints one readable line per event, coloured, with single-line logs and a status line erased before every other line', async () => {
     const ids = addRun(TIMELINE);
     const result = await runOnTty(watchArgs(ids), { OPENAI_API_KEY: KEY });
@@ -95,6 +96,7 @@ describe.skipIf(!HAS_PTY)('runwatch watch on a terminal', () => {
     expect(result.screen.filter((line) => line.startsWith('{'))).toEqual([]);
     expect(result.raw).toContain('\x1b[32mcompleted\x1b[39m');
     // the status line was drawn in place ...
+    // eslint-disable-next-line no-control-regex
     expect(result.raw).toMatch(/\r\x1b\[2K\x1b\[2m(waiting for the first answer|queued|in_progress) {2}\d+s elapsed, \d+ polls?, /);
     // ... and erased every time: it is on no line left on screen
     expect(result.screen.filter((line) => line.includes(' elapsed, '))).toEqual([]);
@@ -209,6 +211,13 @@ describe('runwatch watch on pipes', () => {
     ]);
     expect(result.stderr).toMatch(/^runwatch: deadline exceeded .*; the last poll to http:\/\/127\.0\.0\.1:\d+\/v1 failed with ECONNREFUSED: check --base-url/m);
     expect(result.events.map((event) => event.type)).toEqual(['watch.error']);
+  });
+
+  it('documents --output and --quiet in the help of the three commands', async () => {
+    const help = await runCli(['watch', '--help']);
+    expect(help.stdout).toContain('--output pretty|ndjson');
+    expect(help.stdout).toContain('-q, --quiet');
+    for (const command of ['watch-response', 'wait-thread']) expect((await runCli([command, '--help'])).stdout).toContain('--output, --quiet');
   });
 
   it('rejects an unknown --output with exit 64', async () => {

@@ -264,6 +264,7 @@ describe('Terminal', () => {
     await terminal.sink().deliver(event({ type: 'run.queued', seq: 1, from: null, to: 'queued', run: run('queued') }));
     terminal.close();
     expect(stdout.text()).toBe('\x1b[2m14:03:07.512\x1b[22m  run_a  \x1b[2m#1\x1b[22m  \x1b[36mqueued\x1b[39m\n');
+    // eslint-disable-next-line no-control-regex
     expect(stderr.text()).toMatch(/^\r\x1b\[2K\x1b\[2mqueued {2}0s elapsed, 0 polls, polling now\x1b\[22m\r\x1b\[2K\r\x1b\[2K.*\r\x1b\[2K$/);
 
     const plainOut = fakeStream(true);
