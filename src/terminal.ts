@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import type { DestinationStream } from 'pino';
 import type { Logger } from 'pino';
+import { requiredActionOf } from './actions.js';
 import type { PollReport } from './driver.js';
 import { ConfigError } from './errors.js';
 import type { RunTransitionEvent, WatchEvent } from './events.js';
@@ -82,8 +83,10 @@ function snapshotDetail(event: WatchEvent): string {
   if ('run' in event && event.run) {
     const run = event.run;
     if (run.last_error) return `${run.last_error.code}: ${run.last_error.message}`;
-    const calls = run.status === 'requires_action' ? (run.required_action?.submit_tool_outputs.tool_calls ?? []) : [];
-    if (calls.length > 0) return `${calls.length} tool call${calls.length === 1 ? '' : 's'}: ${calls.map((call) => call.function?.name ?? call.type).join(', ')}`;
+    const required = run.status === 'requires_action' ? requiredActionOf(run) : undefined;
+    const calls = required?.calls ?? [];
+    const asked = required?.type === 'submit_tool_approval' ? 'approval' : 'tool call';
+    if (calls.length > 0) return `${calls.length} ${asked}${calls.length === 1 ? '' : 's'}: ${calls.map((call) => call.function?.name ?? call.name ?? call.type).join(', ')}`;
     const incomplete = (run as { incomplete_details?: { reason?: unknown } | null }).incomplete_details;
     return typeof incomplete?.reason === 'string' ? incomplete.reason : '';
   }
