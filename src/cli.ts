@@ -1,4 +1,6 @@
 #!/usr/bin/env node
+// first: catches the daemon's stop signals before the other modules load (see the module)
+import { daemonStopSignal, stopSignalReceived } from './early-signals.js';
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { ParseArgsConfig } from 'node:util';
@@ -73,6 +75,7 @@ Usage:
   runwatch cancel <thread_id> <run_id> [options]  cancel a run; cancel-response <response_id> for a response
   runwatch daemon [options]                       run the service: control API, durable watches, sinks
   runwatch config [options]                       print the effective daemon configuration (secrets redacted)
+  runwatch healthcheck [options]                  exit 0 when that daemon answers /healthz, else 1
   runwatch sim [options]                          start the runs simulator on loopback
   runwatch --help | --version
 
@@ -477,14 +480,29 @@ Secrets (each also as <NAME>_FILE): RUNWATCH_CONTROL_TOKEN (required off loopbac
 RUNWATCH_WEBHOOK_SECRET (whsec_...), RUNWATCH_REDIS_URL (redis-stream sink), and the
 provider keys of "runwatch watch".
 
-Exit codes: 0 stopped by SIGTERM/SIGINT, 64 configuration error, 69 cannot listen,
-73 cannot open the store, 70 shutdown took longer than daemon.shutdownTimeoutMs, 1 internal error.
+Exit codes: 0 stopped by SIGTERM/SIGINT (also one received during the start), 64 configuration
+error, 69 cannot listen, 73 cannot open the store, 70 shutdown took longer than
+daemon.shutdownTimeoutMs + 1 s, 1 internal error.
 `;
 
-function daemonSources(args: string[], env: NodeJS.ProcessEnv): { help: boolean; sources: ConfigSources } {
+const HEALTHCHECK_HELP = `Usage: runwatch healthcheck [--ready] [--timeout DURATION] [daemon options]
+
+Asks the daemon the configuration describes for GET /healthz (--ready: /readyz), on its
+daemon.port, on loopback when daemon.host is every address (0.0.0.0 or ::). The configuration
+comes from the same sources as runwatch daemon: config/default.json < --config FILE (or
+RUNWATCH_CONFIG) < RUNWATCH_* env (RUNWATCH_PORT, RUNWATCH_DAEMON__PORT, ...) < flags.
+The image's HEALTHCHECK runs it.
+
+Options: --ready, --timeout DURATION [2s], and those of runwatch daemon (--config, --host,
+--port, --set). Exit codes: 0 answered 200, 1 anything else (the reason on stderr).
+`;
+
+
+function daemonSources(args: string[], env: NodeJS.ProcessEnv, extra: NonNullable<ParseArgsConfig['options']> = {}): { help: boolean; sources: ConfigSources; extra: Record<string, unknown> } {
   const { values } = parseArgs({
     args,
     options: {
+      ...extra,
       config: { type: 'string' },
       host: { type: 'string' },
       port: { type: 'string' },
@@ -504,7 +522,7 @@ function daemonSources(args: string[], env: NodeJS.ProcessEnv): { help: boolean;
     if (eq <= 0) throw new ConfigError(`invalid --set ${JSON.stringify(pair)}: use PATH=VALUE, e.g. daemon.port=9090`);
     overrides.push([pair.slice(0, eq), pair.slice(eq + 1)]);
   }
-  return { help: values.help ?? false, sources: { file: values.config, env, overrides } };
+  return { help: values.help ?? false, sources: { file: values.config, env, overrides }, extra: values };
 }
 
 // the daemon's modules (node:sqlite, prom-client) load only for the commands that need them
@@ -553,23 +571,46 @@ async function configCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
 }
 
 async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  // installed before the imports when argv names the command; here for any other caller
+  const stopping = daemonStopSignal();
   const { help, sources } = daemonSources(args, env);
   if (help) {
     process.stdout.write(DAEMON_HELP);
     return EXIT.completed;
   }
-  const { loadConfig, Daemon } = await loadDaemon();
+  const { loadConfig, Daemon, HARD_STOP_MARGIN_MS } = await loadDaemon();
   const config = loadConfig(sources);
   const secrets = await daemonSecrets(config, env);
   const logger = await createLogger(config.daemon.logLevel);
-  // errors of the start (store, address) reach main()'s table of exit codes
-  const daemon = await Daemon.start(config, secrets, logger);
+  // from the first signal on, the process has shutdownTimeoutMs (+1 s) to end, started or not
+  const armHardStop = (): void => {
+    logger.info({ signal: stopSignalReceived() }, 'signal received');
+    const hardStop = setTimeout(() => {
+      process.stderr.write(`runwatch: shutdown took longer than ${config.daemon.shutdownTimeoutMs} ms; undelivered events stay in the store and go out after the restart\n`);
+      process.exit(EXIT.shutdownTimeout);
+    }, config.daemon.shutdownTimeoutMs + HARD_STOP_MARGIN_MS);
+    hardStop.unref();
+  };
+  if (stopping.aborted) {
+    logger.info({ signal: stopSignalReceived() }, 'signal received before the start: not starting');
+    return EXIT.completed;
+  }
+  stopping.addEventListener('abort', armHardStop, { once: true });
+  let daemon: Awaited<ReturnType<typeof Daemon.start>>;
+  try {
+    // errors of the start (store, address) reach main()'s table of exit codes
+    daemon = await Daemon.start(config, secrets, logger, { signal: stopping });
+  } catch (error) {
+    if (!stopping.aborted || error !== stopping.reason) throw error;
+    // what the start had opened is closed; the store holds whatever it had
+    logger.info('stopped during the start');
+    return EXIT.completed;
+  }
+  process.on('SIGHUP', () => void daemon.reopen());
   const stop = await Promise.race([
-    new Promise<NodeJS.Signals>((resolve) => {
-      const onHup = (): void => void daemon.reopen();
-      process.on('SIGHUP', onHup);
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
+    new Promise<'signal'>((resolve) => {
+      if (stopping.aborted) resolve('signal');
+      else stopping.addEventListener('abort', () => resolve('signal'), { once: true });
     }),
     daemon.failed.catch((error: unknown) => (error instanceof Error ? error : new Error(String(error)))),
   ]);
@@ -577,18 +618,25 @@ async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<nu
     await daemon.shutdown();
     return fail(exitCodeOf(stop), `${stop.message}; the store is the source of truth: restart the daemon to resume from it`);
   }
-  const signal = stop;
-  // repeated signals change nothing: shutdown is idempotent and bounded by the timer below
+  // repeated signals change nothing: shutdown is idempotent and bounded by the hard stop
   process.on('SIGINT', () => logger.info('already shutting down'));
   process.on('SIGTERM', () => logger.info('already shutting down'));
-  logger.info({ signal }, 'signal received');
-  const hardStop = setTimeout(() => {
-    process.stderr.write(`runwatch: shutdown took longer than ${config.daemon.shutdownTimeoutMs} ms; undelivered events stay in the store and go out after the restart\n`);
-    process.exit(EXIT.shutdownTimeout);
-  }, config.daemon.shutdownTimeoutMs + 2_000);
-  hardStop.unref();
   await daemon.shutdown();
   return EXIT.completed;
+}
+
+async function healthcheckCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { help, sources, extra } = daemonSources(args, env, { ready: { type: 'boolean' }, timeout: { type: 'string' } });
+  if (help) {
+    process.stdout.write(HEALTHCHECK_HELP);
+    return EXIT.completed;
+  }
+  const timeoutMs = parseDurationMs('--timeout', typeof extra.timeout === 'string' ? extra.timeout : '2s');
+  const [{ loadConfig }, { probe }] = await Promise.all([import('./daemon/config.js'), import('./healthcheck.js')]);
+  const { daemon } = loadConfig(sources);
+  const result = await probe(daemon.host, daemon.port, extra.ready === true ? '/readyz' : '/healthz', timeoutMs);
+  if (result.ok) return EXIT.completed;
+  return fail(EXIT.internal, `unhealthy: ${result.detail}`);
 }
 
 /** Runs the CLI with `argv` (without node and script) and returns the exit code. */
@@ -614,6 +662,13 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await daemonCommand(rest, env);
       case 'config':
         return await configCommand(rest, env);
+      case 'healthcheck':
+        try {
+          return await healthcheckCommand(rest, env);
+        } catch (error) {
+          // a health check answers 0 or 1 only (Docker reserves 2 and treats the rest alike)
+          return fail(EXIT.internal, `unhealthy: ${error instanceof Error ? error.message : String(error)}`);
+        }
       case '--version':
       case '-v':
         process.stdout.write(`${VERSION}\n`);

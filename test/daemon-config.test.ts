@@ -27,6 +27,12 @@ describe('loadConfig', () => {
     expect(loadConfig({})).toEqual(DEFAULT_CONFIG);
   });
 
+  it('lets RUNWATCH_<SECTION>__<SETTING> win over its short alias, whatever their order', () => {
+    // an image sets RUNWATCH_HOST; the long form set for one container must still apply
+    expect(loadConfig({ env: { RUNWATCH_DAEMON__PORT: '9001', RUNWATCH_PORT: '9002' } }).daemon.port).toBe(9001);
+    expect(loadConfig({ env: { RUNWATCH_PORT: '9002', RUNWATCH_DAEMON__PORT: '9001' } }).daemon.port).toBe(9001);
+  });
+
   it.each([
     [{ overrides: [['daemon.port', '70000']] }, /config\.daemon\.port.*got 70000/],
     [{ overrides: [['daemon.logLevel', '"loud"']] }, /config\.daemon\.logLevel.*got "loud"/],
@@ -60,7 +66,9 @@ describe('runwatch daemon and config: exit paths', () => {
   it('refuses a public address without a token (exit 64)', async () => {
     const result = await runCli(['daemon', '--host', '0.0.0.0', '--port', '0', '--data-dir', dir], { PORTKEY_API_KEY: 'pk-x' });
     expect(result.code).toBe(64);
-    expect(result.stderr).toMatch(/^runwatch: refusing to listen on 0\.0\.0\.0 without a token: set RUNWATCH_CONTROL_TOKEN/m);
+    expect(result.stderr).toMatch(/^runwatch: refusing to listen on 0\.0\.0\.0 without a token: set RUNWATCH_CONTROL_TOKEN, or RUNWATCH_CONTROL_TOKEN_FILE/m);
+    // in a container, 127.0.0.1 is unreachable from outside: no advice to bind it
+    expect(result.stderr).not.toContain('127.0.0.1');
   });
 
   it('exits 64 on a bad setting, a missing key or a malformed webhook secret', async () => {

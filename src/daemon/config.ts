@@ -58,7 +58,8 @@ const configSchema = z.strictObject({
       port: z.number().int().min(0).max(65_535).default(8080),
       dataDir: z.string().min(1).default('./data'),
       logLevel: z.enum(LOG_LEVELS).default('info'),
-      shutdownTimeoutMs: durationMs.default(10_000),
+      /** Below Docker's 10 s stop grace and Kubernetes' 30 s terminationGracePeriodSeconds: raise them together. */
+      shutdownTimeoutMs: durationMs.default(8_000),
       maxBodyBytes: positiveInt.max(10_000_000).default(65_536),
       stallThresholdMs: durationMs.default(600_000),
       /** @default null (never) */
@@ -260,7 +261,9 @@ export function loadConfig(sources: ConfigSources = {}): DaemonConfig {
     if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError(`config file ${file} must hold a JSON object`);
     config = merge(config, parsed as Record<string, unknown>);
   }
-  for (const [name, raw] of Object.entries(sources.env ?? {})) {
+  // the short aliases first: RUNWATCH_DAEMON__PORT wins over RUNWATCH_PORT (an image may set the latter)
+  const env = Object.entries(sources.env ?? {});
+  for (const [name, raw] of [...env.filter(([n]) => n in ENV_ALIASES), ...env.filter(([n]) => !(n in ENV_ALIASES))]) {
     if (!name.startsWith('RUNWATCH_') || raw === undefined || NOT_SETTINGS.has(name)) continue;
     const alias = ENV_ALIASES[name];
     const dotted = alias ?? (name.includes('__') ? name.slice('RUNWATCH_'.length).split('__').map(camel).join('.') : undefined);

@@ -90,7 +90,9 @@ export function watchView(record: WatchRecord | undefined): WatchView | undefine
 /** Refuses a public address without a control token (throws `ConfigError`). */
 export function assertSafeBind(config: DaemonConfig, secrets: DaemonSecrets): void {
   if (!isLoopback(config.daemon.host) && !secrets.controlToken) {
-    throw new ConfigError(`refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN (or bind 127.0.0.1)`);
+    throw new ConfigError(
+      `refusing to listen on ${config.daemon.host} without a token: set RUNWATCH_CONTROL_TOKEN, or RUNWATCH_CONTROL_TOKEN_FILE to a file holding it (a mounted Docker or Kubernetes secret; every secret has a _FILE variant)`,
+    );
   }
 }
 
@@ -134,6 +136,12 @@ interface CloseHook {
   run(remainingMs: () => number): unknown;
 }
 
+/**
+ * How long the process may overrun `daemon.shutdownTimeoutMs` before the CLI exits 70: the
+ * default 8 s + 1 s stays under Docker's 10 s stop grace.
+ */
+export const HARD_STOP_MARGIN_MS = 1_000;
+
 /** How long the daemon waits for Redis at start before giving up (exit 69). */
 const REDIS_START_TIMEOUT_MS = 10_000;
 
@@ -171,8 +179,12 @@ export class Daemon {
    * Opens the store, starts the engine (which resumes every active watch), the sinks and the
    * control API. Throws `ConfigError` for settings that cannot work, `StoreOpenError` /
    * `StoreUnavailableError` when the store cannot be opened or reached, `ListenError`.
+   * When `options.signal` aborts (a SIGTERM during the start), the start stops at the next step
+   * (waiting for Redis is cut short), closes what it opened and throws the signal's reason.
    */
-  static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger): Promise<Daemon> {
+  static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, options: { readonly signal?: AbortSignal } = {}): Promise<Daemon> {
+    const { signal } = options;
+    signal?.throwIfAborted();
     assertSafeBind(config, secrets);
     if (secrets.redisUrl && (config.store.kind === 'redis' || config.sinks.redisStream.enabled)) checkRedisUrl(secrets.redisUrl);
     const sinks = await createSinks(config, secrets);
@@ -180,7 +192,7 @@ export class Daemon {
     const settings = engineSettings(config, secrets, logger, handlers.onRequiresAction, handlers.onToolApproval);
     const daemon = new Daemon(config, logger);
     try {
-      await daemon.#begin(secrets, sinks, settings);
+      await daemon.#begin(secrets, sinks, settings, signal);
     } catch (error) {
       await daemon.shutdown();
       throw error;
@@ -199,11 +211,12 @@ export class Daemon {
     this.#hooks.push({ name, run });
   }
 
-  async #begin(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings): Promise<void> {
+  async #begin(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, signal: AbortSignal | undefined): Promise<void> {
     const config = this.#config;
     const callback = new WebhookSink({ name: 'callback', secret: secrets.webhookSecret, ...config.sinks.callback });
     const all = [...sinks, callback];
     this.#onClose('sinks', () => Promise.allSettled(all.map(async (sink) => sink.close?.())));
+    signal?.throwIfAborted();
     const metrics = new DaemonMetrics({
       activeByStatus: () => this.#engine.activeByStatus(),
       outbox: () => Promise.all(this.#outboxes.map(async (outbox) => ({ sink: outbox.sink.name, ...(await outbox.stats()) }))),
@@ -216,7 +229,7 @@ export class Daemon {
       logger: this.#logger.child({ component: 'outbox' }),
       onOutcome: (name, outcome) => metrics.delivery(name, outcome),
     };
-    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery);
+    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery, signal);
     else this.#localParts(all, settings, delivery);
     const store = this.#engine.store;
     const secretsOfHook = secrets.openaiWebhookSecrets ?? [];
@@ -269,7 +282,9 @@ export class Daemon {
     // half the shutdown budget for steps in flight, the rest for the sinks
     this.#onClose('outboxes', (remainingMs) => Promise.all(this.#outboxes.map((outbox) => outbox.stop(remainingMs()))));
     this.#onClose('engine', (remainingMs) => this.#engine.close(remainingMs() / 2));
+    signal?.throwIfAborted();
     const resumed = await this.#engine.start();
+    signal?.throwIfAborted();
     for (const outbox of this.#outboxes) outbox.start();
 
     const prune = setInterval(() => void this.#prune(), config.retention.pruneIntervalMs);
@@ -294,7 +309,7 @@ export class Daemon {
   }
 
   /** Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with leases. */
-  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy): Promise<void> {
+  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined): Promise<void> {
     const config = this.#config;
     if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
     const url = secrets.redisUrl;
@@ -302,7 +317,7 @@ export class Daemon {
     const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error'));
     this.#onClose('redis', () => redis.quit().catch(() => redis.disconnect()));
-    await untilReady(redis);
+    await untilReady(redis, signal);
     const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
     this.#onClose('store', () => store.close());
     const engine = new RedisEngine(redis, store, settings, {
@@ -371,18 +386,24 @@ export class Daemon {
   }
 }
 
-/** Waits for a Redis connection to be ready; `StoreUnavailableError` after 10 s. */
-async function untilReady(redis: Redis): Promise<void> {
+/** Waits for a Redis connection to be ready; `StoreUnavailableError` after 10 s, the signal's reason when it aborts first. */
+async function untilReady(redis: Redis, signal: AbortSignal | undefined): Promise<void> {
   if (redis.status === 'ready') return;
   let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
   try {
     await Promise.race([
       new Promise<void>((resolve) => redis.once('ready', () => resolve())),
       new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new StoreUnavailableError(`Redis did not answer within ${REDIS_START_TIMEOUT_MS / 1000} s: check RUNWATCH_REDIS_URL and that Redis is up`)), REDIS_START_TIMEOUT_MS);
+        if (!signal) return;
+        onAbort = () => reject(signal.reason as Error);
+        if (signal.aborted) onAbort();
+        else signal.addEventListener('abort', onAbort, { once: true });
       }),
     ]);
   } finally {
     clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
   }
 }
