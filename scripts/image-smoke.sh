@@ -5,7 +5,8 @@
 # HEALTHCHECK on a port set by RUNWATCH_DAEMON__PORT, a non-root uid, a read-only root file
 # system, a watch against the simulator (`runwatch sim` in a second container of the same image)
 # that completes, SIGTERM (podman stop -t N) exiting 0 within the grace, a restart on the same
-# volume resuming an active watch, and a SIGTERM during the start exiting 0.
+# volume resuming an active watch, SIGTERM exiting 0 within the grace while a webhook sink never
+# answers (daemon.shutdownTimeoutMs under Docker's 10 s), and a SIGTERM during the start exiting 0.
 # Env: SMOKE_GRACE (seconds podman stop waits, default 10, Docker's default). Needs podman and curl.
 set -euo pipefail
 image=${1:?usage: scripts/image-smoke.sh IMAGE}
@@ -23,7 +24,7 @@ id=$$
 tmp=$(mktemp -d)
 vol=runwatch-smoke-$id
 sim=runwatch-smoke-sim-$id
-containers=("$sim" "runwatch-smoke-d1-$id" "runwatch-smoke-d2-$id" "runwatch-smoke-d3-$id")
+containers=("$sim" "runwatch-smoke-d1-$id" "runwatch-smoke-d2-$id" "runwatch-smoke-d3-$id" "runwatch-smoke-hang-$id" "runwatch-smoke-d4-$id")
 cleanup() {
   local rc=$?
   if [ "$rc" -ne 0 ]; then
@@ -32,7 +33,7 @@ cleanup() {
     done
   fi
   for c in "${containers[@]}"; do pm rm -f -v -t 0 "$c" >/dev/null 2>&1 || true; done
-  pm volume rm -f "$vol" >/dev/null 2>&1 || true
+  pm volume rm -f "$vol" "$vol-hang" >/dev/null 2>&1 || true
   rm -rf "$tmp"
   exit "$rc"
 }
@@ -48,8 +49,7 @@ free_port() {
   done
   die "no free port"
 }
-sim_port=$(free_port); port=$(free_port); closed_port=$(free_port)
-[ "$sim_port" != "$port" ] || port=$(free_port)
+sim_port=$(free_port); port=$(free_port); closed_port=$(free_port); hang_port=$(free_port)
 base=http://127.0.0.1:$port
 token=smoke-token-$RANDOM$RANDOM
 
@@ -98,7 +98,8 @@ daemon_env=(
   -e RUNWATCH_PROVIDER=openai -e "RUNWATCH_BASE_URL=http://127.0.0.1:$sim_port/v1" -e OPENAI_API_KEY=smoke
   -e "RUNWATCH_WATCH__POLICY=$policy"
 )
-daemon_run() { pm run -d --name "$1" --network host --read-only -v "$vol:/data" -v "$tmp/secrets:/run/secrets/runwatch:ro" "${daemon_env[@]}" "$image" >/dev/null 2>>"$tmp/podman.log"; }
+# daemon_run NAME [VOLUME]: the daemon on $port, its store on VOLUME (default: the smoke's volume)
+daemon_run() { pm run -d --name "$1" --network host --read-only -v "${2:-$vol}:/data" -v "$tmp/secrets:/run/secrets/runwatch:ro" "${daemon_env[@]}" "$image" >/dev/null 2>>"$tmp/podman.log"; }
 total=$(now)
 
 step "image $image: $(pm image inspect --format '{{.Size}}' "$image" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
@@ -181,6 +182,27 @@ done_long=$(wait_state "$long_id" finished 40)
 timed "restart to the resumed watch finished" "$(since "$t")"
 pm stop -t "$grace" "$d2" >/dev/null
 [ "$(exit_code "$d2")" = 0 ] || die "the second daemon did not exit 0"
+
+step "SIGTERM with a webhook sink that never answers exits 0 within the grace"
+hang=${containers[4]} d4=${containers[5]}
+pm run -d --name "$hang" --network host "$image" \
+  node -e "require('node:net').createServer(() => {}).listen($hang_port, '127.0.0.1')" >/dev/null 2>>"$tmp/podman.log"
+daemon_env+=(-e "RUNWATCH_WEBHOOK_URL=http://127.0.0.1:$hang_port/hook")
+pm volume create "$vol-hang" >/dev/null
+daemon_run "$d4" "$vol-hang"
+wait_healthz "$d4" 30
+# run_quick has completed: its first poll records run.completed, whose delivery then hangs
+hung=$(call -H 'content-type: application/json' -d '{"thread_id":"thread_smoke","run_id":"run_quick"}' "$base/v1/watches")
+[ "$(status_of "$hung")" = 201 ] || die "POST /v1/watches: $hung"
+wait_state "$(field "$hung" id)" finished 30 >/dev/null
+t=$(now)
+pm stop -t "$grace" "$d4" >/dev/null
+hang_s=$(since "$t")
+rc=$(exit_code "$d4")
+[ "$rc" = 0 ] || die "exit code $rc after SIGTERM with a hanging sink (137: SIGKILLed; 70: over shutdownTimeoutMs)"
+awk -v s="$hang_s" -v g="$grace" 'BEGIN { exit !(s < g) }' || die "stopping with a hanging sink took $hang_s s, not under the $grace s grace"
+timed "podman stop, a webhook sink hanging" "$hang_s"
+daemon_env=("${daemon_env[@]:0:${#daemon_env[@]}-2}")
 
 step "SIGTERM during the start (waiting for an absent Redis) exits 0"
 d3=${containers[3]}
