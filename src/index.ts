@@ -1,7 +1,7 @@
 // The library's public face: what a user calls, and the types of what it passes and gets back.
 // The README's "Public API" section lists the values and why each is here; a test keeps the two equal.
-// Separate entry points keep a watcher light: 'runwatch/daemon' (the service: stores, engines,
-// config; node:sqlite, prom-client, zod, ioredis) and 'runwatch/simulator'; the policy schema
+// Separate entry points keep a watcher light: 'runwatch-llm/daemon' (the service: stores, engines,
+// config; node:sqlite, prom-client, zod, ioredis) and 'runwatch-llm/simulator'; the policy schema
 // (zod) is loaded on the first policy override, never by this file.
 export { waitForIdleThread, watchResponse, watchRun } from './watch-run.js';
 export type { WaitForIdleThreadOptions, WatchResponseCallOptions, WatchRunCallOptions } from './watch-run.js';

@@ -87,7 +87,7 @@ describe('errorBackoff.jitter (documented in "Polling policy")', () => {
   });
 });
 
-describe("import 'runwatch'", () => {
+describe("import 'runwatch-llm'", () => {
   it('does not load zod, not even to check a policy override (zod costs a polling process about 100 MB)', () => {
     const script = `
       import { registerHooks } from 'node:module';

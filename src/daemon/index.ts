@@ -1,4 +1,4 @@
-// `runwatch/daemon`: the service's pieces, kept out of the main entry so the library stays light
+// `runwatch-llm/daemon`: the service's pieces, kept out of the main entry so the library stays light
 export { Daemon } from './daemon.js';
 export { loadToolHandler, loadToolHandlers } from '../actions.js';
 export type { ToolHandlers } from '../actions.js';
