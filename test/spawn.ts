@@ -55,7 +55,12 @@ function lineCollector(input: NodeJS.ReadableStream, onLine: (line: string) => v
 
 /** Starts `runwatch <args>`. */
 export function startCli(args: readonly string[], env: Record<string, string> = {}): CliProcess {
-  const child = spawn(process.execPath, [CLI, ...args], { env: cliEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+  return startProcess(process.execPath, [CLI, ...args], { env: cliEnv(env) });
+}
+
+/** Starts any command (`npm start`, ...) with its lines and end collected as for the CLI. */
+export function startProcess(command: string, args: readonly string[], options: { readonly env: NodeJS.ProcessEnv; readonly cwd?: string }): CliProcess {
+  const child = spawn(command, args, { env: options.env, cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   const out = lineCollector(child.stdout, (line) => (stdout += `${line}\n`));
