@@ -74,7 +74,8 @@ Usage:
   runwatch wait-thread <thread_id> [options]      wait until a thread has no active run
   runwatch cancel <thread_id> <run_id> [options]  cancel a run; cancel-response <response_id> for a response
   runwatch daemon [options]                       run the service: control API, durable watches, sinks
-  runwatch config [options]                       print the effective daemon configuration (secrets redacted)
+  runwatch config [--check] [options]             print the effective daemon configuration (secrets redacted),
+                                                  or --check it: every problem listed, exit 64
   runwatch healthcheck [options]                  exit 0 when that daemon answers /healthz, else 1
   runwatch sim [options]                          start the runs simulator on loopback
   runwatch --help | --version
@@ -466,11 +467,15 @@ const DAEMON_HELP = `Usage: runwatch daemon [options]
 
 Runs the service: the control API (default 127.0.0.1:8080), watches kept in a SQLite file
 under the data dir, every event delivered at least once to every sink. "config" prints the
-configuration the daemon would use, secrets redacted.
+configuration the daemon would use, secrets and credentials in URLs redacted; "config --check"
+checks it as the daemon's start would and lists every problem (exit 64), or prints one OK line.
 
 Settings: config/default.json < --config FILE (or RUNWATCH_CONFIG) < RUNWATCH_* env < flags.
 Options:
-  --config FILE          JSON file merged over the defaults
+  --config FILE|NAME     JSON file merged over the defaults; a bare NAME is looked up as
+                         config/NAME[.json] here, then among the shipped examples
+                         (default, sqlite-service, redis-replicas)
+  --check                config only: check, do not print
   --host HOST            control API address (env RUNWATCH_HOST)         [127.0.0.1]
   --port N               control API port (env RUNWATCH_PORT)            [8080]
   --data-dir DIR         where the store lives (env RUNWATCH_DATA_DIR)   [./data]
@@ -498,7 +503,7 @@ Options: --ready, --timeout DURATION [2s], and those of runwatch daemon (--confi
 `;
 
 
-function daemonSources(args: string[], env: NodeJS.ProcessEnv, extra: NonNullable<ParseArgsConfig['options']> = {}): { help: boolean; sources: ConfigSources; extra: Record<string, unknown> } {
+function daemonSources(args: string[], env: NodeJS.ProcessEnv, extra: NonNullable<ParseArgsConfig['options']> = {}): { help: boolean; check: boolean; sources: ConfigSources; extra: Record<string, unknown> } {
   const { values } = parseArgs({
     args,
     options: {
@@ -509,6 +514,7 @@ function daemonSources(args: string[], env: NodeJS.ProcessEnv, extra: NonNullabl
       'data-dir': { type: 'string' },
       'log-level': { type: 'string' },
       set: { type: 'string', multiple: true, default: [] },
+      check: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -522,7 +528,7 @@ function daemonSources(args: string[], env: NodeJS.ProcessEnv, extra: NonNullabl
     if (eq <= 0) throw new ConfigError(`invalid --set ${JSON.stringify(pair)}: use PATH=VALUE, e.g. daemon.port=9090`);
     overrides.push([pair.slice(0, eq), pair.slice(eq + 1)]);
   }
-  return { help: values.help ?? false, sources: { file: values.config, env, overrides }, extra: values };
+  return { help: values.help ?? false, check: values.check, sources: { file: values.config, env, overrides }, extra: values };
 }
 
 // the daemon's modules (node:sqlite, prom-client) load only for the commands that need them
@@ -532,52 +538,103 @@ const loadDaemon = async () => ({
   ...(await import('./standard-webhooks.js')),
 });
 
-async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv): Promise<DaemonSecrets> {
+/**
+ * The daemon's secrets from the environment. Throws `ConfigError` at the first malformed or
+ * missing one; given `problems`, adds each to it instead and carries on without that secret.
+ */
+async function daemonSecrets(config: DaemonConfig, env: NodeJS.ProcessEnv, problems?: string[]): Promise<DaemonSecrets> {
   const { effectiveBaseUrl, webhookKey } = await loadDaemon();
-  const webhookSecret = readSecret(env, 'RUNWATCH_WEBHOOK_SECRET');
-  if (webhookSecret) webhookKey(webhookSecret);
-  // several during a rotation, separated by spaces or commas
-  const openaiWebhookSecrets = (readSecret(env, 'RUNWATCH_OPENAI_WEBHOOK_SECRET') ?? '').split(/[\s,]+/).filter((secret) => secret !== '');
-  for (const secret of openaiWebhookSecrets) {
+  const attempt = <T>(read: () => T, fallback: T): T => {
+    if (!problems) return read();
     try {
-      webhookKey(secret);
-    } catch {
-      throw new ConfigError('invalid RUNWATCH_OPENAI_WEBHOOK_SECRET: expected the whsec_... secret of your OpenAI webhook endpoint (several separated by spaces during a rotation)');
+      return read();
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      problems.push(error.message);
+      return fallback;
     }
-  }
+  };
+  const webhookSecret = attempt(() => {
+    const secret = readSecret(env, 'RUNWATCH_WEBHOOK_SECRET');
+    if (secret) webhookKey(secret);
+    return secret;
+  }, undefined);
+  // several during a rotation, separated by spaces or commas
+  const openaiWebhookSecrets = attempt(() => {
+    const secrets = (readSecret(env, 'RUNWATCH_OPENAI_WEBHOOK_SECRET') ?? '').split(/[\s,]+/).filter((secret) => secret !== '');
+    for (const secret of secrets) {
+      try {
+        webhookKey(secret);
+      } catch {
+        throw new ConfigError('invalid RUNWATCH_OPENAI_WEBHOOK_SECRET: expected the whsec_... secret of your OpenAI webhook endpoint (several separated by spaces during a rotation)');
+      }
+    }
+    return secrets;
+  }, []);
   return {
     openaiWebhookSecrets,
-    credentials: credentialsFromEnv(config.watch.provider, effectiveBaseUrl(config), env),
-    controlToken: readSecret(env, 'RUNWATCH_CONTROL_TOKEN'),
+    credentials: attempt(() => credentialsFromEnv(config.watch.provider, effectiveBaseUrl(config), env), {}),
+    controlToken: attempt(() => readSecret(env, 'RUNWATCH_CONTROL_TOKEN'), undefined),
     webhookSecret,
-    redisUrl: readSecret(env, 'RUNWATCH_REDIS_URL'),
+    redisUrl: attempt(() => readSecret(env, 'RUNWATCH_REDIS_URL'), undefined),
   };
 }
 
 async function configCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { help, sources } = daemonSources(args, env);
+  const { help, check, sources } = daemonSources(args, env);
   if (help) {
     process.stdout.write(DAEMON_HELP);
     return EXIT.completed;
   }
-  const config = (await loadDaemon()).loadConfig(sources);
+  if (check) return checkConfigCommand(sources, env);
+  const { loadConfig, printableConfig } = await loadDaemon();
+  const config = loadConfig(sources);
   const provider = config.watch.provider;
   const secrets: Record<string, string | null> = {};
   for (const name of [...Object.values(SECRET_ENV[provider]), 'RUNWATCH_CONTROL_TOKEN', 'RUNWATCH_WEBHOOK_SECRET', 'RUNWATCH_OPENAI_WEBHOOK_SECRET', 'RUNWATCH_REDIS_URL']) {
     if (name) secrets[name] = readSecret(env, name) ? '[REDACTED]' : null;
   }
-  process.stdout.write(`${JSON.stringify({ ...config, secrets }, null, 2)}\n`);
+  process.stdout.write(`${JSON.stringify({ ...printableConfig(config), secrets }, null, 2)}\n`);
+  return EXIT.completed;
+}
+
+/**
+ * `runwatch config --check`: the configuration and the secrets it needs, checked as the
+ * daemon's start checks them before opening anything, but every problem listed (one line each,
+ * exit 64) instead of the first; one OK line (exit 0) when there is none.
+ */
+async function checkConfigCommand(sources: ConfigSources, env: NodeJS.ProcessEnv): Promise<number> {
+  const { checkConfig, preflightChecks } = await loadDaemon();
+  const { config, file, problems: found } = checkConfig(sources);
+  const problems = [...found];
+  if (config) {
+    const secrets = await daemonSecrets(config, env, problems);
+    for (const check of preflightChecks(config, secrets)) {
+      try {
+        check();
+      } catch (error) {
+        if (!(error instanceof ConfigError)) throw error;
+        problems.push(error.message);
+      }
+    }
+  }
+  if (!config || problems.length > 0) {
+    for (const problem of problems) process.stderr.write(`runwatch: ${problem}\n`);
+    return fail(EXIT.usage, `${problems.length} problem${problems.length === 1 ? '' : 's'} in the configuration${file ? ` (${file})` : ''}: fix each as its line says, then run runwatch config --check again`);
+  }
+  process.stdout.write(`runwatch: config OK (${file ?? 'defaults'}; store ${config.store.kind}, control API on ${config.daemon.host}:${config.daemon.port})\n`);
   return EXIT.completed;
 }
 
 async function daemonCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   // installed before the imports when argv names the command; here for any other caller
   const stopping = daemonStopSignal();
-  const { help, sources } = daemonSources(args, env);
+  const { help, check, sources } = daemonSources(args, env);
   if (help) {
     process.stdout.write(DAEMON_HELP);
     return EXIT.completed;
   }
+  if (check) throw new ConfigError('--check applies to runwatch config: run runwatch config --check');
   const { loadConfig, Daemon, HARD_STOP_MARGIN_MS } = await loadDaemon();
   const config = loadConfig(sources);
   const secrets = await daemonSecrets(config, env);

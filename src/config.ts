@@ -1,15 +1,23 @@
 import { readFileSync } from 'node:fs';
 import type { z } from 'zod';
 import { ConfigError } from './errors.js';
-import type { PartialPollPolicy } from './policy.js';
-import { firstIssue, pollPolicySchema, showValue } from './policy.js';
+import type { PartialPollPolicy, SettingIssue } from './policy.js';
+import { firstIssue, pollPolicySchema, settingIssues, showValue } from './policy.js';
 
 /**
  * Formats the first zod issue as `invalid PREFIX.PATH: MESSAGE (got VALUE)`, naming the
  * setting and, when the parse reported it (`reportInput: true`), the value.
  */
 export function describeIssue(error: z.ZodError, prefix: string): string {
-  const issue = firstIssue(error);
+  return describeSettingIssue(firstIssue(error), prefix);
+}
+
+/** Formats every zod issue as `describeIssue` does the first: one message per problem. */
+export function describeIssues(error: z.ZodError, prefix: string): string[] {
+  return settingIssues(error).map((issue) => describeSettingIssue(issue, prefix));
+}
+
+function describeSettingIssue(issue: SettingIssue, prefix: string): string {
   const where = [prefix, ...issue.path].join('.');
   return `invalid ${where}: ${issue.message}${issue.got ? ` (got ${showValue(issue.got.value)})` : ''}`;
 }

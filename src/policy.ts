@@ -139,14 +139,21 @@ export interface SettingIssue {
 
 /** Reads the first issue of a zod error (parsed with `reportInput: true` to know the value). */
 export function firstIssue(error: z.ZodError): SettingIssue {
-  const issue = error.issues[0];
-  if (!issue) return { path: [], message: 'invalid', unknown: false };
-  const path = issue.path.map(String);
-  if (issue.code === 'unrecognized_keys') {
-    const key = issue.keys[0] ?? '';
-    return { path: [...path, key], message: 'unknown setting', unknown: true, got: issue.input ? { value: issue.input[key] } : undefined };
-  }
-  return { path, message: issue.message, unknown: false, got: 'input' in issue ? { value: issue.input } : undefined };
+  return settingIssues(error)[0] ?? { path: [], message: 'invalid', unknown: false };
+}
+
+/** Reads every issue of a zod error, one per unknown key, in zod's order; a setting with several gets its first only. */
+export function settingIssues(error: z.ZodError): SettingIssue[] {
+  const seen = new Set<string>();
+  const issues = error.issues.flatMap((issue): SettingIssue[] => {
+    const path = issue.path.map(String);
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => ({ path: [...path, key], message: 'unknown setting', unknown: true, got: issue.input ? { value: issue.input[key] } : undefined }));
+    }
+    return [{ path, message: issue.message, unknown: false, got: 'input' in issue ? { value: issue.input } : undefined }];
+  });
+  // JSON of the path: keys may hold dots
+  return issues.filter((issue) => !seen.has(JSON.stringify(issue.path)) && seen.add(JSON.stringify(issue.path)));
 }
 
 /** A value as a message shows it: JSON, except the numbers JSON has no text for. */

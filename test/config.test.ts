@@ -1,9 +1,11 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parsePolicyArgument } from '../src/config.js';
-import { DEFAULT_CONFIG, loadConfig } from '../src/daemon/config.js';
+import { checkConfig, DEFAULT_CONFIG, fileSinkPath, loadConfig, PACKAGE_CONFIG_DIR, packageConfigNames, printableConfig, redactUrl, resolveConfigFile } from '../src/daemon/config.js';
+import { createSinks } from '../src/daemon/daemon.js';
+import type { WatchEvent } from '../src/events.js';
 import { credentialsFromEnv, readSecret } from '../src/credentials.js';
 import { parseDurationMs } from '../src/duration.js';
 import { ConfigError } from '../src/errors.js';
@@ -191,5 +193,121 @@ describe('README: every documented setting', () => {
       expect(parsePolicyArgument(JSON.stringify(override)), setting).toEqual(override);
       expect(valueAt(loadConfig({ overrides: [[`watch.policy.${setting}`, String(value)]] }).watch.policy, setting), setting).toBe(value);
     }
+  });
+});
+
+describe('--config NAME: the working directory, then the package', () => {
+  const cwd = mkdtempSync(path.join(tmpdir(), 'runwatch-cwd-'));
+
+  it('finds a bare name and name.json in the package config/ folder from any directory', () => {
+    expect(resolveConfigFile('default', cwd)).toBe(path.join(PACKAGE_CONFIG_DIR, 'default.json'));
+    expect(resolveConfigFile('sqlite-service.json', cwd)).toBe(path.join(PACKAGE_CONFIG_DIR, 'sqlite-service.json'));
+    expect(PACKAGE_CONFIG_DIR).toBe(path.join(import.meta.dirname, '..', 'config'));
+    expect(packageConfigNames()).toEqual(['default', 'redis-replicas', 'sqlite-service']);
+  });
+
+  it('prefers the working directory: the name as given, then its config/ folder', () => {
+    mkdirSync(path.join(cwd, 'config'), { recursive: true });
+    writeFileSync(path.join(cwd, 'config', 'default.json'), '{}');
+    expect(resolveConfigFile('default', cwd)).toBe(path.join(cwd, 'config', 'default.json'));
+    writeFileSync(path.join(cwd, 'default'), '{}');
+    expect(resolveConfigFile('default', cwd)).toBe(path.join(cwd, 'default'));
+  });
+
+  it('says where it looked and what ships when a bare name is nowhere; a path is read as given', () => {
+    expect(() => resolveConfigFile('nope', cwd)).toThrow(ConfigError);
+    expect(() => resolveConfigFile('nope', cwd)).toThrow(`config file nope not found in ${cwd}, ${path.join(cwd, 'config')}, ${PACKAGE_CONFIG_DIR}: pass a path, or one of the shipped configs (default, redis-replicas, sqlite-service)`);
+    expect(resolveConfigFile('./nope', cwd)).toBe(path.join(cwd, 'nope'));
+  });
+
+  it('loads the default config by name, equal to the defaults', () => {
+    expect(loadConfig({ file: 'default' })).toEqual(DEFAULT_CONFIG);
+    expect(loadConfig({ env: { RUNWATCH_CONFIG: 'default' } })).toEqual(DEFAULT_CONFIG);
+  });
+});
+
+describe('shipped example configs', () => {
+  it('sqlite-service: one SQLite daemon with a webhook and a file sink under the data dir', () => {
+    const { config, problems } = checkConfig({ file: 'sqlite-service' });
+    expect(problems).toEqual([]);
+    expect(config?.store.kind).toBe('sqlite');
+    expect(config?.sinks).toMatchObject({ stdout: { enabled: false }, file: { enabled: true, path: null }, webhook: { url: 'https://hooks.example.com/runwatch' } });
+    expect(config && fileSinkPath(config)).toBe(path.join('data', 'events.ndjson'));
+  });
+
+  it('redis-replicas: the Redis store, partitions shared evenly by three replicas, a quicker takeover', () => {
+    const { config, problems } = checkConfig({ file: 'redis-replicas' });
+    expect(problems).toEqual([]);
+    expect(config?.store).toMatchObject({ kind: 'redis', partitions: 12, lockDurationMs: 5000, stalledIntervalMs: 2000 });
+    expect((config?.store.partitions ?? 0) % 3).toBe(0);
+    expect(config?.daemon.host).toBe('0.0.0.0');
+  });
+});
+
+describe('the file sink writes under the data dir by default', () => {
+  it('sinks.file.path null is <daemon.dataDir>/events.ndjson; a path given is used as it is', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'runwatch-filesink-'));
+    expect(DEFAULT_CONFIG.sinks.file.path).toBeNull();
+    const config = loadConfig({ overrides: [['sinks.file.enabled', 'true'], ['sinks.stdout.enabled', 'false'], ['daemon.dataDir', JSON.stringify(dataDir)]] });
+    expect(fileSinkPath(config)).toBe(path.join(dataDir, 'events.ndjson'));
+    const [sink] = await createSinks(config, { credentials: {} });
+    await sink?.deliver({ id: 'evt_1', type: 'run.completed' } as unknown as WatchEvent, { signal: new AbortController().signal });
+    await sink?.close?.();
+    expect(readFileSync(path.join(dataDir, 'events.ndjson'), 'utf8')).toBe('{"id":"evt_1","type":"run.completed"}\n');
+    expect(fileSinkPath(loadConfig({ overrides: [['sinks.file.path', '"/var/log/runwatch.ndjson"']] }))).toBe('/var/log/runwatch.ndjson');
+  });
+});
+
+describe('checkConfig: every problem, not just the first', () => {
+  it('collects unknown settings, bad values and an unreadable file', () => {
+    const { config, problems } = checkConfig({
+      file: '/nonexistent/runwatch.json',
+      env: { RUNWATCH_DAEMON__NOPE: '1', RUNWATCH_PORT: '70000' },
+      overrides: [['daemon.logLevel', '"loud"'], ['sinks.webhook.url', '"ftp://x"']],
+    });
+    expect(config).toBeUndefined();
+    expect(problems).toEqual([
+      'cannot read config file /nonexistent/runwatch.json: ENOENT',
+      'unknown setting daemon.nope (from RUNWATCH_DAEMON__NOPE); see config/default.json',
+      expect.stringMatching(/^invalid config\.daemon\.port: .* \(got 70000\)$/),
+      expect.stringMatching(/^invalid config\.daemon\.logLevel: .* \(got "loud"\)$/),
+      'invalid config.sinks.webhook.url: must be an http(s) URL (got "ftp://x")',
+    ]);
+  });
+
+  it('gives a setting one problem, however many rules it breaks', () => {
+    expect(checkConfig({ overrides: [['sinks.webhook.url', '"hooks.example.com"']] }).problems).toEqual(['invalid config.sinks.webhook.url: Invalid URL (got "hooks.example.com")']);
+  });
+
+  it('loadConfig throws the first and counts the others', () => {
+    expect(() => loadConfig({ overrides: [['daemon.port', '70000'], ['daemon.logLevel', '"loud"']] })).toThrow(/^invalid config\.daemon\.port: .*\(got 70000\) \(and 1 more: runwatch config --check lists them\)$/);
+    expect(() => loadConfig({ overrides: [['daemon.port', '70000']] })).toThrow(/\(got 70000\)$/);
+  });
+});
+
+describe('redactUrl', () => {
+  it.each([
+    ['https://user:pass@hooks.example.com/runwatch', 'https://[REDACTED]@hooks.example.com/runwatch'],
+    ['https://tok@hooks.example.com', 'https://[REDACTED]@hooks.example.com'],
+    ['https://hooks.example.com/x?token=abc&keep=1', 'https://hooks.example.com/x?token=[REDACTED]&keep=1'],
+    ['http://llm:8000/v1?api-key=k1&key=k2&client_secret=s&sig=x&a=b', 'http://llm:8000/v1?api-key=[REDACTED]&key=[REDACTED]&client_secret=[REDACTED]&sig=[REDACTED]&a=b'],
+    ['https://u:p@h.example.com:8443/p?Secret=1#access_token=2', 'https://[REDACTED]@h.example.com:8443/p?Secret=[REDACTED]#access_token=[REDACTED]'],
+    ['https://hooks.example.com/runwatch', 'https://hooks.example.com/runwatch'],
+    ['./data', './data'],
+    ['runwatch:events', 'runwatch:events'],
+  ])('%s', (url, redacted) => expect(redactUrl(url)).toBe(redacted));
+
+  it('printableConfig redacts every URL in the configuration, module options included', () => {
+    const config = loadConfig({
+      overrides: [
+        ['sinks.webhook.url', '"https://user:pass@hooks.example.com/r?token=abc"'],
+        ['watch.baseUrl', '"http://llm.internal:8000/v1?key=k"'],
+        ['sinks.modules', '[{"path":"./s.mjs","options":{"endpoint":"https://a:b@x.example.com"}}]'],
+      ],
+    });
+    const printed = JSON.stringify(printableConfig(config));
+    expect(printed).not.toMatch(/pass|abc|key=k|a:b/);
+    expect(printableConfig(config).sinks.webhook.url).toBe('https://[REDACTED]@hooks.example.com/r?token=[REDACTED]');
+    expect(config.sinks.webhook.url).toBe('https://user:pass@hooks.example.com/r?token=abc');
   });
 });

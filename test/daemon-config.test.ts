@@ -8,7 +8,7 @@ import { pino } from 'pino';
 import { DEFAULT_CONFIG, loadConfig } from '../src/daemon/config.js';
 import { engineSettings } from '../src/daemon/engine.js';
 import { ConfigError } from '../src/errors.js';
-import { runCli } from './spawn.js';
+import { CLI, cliEnv, runCli, startProcess } from './spawn.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-config-'));
 
@@ -127,5 +127,62 @@ describe('runwatch daemon and config: exit paths', () => {
     expect(printed.secrets).toMatchObject({ PORTKEY_API_KEY: '[REDACTED]', RUNWATCH_CONTROL_TOKEN: '[REDACTED]', RUNWATCH_OPENAI_WEBHOOK_SECRET: '[REDACTED]', RUNWATCH_WEBHOOK_SECRET: null });
     expect(result.stdout + result.stderr).not.toContain(hookSecret.slice(6, 30));
     expect(result.stdout + result.stderr).not.toMatch(/very-secret/);
+  });
+
+  it('prints URLs with their credentials redacted: user info and token, key, secret query values', async () => {
+    const result = await runCli(['config', '--set', 'sinks.webhook.url="https://hook-user:hook-pass@hooks.example.com/runwatch?token=tok-123&team=a"'], {
+      PORTKEY_API_KEY: 'pk-x',
+      RUNWATCH_BASE_URL: 'http://gateway.internal:8787/v1?api-key=k-456',
+    });
+    expect(result.code).toBe(0);
+    const printed = JSON.parse(result.stdout) as { watch: { baseUrl: string }; sinks: { webhook: { url: string } } };
+    expect(printed.sinks.webhook.url).toBe('https://[REDACTED]@hooks.example.com/runwatch?token=[REDACTED]&team=a');
+    expect(printed.watch.baseUrl).toBe('http://gateway.internal:8787/v1?api-key=[REDACTED]');
+    expect(result.stdout).not.toMatch(/hook-pass|hook-user|tok-123|k-456/);
+  });
+
+  it('config --check: exit 0 and one OK line; a shipped config found by bare name from any directory', async () => {
+    const elsewhere = mkdtempSync(path.join(tmpdir(), 'runwatch-cwd-'));
+    const ok = await startProcess(process.execPath, [CLI, 'config', '--check', '--config', 'sqlite-service'], { cwd: elsewhere, env: cliEnv({ PORTKEY_API_KEY: 'pk-x' }) }).done;
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/^runwatch: config OK \(.*config\/sqlite-service\.json; store sqlite, control API on 127\.0\.0\.1:8080\)\n$/);
+    expect(ok.stderr).toBe('');
+    const replicas = await runCli(['config', '--check', '--config', 'redis-replicas'], { PORTKEY_API_KEY: 'pk-x', RUNWATCH_CONTROL_TOKEN: 't', RUNWATCH_REDIS_URL: 'redis://127.0.0.1:6379' });
+    expect(replicas.code).toBe(0);
+    expect((await runCli(['config', '--check'], { PORTKEY_API_KEY: 'pk-x' })).stdout).toBe('runwatch: config OK (defaults; store sqlite, control API on 127.0.0.1:8080)\n');
+  });
+
+  it('config --check: exit 64 listing every problem, of the settings and of the secrets they need', async () => {
+    const result = await runCli(['config', '--check', '--config', 'redis-replicas', '--port', '99999', '--set', 'daemon.nope=1', '--set', 'sinks.webhook.url="ftp://x"'], { PORTKEY_API_KEY: 'pk-x' });
+    expect(result.code).toBe(64);
+    expect(result.stdout).toBe('');
+    const lines = result.stderr.trim().split('\n');
+    expect(lines).toEqual([
+      'runwatch: unknown setting daemon.nope (from --daemon.nope); see config/default.json',
+      expect.stringMatching(/^runwatch: invalid config\.daemon\.port: .*\(got 99999\)$/),
+      'runwatch: invalid config.sinks.webhook.url: must be an http(s) URL (got "ftp://x")',
+      expect.stringMatching(/^runwatch: 3 problems in the configuration \(.*redis-replicas\.json\): fix each as its line says/),
+    ]);
+    const secrets = await runCli(['config', '--check', '--config', 'redis-replicas'], { RUNWATCH_WEBHOOK_SECRET: 'whsec_x' });
+    expect(secrets.code).toBe(64);
+    expect(secrets.stderr).toContain('runwatch: invalid webhook secret');
+    expect(secrets.stderr).toContain('runwatch: missing API key: set PORTKEY_API_KEY');
+    expect(secrets.stderr).toContain('runwatch: refusing to listen on 0.0.0.0 without a token: set RUNWATCH_CONTROL_TOKEN');
+    expect(secrets.stderr).toContain('runwatch: store.kind is redis but RUNWATCH_REDIS_URL is not set');
+    expect(secrets.stderr).toContain('runwatch: sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set');
+    expect(secrets.stderr).toMatch(/runwatch: 5 problems in the configuration/);
+    expect(secrets.stderr).not.toContain('whsec_x');
+    const missing = await runCli(['config', '--check', '--config', 'nope']);
+    expect(missing.code).toBe(64);
+    expect(missing.stderr).toMatch(/^runwatch: config file nope not found in .*: pass a path, or one of the shipped configs \(default, redis-replicas, sqlite-service\)$/m);
+  });
+
+  it('--config default works from the daemon, and --check belongs to config only', async () => {
+    const printed = await runCli(['config', '--config', 'default'], { PORTKEY_API_KEY: 'pk-x' });
+    expect(printed.code).toBe(0);
+    expect(JSON.parse(printed.stdout)).toMatchObject({ daemon: DEFAULT_CONFIG.daemon, sinks: { file: { path: null } } });
+    const check = await runCli(['daemon', '--check'], { PORTKEY_API_KEY: 'pk-x' });
+    expect(check.code).toBe(64);
+    expect(check.stderr).toBe('runwatch: --check applies to runwatch config: run runwatch config --check\n');
   });
 });

@@ -1,9 +1,9 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { DEFAULT_BUDGET } from '../budget.js';
 import { API_VERSION_PATTERN, DEFAULT_AZURE_API_VERSION, DEFAULT_BASE_URLS, DEFAULT_CLIENT, normalizeBaseUrl, PORTKEY_PROVIDER_PATTERN, PROVIDERS } from '../client.js';
-import { describeIssue } from '../config.js';
+import { describeIssue, describeIssues } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { LOG_LEVELS } from '../logger.js';
 import { pollPolicySchema } from '../policy.js';
@@ -75,7 +75,8 @@ const configSchema = z.strictObject({
       file: z
         .strictObject({
           enabled: z.boolean().default(false),
-          path: z.string().min(1).default('./data/events.ndjson'),
+          /** @default null (`<daemon.dataDir>/events.ndjson`) */
+          path: z.string().min(1).nullable().default(null),
           fsync: z.enum(FSYNC_POLICIES).default('interval'),
           fsyncIntervalMs: durationMs.default(1_000),
         })
@@ -242,35 +243,102 @@ function merge(base: Record<string, unknown>, over: Record<string, unknown>): Re
   return out;
 }
 
+/** The package's own `config/` folder (beside `src/` and `dist/`), wherever the package is installed. */
+export const PACKAGE_CONFIG_DIR = path.join(import.meta.dirname, '..', '..', 'config');
+
 /**
- * Loads the configuration: defaults < file < environment < flags, validated once. Throws
- * `ConfigError` naming the setting and the bad value.
+ * The file `--config NAME` (or `RUNWATCH_CONFIG`) means: the path as given, relative to the
+ * working directory; for a bare name (no `/`), else `config/NAME` or `config/NAME.json` in the
+ * working directory, else the same in the package's own `config/` folder
+ * (`--config sqlite-service`). Throws `ConfigError` saying where it looked.
  */
-export function loadConfig(sources: ConfigSources = {}): DaemonConfig {
-  let config = structuredClone(DEFAULT_CONFIG) as unknown as Record<string, unknown>;
-  const file = sources.file ?? sources.env?.RUNWATCH_CONFIG;
-  if (file) {
-    const resolved = existsSync(file) ? file : path.join('config', file);
-    let parsed: unknown;
+export function resolveConfigFile(name: string, cwd: string = process.cwd()): string {
+  const given = path.resolve(cwd, name);
+  if (existsSync(given) || /[\\/]/.test(name)) return given;
+  const dirs = [...new Set([path.join(cwd, 'config'), PACKAGE_CONFIG_DIR])];
+  const found = dirs.flatMap((dir) => [path.join(dir, name), path.join(dir, `${name}.json`)]).find((file) => existsSync(file) && statSync(file).isFile());
+  if (found) return found;
+  const shipped = existsSync(PACKAGE_CONFIG_DIR) ? packageConfigNames().join(', ') : 'none';
+  throw new ConfigError(`config file ${name} not found in ${[cwd, ...dirs].join(', ')}: pass a path, or one of the shipped configs (${shipped})`);
+}
+
+/** The configs the package ships (`config/*.json`), by bare name. */
+export function packageConfigNames(): string[] {
+  return readdirSync(PACKAGE_CONFIG_DIR)
+    .filter((file) => file.endsWith('.json'))
+    .map((file) => file.slice(0, -'.json'.length))
+    .sort();
+}
+
+function readConfigFile(file: string, name: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    const reason = (error as NodeJS.ErrnoException).code ?? (error instanceof Error ? error.message : 'error');
+    throw new ConfigError(`cannot read config file ${name}: ${reason}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError(`config file ${name} must hold a JSON object`);
+  return parsed as Record<string, unknown>;
+}
+
+/** What `checkConfig` found. */
+export interface ConfigCheck {
+  /** The validated configuration, defaults filled in; `undefined` when there is any problem. */
+  readonly config: DaemonConfig | undefined;
+  /** The config file read, as an absolute path; `undefined` without one. */
+  readonly file: string | undefined;
+  /** Every problem found, one line each (an unreadable file, unknown settings, bad values). */
+  readonly problems: readonly string[];
+}
+
+/**
+ * Assembles and validates the configuration like `loadConfig`, but collects every problem
+ * instead of throwing at the first (`runwatch config --check`).
+ */
+export function checkConfig(sources: ConfigSources = {}): ConfigCheck {
+  const problems: string[] = [];
+  const collect = (step: () => void): void => {
     try {
-      parsed = JSON.parse(readFileSync(resolved, 'utf8'));
+      step();
     } catch (error) {
-      const reason = (error as NodeJS.ErrnoException).code ?? (error instanceof Error ? error.message : 'error');
-      throw new ConfigError(`cannot read config file ${file}: ${reason}`);
+      if (!(error instanceof ConfigError)) throw error;
+      problems.push(error.message);
     }
-    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError(`config file ${file} must hold a JSON object`);
-    config = merge(config, parsed as Record<string, unknown>);
+  };
+  let config = structuredClone(DEFAULT_CONFIG) as unknown as Record<string, unknown>;
+  let file: string | undefined;
+  const name = sources.file ?? sources.env?.RUNWATCH_CONFIG;
+  if (name) {
+    collect(() => {
+      file = resolveConfigFile(name);
+      config = merge(config, readConfigFile(file, name));
+    });
   }
   // the short aliases first: RUNWATCH_DAEMON__PORT wins over RUNWATCH_PORT (an image may set the latter)
   const env = Object.entries(sources.env ?? {});
-  for (const [name, raw] of [...env.filter(([n]) => n in ENV_ALIASES), ...env.filter(([n]) => !(n in ENV_ALIASES))]) {
-    if (!name.startsWith('RUNWATCH_') || raw === undefined || NOT_SETTINGS.has(name)) continue;
-    const alias = ENV_ALIASES[name];
-    const dotted = alias ?? (name.includes('__') ? name.slice('RUNWATCH_'.length).split('__').map(camel).join('.') : undefined);
-    if (dotted) setPath(config, dotted, parseValue(raw), name);
+  for (const [variable, raw] of [...env.filter(([n]) => n in ENV_ALIASES), ...env.filter(([n]) => !(n in ENV_ALIASES))]) {
+    if (!variable.startsWith('RUNWATCH_') || raw === undefined || NOT_SETTINGS.has(variable)) continue;
+    const alias = ENV_ALIASES[variable];
+    const dotted = alias ?? (variable.includes('__') ? variable.slice('RUNWATCH_'.length).split('__').map(camel).join('.') : undefined);
+    if (dotted) collect(() => setPath(config, dotted, parseValue(raw), variable));
   }
-  for (const [dotted, raw] of sources.overrides ?? []) setPath(config, dotted, parseValue(raw), `--${dotted}`);
-  return validateConfig(config);
+  for (const [dotted, raw] of sources.overrides ?? []) collect(() => setPath(config, dotted, parseValue(raw), `--${dotted}`));
+  const parsed = configSchema.safeParse(config, { reportInput: true });
+  if (!parsed.success) problems.push(...describeIssues(parsed.error, 'config'));
+  else if (parsed.data.watch.baseUrl !== null) collect(() => normalizeBaseUrl(parsed.data.watch.baseUrl ?? ''));
+  return { config: parsed.success && problems.length === 0 ? parsed.data : undefined, file, problems };
+}
+
+/**
+ * Loads the configuration: defaults < file < environment < flags, validated once. Throws
+ * `ConfigError` naming the setting and the bad value (the first problem; `checkConfig` lists all).
+ */
+export function loadConfig(sources: ConfigSources = {}): DaemonConfig {
+  const { config, problems } = checkConfig(sources);
+  if (config) return config;
+  const more = problems.length - 1;
+  throw new ConfigError(`${problems[0] ?? 'invalid config'}${more > 0 ? ` (and ${more} more: runwatch config --check lists them)` : ''}`);
 }
 
 /** Validates a whole configuration object, filling in defaults; throws `ConfigError` naming the setting and the value. */
@@ -294,6 +362,41 @@ export function pushModeOf(config: DaemonConfig, hasWebhookSecret: boolean): 'no
   if (mode === 'webhook' && !hasWebhookSecret) throw new ConfigError('push.mode webhook needs the secret of your OpenAI webhook endpoint: set RUNWATCH_OPENAI_WEBHOOK_SECRET (or _FILE)');
   if (mode !== 'auto') return mode;
   return hasWebhookSecret ? 'webhook' : config.store.kind === 'redis' ? 'none' : 'stream';
+}
+
+/** Where the file sink writes: `sinks.file.path`, else `events.ndjson` in the data dir. */
+export function fileSinkPath(config: DaemonConfig): string {
+  return config.sinks.file.path ?? path.join(config.daemon.dataDir, 'events.ndjson');
+}
+
+/** Query parameters whose values are credentials (`?token=`, `api_key=`, `sig=`, ...). */
+const SECRET_PARAM = /token|key|secret|passw|pwd|sig|auth|credential/i;
+
+/**
+ * A URL with its credentials replaced by `[REDACTED]`: the user info (`https://user:pass@host`)
+ * and the values of query parameters named like a secret (`token`, `key`, `secret`, ...).
+ * Any other text is returned as it is.
+ */
+export function redactUrl(text: string): string {
+  const match = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)(.*)$/is.exec(text);
+  if (!match) return text;
+  const [, scheme = '', authority = '', rest = ''] = match;
+  const at = authority.lastIndexOf('@');
+  const host = at === -1 ? authority : `[REDACTED]@${authority.slice(at + 1)}`;
+  // the fragment too: some flows carry #access_token=
+  const params = rest.replace(/([?&;#])([^=&;#]*)=([^&;#]*)/g, (param, separator: string, name: string) => (SECRET_PARAM.test(name) ? `${separator}${name}=[REDACTED]` : param));
+  return `${scheme}${host}${params}`;
+}
+
+/** The configuration as `runwatch config` prints it: every URL in it (base URL, webhook, module options) with its credentials redacted. */
+export function printableConfig(config: DaemonConfig): DaemonConfig {
+  const redact = (value: unknown): unknown => {
+    if (typeof value === 'string') return redactUrl(value);
+    if (Array.isArray(value)) return value.map(redact);
+    if (typeof value === 'object' && value !== null) return Object.fromEntries(Object.entries(value).map(([key, child]) => [key, redact(child)]));
+    return value;
+  };
+  return redact(config) as DaemonConfig;
 }
 
 /** True for addresses only this machine can reach. */

@@ -22,7 +22,7 @@ import { randomWatchId } from '../watcher.js';
 import type { WatchView } from './api.js';
 import { createControlApi } from './api.js';
 import type { DaemonConfig } from './config.js';
-import { isLoopback } from './config.js';
+import { fileSinkPath, isLoopback, pushModeOf } from './config.js';
 import type { Engine, EngineSettings } from './engine.js';
 import { engineSettings, LocalEngine } from './engine.js';
 import { OpenAIHookReceiver } from '../hooks.js';
@@ -47,10 +47,10 @@ export interface DaemonSecrets {
 export async function createSinks(config: DaemonConfig, secrets: DaemonSecrets): Promise<Sink[]> {
   const sinks: Sink[] = [];
   if (config.sinks.stdout.enabled) sinks.push(new StdoutSink());
-  if (config.sinks.file.enabled) sinks.push(new FileSink(config.sinks.file));
+  if (config.sinks.file.enabled) sinks.push(new FileSink({ ...config.sinks.file, path: fileSinkPath(config) }));
   if (config.sinks.webhook.url) sinks.push(new WebhookSink({ secret: secrets.webhookSecret, ...config.sinks.webhook, url: config.sinks.webhook.url }));
   if (config.sinks.redisStream.enabled) {
-    if (!secrets.redisUrl) throw new ConfigError('sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
+    if (!secrets.redisUrl) throw new ConfigError(REDIS_URL_MISSING.stream);
     sinks.push(new RedisStreamSink({ url: secrets.redisUrl, stream: config.sinks.redisStream.stream, maxLen: config.sinks.redisStream.maxLen }));
   }
   for (const module of config.sinks.modules) sinks.push(await loadModuleSink(module.path, module.options));
@@ -85,6 +85,32 @@ export function watchView(record: WatchRecord | undefined): WatchView | undefine
     created_at: new Date(record.created_at).toISOString(),
     updated_at: new Date(record.updated_at).toISOString(),
   };
+}
+
+const REDIS_URL_MISSING = {
+  store: 'store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)',
+  stream: 'sinks.redisStream is enabled but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)',
+} as const;
+
+/**
+ * The checks `Daemon.start` makes before it opens anything, each throwing `ConfigError`:
+ * the start stops at the first, `runwatch config --check` runs them all.
+ */
+export function preflightChecks(config: DaemonConfig, secrets: DaemonSecrets): Array<() => void> {
+  const usesRedis = config.store.kind === 'redis' || config.sinks.redisStream.enabled;
+  return [
+    () => assertSafeBind(config, secrets),
+    () => {
+      if (secrets.redisUrl && usesRedis) checkRedisUrl(secrets.redisUrl);
+    },
+    () => {
+      if (!secrets.redisUrl && config.store.kind === 'redis') throw new ConfigError(REDIS_URL_MISSING.store);
+    },
+    () => {
+      if (!secrets.redisUrl && config.sinks.redisStream.enabled) throw new ConfigError(REDIS_URL_MISSING.stream);
+    },
+    () => void pushModeOf(config, (secrets.openaiWebhookSecrets ?? []).length > 0),
+  ];
 }
 
 /** Refuses a public address without a control token (throws `ConfigError`). */
@@ -185,8 +211,7 @@ export class Daemon {
   static async start(config: DaemonConfig, secrets: DaemonSecrets, logger: Logger, options: { readonly signal?: AbortSignal } = {}): Promise<Daemon> {
     const { signal } = options;
     signal?.throwIfAborted();
-    assertSafeBind(config, secrets);
-    if (secrets.redisUrl && (config.store.kind === 'redis' || config.sinks.redisStream.enabled)) checkRedisUrl(secrets.redisUrl);
+    for (const check of preflightChecks(config, secrets)) check();
     const sinks = await createSinks(config, secrets);
     const handlers = await loadDaemonToolHandlers(config);
     const settings = engineSettings(config, secrets, logger, handlers.onRequiresAction, handlers.onToolApproval);
@@ -311,7 +336,7 @@ export class Daemon {
   /** Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with leases. */
   async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined): Promise<void> {
     const config = this.#config;
-    if (!secrets.redisUrl) throw new ConfigError('store.kind is redis but RUNWATCH_REDIS_URL is not set: set it (or RUNWATCH_REDIS_URL_FILE)');
+    if (!secrets.redisUrl) throw new ConfigError(REDIS_URL_MISSING.store);
     const url = secrets.redisUrl;
     // our own commands fail fast while Redis is away (the store says so); BullMQ keeps its own connections
     const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
