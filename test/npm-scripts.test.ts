@@ -6,15 +6,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { CliProcess } from './spawn.js';
-import { startProcess } from './spawn.js';
+import { npmEnv, startProcess } from './spawn.js';
 
 const ROOT = path.join(import.meta.dirname, '..');
-
-/** The test runner's environment without what an outer `npm test` or the tests' own settings put there, this node first on PATH. */
-function npmEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(npm_|RUNWATCH_)/i.test(name)));
-  return { ...env, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, ...extra };
-}
 
 function alive(pid: number): boolean {
   try {

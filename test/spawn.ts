@@ -34,6 +34,15 @@ export function cliEnv(env: Record<string, string> = {}): NodeJS.ProcessEnv {
   return { PATH: process.env.PATH ?? '', ...env };
 }
 
+/**
+ * Environment for `npm` and `npx`: the test runner's, without what an outer `npm test` or the
+ * tests' own settings put there (`npm_*`, `RUNWATCH_*`), this node first on PATH, plus `env`.
+ */
+export function npmEnv(env: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(npm_|RUNWATCH_)/i.test(name)));
+  return { ...inherited, PATH: `${path.dirname(process.execPath)}${path.delimiter}${process.env.PATH ?? ''}`, ...env };
+}
+
 type Waiter = { predicate: (line: string) => boolean; resolve: (line: string) => void };
 
 /** Collects a stream's lines and resolves waiters as matching lines arrive. */
