@@ -478,7 +478,7 @@ Options:
   --check                config only: check, do not print
   --host HOST            control API address (env RUNWATCH_HOST)         [127.0.0.1]
   --port N               control API port (env RUNWATCH_PORT)            [8080]
-  --data-dir DIR         where the store lives (env RUNWATCH_DATA_DIR)   [./data]
+  --data-dir DIR         the store, and the file sink's events.ndjson (env RUNWATCH_DATA_DIR) [./data]
   --log-level LEVEL      (env RUNWATCH_LOG_LEVEL)                        [info]
   --set PATH=VALUE       any setting, e.g. --set sinks.webhook.url=http://hooks:9000/runwatch
 Secrets (each also as <NAME>_FILE): RUNWATCH_CONTROL_TOKEN (required off loopback),
