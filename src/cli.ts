@@ -11,6 +11,7 @@ import { parsePolicyArgument } from './config.js';
 import { credentialsFromEnv, readSecret, SECRET_ENV } from './credentials.js';
 import type { ConfigSources, DaemonConfig } from './daemon/config.js';
 import type { DaemonSecrets } from './daemon/daemon.js';
+import { addCommand, lsCommand, tailCommand, watchIdCommand } from './daemon-client.js';
 import { parseDurationMs } from './duration.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, ListenError, RunwatchError, StoreOpenError, StoreUnavailableError, StoreWriteError } from './errors.js';
@@ -79,6 +80,16 @@ Usage:
   runwatch healthcheck [options]                  exit 0 when that daemon answers /healthz, else 1
   runwatch sim [options]                          start the runs simulator on loopback
   runwatch --help | --version
+
+Daemon client (--daemon-url, env RUNWATCH_DAEMON_URL [http://127.0.0.1:8080]; RUNWATCH_CONTROL_TOKEN):
+  runwatch ls [--state STATE] [--limit N]         list the daemon's watches, one JSON line each
+  runwatch add <thread_id> <run_id> | --response <response_id> [--metadata K=V] [--callback-url URL]
+                                                  hand a run or a background response to the daemon
+  runwatch get <watch_id>                         show one watch
+  runwatch rm <watch_id>                          stop watching (the run goes on)
+  runwatch cancel-watch <watch_id>                cancel the watched run at the provider, via the daemon
+  runwatch tail [--run-id|--thread-id|--response-id ID] [--from POS]
+                                                  follow the daemon's events as NDJSON, resuming after cuts
 
 Run "runwatch <command> --help" for a command's options.
 `;
@@ -713,6 +724,16 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await cancelCommand(rest, env, 'run');
       case 'cancel-response':
         return await cancelCommand(rest, env, 'response');
+      case 'ls':
+        return await lsCommand(rest, env);
+      case 'add':
+        return await addCommand(rest, env);
+      case 'get':
+      case 'rm':
+      case 'cancel-watch':
+        return await watchIdCommand(command, rest, env);
+      case 'tail':
+        return await tailCommand(rest, env);
       case 'sim':
         return await simCommand(rest, env);
       case 'daemon':
