@@ -21,6 +21,7 @@ import { RESPONSE_KIND, RUN_KIND } from './resource.js';
 import { SinkDispatcher } from './sinks/sink.js';
 import type { SimulatedResponse, SimulatedRun, SimulatedWebhooks } from './simulator.js';
 import { webhookKey } from './standard-webhooks.js';
+import { submitToolOutputsCommand } from './submit-tool-outputs.js';
 import { quietLogLevel, Terminal } from './terminal.js';
 import { VERSION } from './version.js';
 import { RunWatcher } from './watcher.js';
@@ -74,6 +75,8 @@ Usage:
   runwatch watch-response <response_id> [options] watch one background response (Responses API)
   runwatch wait-thread <thread_id> [options]      wait until a thread has no active run
   runwatch cancel <thread_id> <run_id> [options]  cancel a run; cancel-response <response_id> for a response
+  runwatch submit-tool-outputs <thread_id> <run_id> --output CALL_ID=VALUE ...
+                                                  answer a run at requires_action (after exit 10)
   runwatch daemon [options]                       run the service: control API, durable watches, sinks
   runwatch config [--check] [options]             print the effective daemon configuration (secrets redacted),
                                                   or --check it: every problem listed, exit 64
@@ -228,7 +231,7 @@ function oneOf<T extends string>(name: string, value: string, allowed: readonly 
 }
 
 /** The flags that say how to reach the API, shared by every command that sends requests. */
-const CONNECTION_FLAGS = {
+export const CONNECTION_FLAGS = {
   provider: { type: 'string' },
   'base-url': { type: 'string' },
   'api-version': { type: 'string' },
@@ -240,7 +243,7 @@ const CONNECTION_FLAGS = {
 } satisfies NonNullable<ParseArgsConfig['options']>;
 
 /** Client options from the connection flags and the environment (secrets from env only). */
-function connection(
+export function connection(
   values: { provider?: string | undefined; 'base-url'?: string | undefined; 'api-version'?: string | undefined; 'request-timeout': string; header: string[]; 'portkey-provider'?: string | undefined; 'max-response-bytes'?: string | undefined },
   env: NodeJS.ProcessEnv,
 ): { provider: Provider; baseUrl: string | undefined; apiVersion: string | undefined; credentials: Credentials; headers: Record<string, string>; requestTimeoutMs: number; maxResponseBytes: number | undefined } {
@@ -724,6 +727,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
         return await cancelCommand(rest, env, 'run');
       case 'cancel-response':
         return await cancelCommand(rest, env, 'response');
+      case 'submit-tool-outputs':
+        return await submitToolOutputsCommand(rest, env, { flags: CONNECTION_FLAGS, connection, hints: HINTS });
       case 'ls':
         return await lsCommand(rest, env);
       case 'add':

@@ -7,7 +7,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
 import type { TimelineStep } from '../src/simulator.js';
 import type { TestDaemon } from './daemons.js';
-import { useDaemon } from './daemons.js';
+import { FAST_POLICY, useDaemon } from './daemons.js';
 import { startProxy } from './proxy.js';
 import type { CliProcess, CliResult } from './spawn.js';
 import { runCli, startCli } from './spawn.js';
@@ -268,17 +268,17 @@ describe('daemon client: watches', () => {
     }
   });
 
-  it.each([['ls'], ['add'], ['get'], ['rm'], ['cancel-watch'], ['tail']])('%s --help: exit 0, usage and exit codes', async (command) => {
+  it.each([['ls'], ['add'], ['get'], ['rm'], ['cancel-watch'], ['tail'], ['submit-tool-outputs']])('%s --help: exit 0, usage and exit codes', async (command) => {
     const result = await runCli([command, '--help']);
     expect(result.code).toBe(0);
     expect(result.stdout).toMatch(new RegExp(`^Usage: runwatch ${command}`));
     expect(result.stdout).toMatch(/Exit codes: 0 /);
-    expect(result.stdout).toMatch(/69 .*77 unauthorized/s);
+    if (command !== 'submit-tool-outputs') expect(result.stdout).toMatch(/69 .*77 unauthorized/s);
   });
 
   it('runwatch --help lists the client commands', async () => {
     const result = await runCli(['--help']);
-    for (const command of ['ls', 'add', 'get', 'rm', 'cancel-watch', 'tail']) expect(result.stdout).toContain(`runwatch ${command} `);
+    for (const command of ['ls', 'add', 'get', 'rm', 'cancel-watch', 'tail', 'submit-tool-outputs']) expect(result.stdout).toContain(`runwatch ${command} `);
   });
 });
 
@@ -387,5 +387,72 @@ describe('daemon client: tail across a daemon restart (sqlite)', () => {
     } finally {
       tail.child.kill('SIGKILL');
     }
+  });
+});
+
+describe('runwatch submit-tool-outputs', () => {
+  const t = useDaemon('memory', { skip: false, key: KEY, secrets: { controlToken: TOKEN } });
+  const provider = (): string[] => ['--provider', 'openai', '--base-url', t.sim.baseUrl];
+  const submit = async (args: string[]): Promise<CliResult> => {
+    const result = await runCli(['submit-tool-outputs', ...args, ...provider()], { OPENAI_API_KEY: KEY });
+    expectNoSecrets(result);
+    return result;
+  };
+
+  it('answers the run watch --until requires_action stopped at (exit 10): POSTs the outputs, prints the run, exit 0; the run then completes', async () => {
+    const ids = addRun(t, [{ status: 'in_progress', durationMs: 200 }, { status: 'requires_action' }, { status: 'in_progress', durationMs: 200 }, { status: 'completed' }]);
+    const watched = await runCli(['watch', ids.threadId, ids.runId, '--until', 'requires_action', '--policy', FAST_POLICY, ...provider()], { OPENAI_API_KEY: KEY });
+    expect(watched.code, watched.stderr).toBe(10);
+    const last = watched.events.at(-1);
+    const calls = last?.type === 'run.requires_action' ? (last.run.required_action?.submit_tool_outputs.tool_calls ?? []) : [];
+    expect(calls).toHaveLength(1);
+    const callId = calls[0]!.id;
+
+    const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-tools-'));
+    writeFileSync(path.join(dir, 'out.json'), '{"temp": 21}\n');
+    const result = await submit([ids.threadId, ids.runId, '--output-file', `${callId}=@${path.join(dir, 'out.json')}`]);
+    expect(result.code, result.stderr).toBe(0);
+    expect(result.stderr).toBe('');
+    expect(lines(result)).toEqual([expect.objectContaining({ id: ids.runId, thread_id: ids.threadId, status: 'in_progress' })]);
+    const posts = t.sim.requests(ids.runId).filter((r) => r.method === 'POST');
+    expect(posts.map((p) => p.path)).toEqual([`/v1/threads/${ids.threadId}/runs/${ids.runId}/submit_tool_outputs`]);
+    expect(JSON.parse(posts[0]!.body!)).toEqual({ tool_outputs: [{ tool_call_id: callId, output: '{"temp": 21}\n' }] });
+
+    const rest = await runCli(['watch', ids.threadId, ids.runId, '--policy', FAST_POLICY, ...provider()], { OPENAI_API_KEY: KEY });
+    expect(rest.code, rest.stderr).toBe(0);
+
+    const late = await submit([ids.threadId, ids.runId, '--output', `${callId}=again`]);
+    expect(late.code).toBe(2);
+    expect(late.stdout).toBe('');
+    expect(late.stderr).toMatch(/^runwatch: tool outputs refused: .*do not accept tool outputs.*\(bad_request\); the run must be at requires_action/);
+  });
+
+  it('an output for the wrong tool call: exit 2 with the server message; an unknown run: exit 2 run_not_found', async () => {
+    const ids = addRun(t, [{ status: 'requires_action' }]);
+    const wrong = await submit([ids.threadId, ids.runId, '--output', 'call_other={"ok":true}']);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toMatch(/^runwatch: tool outputs refused: .*Expected tool outputs for call_ids \['call_0'\].*\(bad_request\)/);
+    const sent = JSON.parse(t.sim.requests(ids.runId).find((r) => r.method === 'POST')!.body!) as unknown;
+    expect(sent).toEqual({ tool_outputs: [{ tool_call_id: 'call_other', output: '{"ok":true}' }] });
+
+    const unknown = await submit(['thread_none', 'run_none', '--output', 'call_0=x']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toMatch(/\(run_not_found\); check the thread and run ids/);
+  });
+
+  it.each([
+    [['thread_a', 'run_a'], /no tool outputs: give --output CALL_ID=VALUE/],
+    [['thread_a'], /expected <thread_id> <run_id>, got 1/],
+    [['thread_a', 'run a', '--output', 'c=1'], /invalid run_id "run a"/],
+    [['thread_a', 'run_a', '--output', 'noequals'], /invalid --output "noequals": use CALL_ID=VALUE/],
+    [['thread_a', 'run_a', '--output', 'c=1', '--output', 'c=2'], /tool call "c" given twice/],
+    [['thread_a', 'run_a', '--output-file', 'c=@/nonexistent/out.json'], /cannot read --output-file \/nonexistent\/out.json for "c" \(ENOENT\)/],
+  ])('bad flags %j: exit 64, nothing sent', async (args, message) => {
+    const before = t.sim.requests('run_a').length;
+    const result = await submit(args);
+    expect(result.code).toBe(64);
+    expect(result.stderr).toMatch(message);
+    expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    expect(t.sim.requests('run_a')).toHaveLength(before);
   });
 });
