@@ -404,7 +404,8 @@ describe('runwatch submit-tool-outputs', () => {
     const watched = await runCli(['watch', ids.threadId, ids.runId, '--until', 'requires_action', '--policy', FAST_POLICY, ...provider()], { OPENAI_API_KEY: KEY });
     expect(watched.code, watched.stderr).toBe(10);
     const last = watched.events.at(-1);
-    const calls = last?.type === 'run.requires_action' ? (last.run.required_action?.submit_tool_outputs.tool_calls ?? []) : [];
+    const action = last?.type === 'run.requires_action' ? last.run.required_action : undefined;
+    const calls = action?.type === 'submit_tool_outputs' ? action.submit_tool_outputs.tool_calls : [];
     expect(calls).toHaveLength(1);
     const callId = calls[0]!.id;
 
