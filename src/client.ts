@@ -2,11 +2,14 @@ import { readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
+import type { Context } from '@opentelemetry/api';
 import zlib from 'node:zlib';
 import type { ErrorCode } from './errors.js';
 import { ConfigError } from './errors.js';
 import type { ResourceKind, Snapshot } from './resource.js';
 import type { ServerHints } from './schedule.js';
+import type { RequestTarget, RequestTrace } from './telemetry.js';
+import { endRequestSpan, startRequestSpan, withTraceHeaders } from './telemetry.js';
 import { VERSION } from './version.js';
 
 /** Which API dialect to speak: Portkey's gateway, OpenAI (and compatible servers), or Azure AI Foundry Agent Service. */
@@ -113,6 +116,11 @@ export interface RequestContext {
   readonly credentials?: Credentials | undefined;
   /** Added to (and overriding) the client's headers for this request. */
   readonly headers?: Readonly<Record<string, string>> | undefined;
+  /**
+   * OpenTelemetry: the watch's trace. The registered propagator's headers (`traceparent`,
+   * `tracestate`) are sent from its context; with `span`, the request gets a client span.
+   */
+  readonly trace?: RequestTrace | undefined;
 }
 
 /** A successful poll: a snapshot and the server's hints. */
@@ -386,6 +394,8 @@ interface OutgoingRequest {
   readonly body: string | undefined;
   /** Largest answer body read. */
   readonly maxBytes: number;
+  /** The OpenTelemetry context its trace headers come from. */
+  readonly trace: Context | undefined;
 }
 
 /** An HTTP answer, read whole. */
@@ -433,6 +443,8 @@ export class ApiClient implements PollClient {
   readonly #query: string;
   /** Azure: the token file, when the token comes from one. */
   readonly #tokenFile: TokenFile | null;
+  /** The origin and server of every request, for its span. */
+  readonly #server: { readonly origin: string; readonly address: string; readonly port: number };
 
   constructor(options: ClientOptions = {}) {
     this.provider = options.provider ?? DEFAULT_CLIENT.provider;
@@ -463,6 +475,7 @@ export class ApiClient implements PollClient {
     // parsed once: a URL per request is measurable at thousands of polls per second
     this.#target = { protocol: url.protocol, hostname: url.hostname.replace(/^\[|\]$/g, ''), port: url.port, basePath: url.pathname.replace(/\/+$/, '') };
     this.#transport = url.protocol === 'https:' ? https : http;
+    this.#server = { origin: url.origin, address: this.#target.hostname, port: url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port) };
     this.#agent = url.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets }) : new http.Agent({ keepAlive: true, maxSockets });
   }
 
@@ -484,7 +497,8 @@ export class ApiClient implements PollClient {
   async openStream<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, ref: TRef, query: string, context: RequestContext): Promise<StreamOpening> {
     const credentials = context.credentials ?? (this.#tokenFile ? { apiKey: this.#tokenFile.current(Date.now()) } : this.#credentials);
     const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
-    const headers = { ...buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders), accept: 'text/event-stream' };
+    const built = { ...buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders), accept: 'text/event-stream' };
+    const headers = context.trace ? withTraceHeaders(built, context.trace.context) : built;
     const { protocol, hostname, port } = this.#target;
     this.#streamAgent ??= this.#target.protocol === 'https:' ? new https.Agent({ keepAlive: false }) : new http.Agent({ keepAlive: false });
     let res: http.IncomingMessage;
@@ -545,8 +559,25 @@ export class ApiClient implements PollClient {
     return this.#query === '' ? path : `${path}${path.includes('?') ? '&' : '?'}${this.#query}`;
   }
 
-  async #call<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, method: 'GET' | 'POST', path: string, body: string | undefined, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
-    const request = { method, path, body, maxBytes: this.#maxResponseBytes ?? kind.maxResponseBytes };
+  /** One request, classified; with `context.trace.span`, inside a client span of its own. */
+  #call<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, method: 'GET' | 'POST', path: string, body: string | undefined, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
+    const maxBytes = this.#maxResponseBytes ?? kind.maxResponseBytes;
+    const parent = context.trace;
+    const child = parent?.span ? startRequestSpan(parent.context, method, this.#requestTarget(path), context.watchId) : undefined;
+    if (!child) return this.#outcome(kind, { method, path, body, maxBytes, trace: parent?.context }, context);
+    return this.#outcome(kind, { method, path, body, maxBytes, trace: child.context }, context).then((outcome) => {
+      endRequestSpan(child.span, outcome);
+      return outcome;
+    });
+  }
+
+  /** Where a request goes, for its span. */
+  #requestTarget(path: string): RequestTarget {
+    const { origin, address, port } = this.#server;
+    return { url: `${origin}${path}`, address, port };
+  }
+
+  async #outcome<TRef extends object, TSnapshot extends Snapshot>(kind: ResourceKind<TRef, TSnapshot>, request: OutgoingRequest, context: RequestContext): Promise<PollOutcome<TSnapshot>> {
     try {
       const tokens = context.credentials === undefined ? this.#tokenFile : null;
       if (!tokens) return await this.#attempt(kind, request, context, context.credentials);
@@ -576,7 +607,8 @@ export class ApiClient implements PollClient {
     const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
     const shared = own === undefined && context.headers === undefined;
     const secrets = shared ? this.#secrets : secretsOf(credentials, extra);
-    const headers = shared && !(this.provider === 'portkey' && this.#traceId) ? this.#shared(kind) : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders);
+    const built = shared && !(this.provider === 'portkey' && this.#traceId) ? this.#shared(kind) : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders);
+    const headers = request.trace ? withTraceHeaders(built, request.trace) : built;
     const response = await this.#send(request, headers, context.signal);
     return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
   }

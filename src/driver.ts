@@ -1,3 +1,4 @@
+import type { Context } from '@opentelemetry/api';
 import type { Logger } from 'pino';
 import type { ToolApproval, ToolApprovalHandler, ToolHandler } from './actions.js';
 import { actWithRetries, callApprovalHandler, callToolHandler, errorDetails, toolCallsKey } from './actions.js';
@@ -12,6 +13,8 @@ import type { ResourceKind, RunSnapshot, Snapshot } from './resource.js';
 import type { NextStep } from './schedule.js';
 import type { ActionDecision, Progress, StepSettings } from './step.js';
 import { applyOutcome, deadlineMessage, stepAfterAction } from './step.js';
+import type { WatchTrace } from './telemetry.js';
+import { endWatchSpan, inWatchContext, recordEvents, startWatchSpan, suspendWatchSpan } from './telemetry.js';
 
 /** Where a watch is in its life, as a store keeps it. */
 export type WatchState = 'active' | 'finished' | 'failed' | 'deleted';
@@ -59,6 +62,13 @@ export interface Watch {
   readonly signal: AbortSignal;
   /** Read after every await: another task (a cancel) may have moved it on meanwhile. */
   progress: Progress;
+  /** OpenTelemetry: the context the watch was started in; its span is a child of this one's span. @default none (a root span) */
+  readonly traceParent?: Context | undefined;
+  /**
+   * OpenTelemetry: the watch's span, started by the driver at its first step (`null`: none,
+   * OpenTelemetry is not in use) and ended when the watch ends or `release` is called.
+   */
+  trace?: WatchTrace | null | undefined;
 }
 
 /** Reported after every poll, for metrics and benchmarks. */
@@ -101,6 +111,8 @@ export interface DriverPorts {
   onEvents(watch: Watch, events: readonly WatchEvent[]): void;
   /** After each poll. */
   onPoll?(report: PollReport): void;
+  /** OpenTelemetry: give each request (poll, action) a client span, child of its watch's. @default false */
+  readonly tracePolls?: boolean | undefined;
 }
 
 /** How many times an action event is appended again after another writer moved the watch on. */
@@ -123,6 +135,22 @@ export class WatchDriver {
   }
 
   /**
+   * The host lets this watch object go while the watch goes on (the library closes, a Redis
+   * step ends): its span ends (`runwatch.watch.outcome` `suspended`) and no other starts for
+   * this object. A watch that ended has no span left to end.
+   */
+  release(w: Watch): void {
+    if (w.trace) suspendWatchSpan(w.trace);
+    else w.trace = null;
+  }
+
+  /** The watch's span, started at its first use; `null` without OpenTelemetry. */
+  #trace(w: Watch): WatchTrace | null {
+    if (w.trace === undefined) w.trace = startWatchSpan(w, w.traceParent, this.#ports.tracePolls ?? false);
+    return w.trace;
+  }
+
+  /**
    * One step of a watch: at a planned poll, poll once and act on what was seen; at the
    * deadline, end the watch. Throws only when the store cannot be written.
    */
@@ -133,7 +161,7 @@ export class WatchDriver {
     const sentAtMs = Date.now();
     let outcome: PollOutcome<Snapshot>;
     try {
-      outcome = await client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.signal, credentials: w.credentials, headers: w.headers });
+      outcome = await client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.signal, credentials: w.credentials, headers: w.headers, trace: this.#trace(w)?.request });
     } finally {
       budget.release();
     }
@@ -218,7 +246,10 @@ export class WatchDriver {
     const run = w.progress.lastSnapshot as RunSnapshot;
     try {
       // a handler that never settles must not hold the watch: the signal ends the wait
-      const result = reason === 'submit_tool_outputs' ? await callToolHandler(w.toolHandler!, run, calls, signal) : await callApprovalHandler(w.approvalHandler!, run, calls, signal);
+      // in the watch's trace: spans the handler starts are children of the watch's (with a context manager registered)
+      const result = await inWatchContext(this.#trace(w), () =>
+        reason === 'submit_tool_outputs' ? callToolHandler(w.toolHandler!, run, calls, signal) : callApprovalHandler(w.approvalHandler!, run, calls, signal),
+      );
       if (w.signal.aborted || this.#ports.stopping.aborted) return INTERRUPTED;
       if (deadline.signal.aborted) return this.end(w, this.#deadlineError(w));
       if (!result.ok) {
@@ -271,7 +302,12 @@ export class WatchDriver {
       this.#log('warn', w, { result }, 'step not committed: another writer got there first');
       return result;
     }
-    if (change.events.length > 0) this.#ports.onEvents(w, change.events);
+    const t = this.#trace(w);
+    if (change.events.length > 0) {
+      if (t) recordEvents(t, change.events);
+      this.#ports.onEvents(w, change.events);
+    }
+    if (t && change.state !== 'active') endWatchSpan(t, change.state, change.error);
     return result;
   }
 
@@ -282,7 +318,7 @@ export class WatchDriver {
     const outcome = await actWithRetries(async (): Promise<PollOutcome<Snapshot>> => {
       if (!(await budget.acquire(signal))) return ABORTED;
       try {
-        const answer = await client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers });
+        const answer = await client.act!(w.kind, w.ref, action, body, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers, trace: this.#trace(w)?.request });
         if (!answer.ok && answer.httpStatus === 429) budget.penalize(Date.now(), answer.hints.retryAfterMs);
         return answer;
       } finally {

@@ -132,7 +132,7 @@ export class ResponseStreams {
       const query = entry.lastSeq === undefined ? 'stream=true' : `stream=true&starting_after=${entry.lastSeq}`;
       let opening;
       try {
-        opening = await this.#client.openStream!(w.kind, w.ref, query, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers });
+        opening = await this.#client.openStream!(w.kind, w.ref, query, { watchId: w.id, signal, credentials: w.credentials, headers: w.headers, trace: w.trace?.request });
       } finally {
         this.#budget.release();
       }

@@ -21,6 +21,7 @@ import type { StepSettings, StoredProgress } from './step.js';
 import { resumeProgress } from './step.js';
 import type { StreamOptions } from './stream.js';
 import { ResponseStreams } from './stream.js';
+import { activeContext } from './telemetry.js';
 
 export type { RequiresActionContext, ToolApproval, ToolApprovalHandler, ToolCall, ToolHandler, ToolOutput } from './actions.js';
 export type { PollReport } from './driver.js';
@@ -71,6 +72,12 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
   readonly safetyNet?: SafetyNet;
   /** Limits of the response streams (`push: 'stream'`). @default DEFAULT_STREAMS */
   readonly streams?: StreamOptions;
+  /**
+   * OpenTelemetry: a client span per request (poll, tool outputs, cancel), child of the
+   * watch's `runwatch.watch` span. Only with an SDK registered, like every span.
+   * @default true when the logger is at debug level, else false
+   */
+  readonly tracePolls?: boolean;
 }
 
 /**
@@ -308,6 +315,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       store: options.store,
       logger: this.#logger,
       stopping: this.#draining.signal,
+      tracePolls: options.tracePolls ?? this.#logger.isLevelEnabled('debug'),
       onEvents: (w, events) => {
         for (const event of events) this.#emitEvent(w as LiveWatch, event);
       },
@@ -533,6 +541,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       approvalHandler: handlers.approvalHandler,
       signal: controller.signal,
       progress: resumeProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, options.progress, now),
+      // the caller's span (with a context manager registered) is the parent of the watch's
+      traceParent: activeContext(),
       onEvent: options.onEvent,
       controller,
       generation: 0,
@@ -752,6 +762,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   /** Settles a watch's promise once and reports how it ended. */
   #finish(w: LiveWatch, result: { ok: true; snapshot: Snapshot } | { ok: false; error: WatchError<Snapshot> }): void {
     this.#stop(w);
+    // a watch that ended ended its span; one closed (or refused by the store) suspends it
+    this.#driver.release(w);
     if (w.finished) return;
     w.finished = true;
     if (result.ok) {

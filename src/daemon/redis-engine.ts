@@ -103,6 +103,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       store,
       logger,
       stopping: this.#stopping.signal,
+      tracePolls: watcher.tracePolls ?? logger.isLevelEnabled('debug'),
       onEvents: (_w, events) => {
         for (const event of events) this.emit('event', event);
       },
@@ -145,7 +146,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   async delete(id: string): Promise<WatchRecord | undefined> {
     const record = await this.store.get(id);
     if (record?.state === 'active') {
-      await this.#driver.end(this.#watch(record), new WatchError('aborted', 'the watch was aborted'));
+      const w = this.#watch(record);
+      await this.#driver.end(w, new WatchError('aborted', 'the watch was aborted')).finally(() => this.#driver.release(w));
       // an active (locked) job cannot be removed; it finds the watch deleted and ends
       await this.#queue.remove(id).catch(() => undefined);
     }
@@ -156,7 +158,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     const record = await this.store.get(id);
     if (record?.state !== 'active') return record;
     const w = this.#watch(record);
-    const { failure } = await this.#driver.cancel(w, 'requested');
+    const { failure } = await this.#driver.cancel(w, 'requested').finally(() => this.#driver.release(w));
     if (failure) throw this.#driver.errorFrom(w, failure);
     // poll now, not at the planned time: the resource moves to cancelling or cancelled
     await (await this.#queue.getJob(id))?.promote().catch(() => undefined);
@@ -240,7 +242,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     const record = await this.store.get(job.data.watchId);
     if (!record || record.state !== 'active') return 'ended';
     const w = this.#watch(record);
-    const end: StepEnd = await this.#driver.step(w, w.progress.next ?? { kind: 'poll', atMs: record.created_at });
+    // a watch object (and its span) lives for one step here: the next may run on another replica
+    const end: StepEnd = await this.#driver.step(w, w.progress.next ?? { kind: 'poll', atMs: record.created_at }).finally(() => this.#driver.release(w));
     switch (end.kind) {
       case 'next':
         await job.moveToDelayed(end.next.atMs, token);
