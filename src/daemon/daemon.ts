@@ -31,6 +31,7 @@ import type { DeliveryPolicy, Outbox } from './outbox.js';
 import { OutboxWorker } from './outbox.js';
 import { PartitionedOutbox } from './redis-outbox.js';
 import { RedisEngine } from './redis-engine.js';
+import { startTelemetry } from './telemetry.js';
 
 /** Secrets the daemon uses; never part of the printed config. */
 export interface DaemonSecrets {
@@ -238,6 +239,9 @@ export class Daemon {
 
   async #begin(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, signal: AbortSignal | undefined): Promise<void> {
     const config = this.#config;
+    // first: the engine's tracers come from the provider it registers; last to close, so it flushes every span ended before
+    const telemetry = await startTelemetry(process.env, this.#logger.child({ component: 'otel' }));
+    if (telemetry) this.#onClose('telemetry', (remainingMs) => telemetry.shutdown(remainingMs()));
     const callback = new WebhookSink({ name: 'callback', secret: secrets.webhookSecret, ...config.sinks.callback });
     const all = [...sinks, callback];
     this.#onClose('sinks', () => Promise.allSettled(all.map(async (sink) => sink.close?.())));
