@@ -543,6 +543,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       progress: resumeProgress(kind as unknown as ResourceKind<object, Snapshot>, settings, options.progress, now),
       // the caller's span (with a context manager registered) is the parent of the watch's
       traceParent: activeContext(),
+      // declared here, set at the first step: every watch keeps one shape
+      trace: undefined,
       onEvent: options.onEvent,
       controller,
       generation: 0,

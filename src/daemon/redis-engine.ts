@@ -234,7 +234,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     const policy = record.kind === 'response' && this.#net ? this.#net : this.#base.policy;
     const settings: StepSettings = { ...this.#base, policy, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined, handlesToolApprovals: approvalHandler !== undefined };
     const kind = kindOf(record);
-    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, approvalHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress) };
+    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, approvalHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress), trace: undefined };
   }
 
   /** One step of one watch, then asleep in `delayed` until the next. */
