@@ -436,6 +436,11 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
     }
   }
   const apiKey = values['api-key'] ?? readSecret(env, 'RUNWATCH_SIM_API_KEY');
+  // listened for before anyone can learn the address: until a listener exists, a SIGTERM kills the process outright
+  const stopped = new Promise<NodeJS.Signals>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
   let sim;
   try {
     sim = await startSimulator({ port, host: values.host, apiKey, errorStyle, runs, responses, webhooks });
@@ -448,10 +453,7 @@ async function simCommand(args: string[], env: NodeJS.ProcessEnv): Promise<numbe
     `${JSON.stringify({ base_url: sim.baseUrl, runs: runs.map((r) => ({ thread_id: r.threadId, run_id: r.runId })), responses: responses.map((r) => ({ response_id: r.responseId })) })}\n`,
   );
   logger.info({ baseUrl: sim.baseUrl, runs: runs.length, webhookUrl: webhooks?.url }, 'simulator listening');
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  const signal = await stopped;
   logger.info({ signal }, 'simulator stopping');
   await sim.close();
   return EXIT.completed;

@@ -87,8 +87,9 @@ describe.each(storeKinds(redisAvailable))('webhooks from the simulator to a daem
     secrets: { openaiWebhookSecrets: [SECRET] },
     settings: () => [
       ['push.mode', '"webhook"'],
-      ['push.safetyNetBaseMs', '400'],
-      ['push.safetyNetCapMs', '400'],
+      // far enough that a delivered webhook comes first even on a loaded machine
+      ['push.safetyNetBaseMs', '1500'],
+      ['push.safetyNetCapMs', '1500'],
     ],
   });
   const hookUrl = (): string => `${t.base}/v1/hooks/openai`;
@@ -116,13 +117,15 @@ describe.each(storeKinds(redisAvailable))('webhooks from the simulator to a daem
     expect(t.sim.droppedWebhooks()).toEqual([dropped]);
     expect(t.sim.stats().webhooks.dropped).toBe(1);
     t.sim.setWebhooks(null);
-    // the first poll, then the safety net's (400 ms) saw it completed
+    // the first poll, then the safety net's (1.5 s) saw it completed
     expect(t.sim.retrieveCount(dropped)).toBe(2);
   });
 });
 
 describe('stream mode in the SQLite daemon', () => {
-  const t = useDaemon('sqlite', { skip: false, key: KEY, settings: () => [['push.mode', '"stream"']] });
+  // polls 2 s apart: a stream slow to deliver its first event on a loaded machine still beats the second poll
+  const slow = JSON.stringify({ jitter: 0, intervals: { queued: { baseMs: 2_000, capMs: 2_000 }, in_progress: { baseMs: 2_000, capMs: 2_000 } } });
+  const t = useDaemon('sqlite', { skip: false, key: KEY, settings: () => [['push.mode', '"stream"'], ['watch.policy', slow]] });
 
   it('ends a streamed response with two GETs and one stream, and reports the open streams', async () => {
     t.sim.addResponse({ responseId: 'resp_e2e_daemon_stream', stream: true, timeline: [{ status: 'in_progress', durationMs: 800 }, { status: 'completed' }], start: 'first_request' });
