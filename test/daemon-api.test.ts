@@ -1,5 +1,6 @@
 import { mkdtempSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
@@ -331,3 +332,77 @@ function rawRequest(method: string, route: string, body: string | undefined, con
     req.end(body);
   });
 }
+
+/** One POST of `body` with a raw http.request, as a client that keeps writing while the server answers: the status, or the socket error. */
+function rawPost(route: string, body: Buffer, headers: Record<string, string>, chunked = false): Promise<number | string> {
+  return new Promise((resolve) => {
+    const url = new URL(route, base);
+    const length: Record<string, string> = chunked ? {} : { 'content-length': String(body.length) };
+    const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, ...length, ...headers } }, (res) => {
+      res.resume();
+      res.once('end', () => resolve(res.statusCode ?? 0));
+      res.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+    });
+    req.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+    if (!chunked) {
+      req.end(body);
+      return;
+    }
+    // a slow streaming client: 64 KiB at a time, a millisecond apart
+    let offset = 0;
+    const next = (): void => {
+      if (offset >= body.length) return void req.end();
+      const piece = body.subarray(offset, (offset += 65_536));
+      if (req.write(piece)) setTimeout(next, 1);
+      else req.once('drain', next);
+    };
+    next();
+  });
+}
+
+/**
+ * A client that sends the whole request before it reads anything (as many do): a server that
+ * closes with the body unread resets the connection, and the kernel may drop the answer.
+ */
+function sendAllThenRead(route: string, body: Buffer, contentType: string): Promise<number | string> {
+  return new Promise((resolve) => {
+    const url = new URL(route, base);
+    const socket = net.connect(Number(url.port), url.hostname);
+    const chunks: Buffer[] = [];
+    socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? 'error'));
+    // the answer's status line is enough (the connection may stay open for the next request)
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      const status = /^HTTP\/1\.1 (\d{3})/.exec(Buffer.concat(chunks).toString('latin1'));
+      if (status) {
+        resolve(Number(status[1]));
+        socket.destroy();
+      }
+    });
+    socket.once('end', () => resolve('no answer'));
+    socket.pause();
+    const head = `POST ${url.pathname} HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: Bearer ${TOKEN}\r\ncontent-type: ${contentType}\r\ncontent-length: ${body.length}\r\n\r\n`;
+    socket.write(head);
+    // read only once everything is sent (or the server refused the rest)
+    socket.write(body, () => socket.resume());
+  });
+}
+
+describe('control API: oversized bodies', () => {
+  it('answers 413 (and 415) to a 10 MB body, 50 times in a row, without resetting the connection', async () => {
+    const big = Buffer.alloc(10 * 1024 * 1024, 0x61);
+    for (let i = 0; i < 50; i += 1) {
+      expect(await rawPost('/v1/watches', big, { 'content-type': 'application/json' }), `try ${i}`).toBe(413);
+    }
+    for (let i = 0; i < 5; i += 1) {
+      expect(await rawPost('/v1/watches', big, { 'content-type': 'text/plain' }), `try ${i}`).toBe(415);
+    }
+    for (let i = 0; i < 50; i += 1) {
+      expect(await sendAllThenRead('/v1/watches', big, 'application/json'), `send-then-read try ${i}`).toBe(413);
+    }
+    // without a content-length the limit is found while reading
+    for (let i = 0; i < 20; i += 1) {
+      expect(await rawPost('/v1/watches', big, { 'content-type': 'application/json' }, true), `chunked try ${i}`).toBe(413);
+    }
+  }, 120_000);
+});

@@ -66,6 +66,19 @@ export interface ControlApiOptions {
   readonly sseKeepAliveMs?: number;
 }
 
+/** How much of a refused body is read and dropped so the client gets the answer (a close with unread data resets the connection, and the reset may lose it); past this, the connection is cut. */
+const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
+
+/** Reads and drops what is left of a request's body, up to `DRAIN_LIMIT_BYTES`. */
+function drain(req: http.IncomingMessage): void {
+  let size = 0;
+  req.on('data', (chunk: Buffer) => {
+    size += chunk.length;
+    if (size > DRAIN_LIMIT_BYTES) req.destroy();
+  });
+  req.resume();
+}
+
 /** An API error: status, stable code, one-line message. */
 class ApiError extends Error {
   constructor(
@@ -145,9 +158,11 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     let size = 0;
     for await (const chunk of req) {
       size += (chunk as Buffer).length;
-      if (size > options.maxBodyBytes) throw new ApiError(413, 'body_too_large', `bodies are limited to ${options.maxBodyBytes} bytes`);
-      chunks.push(chunk as Buffer);
+      // read on (and drop) past the limit: leaving the loop would destroy the socket, and the reset could lose the 413
+      if (size > DRAIN_LIMIT_BYTES) break;
+      if (size <= options.maxBodyBytes) chunks.push(chunk as Buffer);
     }
+    if (size > options.maxBodyBytes) throw new ApiError(413, 'body_too_large', `bodies are limited to ${options.maxBodyBytes} bytes`);
     return Buffer.concat(chunks).toString('utf8');
   };
 
@@ -335,8 +350,8 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       }
       if (error instanceof ApiError) {
         send(res, error.status, { error: { code: error.code, message: error.message } }, error.headers);
-        // an unread body would be parsed as the next request on this connection
-        if (!req.complete) res.once('finish', () => req.destroy());
+        // read what is left of the body (up to a bound), so the client gets the answer and the next request parses
+        if (!req.complete && !req.destroyed) drain(req);
         return;
       }
       if (error instanceof StoreUnavailableError) {
