@@ -2,7 +2,7 @@ import type { ToolCall } from './actions.js';
 import { requiredActionOf, toolCallsKey } from './actions.js';
 import type { PollFailure, PollOutcome } from './client.js';
 import type { ResourceKind, Snapshot } from './resource.js';
-import type { NextStep, PollPolicy } from './schedule.js';
+import type { NextStep, PollPolicy, ServerHints } from './schedule.js';
 import { deadlineFor, nextDelayMs, planNextStep, retryAfterFloorMs } from './schedule.js';
 import { StatusMachine } from './status.js';
 
@@ -32,6 +32,11 @@ export interface Progress {
   readonly cancelRequested: boolean;
   /** What was planned after the last step (a poll, or the end at the deadline); `null` before the first. */
   readonly next: NextStep | null;
+  /**
+   * A server asked for no request before this time (`retry-after`), epoch ms; `null` when none
+   * did. Stored so that a restarted or taking-over process waits it out too.
+   */
+  readonly notBeforeMs: number | null;
 }
 
 /**
@@ -131,6 +136,7 @@ export function initialProgress(
     approvalReported: resume.approvalReported ?? null,
     cancelRequested: resume.cancelRequested ?? false,
     next: null,
+    notBeforeMs: null,
   };
 }
 
@@ -179,9 +185,10 @@ export function applyOutcome(
     if (!outcome.retryable) return { progress, emissions: [], result: { kind: 'failed', failure: outcome } };
     const consecutiveErrors = progress.consecutiveErrors + 1;
     const delayMs = nextDelayMs(settings.policy, { status: progress.status, unchangedPolls: progress.unchangedPolls, consecutiveErrors, hints: outcome.hints }, settings.random);
-    const planned = planNextStep(nowMs, delayMs, progress.deadlineAtMs, nowMs + retryAfterFloorMs(settings.policy, outcome.hints));
+    const notBeforeMs = serverFloorAt(settings, outcome.hints, nowMs);
+    const planned = planNextStep(nowMs, delayMs, progress.deadlineAtMs, notBeforeMs ?? nowMs);
     const lastFailure = { code: outcome.code, message: outcome.message, httpStatus: outcome.httpStatus, requestId: outcome.requestId };
-    return { progress: { ...progress, consecutiveErrors, lastFailure, next: planned }, emissions: [], result: { kind: 'continue', next: planned } };
+    return { progress: { ...progress, consecutiveErrors, lastFailure, next: planned, notBeforeMs }, emissions: [], result: { kind: 'continue', next: planned } };
   }
 
   const snapshot = outcome.snapshot;
@@ -221,10 +228,26 @@ export function applyOutcome(
     emissions.push({ kind: 'approval_required', status: status!, seq: machine.nextSeq(), snapshot: lastSnapshot!, calls: waiting.calls });
     approvalReported = waiting.key;
   }
-  const next: Progress = { ...progress, status, seq: machine.seq, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, approvalReported, next: planned };
+  const next: Progress = { ...progress, status, seq: machine.seq, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, approvalReported, next: planned, notBeforeMs: serverFloorAt(settings, outcome.hints, nowMs) };
   if (!planned) return { progress: next, emissions, result: { kind: 'resolved', snapshot } };
   const action = decideAction(next, settings, nowMs);
   return { progress: next, emissions, result: action ? { kind: 'continue', next: planned, action } : { kind: 'continue', next: planned } };
+}
+
+/** When a server's `retry-after` (clamped by the policy) lets the next request go, or `null` without one. */
+function serverFloorAt(settings: StepSettings, hints: ServerHints | undefined, nowMs: number): number | null {
+  const floorMs = retryAfterFloorMs(settings.policy, hints);
+  return floorMs > 0 ? nowMs + floorMs : null;
+}
+
+/**
+ * Where a resumed watch starts: at once, unless a server's `retry-after` stored with it has
+ * not passed yet (or reaches past the deadline, which then ends it).
+ */
+export function resumeStep(progress: Progress, nowMs: number): NextStep {
+  const notBeforeMs = progress.notBeforeMs;
+  if (notBeforeMs === null || notBeforeMs <= nowMs) return { kind: 'poll', atMs: nowMs };
+  return planNextStep(nowMs, notBeforeMs - nowMs, progress.deadlineAtMs, notBeforeMs);
 }
 
 /** The message of a `deadline_exceeded` error, naming the last error or status. */

@@ -18,7 +18,7 @@ import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.
 import type { NextStep, PartialPollPolicy, PollPolicy, SafetyNet } from './schedule.js';
 import { DEFAULT_DEADLINES, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy, safetyNetPolicy } from './schedule.js';
 import type { StepSettings, StoredProgress } from './step.js';
-import { resumeProgress } from './step.js';
+import { resumeProgress, resumeStep } from './step.js';
 import type { StreamOptions } from './stream.js';
 import { ResponseStreams } from './stream.js';
 import { activeContext } from './telemetry.js';
@@ -573,7 +573,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       w.detach = () => signal.removeEventListener('abort', onAbort);
     }
     if (this.#logger.isLevelEnabled('debug')) this.#logger.debug({ watchId: id, deadlineAt: new Date(w.progress.deadlineAtMs).toISOString() }, 'watch started');
-    this.#plan(w, { kind: 'poll', atMs: now });
+    // at once, unless a server's retry-after stored with a resumed watch has not passed yet
+    this.#plan(w, resumeStep(w.progress, now));
     return { id, promise, abort };
   }
 

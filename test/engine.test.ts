@@ -234,6 +234,33 @@ describe.each(kinds)('the engine on the $name store', ({ skip, home, engine: mak
     expect(azure.requests(run.run_id).filter((r) => r.method === 'POST')).toHaveLength(0);
   });
 
+  it.skipIf(skip)('a restarted engine waits out the retry-after the server gave before the stop', async () => {
+    const run = ids();
+    // the second poll is answered 429 with retry-after-ms: 800
+    sim.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'in_progress' }], faults: [{ type: 'status', status: 429, headers: { 'retry-after-ms': '800' }, from: 2, to: 2 }] });
+    const where = home();
+    const first = await start(where);
+    const id = `w_${run.run_id}`;
+    await first.engine.add({ kind: 'run', id, ...run });
+    while (sim.requests(run.run_id).length < 2) await new Promise((resolve) => setTimeout(resolve, 10));
+    // the floor is in the store at once, not in a batch a crash would lose (SQLite's are 2 s apart): read as another process would
+    const peek = where.open();
+    let stored = await peek.loadProgress(id);
+    for (const giveUpAtMs = Date.now() + 500; stored?.notBeforeMs == null && Date.now() < giveUpAtMs; ) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+      stored = await peek.loadProgress(id);
+    }
+    if (peek !== first.store) await where.release(peek);
+    if (stored?.notBeforeMs == null) throw new Error('the retry-after was not written within 500 ms');
+    const limitedAtMs = sim.requests(run.run_id)[1]!.atMs;
+    expect(stored.notBeforeMs).toBeGreaterThanOrEqual(limitedAtMs + 700);
+    await stop(first.engine);
+    await start(where);
+    while (sim.requests(run.run_id).length < 3) await new Promise((resolve) => setTimeout(resolve, 10));
+    // not at once after the restart: after the server's floor
+    expect(sim.requests(run.run_id)[2]!.atMs).toBeGreaterThanOrEqual(limitedAtMs + 790);
+  });
+
   it.skipIf(skip)('cancels on request: cancel_requested, then cancelling and cancelled', async () => {
     const run = ids();
     sim.addRun({ threadId: run.thread_id, runId: run.run_id, timeline: [{ status: 'in_progress' }] });

@@ -3,7 +3,7 @@ import { RUN_KIND } from '../src/resource.js';
 import type { ResourceKind, Snapshot } from '../src/resource.js';
 import { DEFAULT_POLL_POLICY } from '../src/schedule.js';
 import type { StepSettings } from '../src/step.js';
-import { applyOutcome, deadlineMessage, decideAction, initialProgress, resumeProgress } from '../src/step.js';
+import { applyOutcome, deadlineMessage, decideAction, initialProgress, resumeProgress, resumeStep } from '../src/step.js';
 import { failure, ok } from './helpers.js';
 
 const kind = RUN_KIND as unknown as ResourceKind<object, Snapshot>;
@@ -101,5 +101,23 @@ describe('tool approvals in the pure step', () => {
 
   it('resumes a progress stored before approvals were remembered', () => {
     expect(resumeProgress(kind, settings, { status: 'requires_action', seq: 3, handledCalls: 'call_1' }, 0)).toMatchObject({ seq: 3, handledCalls: 'call_1', approvalReported: null });
+  });
+});
+
+describe("a server's retry-after", () => {
+  it('is kept in the progress until the next answer without one, and a resumed watch starts after it', () => {
+    const limited = applyOutcome(kind, start, failure(429, 'transient', { retryAfterMs: 2_000 }), settings, 10_000);
+    expect(limited.progress.notBeforeMs).toBe(12_000);
+    expect(limited.result).toMatchObject({ kind: 'continue', next: { kind: 'poll' } });
+    // a restart inside it waits; one after it polls at once
+    expect(resumeStep(limited.progress, 11_000)).toEqual({ kind: 'poll', atMs: 12_000 });
+    expect(resumeStep(limited.progress, 12_500)).toEqual({ kind: 'poll', atMs: 12_500 });
+    // a floor past the deadline ends the watch there
+    expect(resumeStep({ ...limited.progress, notBeforeMs: limited.progress.deadlineAtMs + 1 }, 11_000)).toEqual({ kind: 'deadline', atMs: limited.progress.deadlineAtMs });
+    const answered = applyOutcome(kind, limited.progress, ok('queued'), settings, 12_000);
+    expect(answered.progress.notBeforeMs).toBeNull();
+    expect(resumeStep(answered.progress, 12_001)).toEqual({ kind: 'poll', atMs: 12_001 });
+    // an older stored progress has none
+    expect(resumeProgress(kind, settings, { status: 'queued', seq: 1 }, 0).notBeforeMs).toBeNull();
   });
 });

@@ -241,6 +241,12 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   async #process(job: Job<{ watchId: string }>, token: string | undefined): Promise<string> {
     const record = await this.store.get(job.data.watchId);
     if (!record || record.state !== 'active') return 'ended';
+    // a job taken over (its replica died) or promoted early still waits out the server's retry-after
+    const notBeforeMs = record.progress?.notBeforeMs ?? null;
+    if (notBeforeMs !== null && notBeforeMs > Date.now()) {
+      await job.moveToDelayed(notBeforeMs, token);
+      throw new DelayedError();
+    }
     const w = this.#watch(record);
     // a watch object (and its span) lives for one step here: the next may run on another replica
     const end: StepEnd = await this.#driver.step(w, w.progress.next ?? { kind: 'poll', atMs: record.created_at }).finally(() => this.#driver.release(w));

@@ -7,7 +7,7 @@ import type { StatementSync } from 'node:sqlite';
 import { ConfigError, StoreOpenError, StoreWriteError } from '../errors.js';
 import type { Progress } from '../step.js';
 import type { CommitResult, DeliveryLog, EventFilter, NewWatch, PendingDelivery, Retention, SinkStats, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { committedFields, eventTarget, idFieldsOfTarget, parseJson, targetKey } from './store.js';
+import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, parseJson, targetKey } from './store.js';
 
 /** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x, 2 had no progress column. */
 const SCHEMA_VERSION = 3;
@@ -275,8 +275,8 @@ export class SqliteStore implements WatchStore, DeliveryLog {
 
   /** Runs synchronously up to its result, so steps of one process are written in the order they were committed. */
   async commit(watchId: string, expectedSeq: number, change: WatchChange): Promise<CommitResult> {
-    // a step that changed nothing a consumer sees is a checkpoint: written with the next batch
-    if (change.events.length === 0 && change.state === 'active') {
+    // a step that changed nothing a consumer sees is a checkpoint: written with the next batch (unless a server's retry-after must survive a crash)
+    if (change.events.length === 0 && change.state === 'active' && !carriesServerFloor(change.progress)) {
       this.#checkpoints.set(watchId, change.progress);
       return 'ok';
     }

@@ -172,6 +172,11 @@ export function committedFields(change: { readonly progress: Progress; readonly 
   };
 }
 
+/** True when a progress holds a server's `retry-after` not yet passed: written at once, never left in a batch a crash would lose. */
+export function carriesServerFloor(progress: Progress, nowMs: number = Date.now()): boolean {
+  return progress.notBeforeMs !== null && progress.notBeforeMs > nowMs;
+}
+
 /** Parses a stored JSON field, `null` when empty. */
 export function parseJson<T>(value: string | null | undefined): T | null {
   return value ? (JSON.parse(value) as T) : null;
