@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Budget, BudgetOptions, TokenBucket } from '../budget.js';
-import { DECREASE_FACTOR, INCREASE_PER_SECOND, QueuedBudget, RequestBudget } from '../budget.js';
+import { DECREASE_FACTOR, DEFAULT_BUDGET, INCREASE_PER_SECOND, QueuedBudget, RequestBudget } from '../budget.js';
 
 // The rules of RequestBudget (refill, 70 % on a 429 once a second, +2 %/s while starved, the
 // retry-after pause) on one hash for the whole fleet; test/budget.test.ts runs both side by side.
@@ -98,11 +98,14 @@ class RedisBucket implements TokenBucket {
 
 /**
  * The request budget of a fleet of replicas: the fleet's bucket in Redis behind this replica's
- * queue; `maxInFlight` stays per replica. Options as `RequestBudget`'s, validated the same way.
+ * queue; `maxInFlight` stays per replica. Options as `RequestBudget`'s, validated the same way,
+ * except that `burst` defaults to a tenth of the rate (requests spread over each second).
  * @param key - the budget's hash (`RedisKeys.budget`)
  */
 export function fleetBudget(redis: Redis, key: string, options: BudgetOptions = {}): Budget {
-  const limits = new RequestBudget(options);
+  // a bucket of a tenth of a second's requests: a quiet fleet cannot then send a second's worth at once (an API that limits per second would answer 429 to it)
+  const ratePerSecond = options.maxRequestsPerSecond ?? DEFAULT_BUDGET.maxRequestsPerSecond;
+  const limits = new RequestBudget({ ...options, burst: options.burst ?? Math.max(1, Math.ceil(ratePerSecond / 10)) });
   return new QueuedBudget(new RedisBucket(redis, key, limits), limits.maxInFlight);
 }
 
