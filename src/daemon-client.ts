@@ -4,6 +4,7 @@ import { createParser } from 'eventsource-parser';
 import type { EventSourceMessage } from 'eventsource-parser';
 import type { BackoffPolicy } from './backoff.js';
 import { backoffDelayMs, sleep } from './backoff.js';
+import { jsonObject } from './client.js';
 import { readSecret } from './credentials.js';
 import { parseDurationMs } from './duration.js';
 import { ConfigError } from './errors.js';
@@ -100,13 +101,9 @@ function oneLine(text: string): string {
 
 /** `{ error: { code, message } }` of an error answer, when it has that shape. */
 function apiError(body: string): { code: string; message: string } | undefined {
-  try {
-    const error = (JSON.parse(body) as { error?: { code?: unknown; message?: unknown } } | null)?.error;
-    if (typeof error?.code === 'string' && typeof error.message === 'string') return { code: error.code, message: error.message };
-  } catch {
-    // not JSON: the caller says it is not a runwatch daemon
-  }
-  return undefined;
+  // not JSON: the caller says it is not a runwatch daemon
+  const error = jsonObject(body)?.error as { code?: unknown; message?: unknown } | null | undefined;
+  return typeof error?.code === 'string' && typeof error.message === 'string' ? { code: error.code, message: error.message } : undefined;
 }
 
 /** fetch's errors say "fetch failed"; their cause says why (ECONNREFUSED, ENOTFOUND, "other side closed"). */

@@ -27,8 +27,8 @@ export interface HookDeps {
 /** How long a webhook id is remembered: twice the timestamp tolerance, past which a replay is refused anyway. */
 export const WEBHOOK_REPLAY_WINDOW_MS = 2 * WEBHOOK_TOLERANCE_SEC * 1000;
 
-/** Webhook ids seen by this process, forgotten after the replay window (the daemon's local engines, the library). */
-export class SeenWebhooks {
+/** Webhook ids seen by this process, forgotten after the replay window (the receiver's default). */
+class SeenWebhooks {
   /** Ids in arrival order, with when each may be forgotten: the oldest expire first. */
   readonly #seen = new Map<string, number>();
 

@@ -4,6 +4,7 @@ import type { BackoffPolicy } from './backoff.js';
 import { backoffDelayMs, sleep } from './backoff.js';
 import type { Budget } from './budget.js';
 import type { PollClient } from './client.js';
+import { jsonObject } from './client.js';
 import type { Watch } from './driver.js';
 
 /** Options of the response streams of one process. */
@@ -238,12 +239,8 @@ export class ResponseStreams {
 function sequenceOf(data: string): number | undefined {
   const match = /"sequence_number"\s*:\s*(\d+)/.exec(data);
   if (match) return Number(match[1]);
-  try {
-    const value = (JSON.parse(data) as { sequence_number?: unknown }).sequence_number;
-    return typeof value === 'number' && Number.isInteger(value) ? value : undefined;
-  } catch {
-    return undefined;
-  }
+  const value = jsonObject(data)?.sequence_number;
+  return typeof value === 'number' && Number.isInteger(value) ? value : undefined;
 }
 
 /** The `type` of an event whose SSE frame has no `event:` line. */

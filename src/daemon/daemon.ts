@@ -266,7 +266,8 @@ export class Daemon {
       secretsOfHook.length === 0
         ? undefined
         : new OpenAIHookReceiver(secretsOfHook, {
-            claimWebhook: (id) => this.#engine.claimWebhook(id),
+            // a fleet shares what it saw; one process, the receiver's own memory
+            ...(this.#engine.claimWebhook ? { claimWebhook: (id: string) => this.#engine.claimWebhook!(id) } : {}),
             wakeResponse: (id) => this.#engine.wakeResponse(id),
             count: (outcome) => metrics.webhooks.inc({ outcome }),
             logger: this.#logger.child({ component: 'hooks' }),

@@ -7,7 +7,6 @@ import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
 import type { Snapshot } from '../resource.js';
 import type { NewWatch, WatchRecord, WatchStore } from '../store/store.js';
-import { SeenWebhooks } from '../hooks.js';
 import type { PushMode, RunWatcherOptions, WatchHandle } from '../watcher.js';
 import { RunWatcher } from '../watcher.js';
 import type { DaemonConfig } from './config.js';
@@ -47,8 +46,11 @@ export interface Engine extends EventEmitter<EngineEvents> {
   budget(): BudgetSnapshot;
   /** Polls the active watch of this background response now (a webhook said it changed); false when none watches it. */
   wakeResponse(responseId: string): Promise<boolean>;
-  /** True the first time a webhook id is seen within the replay window (by this process, or the fleet in Redis mode). */
-  claimWebhook(webhookId: string): Promise<boolean>;
+  /**
+   * True the first time a webhook id is seen within the replay window, fleet-wide (Redis mode).
+   * @default the receiver's memory of this process
+   */
+  claimWebhook?(webhookId: string): Promise<boolean>;
   /** Response streams open in this process. */
   openStreams(): number;
   /** Lets steps in flight finish for up to `drainTimeoutMs`, then stops. Idempotent. */
@@ -105,7 +107,6 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly #watcher: RunWatcher;
   readonly #settings: EngineSettings;
   readonly #handles = new Map<string, WatchHandle<Snapshot>>();
-  readonly #webhooks = new SeenWebhooks();
 
   constructor(store: WatchStore, settings: EngineSettings) {
     super();
@@ -167,9 +168,6 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     return Promise.resolve(this.#watcher.wakeResponse(responseId) > 0);
   }
 
-  claimWebhook(webhookId: string): Promise<boolean> {
-    return Promise.resolve(this.#webhooks.claim(webhookId));
-  }
 
   openStreams(): number {
     return this.#watcher.openStreams;
