@@ -1,27 +1,30 @@
 // Scale of the Redis mode on this machine: polls per second and scheduling lateness with 1, 2
 // and 3 replicas, Redis's CPU share and Redis commands per poll. Every watch polls about once a
 // second, so the offered load is about the number of watches per second.
-// Needs Redis (RUNWATCH_TEST_REDIS_URL, default redis://127.0.0.1:6379) and a build.
+// Redis: a private redis-server on a free port when one is on PATH (so other clients of a shared
+// Redis do not count), else RUNWATCH_TEST_REDIS_URL (default redis://127.0.0.1:6379). Needs a build.
+// Commands per poll count those run inside scripts (INFO commandstats, diffed over the window).
 // Usage: npm run bench:replicas [-- <watches>]
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 // from the build: node runs this file with type stripping, which does not map .js to .ts
 import { startSimulator } from '../dist/simulator.js';
 
-const REDIS_URL = process.env.RUNWATCH_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const PRIVATE_REDIS = spawnSync('redis-server', ['--version']).status === 0;
 const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
 const KEY = 'sk-bench-replicas';
 const WATCHES = Number(process.argv[2] ?? 600);
 const WARMUP_MS = 5_000;
 const MEASURE_MS = 15_000;
 
-async function startReplica(simUrl: string, prefix: string): Promise<{ child: ChildProcess; port: number }> {
+async function startReplica(simUrl: string, prefix: string, redisUrl: string): Promise<{ child: ChildProcess; port: number }> {
   const settings = [
     'store.kind="redis"',
     `store.prefix=${JSON.stringify(prefix)}`,
@@ -33,7 +36,7 @@ async function startReplica(simUrl: string, prefix: string): Promise<{ child: Ch
     'sinks.stdout.enabled=false',
   ];
   const child = spawn(process.execPath, [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-bench-')), ...settings.flatMap((s) => ['--set', s])], {
-    env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: REDIS_URL },
+    env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: redisUrl },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const lines = createInterface({ input: child.stderr });
@@ -65,19 +68,47 @@ function diff(after: Map<number, number>, before: Map<number, number>): Map<numb
   return new Map([...after].map(([bound, count]) => [bound, count - (before.get(bound) ?? 0)]));
 }
 
-async function redisStats(redis: Redis): Promise<{ cpuS: number; commands: number }> {
-  const info = await redis.info();
-  const field = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0);
-  return { cpuS: field('used_cpu_sys') + field('used_cpu_user'), commands: field('total_commands_processed') };
+interface RedisStats {
+  readonly cpuS: number;
+  /** Calls by command, those run inside scripts included (`INFO commandstats`). */
+  readonly calls: Map<string, number>;
 }
 
-async function run(replicaCount: number): Promise<string> {
+async function redisStats(redis: Redis): Promise<RedisStats> {
+  const info = await redis.info('all');
+  const field = (name: string): number => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1] ?? 0);
+  const calls = new Map<string, number>();
+  for (const match of info.matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(match[1]!, Number(match[2]));
+  return { cpuS: field('used_cpu_sys') + field('used_cpu_user'), calls };
+}
+
+/** A private redis-server on a free port; stopped by the returned function. */
+async function startRedis(): Promise<{ url: string; stop: () => Promise<void> }> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise((resolve) => probe.close(resolve));
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! });
+  await new Promise<void>((resolve) => lines.on('line', (l) => l.includes('Ready to accept connections') && resolve()));
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await once(child, 'close');
+    },
+  };
+}
+
+const byCommand = new Map<string, number>();
+
+async function run(replicaCount: number, redisUrl: string): Promise<string> {
   const prefix = `rwbench:${process.pid}:${replicaCount}:`;
   const sim = await startSimulator({ apiKey: KEY });
   const ids = Array.from({ length: WATCHES }, (_, i) => `run_b${i}`);
   for (const runId of ids) sim.addRun({ threadId: 'thread_b', runId, timeline: [{ status: 'in_progress' }] });
-  const replicas = await Promise.all(Array.from({ length: replicaCount }, () => startReplica(sim.baseUrl, prefix)));
-  const redis = new Redis(REDIS_URL);
+  const replicas = await Promise.all(Array.from({ length: replicaCount }, () => startReplica(sim.baseUrl, prefix, redisUrl)));
+  const redis = new Redis(redisUrl);
   try {
     for (let i = 0; i < ids.length; i += 50) {
       await Promise.all(
@@ -95,6 +126,12 @@ async function run(replicaCount: number): Promise<string> {
     const [polls1, redis1, late1] = [count(), await redisStats(redis), await latenessBuckets(replicas.map((r) => r.port))];
     const polls = polls1 - polls0;
     const lateness = diff(late1, late0);
+    let commands = 0;
+    for (const [name, calls] of redis1.calls) {
+      const delta = calls - (redis0.calls.get(name) ?? 0);
+      commands += delta;
+      if (delta > 0) byCommand.set(`${replicaCount} ${name}`, delta / polls);
+    }
     const ms = (s: number): string => (s === Infinity ? '>30000' : String(Math.round(s * 1000)));
     return [
       String(replicaCount).padStart(8),
@@ -102,8 +139,9 @@ async function run(replicaCount: number): Promise<string> {
       (polls / seconds).toFixed(0).padStart(11),
       ms(quantile(lateness, 0.5)).padStart(13),
       ms(quantile(lateness, 0.99)).padStart(13),
-      `${(((redis1.cpuS - redis0.cpuS) / seconds) * 100).toFixed(0)}%`.padStart(15),
-      ((redis1.commands - redis0.commands) / polls).toFixed(1).padStart(15),
+      `${(((redis1.cpuS - redis0.cpuS) / seconds) * 100).toFixed(0)}%`.padStart(18),
+      (((redis1.cpuS - redis0.cpuS) / polls) * 1e6).toFixed(0).padStart(18),
+      (commands / polls).toFixed(1).padStart(15),
     ].join('  ');
   } finally {
     for (const replica of replicas) replica.child.kill('SIGTERM');
@@ -118,6 +156,17 @@ async function run(replicaCount: number): Promise<string> {
   }
 }
 
-process.stdout.write(`replicas  watches  polls/s      lateness p50  lateness p99  Redis CPU (1 core)  Redis cmds/poll\n`);
-for (const replicaCount of [1, 2, 3]) process.stdout.write(`${await run(replicaCount)}\n`);
+const redisServer = PRIVATE_REDIS ? await startRedis() : undefined;
+const redisUrl = redisServer?.url ?? process.env.RUNWATCH_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
+process.stdout.write(`Redis: ${redisServer ? 'a private redis-server' : redisUrl}\n`);
+process.stdout.write(`replicas  watches  polls/s      lateness p50  lateness p99  Redis CPU (1 core)  Redis CPU/poll (µs)  Redis cmds/poll\n`);
+try {
+  for (const replicaCount of [1, 2, 3]) process.stdout.write(`${await run(replicaCount, redisUrl)}\n`);
+} finally {
+  await redisServer?.stop();
+}
+process.stdout.write('Redis commands per poll, by command (inside scripts included; >= 0.05 per poll):\n');
+for (const [key, perPoll] of [...byCommand].sort((a, b) => a[0].localeCompare(b[0], 'en', { numeric: true }) || b[1] - a[1])) {
+  if (perPoll >= 0.05) process.stdout.write(`  ${key.padEnd(28)} ${perPoll.toFixed(2)}\n`);
+}
 process.stdout.write('lateness: upper bounds of histogram buckets (ms), from the replicas\' runwatch_poll_lateness_seconds\n');

@@ -3,7 +3,7 @@ import { EventEmitter } from 'eventemitter3';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import type { ToolApprovalHandler, ToolHandler } from './actions.js';
-import type { BudgetOptions } from './budget.js';
+import type { Budget, BudgetOptions } from './budget.js';
 import { DEFAULT_BUDGET, LocalBudget } from './budget.js';
 import type { ClientOptions, Credentials, PollClient } from './client.js';
 import { ApiClient, assertValidHeader } from './client.js';
@@ -17,7 +17,7 @@ import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnaps
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
 import type { NextStep, PartialPollPolicy, PollPolicy, SafetyNet } from './schedule.js';
 import { DEFAULT_DEADLINES, MAX_TIMER_MS, nextDelayMs, planNextStep, resolvePollPolicy, safetyNetPolicy } from './schedule.js';
-import type { StepSettings, StoredProgress } from './step.js';
+import type { Progress, StepSettings, StoredProgress } from './step.js';
 import { resumeProgress, resumeStep } from './step.js';
 import type { StreamOptions } from './stream.js';
 import { ResponseStreams } from './stream.js';
@@ -58,6 +58,12 @@ export interface RunWatcherOptions extends ClientOptions, BudgetOptions {
   readonly stallThresholdMs?: number;
   /** A client to use instead of creating one from the options above (shared, or a test double); not closed by `close()`. */
   readonly client?: PollClient;
+  /**
+   * A budget to take request slots from instead of this watcher's own (the Redis fleet's);
+   * closed by `close()`.
+   * @default a `LocalBudget` from the options above
+   */
+  readonly budget?: Budget;
   /**
    * Where every step is written before its events are emitted (the daemon's store).
    * @default none: the watches live in this object's memory only
@@ -266,7 +272,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   readonly policy: PollPolicy;
   readonly #client: PollClient;
   readonly #ownsClient: boolean;
-  readonly #budget: LocalBudget;
+  readonly #budget: Budget;
+  readonly #store: CommitPort | undefined;
   readonly #driver: WatchDriver;
   readonly #logger: Logger;
   readonly #random: () => number;
@@ -303,7 +310,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     this.#defaultTimeoutMs = checkDuration('defaultTimeoutMs', options.defaultTimeoutMs ?? DEFAULT_DEADLINES.defaultTimeoutMs);
     this.#expiresGraceMs = checkDuration('expiresGraceMs', options.expiresGraceMs ?? DEFAULT_DEADLINES.expiresGraceMs);
     this.#stallThresholdMs = options.stallThresholdMs === undefined ? undefined : checkDuration('stallThresholdMs', options.stallThresholdMs);
-    this.#budget = new LocalBudget(options);
+    this.#budget = options.budget ?? new LocalBudget(options);
+    this.#store = options.store;
     this.#maxQueued = options.maxInFlight ?? DEFAULT_BUDGET.maxInFlight;
     this.#client = options.client ?? new ApiClient(options);
     this.#ownsClient = options.client === undefined;
@@ -484,6 +492,18 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     if (result.failure) throw this.#driver.errorFrom(w, result.failure);
   }
 
+  /**
+   * Lets a watch go without writing anything (another process takes it over, or it is loaded
+   * again from the store): its request in flight stops, its promise rejects with code `closed`,
+   * no event is emitted. Returns false when no such watch runs.
+   */
+  suspend(watchId: string): boolean {
+    const w = this.#watches.get(watchId);
+    if (!w) return false;
+    this.#finish(w, { ok: false, error: new WatchError('closed', 'the watch was suspended: another process or a reload goes on with it', { lastSnapshot: w.progress.lastSnapshot }) });
+    return true;
+  }
+
   #start<TRef extends object, TSnapshot extends Snapshot>(
     kind: ResourceKind<TRef, TSnapshot>,
     ref: TRef,
@@ -634,7 +654,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** Starts ready steps while few wait for the budget; each step that ends starts the next. */
   #pump(): void {
-    while (this.#ready.size > 0 && this.#budget.queued < this.#maxQueued && !this.#draining.signal.aborted) {
+    while (this.#ready.size > 0 && this.#budget.snapshot().queued < this.#maxQueued && !this.#draining.signal.aborted) {
       const w = this.#ready.shift()!;
       if (!w.done && w.step) this.#run(w, w.step);
     }
@@ -694,10 +714,27 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     } else if (end.kind === 'resolved') this.#finish(w, { ok: true, snapshot: end.snapshot });
     else if (end.kind === 'failed') this.#finish(w, { ok: false, error: end.error });
     else if (end.kind === 'stale') {
-      // one writer per watch in a process: only a store shared with another writer gets here
+      // another writer (a cancel over another replica's API) moved the watch on: go on from what it wrote
+      if (end.result === 'stale' && this.#store?.loadProgress) {
+        void this.#track(this.#store.loadProgress(w.id), w, (stored) => this.#reload(w, stored));
+        return;
+      }
+      // it ended or vanished meanwhile: only a store shared with another writer gets here
       this.#finish(w, { ok: false, error: new WatchError('closed', `the store refused the step (${end.result}): another writer holds this watch`, { lastSnapshot: w.progress.lastSnapshot }) });
     }
     // 'interrupted': the watch ended, or the watcher closes
+  }
+
+  /** Goes on from the stored progress after a refused commit; a watch no longer stored stops. */
+  #reload(w: LiveWatch, stored: Progress | undefined): void {
+    if (w.done) return;
+    if (!stored) {
+      this.#finish(w, { ok: false, error: new WatchError('closed', 'the store no longer holds this watch', { lastSnapshot: w.progress.lastSnapshot }) });
+      return;
+    }
+    const now = Date.now();
+    w.progress = resumeProgress(w.kind, w.settings, stored, now);
+    this.#plan(w, resumeStep(w.progress, now));
   }
 
   /**

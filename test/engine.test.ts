@@ -80,7 +80,7 @@ const kinds = [
     engine: (store: WatchStore, settings: EngineSettings): Engine => {
       const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
       clients.push(redis);
-      return new RedisEngine(redis, store as RedisStore, settings, { redisUrl: REDIS_URL, lockDurationMs: 2_000, stalledIntervalMs: 1_000, repairIntervalMs: 60_000, logger: silent });
+      return new RedisEngine(redis, store as RedisStore, settings, { lockDurationMs: 2_000, stalledIntervalMs: 1_000, repairIntervalMs: 60_000, logger: silent });
     },
   },
 ];

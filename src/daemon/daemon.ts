@@ -338,12 +338,12 @@ export class Daemon {
     this.#outboxes = sinks.map((sink) => new OutboxWorker(store, sink, { ...delivery, concurrency: config.sinks.delivery.concurrency, logger: delivery.logger.child({ sink: sink.name }) }));
   }
 
-  /** Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with leases. */
+  /** Redis: each replica polls the watch partitions it holds by lease; the outbox is partitioned streams with leases. */
   async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined): Promise<void> {
     const config = this.#config;
     if (!secrets.redisUrl) throw new ConfigError(REDIS_URL_MISSING.store);
     const url = secrets.redisUrl;
-    // our own commands fail fast while Redis is away (the store says so); BullMQ keeps its own connections
+    // our commands fail fast while Redis is away (the store says so); the engine's notices take a connection of their own
     const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error'));
     this.#onClose('redis', () => redis.quit().catch(() => redis.disconnect()));
@@ -351,10 +351,8 @@ export class Daemon {
     const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
     this.#onClose('store', () => store.close());
     const engine = new RedisEngine(redis, store, settings, {
-      redisUrl: url,
       lockDurationMs: config.store.lockDurationMs,
       stalledIntervalMs: config.store.stalledIntervalMs,
-      repairIntervalMs: config.retention.pruneIntervalMs,
       logger: this.#logger.child({ component: 'engine' }),
     });
     this.#engine = engine;

@@ -1,7 +1,8 @@
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
 import type { ToolApprovalHandler, ToolHandler } from '../actions.js';
-import type { BudgetSnapshot } from '../budget.js';
+import type { Budget, BudgetSnapshot } from '../budget.js';
+import type { PollClient } from '../client.js';
 import type { PollReport } from '../driver.js';
 import { ConfigError } from '../errors.js';
 import type { WatchEvent } from '../events.js';
@@ -28,7 +29,7 @@ export interface EngineEvents {
 /**
  * The watch engine a daemon host drives: the `WatchDriver` with a store, a scheduler and a
  * budget. `LocalEngine` (memory, SQLite) keeps every watch in one process's timer heap;
- * `RedisEngine` runs each step as a BullMQ job on any replica. The host sees only this.
+ * `RedisEngine` keeps the watches of the partitions its replica owns in the same heap. The host sees only this.
  */
 export interface Engine extends EventEmitter<EngineEvents> {
   readonly store: WatchStore;
@@ -53,6 +54,8 @@ export interface Engine extends EventEmitter<EngineEvents> {
   claimWebhook?(webhookId: string): Promise<boolean>;
   /** Response streams open in this process. */
   openStreams(): number;
+  /** Active watches owned by each replica (Redis mode). */
+  watchesByReplica?(): Promise<ReadonlyMap<string, number>>;
   /** Lets steps in flight finish for up to `drainTimeoutMs`, then stops. Idempotent. */
   close(drainTimeoutMs: number): Promise<void>;
 }
@@ -98,9 +101,18 @@ export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, log
   };
 }
 
+/** What a `LocalEngine` polls through instead of its own client and budget (a Redis replica's). */
+export interface LocalEnginePorts {
+  /** Not closed by the engine. @default an `ApiClient` from the settings */
+  readonly client?: PollClient;
+  /** Closed with the engine. @default a `LocalBudget` from the settings */
+  readonly budget?: Budget;
+}
+
 /**
  * The engine of one process (memory and SQLite stores): a `RunWatcher` writing every step to
  * the store, every active watch in its timer heap. A restart resumes every active watch.
+ * `RedisEngine` runs one of these over the watches of the partitions its replica owns.
  */
 export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly store: WatchStore;
@@ -108,11 +120,11 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly #settings: EngineSettings;
   readonly #handles = new Map<string, WatchHandle<Snapshot>>();
 
-  constructor(store: WatchStore, settings: EngineSettings) {
+  constructor(store: WatchStore, settings: EngineSettings, ports: LocalEnginePorts = {}) {
     super();
     this.store = store;
     this.#settings = settings;
-    this.#watcher = new RunWatcher({ ...settings.watcher, store });
+    this.#watcher = new RunWatcher({ ...settings.watcher, ...ports, store });
     this.#watcher.on('event', (event) => this.emit('event', event));
     this.#watcher.on('poll', (report) => this.emit('poll', report));
     this.#watcher.on('error', (error) => this.emit('error', error));
@@ -120,14 +132,29 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
   }
 
   async start(): Promise<number> {
-    for await (const record of this.store.active()) this.#resume(record);
+    for await (const record of this.store.active()) this.resume(record);
     return this.#handles.size;
   }
 
   async add(input: NewWatch): Promise<{ watch: WatchRecord; created: boolean }> {
     const added = await this.store.create(input, Date.now());
-    if (added.watch.state === 'active') this.#resume(added.watch);
+    if (added.watch.state === 'active') this.resume(added.watch);
     return added;
+  }
+
+  /** True while this engine polls the watch. */
+  has(id: string): boolean {
+    return this.#handles.has(id);
+  }
+
+  /** The ids of the watches this engine polls. */
+  ids(): IterableIterator<string> {
+    return this.#handles.keys();
+  }
+
+  /** Lets a watch go without writing anything (see `RunWatcher.suspend`); false when not polled here. */
+  suspend(id: string): boolean {
+    return this.#watcher.suspend(id);
   }
 
   async delete(id: string): Promise<WatchRecord | undefined> {
@@ -177,7 +204,8 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.#watcher.close({ drainTimeoutMs });
   }
 
-  #resume(record: WatchRecord): void {
+  /** Polls a stored active watch from its progress (at once, or after a server's retry-after); a no-op when already polled. */
+  resume(record: WatchRecord): void {
     if (this.#handles.has(record.id)) return;
     const options = { watchId: record.id, startedAtMs: record.created_at, progress: record.progress ?? undefined, cancelAfterStallMs: this.#settings.cancelAfterStallMs };
     const handle: WatchHandle<Snapshot> =

@@ -1,15 +1,13 @@
 import { hostname } from 'node:os';
-import { DelayedError, Queue, Worker } from 'bullmq';
-import type { Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
-import type { Budget, BudgetSnapshot } from '../budget.js';
-import { DEFAULT_BUDGET } from '../budget.js';
+import type { BudgetSnapshot } from '../budget.js';
 import { ApiClient } from '../client.js';
-import type { StepEnd, Watch } from '../driver.js';
+import type { Watch } from '../driver.js';
 import { WatchDriver } from '../driver.js';
 import { WatchError } from '../errors.js';
+import { WEBHOOK_REPLAY_WINDOW_MS } from '../hooks.js';
 import { DEFAULT_DEADLINES, resolvePollPolicy, safetyNetPolicy } from '../schedule.js';
 import type { StepSettings } from '../step.js';
 import { resumeProgress } from '../step.js';
@@ -18,59 +16,85 @@ import type { NewWatch, WatchRecord } from '../store/store.js';
 import { kindOf, targetKey, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
 import type { Engine, EngineEvents, EngineSettings } from './engine.js';
-import { WEBHOOK_REPLAY_WINDOW_MS } from '../hooks.js';
+import { LocalEngine } from './engine.js';
 import { fleetBudget } from './fleet-budget.js';
+import { leases } from './redis-lease.js';
 
-const QUEUE = 'polls';
-/** How soon a step refused as stale (a cancel was recorded meanwhile) runs again. */
-const STALE_RETRY_MS = 50;
 /** How often the log is checked for events other replicas committed (to wake SSE streams). */
 const LOG_WATCH_MS = 250;
-/** A watch's job: kept while it polls; retried (a crashed step) as long as the watch lives. */
-/** A woken watch whose step is running is promoted once it is delayed again: tried this often, this far apart. */
-const WAKE_TRIES = 20;
-const WAKE_RETRY_MS = 250;
+/**
+ * How often checkpoints (polls that changed nothing) are written: they are hints (a taken-over
+ * watch polls at once anyway), and each costs 3 Redis commands, so every 5 s rather than SQLite's 2.
+ */
+export const CHECKPOINT_MS = 5_000;
 
-const JOB_OPTIONS = { removeOnComplete: true, removeOnFail: 1_000, attempts: 1_000_000, backoff: { type: 'fixed', delay: 1_000 } } as const;
+/** How often a replica looks for watches of its partitions it does not poll: a notice lost while a connection was down. */
+export const REPAIR_MS = 30_000;
+
+/** Notices on `RedisKeys.notices`: `<kind> <id>`. */
+type NoticeKind = 'add' | 'reload' | 'wake';
 
 /** Options of a `RedisEngine` beside the engine settings. */
 export interface RedisEngineOptions {
-  readonly redisUrl: string;
-  /** The job lock and stalled check: how soon a dead replica's step is taken over. */
+  /**
+   * How long a replica holds a watch partition without renewing it (`store.lockDurationMs`): a
+   * dead replica's watches are polled by another one this long after its last renewal.
+   */
   readonly lockDurationMs: number;
+  /**
+   * How often a replica renews its leases, beats its heartbeat and looks for partitions to take
+   * (`store.stalledIntervalMs`); never less often than a fifth of the lease.
+   */
   readonly stalledIntervalMs: number;
-  /** How often active watches are checked for a job (and given one when missing). */
-  readonly repairIntervalMs: number;
+  /** How often the owned partitions' sets are compared with the watches polled here (a missed notice). @default REPAIR_MS (30000) */
+  readonly repairIntervalMs?: number;
+  /** How often checkpoints are written. @default CHECKPOINT_MS (5000) */
+  readonly checkpointIntervalMs?: number;
   readonly logger: Logger;
 }
 
+interface Owned {
+  /** Poll only before this: half a lease after the last confirmed renewal, well before Redis lets it go. */
+  validUntilMs: number;
+}
+
 /**
- * The engine of a fleet of replicas (Redis store): each watch is one BullMQ job that runs one
- * driver step and moves itself to `delayed` until its next poll (BullMQ's step-job pattern), so
- * no replica holds a watch between polls and a dead replica's job is taken over by the stalled
- * check. The budget is the fleet's (`FleetBudget`).
+ * The engine of a fleet of replicas (Redis store). Watches are spread over `store.partitions`
+ * watch partitions by a hash of their id; each replica owns a fair share of the partitions by
+ * lease (ceil(partitions / live replicas), live ones from a heartbeat hash) and polls their
+ * watches from its own timer heap: a `LocalEngine` over the store, the same loop as the SQLite
+ * daemon's. A poll that changes nothing writes nothing (a checkpoint, batched). A dead
+ * replica's partitions are taken over when their lease lapses; extras are handed back when
+ * replicas join. A watch added, cancelled or deleted on a replica that does not own it is
+ * written through the store and its owner is told by a pub/sub notice (and, should a notice be
+ * lost, by the periodic repair). The budget is the fleet's (`FleetBudget`).
  */
 export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly store: RedisStore;
-  /** Names this replica in requests (`x-runwatch-instance`), logs and consumer groups. */
+  /** Names this replica in requests (`x-runwatch-instance`), logs, leases and consumer groups. */
   readonly replicaId: string;
   readonly #redis: Redis;
+  /** Pub/sub takes a connection of its own. */
+  readonly #subscriber: Redis;
   readonly #options: RedisEngineOptions;
   readonly #settings: EngineSettings;
   readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls' | 'handlesToolApprovals'>;
   readonly #client: ApiClient;
-  readonly #budget: Budget;
+  /** The watches of the owned partitions, in one timer heap. */
+  readonly #local: LocalEngine;
+  /** Writes a cancel or a delete of a watch another replica polls, through the store. */
   readonly #driver: WatchDriver;
-  readonly #queue: Queue;
-  readonly #worker: Worker<{ watchId: string }, string>;
-  /** Aborted at shutdown: no new action starts, steps waiting for the budget give up their turn. */
+  readonly #owned = new Map<number, Owned>();
+  /** Aborted at shutdown: no new action starts. */
   readonly #stopping = new AbortController();
-  /** Aborted once the drain time is over: requests and handlers still running stop. */
-  readonly #halt = new AbortController();
   readonly #timers: NodeJS.Timeout[] = [];
-  readonly #wakeTimers = new Set<NodeJS.Timeout>();
   /** The settings of a response watch when webhooks cover it. */
   readonly #net: StepSettings['policy'] | undefined;
+  readonly #tickMs: number;
+  #ticking = false;
+  #lastRepairMs = 0;
+  /** A step failed (Redis away): look for unpolled watches at the next tick rather than at the next repair. */
+  #repairSoon = false;
   #lastPosition = 0;
   #closing: Promise<void> | null = null;
 
@@ -81,6 +105,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     this.#options = options;
     this.#settings = settings;
     this.replicaId = `${hostname()}-${process.pid}-${randomWatchId().slice(2, 8)}`;
+    this.#tickMs = Math.max(50, Math.min(options.stalledIntervalMs, Math.floor(options.lockDurationMs / 5)));
     const { watcher } = settings;
     this.#base = {
       policy: resolvePollPolicy(watcher.policy),
@@ -95,11 +120,19 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     this.#net = settings.push === 'webhook' ? safetyNetPolicy(this.#base.policy, watcher.safetyNet) : undefined;
     // lets a server (and the simulator) see which replica sent a request
     this.#client = new ApiClient({ ...watcher, headers: { ...watcher.headers, 'x-runwatch-instance': this.replicaId } });
-    this.#budget = fleetBudget(redis, store.keys.budget, watcher);
+    const budget = fleetBudget(redis, store.keys.budget, watcher);
+    this.#local = new LocalEngine(store, settings, { client: this.#client, budget });
+    this.#local.on('event', (event) => this.emit('event', event));
+    this.#local.on('poll', (report) => this.emit('poll', report));
+    // a step that could not be written (Redis away) stopped its watch: polled again once Redis answers
+    this.#local.on('error', (error) => {
+      options.logger.warn({ err: error }, 'a watch stopped on a store error; it is resumed at the next repair');
+      this.#repairSoon = true;
+    });
     const logger = watcher.logger ?? options.logger;
     this.#driver = new WatchDriver({
       client: this.#client,
-      budget: this.#budget,
+      budget,
       store,
       logger,
       stopping: this.#stopping.signal,
@@ -109,59 +142,61 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       },
       onPoll: (report) => this.emit('poll', report),
     });
-    const connection = { url: options.redisUrl, maxRetriesPerRequest: null };
-    const prefix = store.keys.bullPrefix;
-    this.#queue = new Queue(QUEUE, { connection, prefix });
-    this.#queue.on('error', (error) => options.logger.debug({ err: error }, 'queue error'));
-    this.#worker = new Worker<{ watchId: string }, string>(QUEUE, (job, token) => this.#process(job, token), {
-      connection,
-      prefix,
-      autorun: false,
-      // the fleet budget paces requests; this bounds the steps one replica runs at once
-      concurrency: watcher.maxInFlight ?? DEFAULT_BUDGET.maxInFlight,
-      lockDuration: options.lockDurationMs,
-      stalledInterval: options.stalledIntervalMs,
-      // a stall means a replica died, never that the watch is broken
-      maxStalledCount: 1_000_000,
-    });
-    this.#worker.on('error', (error) => options.logger.warn({ err: error }, 'worker error'));
+    this.#subscriber = redis.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, lazyConnect: true });
+    this.#subscriber.on('error', (error) => options.logger.debug({ err: error }, 'notice connection error'));
+    this.#subscriber.on('message', (_channel: string, message: string) => this.#notice(message));
+    // notices sent while the connection was down are lost: compare the sets at the next tick
+    this.#subscriber.on('ready', () => (this.#repairSoon = true));
   }
 
   async start(): Promise<number> {
+    await this.store.migrate();
     await this.store.ensureStatusCounts();
-    const active = await this.#repair();
-    void this.#worker.run();
+    await this.#subscriber.connect();
+    await this.#subscriber.subscribe(this.store.keys.notices);
+    await this.#tick();
+    this.#timers.push(
+      setInterval(() => {
+        this.#expire();
+        void this.#tick();
+      }, this.#tickMs),
+    );
     this.#timers.push(setInterval(() => void this.#watchLog(), LOG_WATCH_MS));
-    this.#timers.push(setInterval(() => void this.#repair().catch((error: unknown) => this.#options.logger.debug({ err: error }, 'job repair failed')), this.#options.repairIntervalMs));
-    return active;
+    this.#timers.push(setInterval(() => void this.#flush(), this.#options.checkpointIntervalMs ?? CHECKPOINT_MS));
+    return this.#polled();
   }
 
   async add(input: NewWatch): Promise<{ watch: WatchRecord; created: boolean }> {
     const added = await this.store.create(input, Date.now());
-    // also for a watch that existed: a crash between the create script and the job left it without one
-    if (added.watch.state === 'active') await this.#ensureJob(added.watch.id);
+    const { watch } = added;
+    // also for a watch that existed: its owner may have missed the first notice
+    if (watch.state === 'active') {
+      if (this.#owns(watch.id)) this.#local.resume(watch);
+      else await this.#publish('add', watch.id);
+    }
     return added;
   }
 
   async delete(id: string): Promise<WatchRecord | undefined> {
+    if (this.#local.has(id)) return this.#local.delete(id);
     const record = await this.store.get(id);
     if (record?.state === 'active') {
       const w = this.#watch(record);
       await this.#driver.end(w, new WatchError('aborted', 'the watch was aborted')).finally(() => this.#driver.release(w));
-      // an active (locked) job cannot be removed; it finds the watch deleted and ends
-      await this.#queue.remove(id).catch(() => undefined);
+      await this.#publish('reload', id);
     }
     return this.store.get(id);
   }
 
   async cancel(id: string): Promise<WatchRecord | undefined> {
+    if (this.#local.has(id)) return this.#local.cancel(id);
     const record = await this.store.get(id);
     if (record?.state !== 'active') return record;
     const w = this.#watch(record);
     const { failure } = await this.#driver.cancel(w, 'requested').finally(() => this.#driver.release(w));
+    // the owner goes on from what was written, and polls at once: the resource moves to cancelling or cancelled
+    await this.#publish('reload', id);
     if (failure) throw this.#driver.errorFrom(w, failure);
-    // poll now, not at the planned time: the resource moves to cancelling or cancelled
-    await (await this.#queue.getJob(id))?.promote().catch(() => undefined);
     return this.store.get(id);
   }
 
@@ -169,8 +204,20 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.store.activeByStatus();
   }
 
+  /** Active watches polled by each live replica, from their heartbeats. */
+  async watchesByReplica(): Promise<ReadonlyMap<string, number>> {
+    const beats = await this.#redis.hgetall(this.store.keys.replicas);
+    const now = Date.now();
+    const out = new Map<string, number>();
+    for (const [replica, beat] of Object.entries(beats)) {
+      const { expiresAtMs, watches } = parseBeat(beat);
+      if (expiresAtMs > now) out.set(replica, watches);
+    }
+    return out;
+  }
+
   budget(): BudgetSnapshot {
-    return this.#budget.snapshot();
+    return this.#local.budget();
   }
 
   close(drainTimeoutMs: number): Promise<void> {
@@ -179,10 +226,10 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   }
 
   async wakeResponse(responseId: string): Promise<boolean> {
+    if (await this.#local.wakeResponse(responseId)) return true;
     const id = await this.#redis.hget(this.store.keys.targets, targetKey({ kind: 'response', response_id: responseId }));
-    const job: Job<{ watchId: string }> | undefined = id === null ? undefined : await this.#queue.getJob(id);
-    if (!job) return false;
-    void this.#promote(job, WAKE_TRIES);
+    if (id === null || (await this.#redis.hget(this.store.keys.watch(id), 'state')) !== 'active') return false;
+    await this.#publish('wake', responseId);
     return true;
   }
 
@@ -194,105 +241,187 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     return 0;
   }
 
-  /** Moves a delayed step job to now; a job whose step is running is tried again shortly (it is delayed again when its step ends). */
-  async #promote(job: Job<{ watchId: string }>, triesLeft: number): Promise<void> {
+  /** The watch partitions this replica owns now (tests, logs). */
+  ownedPartitions(): number[] {
+    return [...this.#owned.keys()].sort((a, b) => a - b);
+  }
+
+  #owns(id: string): boolean {
+    return this.#owned.has(this.store.partitionOfWatch(id));
+  }
+
+  #polled(): number {
+    let count = 0;
+    for (const _ of this.#local.ids()) count += 1;
+    return count;
+  }
+
+  async #publish(kind: NoticeKind, id: string): Promise<void> {
+    await this.#redis.publish(this.store.keys.notices, `${kind} ${id}`);
+  }
+
+  /** A notice from a replica: the owner (re)loads the watch, or wakes it. */
+  #notice(message: string): void {
+    const [kind, id] = message.split(' ') as [NoticeKind, string | undefined];
+    if (!id || this.#stopping.signal.aborted) return;
+    if (kind === 'wake') void this.#local.wakeResponse(id);
+    else if (this.#owns(id) && !(kind === 'add' && this.#local.has(id))) void this.#load(id, kind === 'reload');
+  }
+
+  /** Polls a watch of an owned partition from what is stored (suspending the copy polled here first). */
+  async #load(id: string, reload: boolean): Promise<void> {
     try {
-      const state = await job.getState();
-      if (state === 'delayed') await job.promote();
-      else if (state === 'active' && triesLeft > 1 && !this.#stopping.signal.aborted) {
-        const timer = setTimeout(() => {
-          this.#wakeTimers.delete(timer);
-          void this.#promote(job, triesLeft - 1);
-        }, WAKE_RETRY_MS);
-        this.#wakeTimers.add(timer);
-      }
+      if (reload) this.#local.suspend(id);
+      const record = await this.store.get(id);
+      if (record?.state === 'active' && this.#owns(id) && !this.#stopping.signal.aborted) this.#local.resume(record);
     } catch (error) {
-      // promoted meanwhile, or Redis away: the safety net polls anyway
-      this.#options.logger.debug({ err: error, watchId: job.id }, 'could not wake a watch');
+      this.#repairSoon = true;
+      this.#options.logger.debug({ err: error, watchId: id }, 'could not load a watch');
+    }
+  }
+
+  /** Heartbeat, renewals, hand-backs and takeovers, then a repair when due. */
+  async #tick(): Promise<void> {
+    if (this.#ticking || this.#stopping.signal.aborted) return;
+    this.#ticking = true;
+    const { keys } = this.store;
+    const me = this.replicaId;
+    const leaseMs = this.#options.lockDurationMs;
+    try {
+      const now = Date.now();
+      const replies = (await this.#redis.pipeline().hset(keys.replicas, me, `${now + leaseMs}:${this.#polled()}`).hgetall(keys.replicas).exec()) ?? [];
+      const beats = (replies[1]?.[1] ?? {}) as Record<string, string>;
+      const dead = Object.keys(beats).filter((replica) => parseBeat(beats[replica]!).expiresAtMs <= now);
+      if (dead.length > 0) await this.#redis.hdel(keys.replicas, ...dead);
+      const live = Math.max(1, Object.keys(beats).length - dead.length);
+      const share = Math.ceil(this.store.partitions / live);
+      // validity counts from before the command: the reply may come late
+      const sentAtMs = Date.now();
+      const held = [...this.#owned.keys()];
+      const renewed = await leases.renew(this.#redis, held.map((p) => keys.owner(p)), me, leaseMs);
+      held.forEach((p, i) => {
+        const owned = this.#owned.get(p);
+        if (!owned) return;
+        if (renewed[i]) owned.validUntilMs = sentAtMs + leaseMs / 2;
+        else this.#drop(p, 'lost');
+      });
+      // hand back the extras, the highest partitions first
+      for (const p of [...this.#owned.keys()].sort((a, b) => b - a)) {
+        if (this.#owned.size <= share) break;
+        await this.#release(p);
+      }
+      if (this.#owned.size < share) await this.#take(share);
+      if (this.#repairSoon || Date.now() - this.#lastRepairMs >= (this.#options.repairIntervalMs ?? REPAIR_MS)) await this.#repair();
+    } catch (error) {
+      // Redis away or slow: what could not be confirmed in time is given up below
+      this.#options.logger.debug({ err: error }, 'partition lease round failed');
+    } finally {
+      this.#expire();
+      this.#ticking = false;
+    }
+  }
+
+  /** Takes free partitions up to the share, starting at a place of this replica's own (fewer collisions). */
+  async #take(share: number): Promise<void> {
+    const { partitions, keys } = this.store;
+    const start = this.store.partitionOfWatch(this.replicaId);
+    for (let i = 0; i < partitions && this.#owned.size < share && !this.#stopping.signal.aborted; i++) {
+      const p = (start + i) % partitions;
+      if (this.#owned.has(p)) continue;
+      const sentAtMs = Date.now();
+      if (!(await leases.acquire(this.#redis, keys.owner(p), this.replicaId, this.#options.lockDurationMs))) continue;
+      const owned: Owned = { validUntilMs: sentAtMs + this.#options.lockDurationMs / 2 };
+      this.#owned.set(p, owned);
+      let count = 0;
+      for await (const record of this.store.activeIn(p)) {
+        if (this.#owned.get(p) !== owned) break;
+        this.#local.resume(record);
+        count += 1;
+      }
+      this.#options.logger.info({ partition: p, watches: count }, 'took a watch partition');
+    }
+  }
+
+  /** Hands a partition back: its watches stop here without writing, their checkpoints are written, the lease is released. */
+  async #release(p: number): Promise<void> {
+    this.#owned.delete(p);
+    this.#suspendPartition(p);
+    await this.store.flushCheckpoints((id) => this.store.partitionOfWatch(id) === p).catch(() => undefined);
+    await leases.release(this.#redis, [this.store.keys.owner(p)], this.replicaId);
+    this.#options.logger.info({ partition: p }, 'handed a watch partition back');
+  }
+
+  /** A partition lost (another replica holds it) or unconfirmed for half a lease: its watches stop here, nothing is written. */
+  #drop(p: number, why: 'lost' | 'unconfirmed'): void {
+    if (!this.#owned.delete(p)) return;
+    this.#suspendPartition(p);
+    this.store.dropCheckpoints((id) => this.store.partitionOfWatch(id) === p);
+    this.#options.logger.warn({ partition: p, why }, 'stopped polling a watch partition');
+  }
+
+  #expire(): void {
+    const now = Date.now();
+    for (const [p, owned] of this.#owned) if (now >= owned.validUntilMs) this.#drop(p, 'unconfirmed');
+  }
+
+  #suspendPartition(p: number): void {
+    for (const id of [...this.#local.ids()]) if (this.store.partitionOfWatch(id) === p) this.#local.suspend(id);
+  }
+
+  /** Polls every active watch of the owned partitions that is not polled here yet (a lost notice, a step that failed on Redis). */
+  async #repair(): Promise<void> {
+    this.#repairSoon = false;
+    this.#lastRepairMs = Date.now();
+    let resumed = 0;
+    for (const p of [...this.#owned.keys()]) {
+      const missing = (await this.store.activeIdsIn(p)).filter((id) => !this.#local.has(id));
+      for (const id of missing) {
+        const record = await this.store.get(id);
+        if (record?.state !== 'active' || !this.#owned.has(p)) continue;
+        this.#local.resume(record);
+        resumed += 1;
+      }
+    }
+    if (resumed > 0) this.#options.logger.info({ watches: resumed }, 'resumed watches of owned partitions that were not polled');
+  }
+
+  /** Writes the checkpoints of the watches polled here; those of watches let go meanwhile are forgotten. */
+  async #flush(): Promise<void> {
+    this.store.dropCheckpoints((id) => !this.#local.has(id));
+    try {
+      await this.store.flushCheckpoints((id) => this.#local.has(id));
+    } catch (error) {
+      this.#options.logger.debug({ err: error }, 'checkpoint batch failed');
     }
   }
 
   async #close(drainTimeoutMs: number): Promise<void> {
-    for (const timer of this.#wakeTimers) clearTimeout(timer);
-    this.#wakeTimers.clear();
     for (const timer of this.#timers) clearInterval(timer);
     this.#stopping.abort(new Error('the daemon is shutting down'));
-    this.#budget.close();
-    // steps in flight finish within the drain time; after that their lock lapses and another replica redoes them
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.#worker.close().catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, drainTimeoutMs)))]);
-    clearTimeout(timer);
-    this.#halt.abort(new Error('the daemon shut down'));
-    await this.#queue.close().catch(() => undefined);
+    await this.#subscriber.quit().catch(() => this.#subscriber.disconnect());
+    // steps in flight finish within the drain time; the watches are then suspended (nothing written)
+    await this.#local.close(drainTimeoutMs);
+    const owned = [...this.#owned.keys()];
+    this.#owned.clear();
+    try {
+      await this.store.flushCheckpoints();
+      // the others take the partitions at their next tick, not after the lease
+      await leases.release(this.#redis, owned.map((p) => this.store.keys.owner(p)), this.replicaId);
+      await this.#redis.hdel(this.store.keys.replicas, this.replicaId);
+    } catch (error) {
+      this.#options.logger.debug({ err: error }, 'could not hand the partitions back; they move when their lease lapses');
+    }
     this.#client.close();
   }
 
-  /** A stored watch as the driver works on it. */
+  /** A stored watch as the driver works on it, for a write through the store (its owner polls it). */
   #watch(record: WatchRecord): Watch {
     const toolHandler = record.kind === 'run' ? this.#settings.toolHandler : undefined;
     const approvalHandler = record.kind === 'run' ? this.#settings.approvalHandler : undefined;
     const policy = record.kind === 'response' && this.#net ? this.#net : this.#base.policy;
     const settings: StepSettings = { ...this.#base, policy, startedAtMs: record.created_at, handlesToolCalls: toolHandler !== undefined, handlesToolApprovals: approvalHandler !== undefined };
     const kind = kindOf(record);
-    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, approvalHandler, signal: this.#halt.signal, progress: resumeProgress(kind, settings, record.progress), trace: undefined };
-  }
-
-  /** One step of one watch, then asleep in `delayed` until the next. */
-  async #process(job: Job<{ watchId: string }>, token: string | undefined): Promise<string> {
-    const record = await this.store.get(job.data.watchId);
-    if (!record || record.state !== 'active') return 'ended';
-    // a job taken over (its replica died) or promoted early still waits out the server's retry-after
-    const notBeforeMs = record.progress?.notBeforeMs ?? null;
-    if (notBeforeMs !== null && notBeforeMs > Date.now()) {
-      await job.moveToDelayed(notBeforeMs, token);
-      throw new DelayedError();
-    }
-    const w = this.#watch(record);
-    // a watch object (and its span) lives for one step here: the next may run on another replica
-    const end: StepEnd = await this.#driver.step(w, w.progress.next ?? { kind: 'poll', atMs: record.created_at }).finally(() => this.#driver.release(w));
-    switch (end.kind) {
-      case 'next':
-        await job.moveToDelayed(end.next.atMs, token);
-        throw new DelayedError();
-      case 'stale':
-        if (end.result !== 'stale') return end.result;
-        // a cancel over the API wrote an event meanwhile: observe again at once, from the new seq
-        await job.moveToDelayed(Date.now() + STALE_RETRY_MS, token);
-        throw new DelayedError();
-      case 'interrupted':
-        // this replica stops: the step is redone by whichever replica takes the job next
-        await job.moveToDelayed(Date.now(), token);
-        throw new DelayedError();
-      default:
-        return end.kind;
-    }
-  }
-
-  /** The job id is the watch id: adding it again is a no-op while it exists. */
-  async #ensureJob(id: string): Promise<void> {
-    await this.#queue.add('poll', { watchId: id }, { jobId: id, ...JOB_OPTIONS });
-  }
-
-  /** Gives every active watch without a job one (a crash between creating a watch and its job); returns how many are active. */
-  async #repair(): Promise<number> {
-    let active = 0;
-    let batch: string[] = [];
-    const flush = async (): Promise<void> => {
-      const pipeline = this.#redis.pipeline();
-      for (const id of batch) pipeline.exists(this.#queue.toKey(id));
-      const replies = (await pipeline.exec()) ?? [];
-      const missing = batch.filter((_, i) => replies[i]?.[1] === 0);
-      for (const id of missing) await this.#ensureJob(id);
-      if (missing.length > 0) this.#options.logger.warn({ watches: missing.length }, 'gave active watches without a job one');
-      batch = [];
-    };
-    for await (const record of this.store.active()) {
-      active += 1;
-      batch.push(record.id);
-      if (batch.length === 500) await flush();
-    }
-    if (batch.length > 0) await flush();
-    return active;
+    return { id: record.id, kind, ref: targetOf(record), settings, toolHandler, approvalHandler, signal: this.#stopping.signal, progress: resumeProgress(kind, settings, record.progress), trace: undefined };
   }
 
   /** Wakes streams when another replica committed events. */
@@ -307,4 +436,10 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       // Redis away: readiness says so; nothing to wake
     }
   }
+}
+
+/** A heartbeat: `<expires at ms>:<watches polled>`. */
+function parseBeat(beat: string): { expiresAtMs: number; watches: number } {
+  const [expiresAtMs, watches] = beat.split(':');
+  return { expiresAtMs: Number(expiresAtMs), watches: Number(watches ?? 0) };
 }

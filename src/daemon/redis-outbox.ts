@@ -6,6 +6,7 @@ import type { RedisKeys } from '../store/redis-keys.js';
 import type { SinkStats } from '../store/store.js';
 import type { DeliveryOutcome, DeliveryPolicy, Outbox } from './outbox.js';
 import { settleFailure } from './outbox.js';
+import { leases } from './redis-lease.js';
 
 /** Options of a `PartitionedOutbox`. */
 export interface PartitionedOutboxOptions extends DeliveryPolicy {
@@ -19,8 +20,6 @@ export interface PartitionedOutboxOptions extends DeliveryPolicy {
   readonly leaseMs: number;
 }
 
-const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
-const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 interface Held {
   /**
@@ -86,7 +85,7 @@ export class PartitionedOutbox implements Outbox {
     this.#stop.abort();
     this.#wake?.();
     await this.#loop;
-    await Promise.allSettled([...this.#held.keys()].map((p) => this.#redis.eval(RELEASE, 1, this.#leaseKey(p), this.#options.replicaId)));
+    await leases.release(this.#redis, [...this.#held.keys()].map((p) => this.#leaseKey(p)), this.#options.replicaId).catch(() => undefined);
   }
 
   async #run(): Promise<void> {
@@ -122,9 +121,10 @@ export class PartitionedOutbox implements Outbox {
         const sentAtMs = Date.now();
         const held = this.#held.get(p);
         if (held) {
-          if ((await this.#redis.eval(RENEW, 1, key, me, leaseMs)) === 1) held.validUntilMs = sentAtMs + leaseMs / 2;
+          const [renewed] = await leases.renew(this.#redis, [key], me, leaseMs);
+          if (renewed) held.validUntilMs = sentAtMs + leaseMs / 2;
           else this.#drop(p, held);
-        } else if ((await this.#redis.set(key, me, 'PX', leaseMs, 'NX')) === 'OK') {
+        } else if (await leases.acquire(this.#redis, key, me, leaseMs)) {
           this.#held.set(p, { validUntilMs: sentAtMs + leaseMs / 2, lost: new AbortController(), claimed: false, blockedUntilMs: 0, attempts: new Map() });
         }
       }

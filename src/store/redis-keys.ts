@@ -1,6 +1,7 @@
 /**
  * Every Redis key runwatch uses, in one place (as BullMQ's `QueueKeys`): no other module builds
- * a key by concatenation. All live under one prefix (`store.prefix`), BullMQ's under `<prefix>bull`.
+ * a key by concatenation. All live under one prefix (`store.prefix`). Keys of one partition are
+ * built here only, so that they can later carry a hash tag (Redis Cluster).
  */
 export class RedisKeys {
   /** Hash: target key -> watch id, one watch per run or response (the name predates responses). */
@@ -9,7 +10,7 @@ export class RedisKeys {
   readonly watches: string;
   /** Counter of the creation order. */
   readonly order: string;
-  /** Set of the active watches' ids. */
+  /** Set of the active watches' ids, as versions before watch partitions kept them: moved into `activeIn` at start. */
   readonly active: string;
   /** Hash: last status (`none` before the first poll) -> active watches in it, for the gauges. */
   readonly statusCounts: string;
@@ -19,8 +20,12 @@ export class RedisKeys {
   readonly log: string;
   /** Hash of the fleet's request budget (token bucket, rate, pause). */
   readonly budget: string;
-  /** BullMQ's prefix: its own keys (the `polls` queue) live below it. */
+  /** Where versions that ran each watch as a BullMQ job kept their queue (`<prefix>bull:polls:*`), deleted at start. */
   readonly bullPrefix: string;
+  /** Hash: replica id -> `<expires at ms>:<watches it polls>`, each replica's heartbeat (the fair share counts the live ones). */
+  readonly replicas: string;
+  /** Pub/sub channel of notices to the owner of a watch (added, changed elsewhere, woken). */
+  readonly notices: string;
   /** Prefix of the watch hashes, for the create script (which builds the key of a new id). */
   readonly watchPrefix: string;
 
@@ -35,6 +40,8 @@ export class RedisKeys {
     this.log = `${prefix}log`;
     this.budget = `${prefix}budget`;
     this.bullPrefix = `${prefix}bull`;
+    this.replicas = `${prefix}replicas`;
+    this.notices = `${prefix}notices`;
     this.watchPrefix = `${prefix}watch:`;
   }
 
@@ -46,6 +53,16 @@ export class RedisKeys {
   /** Outbox stream of one partition, read by each sink's consumer group. */
   partition(partition: number): string {
     return `${this.prefix}part:${partition}`;
+  }
+
+  /** Set of the ids of the active watches of one watch partition (`partitionOf(watch id)`). */
+  activeIn(partition: number): string {
+    return `${this.prefix}active:${partition}`;
+  }
+
+  /** Lease of a watch partition: which replica polls its watches. */
+  owner(partition: number): string {
+    return `${this.prefix}owner:${partition}`;
   }
 
   /** Lease of a (sink, partition): which replica delivers it. */

@@ -4,12 +4,12 @@ import { StoreUnavailableError } from '../errors.js';
 import type { Progress } from '../step.js';
 import { RedisKeys } from './redis-keys.js';
 import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { committedFields, eventTarget, idFieldsOfTarget, orderingId, parseJson, targetKey } from './store.js';
+import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, orderingId, parseJson, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
 
-// KEYS: targets map, watches zset, order counter, active set, status counts
+// KEYS: targets map, watches zset, order counter, active set of the new id's partition, status counts
 // ARGV: target key, new id, kind, thread, run, response, metadata, callback, now, watch key prefix
 const CREATE = `
 local existing = redis.call('HGET', KEYS[1], ARGV[1])
@@ -24,7 +24,7 @@ redis.call('SADD', KEYS[4], id)
 redis.call('HINCRBY', KEYS[5], 'none', 1)
 return {1, id}`;
 
-// KEYS: watch, pos counter, log stream, partition stream, active set, status counts
+// KEYS: watch, pos counter, log stream, partition stream, active set of the watch's partition, status counts
 // ARGV: expected seq, fields (JSON object of strings), new state, event count, then 6 values per event
 const COMMIT = `
 local seq = redis.call('HGET', KEYS[1], 'seq')
@@ -60,9 +60,18 @@ elseif old ~= new then
 end
 return 1`;
 
+// KEYS: watch; ARGV: expected seq, progress, next poll at, updated at
+// a checkpoint from a batch: written only where no step with events (nor an end) was written since
+const CHECKPOINT = `
+local v = redis.call('HMGET', KEYS[1], 'seq', 'state')
+if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or v[2] ~= 'active' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'next_poll_at', ARGV[3], 'updated_at', ARGV[4])
+return 1`;
+
 interface Commands {
   rwCreate(targets: string, watches: string, order: string, active: string, counts: string, ...args: string[]): Promise<[number, string]>;
   rwCommit(watch: string, pos: string, log: string, partition: string, active: string, counts: string, ...args: string[]): Promise<number>;
+  rwCheckpoint(watch: string, ...args: string[]): Promise<number>;
 }
 
 /**
@@ -74,24 +83,35 @@ export function partitionOf(orderingKey: string, partitions: number): number {
 }
 
 /**
- * Shared state of the replicas in Redis: one hash per watch (with its progress), an event log
- * stream whose entry ids are the event positions (`<pos>-0`, so SSE resumes by number), and
- * per-partition outbox streams that sinks read with consumer groups. A step's events and its
- * watch's progress are written by one Lua script: atomically, and only if the watch's seq is
- * still what the step started from. While Redis does not answer, every call rejects with
- * `StoreUnavailableError`.
+ * Shared state of the replicas in Redis: one hash per watch (with its progress), a set of the
+ * active watches of each partition (`partitionOf(watch id)`: a replica polls the partitions it
+ * owns), an event log stream whose entry ids are the event positions (`<pos>-0`, so SSE resumes
+ * by number), and per-partition outbox streams that sinks read with consumer groups. A step's
+ * events and its watch's progress are written by one Lua script: atomically, and only if the
+ * watch's seq is still what the step started from. A step without events is a checkpoint, kept
+ * in memory until `flushCheckpoints` (as SQLite's): an unchanged poll writes nothing. While
+ * Redis does not answer, every call rejects with `StoreUnavailableError`.
  */
 export class RedisStore implements WatchStore {
   readonly keys: RedisKeys;
+  /** Partitions of the outbox streams and of the watches (`store.partitions`). */
   readonly partitions: number;
   readonly #redis: Redis & Commands;
+  /** The latest checkpoint of each watch not yet written. */
+  readonly #checkpoints = new Map<string, Progress>();
 
   constructor(redis: Redis, prefix: string, partitions: number) {
     this.keys = new RedisKeys(prefix);
     this.partitions = partitions;
     redis.defineCommand('rwCreate', { numberOfKeys: 5, lua: CREATE });
     redis.defineCommand('rwCommit', { numberOfKeys: 6, lua: COMMIT });
+    redis.defineCommand('rwCheckpoint', { numberOfKeys: 1, lua: CHECKPOINT });
     this.#redis = redis as Redis & Commands;
+  }
+
+  /** The watch partition of a watch: which replica polls it. */
+  partitionOfWatch(id: string): number {
+    return partitionOf(id, this.partitions);
   }
 
   /** Runs a command; a failure while the connection is down is `StoreUnavailableError`, anything else is rethrown as is. */
@@ -117,7 +137,7 @@ export class RedisStore implements WatchStore {
         keys.targets,
         keys.watches,
         keys.order,
-        keys.active,
+        keys.activeIn(this.partitionOfWatch(input.id)),
         keys.statusCounts,
         targetKey(input),
         input.id,
@@ -138,7 +158,14 @@ export class RedisStore implements WatchStore {
 
   async get(id: string): Promise<WatchRecord | undefined> {
     const hash = await this.#call(() => this.#redis.hgetall(this.keys.watch(id)));
-    return hash.id ? toRecord(hash) : undefined;
+    return hash.id ? this.#record(hash) : undefined;
+  }
+
+  /** A hash as a record, with this process's checkpoint when it is newer than the hash (same seq, still active). */
+  #record(hash: Record<string, string>): WatchRecord {
+    const record = toRecord(hash);
+    const checkpoint = record.state === 'active' ? this.#checkpoints.get(record.id) : undefined;
+    return checkpoint && checkpoint.seq === record.progress?.seq ? { ...record, progress: checkpoint } : record;
   }
 
   async loadProgress(id: string): Promise<Progress | undefined> {
@@ -161,7 +188,7 @@ export class RedisStore implements WatchStore {
         for (let i = 0; i < ids.length; i += 2) pipeline.hgetall(this.keys.watch(ids[i]!));
         for (const [, value] of (await pipeline.exec()) ?? []) {
           const hash = value as Record<string, string>;
-          if (hash.id && (!query.state || hash.state === query.state)) out.push(toRecord(hash));
+          if (hash.id && (!query.state || hash.state === query.state)) out.push(this.#record(hash));
           if (out.length === query.limit) break;
         }
         from = `(${ids[ids.length - 1]}`;
@@ -170,11 +197,16 @@ export class RedisStore implements WatchStore {
     });
   }
 
-  /** Every active watch, read in chunks. */
+  /** Every active watch, partition by partition, read in chunks. */
   async *active(): AsyncIterable<WatchRecord> {
+    for (let p = 0; p < this.partitions; p++) yield* this.activeIn(p);
+  }
+
+  /** The active watches of one watch partition, read in chunks. */
+  async *activeIn(partition: number): AsyncIterable<WatchRecord> {
     let cursor = '0';
     do {
-      const [next, ids] = await this.#call(() => this.#redis.sscan(this.keys.active, cursor, 'COUNT', 500));
+      const [next, ids] = await this.#call(() => this.#redis.sscan(this.keys.activeIn(partition), cursor, 'COUNT', 500));
       cursor = next;
       if (ids.length === 0) continue;
       const pipeline = this.#redis.pipeline();
@@ -182,9 +214,49 @@ export class RedisStore implements WatchStore {
       const replies = await this.#call(async () => (await pipeline.exec()) ?? []);
       for (const [, value] of replies) {
         const hash = value as Record<string, string>;
-        if (hash.id && hash.state === 'active') yield toRecord(hash);
+        if (hash.id && hash.state === 'active') yield this.#record(hash);
       }
     } while (cursor !== '0');
+  }
+
+  /** The ids in one watch partition's active set (a reconciliation compares them with what a replica polls). */
+  async activeIdsIn(partition: number): Promise<string[]> {
+    const ids: string[] = [];
+    let cursor = '0';
+    do {
+      const [next, batch] = await this.#call(() => this.#redis.sscan(this.keys.activeIn(partition), cursor, 'COUNT', 500));
+      cursor = next;
+      ids.push(...batch);
+    } while (cursor !== '0');
+    return ids;
+  }
+
+  /**
+   * Brings a keyspace written by an earlier version up to date, once per start of a replica:
+   * the one set of active watches is spread over the partitions' sets, and the BullMQ queue of
+   * the versions that ran each watch as a job is deleted. Every replica of a prefix must run
+   * this version (stop the old ones first). Idempotent.
+   */
+  async migrate(): Promise<void> {
+    const { keys } = this;
+    await this.#call(async () => {
+      let cursor = '0';
+      do {
+        const [next, ids] = await this.#redis.sscan(keys.active, cursor, 'COUNT', 500);
+        cursor = next;
+        if (ids.length === 0) continue;
+        const pipeline = this.#redis.pipeline();
+        for (const id of ids) pipeline.sadd(keys.activeIn(this.partitionOfWatch(id)), id);
+        await pipeline.exec();
+      } while (cursor !== '0');
+      await this.#redis.del(keys.active);
+      cursor = '0';
+      do {
+        const [next, found] = await this.#redis.scan(cursor, 'MATCH', `${keys.bullPrefix}:*`, 'COUNT', 1000);
+        cursor = next;
+        if (found.length > 0) await this.#redis.del(...found);
+      } while (cursor !== '0');
+    });
   }
 
   /** Active watches by last status (`none` before the first poll), counted by the scripts as watches move. */
@@ -212,6 +284,12 @@ export class RedisStore implements WatchStore {
    * atomically, if the stored seq is still `expectedSeq` and the watch still active.
    */
   async commit(watchId: string, expectedSeq: number, change: WatchChange): Promise<CommitResult> {
+    // a step that changed nothing a consumer sees is a checkpoint: written with the next batch (unless a server's retry-after must survive a crash)
+    if (change.events.length === 0 && change.state === 'active' && !carriesServerFloor(change.progress)) {
+      this.#checkpoints.set(watchId, change.progress);
+      return 'ok';
+    }
+    this.#checkpoints.delete(watchId);
     const record = committedFields(change, Date.now());
     const fields: Record<string, string> = {
       state: record.state,
@@ -232,8 +310,38 @@ export class RedisStore implements WatchStore {
       args.push(event.id, event.watch_id, ids.thread_id, ids.run_id, ids.response_id, JSON.stringify(event));
     }
     const { keys } = this;
-    const result = await this.#call(() => this.#redis.rwCommit(keys.watch(watchId), keys.position, keys.log, keys.partition(partition), keys.active, keys.statusCounts, ...args));
+    const result = await this.#call(() => this.#redis.rwCommit(keys.watch(watchId), keys.position, keys.log, keys.partition(partition), keys.activeIn(this.partitionOfWatch(watchId)), keys.statusCounts, ...args));
     return result === 1 ? 'ok' : result === -1 ? 'stale' : result === -2 ? 'ended' : 'missing';
+  }
+
+  /** Checkpoints kept in memory, not yet written. */
+  get pendingCheckpoints(): number {
+    return this.#checkpoints.size;
+  }
+
+  /**
+   * Writes the checkpoints kept since the last batch (those `select` picks, when given), in one
+   * pipeline, each only where no newer step was written meanwhile. Checkpoints are hints: a
+   * batch Redis refuses is dropped (a resumed watch polls at once anyway). Returns how many were sent.
+   */
+  async flushCheckpoints(select: (watchId: string) => boolean = () => true): Promise<number> {
+    const batch: Array<[string, Progress]> = [];
+    for (const [id, progress] of this.#checkpoints) {
+      if (!select(id)) continue;
+      batch.push([id, progress]);
+      this.#checkpoints.delete(id);
+    }
+    if (batch.length === 0) return 0;
+    const now = String(Date.now());
+    const pipeline = this.#redis.pipeline() as unknown as { rwCheckpoint(watch: string, ...args: string[]): void; exec(): Promise<unknown> };
+    for (const [id, progress] of batch) pipeline.rwCheckpoint(this.keys.watch(id), String(progress.seq), JSON.stringify(progress), progress.next?.kind === 'poll' ? String(progress.next.atMs) : '', now);
+    await this.#call(() => pipeline.exec());
+    return batch.length;
+  }
+
+  /** Forgets the checkpoints `select` picks: of watches this process no longer polls (another replica goes on with them). */
+  dropCheckpoints(select: (watchId: string) => boolean): void {
+    for (const id of this.#checkpoints.keys()) if (select(id)) this.#checkpoints.delete(id);
   }
 
   /** Events after a position, filtered, in order. */
@@ -304,8 +412,10 @@ export class RedisStore implements WatchStore {
     return this.#redis.status === 'ready';
   }
 
-  /** The connection is the caller's: it closes it. */
-  async close(): Promise<void> {}
+  /** Writes the checkpoints still kept; the connection is the caller's: it closes it. */
+  async close(): Promise<void> {
+    await this.flushCheckpoints().catch(() => undefined);
+  }
 }
 
 /** `[k1, v1, k2, v2]` to `{ k1: v1, k2: v2 }`. */
