@@ -52,7 +52,8 @@ describe.skipIf(!redisAvailable)('the fleet budget on Redis', () => {
     const engines = Array.from({ length: 3 }, () => {
       const redis = new Redis(REDIS_URL, { maxRetriesPerRequest: 1 });
       clients.push(redis);
-      return new RedisEngine(redis, new RedisStore(redis, prefix, 2), settings, { lockDurationMs: 2_000, stalledIntervalMs: 1_000, repairIntervalMs: 60_000, logger: pino({ level: 'silent' }) });
+      // six watch partitions: two for each replica to own
+      return new RedisEngine(redis, new RedisStore(redis, prefix, 6), settings, { lockDurationMs: 2_000, stalledIntervalMs: 1_000, repairIntervalMs: 60_000, logger: pino({ level: 'silent' }) });
     });
     try {
       await Promise.all(engines.map((engine) => engine.start()));

@@ -150,6 +150,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   }
 
   async start(): Promise<number> {
+    // seen by replicas starting at the same time before any of them counts its share
+    await this.#beat();
     await this.store.migrate();
     await this.store.ensureStatusCounts();
     await this.#subscriber.connect();
@@ -289,8 +291,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     const leaseMs = this.#options.lockDurationMs;
     try {
       const now = Date.now();
-      const replies = (await this.#redis.pipeline().hset(keys.replicas, me, `${now + leaseMs}:${this.#polled()}`).hgetall(keys.replicas).exec()) ?? [];
-      const beats = (replies[1]?.[1] ?? {}) as Record<string, string>;
+      const beats = await this.#beat();
       const dead = Object.keys(beats).filter((replica) => parseBeat(beats[replica]!).expiresAtMs <= now);
       if (dead.length > 0) await this.#redis.hdel(keys.replicas, ...dead);
       const live = Math.max(1, Object.keys(beats).length - dead.length);
@@ -319,6 +320,15 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       this.#expire();
       this.#ticking = false;
     }
+  }
+
+  /** Writes this replica's heartbeat; returns every replica's. */
+  async #beat(): Promise<Record<string, string>> {
+    const { replicas } = this.store.keys;
+    const replies = (await this.#redis.pipeline().hset(replicas, this.replicaId, `${Date.now() + this.#options.lockDurationMs}:${this.#polled()}`).hgetall(replicas).exec()) ?? [];
+    const failed = replies.find(([error]) => error !== null);
+    if (failed) throw failed[0];
+    return (replies[1]?.[1] ?? {}) as Record<string, string>;
   }
 
   /** Takes free partitions up to the share, starting at a place of this replica's own (fewer collisions). */
