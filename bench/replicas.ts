@@ -89,7 +89,7 @@ async function startRedis(): Promise<{ url: string; stop: () => Promise<void> }>
   const port = (probe.address() as { port: number }).port;
   await new Promise((resolve) => probe.close(resolve));
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const lines = createInterface({ input: child.stdout! });
+  const lines = createInterface({ input: child.stdout });
   await new Promise<void>((resolve) => lines.on('line', (l) => l.includes('Ready to accept connections') && resolve()));
   return {
     url: `redis://127.0.0.1:${port}`,

@@ -1,5 +1,5 @@
 // Measures how long a watch waits after the replica polling it is SIGKILLed mid-request, until
-// another replica polls it: BullMQ's lock has to lapse and its stalled-job check has to run.
+// another replica polls it: the lease of its watch partition has to lapse, and another replica has to take it.
 // Needs Redis (RUNWATCH_TEST_REDIS_URL, default redis://127.0.0.1:6379) and a build (npm run build).
 // Usage: npm run bench:takeover
 import { spawn } from 'node:child_process';
@@ -34,16 +34,21 @@ async function measure(lockMs: number, stalledMs: number): Promise<number> {
   const sim = await startSimulator({ apiKey: KEY });
   // the first request hangs, so the first replica is killed in the middle of it
   sim.addRun({ threadId: 'thread_t', runId: 'run_t', timeline: [{ status: 'in_progress' }], faults: [{ type: 'hang', from: 1 }] });
-  const a = await replica(sim.baseUrl, prefix, lockMs, stalledMs);
-  await fetch(`http://127.0.0.1:${a.port}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"thread_id":"thread_t","run_id":"run_t"}' });
+  // both replicas run and have shared the watch partitions before the watch is added, so no rebalance moves it
+  const replicas = [await replica(sim.baseUrl, prefix, lockMs, stalledMs), await replica(sim.baseUrl, prefix, lockMs, stalledMs)];
+  await new Promise((r) => setTimeout(r, 3 * Math.min(stalledMs, lockMs / 5)));
+  await fetch(`http://127.0.0.1:${replicas[0]!.port}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"thread_id":"thread_t","run_id":"run_t"}' });
   while (sim.requests('run_t').length === 0) await new Promise((r) => setTimeout(r, 10));
-  const b = await replica(sim.baseUrl, prefix, lockMs, stalledMs);
+  // the replica that polls it (its id is <host>-<pid>-<random>) is the one killed
+  const sender = String(sim.requests('run_t')[0]!.headers['x-runwatch-instance']);
+  const victim = replicas.find((r) => sender.includes(`-${r.child.pid}-`))!;
+  const survivor = replicas.find((r) => r !== victim)!;
   const killedAt = Date.now();
-  a.child.kill('SIGKILL');
+  victim.child.kill('SIGKILL');
   while (sim.requests('run_t').length < 2) await new Promise((r) => setTimeout(r, 10));
   const takeoverMs = sim.requests('run_t')[1]!.atMs - killedAt;
-  b.child.kill('SIGTERM');
-  await once(b.child, 'close');
+  survivor.child.kill('SIGTERM');
+  await once(survivor.child, 'close');
   await sim.close();
   const redis = new Redis(REDIS_URL);
   for (let cursor = '0'; ; ) {

@@ -124,7 +124,7 @@ const NO_EVENTS: readonly WatchEvent[] = Object.freeze([]);
 /**
  * The watch loop, written once: poll, apply the outcome, commit, act as the step decides
  * (submit tool outputs or tool approvals, cancel after a stall), commit again. Every host drives it: the
- * library's `RunWatcher` and the SQLite daemon from a timer heap, Redis mode from BullMQ jobs.
+ * library's `RunWatcher`, the SQLite daemon and each Redis replica (over its partitions) from a timer heap.
  * It owns no timer and no watch list: the host schedules what `step` returns.
  */
 export class WatchDriver {
@@ -136,7 +136,7 @@ export class WatchDriver {
 
   /**
    * The host lets this watch object go while the watch goes on (the library closes, a Redis
-   * step ends): its span ends (`runwatch.watch.outcome` `suspended`) and no other starts for
+   * replica hands the watch's partition over): its span ends (`runwatch.watch.outcome` `suspended`) and no other starts for
    * this object. A watch that ended has no span left to end.
    */
   release(w: Watch): void {

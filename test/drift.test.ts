@@ -129,11 +129,11 @@ describe.skipIf(!redisAvailable)('one engine: the SQLite and the Redis daemon te
     }
   }, 60_000);
 
-  it('polls a watch whose job was lost between the create script and the queue (a crash): on a repeated POST, and at start', async () => {
+  it('polls an active watch nobody polls: one left in the one active set of versions before watch partitions (at start), and one posted again', async () => {
     const prefix = testPrefix();
     prefixes.push(prefix);
     const redis = new Redis(REDIS_URL);
-    // what the create script leaves behind when the process dies before queue.add
+    // an active watch as versions before watch partitions wrote it (one `active` set for all)
     const orphan = async (id: string, runId: string): Promise<void> => {
       sim.addRun({ threadId: 'thread_drift', runId, timeline: [{ status: 'in_progress' }] });
       await redis.hset(`${prefix}watch:${id}`, { id, kind: 'run', thread_id: 'thread_drift', run_id: runId, response_id: '', metadata: '', callback_url: '', state: 'active', seq: '0', created_at: String(Date.now()), updated_at: String(Date.now()), order: '1' });

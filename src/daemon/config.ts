@@ -153,7 +153,9 @@ const configSchema = z.strictObject({
       kind: z.enum(['sqlite', 'redis', 'memory']).default('sqlite'),
       prefix: z.string().min(1).max(64).default('runwatch:'),
       partitions: z.number().int().min(1).max(256).default(8),
+      /** Redis: a watch partition's lease; a dead replica's watches are taken over this long after its last renewal. @default 10000 */
       lockDurationMs: durationMs.default(10_000),
+      /** Redis: how often a replica renews its watch-partition leases and looks for partitions to take (at least every `lockDurationMs / 5`). @default 5000 */
       stalledIntervalMs: durationMs.default(5_000),
       leaseMs: durationMs.default(10_000),
     })

@@ -147,6 +147,11 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.#handles.has(id);
   }
 
+  /** How many watches this engine polls. */
+  get size(): number {
+    return this.#handles.size;
+  }
+
   /** The ids of the watches this engine polls. */
   ids(): IterableIterator<string> {
     return this.#handles.keys();

@@ -165,7 +165,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     );
     this.#timers.push(setInterval(() => void this.#watchLog(), LOG_WATCH_MS));
     this.#timers.push(setInterval(() => void this.#flush(), this.#options.checkpointIntervalMs ?? CHECKPOINT_MS));
-    return this.#polled();
+    return this.#local.size;
   }
 
   async add(input: NewWatch): Promise<{ watch: WatchRecord; created: boolean }> {
@@ -252,11 +252,6 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.#owned.has(this.store.partitionOfWatch(id));
   }
 
-  #polled(): number {
-    let count = 0;
-    for (const _ of this.#local.ids()) count += 1;
-    return count;
-  }
 
   async #publish(kind: NoticeKind, id: string): Promise<void> {
     await this.#redis.publish(this.store.keys.notices, `${kind} ${id}`);
@@ -325,9 +320,9 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   /** Writes this replica's heartbeat; returns every replica's. */
   async #beat(): Promise<Record<string, string>> {
     const { replicas } = this.store.keys;
-    const replies = (await this.#redis.pipeline().hset(replicas, this.replicaId, `${Date.now() + this.#options.lockDurationMs}:${this.#polled()}`).hgetall(replicas).exec()) ?? [];
-    const failed = replies.find(([error]) => error !== null);
-    if (failed) throw failed[0];
+    const replies = (await this.#redis.pipeline().hset(replicas, this.replicaId, `${Date.now() + this.#options.lockDurationMs}:${this.#local.size}`).hgetall(replicas).exec()) ?? [];
+    const failed = replies.find(([error]) => error !== null)?.[0];
+    if (failed) throw failed;
     return (replies[1]?.[1] ?? {}) as Record<string, string>;
   }
 

@@ -21,8 +21,8 @@ export const leases = {
     const pipeline = redis.pipeline();
     for (const key of keys) pipeline.eval(RENEW, 1, key, holder, leaseMs);
     const replies = (await pipeline.exec()) ?? [];
-    const failed = replies.find(([error]) => error !== null);
-    if (failed) throw failed[0];
+    const failed = replies.find(([error]) => error !== null)?.[0];
+    if (failed) throw failed;
     return keys.map((_, i) => replies[i]?.[1] === 1);
   },
   /** Hands leases back (only those this replica still holds), in one round trip. */
