@@ -5,7 +5,9 @@ import { WatchError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
 import { RUN_KIND } from '../src/resource.js';
 import type { ResourceKind, Snapshot } from '../src/resource.js';
+import type { CommitPort } from '../src/driver.js';
 import { initialProgress } from '../src/step.js';
+import type { Progress } from '../src/step.js';
 import { watchRun } from '../src/watch-run.js';
 import { RunWatcher } from '../src/watcher.js';
 import type { RunWatcherOptions } from '../src/watcher.js';
@@ -344,6 +346,48 @@ describe('RunWatcher for the daemon', () => {
     await clock.runAllAsync();
     await handle.promise;
     expect(events.map((e) => [e.id, e.from, e.to])).toEqual([['w_resumed.5', 'in_progress', 'completed']]);
+  });
+
+  it('suspend() lets one watch go without writing or emitting; the others go on', async () => {
+    const { client, watcher, events } = setup([ok('in_progress')], { policy: { intervals: { in_progress: { baseMs: 1000, capMs: 1000 } } } });
+    const kept = watcher.watchRun({ threadId: 'thread_1', runId: 'run_kept', watchId: 'w_kept' });
+    const letGo = watcher.watchRun({ threadId: 'thread_1', runId: 'run_gone', watchId: 'w_gone' });
+    await clock.tickAsync(100);
+    expect(watcher.suspend('w_gone')).toBe(true);
+    expect(watcher.suspend('w_gone')).toBe(false);
+    expect((await settle(letGo.promise)).error?.code).toBe('closed');
+    const gone = { events: events.filter((e) => e.watch_id === 'w_gone').length, calls: client.calls.filter((c) => c.context.watchId === 'w_gone').length };
+    await clock.tickAsync(5_000);
+    expect(events.filter((e) => e.watch_id === 'w_gone')).toHaveLength(gone.events);
+    expect(client.calls.filter((c) => c.context.watchId === 'w_gone')).toHaveLength(gone.calls);
+    expect(client.calls.filter((c) => c.context.watchId === 'w_kept').length).toBeGreaterThanOrEqual(5);
+    expect([...watcher.ids()]).toEqual(['w_kept']);
+    kept.abort();
+  });
+
+  it('goes on from the stored progress when the store refuses a step as stale (another writer moved the watch on)', async () => {
+    // a store shared with another writer: it recorded a cancel (seq 2) while this watcher polled
+    const stored = new Map<string, Progress>();
+    const commits: Array<{ expectedSeq: number; seqs: number[] }> = [];
+    const store: CommitPort = {
+      commit(watchId, expectedSeq, change) {
+        commits.push({ expectedSeq, seqs: change.events.map((e) => e.seq) });
+        const current = stored.get(watchId);
+        if (current && current.seq !== expectedSeq) return Promise.resolve('stale');
+        stored.set(watchId, change.progress);
+        if (change.progress.seq === 1) stored.set(watchId, { ...change.progress, seq: 2, cancelRequested: true });
+        return Promise.resolve('ok');
+      },
+      loadProgress: (watchId) => Promise.resolve(stored.get(watchId)),
+    };
+    const { client, watcher, events } = setup([ok('queued'), ok('in_progress'), ok('in_progress'), ok('completed')], { store, policy: { intervals: { queued: { baseMs: 1000, capMs: 1000 }, in_progress: { baseMs: 1000, capMs: 1000 } } } });
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1', watchId: 'w_shared' });
+    await clock.runAllAsync();
+    expect((await settle(handle.promise)).value?.status).toBe('completed');
+    // the refused step wrote nothing and emitted nothing; the next went on from seq 2
+    expect(commits.map((c) => c.expectedSeq)).toEqual([0, 1, 2, 3]);
+    expect(events.map((e) => [e.type, e.seq])).toEqual([['run.queued', 1], ['run.in_progress', 3], ['run.completed', 4]]);
+    expect(client.calls).toHaveLength(4);
   });
 
   it('close() with a drain lets the poll in flight finish and record its transition', async () => {
