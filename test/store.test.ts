@@ -327,6 +327,67 @@ describe('SqliteStore', () => {
   });
 });
 
+describe.skipIf(!redisAvailable)('RedisStore', () => {
+  function open(prefix: string): RedisStore {
+    const redis = new Redis(REDIS_URL);
+    redisClients.push(redis);
+    return new RedisStore(redis, prefix, 4);
+  }
+
+  it('keeps a step without events in memory and writes it with flushCheckpoints, only where no newer step was written; a server floor is written at once', async () => {
+    const prefix = testPrefix();
+    prefixes.push(prefix);
+    const a = open(prefix);
+    const other = open(prefix);
+    for (const id of ['w_1', 'w_2', 'w_3']) await a.create({ kind: 'run', id, thread_id: 'thread_1', run_id: `run_${id}` }, 0);
+    for (const id of ['w_1', 'w_2', 'w_3']) await record(a, event(id, `run_${id}`, 1, 'queued'));
+    const checkpoint = progressAt('queued', 1, { unchangedPolls: 7, next: { kind: 'poll', atMs: 123_456 } });
+    for (const id of ['w_1', 'w_2']) expect(await a.commit(id, 1, { progress: checkpoint, events: [], state: 'active' })).toBe('ok');
+    expect(a.pendingCheckpoints).toBe(2);
+    // this process reads its checkpoint back at once; Redis (another replica) does not have it yet
+    expect(await a.get('w_1')).toMatchObject({ progress: { unchangedPolls: 7 } });
+    expect(await other.get('w_1')).toMatchObject({ progress: { unchangedPolls: 0 } });
+    // another writer moved w_2 on meanwhile: its checkpoint is refused at the flush
+    await record(other, event('w_2', 'run_w_2', 2, 'cancelling', 'queued'));
+    expect(await a.get('w_2')).toMatchObject({ progress: { status: 'cancelling', seq: 2 } });
+    expect(await a.flushCheckpoints()).toBe(2);
+    expect(a.pendingCheckpoints).toBe(0);
+    expect(await other.get('w_1')).toMatchObject({ progress: { status: 'queued', seq: 1, unchangedPolls: 7, next: { kind: 'poll', atMs: 123_456 } } });
+    expect(await other.get('w_2')).toMatchObject({ progress: { status: 'cancelling', seq: 2, unchangedPolls: 0 } });
+    // a server's retry-after must survive a crash: written at once
+    const floor = progressAt('queued', 1, { notBeforeMs: Date.now() + 60_000 });
+    expect(await a.commit('w_3', 1, { progress: floor, events: [], state: 'active' })).toBe('ok');
+    expect(a.pendingCheckpoints).toBe(0);
+    expect(await other.get('w_3')).toMatchObject({ progress: { notBeforeMs: floor.notBeforeMs } });
+    // checkpoints of watches let go are forgotten, not written
+    expect(await a.commit('w_1', 1, { progress: { ...checkpoint, unchangedPolls: 9 }, events: [], state: 'active' })).toBe('ok');
+    a.dropCheckpoints((id) => id === 'w_1');
+    await a.close();
+    expect(await other.get('w_1')).toMatchObject({ progress: { unchangedPolls: 7 } });
+  });
+
+  it('keeps a set of active watches per watch partition, and moves the one set of earlier versions into them', async () => {
+    const prefix = testPrefix();
+    prefixes.push(prefix);
+    const s = open(prefix);
+    const redis = new Redis(REDIS_URL);
+    redisClients.push(redis);
+    const ids = Array.from({ length: 12 }, (_, i) => `w_p${i}`);
+    for (const id of ids) await s.create({ kind: 'run', id, thread_id: 'thread_1', run_id: `run_${id}` }, 0);
+    for (let p = 0; p < 4; p++) expect((await s.activeIdsIn(p)).sort()).toEqual(ids.filter((id) => s.partitionOfWatch(id) === p).sort());
+    await record(s, event('w_p0', 'run_w_p0', 1, 'completed'), 'finished');
+    expect((await collect(s.active())).map((w) => w.id).sort()).toEqual(ids.slice(1).sort());
+    // an earlier version's layout: one set for every active watch, and a BullMQ queue
+    const moved = ids.slice(1, 4);
+    for (const id of moved) await redis.srem(s.keys.activeIn(s.partitionOfWatch(id)), id);
+    await redis.sadd(s.keys.active, ...moved);
+    await redis.set(`${s.keys.bullPrefix}:polls:id`, '3');
+    await s.migrate();
+    expect((await collect(s.active())).map((w) => w.id).sort()).toEqual(ids.slice(1).sort());
+    expect(await redis.exists(s.keys.active, `${s.keys.bullPrefix}:polls:id`)).toBe(0);
+  });
+});
+
 describe('OutboxWorker', () => {
   const store = (): SqliteStore => new SqliteStore(':memory:', { sinks: ['test'] });
   const options = { retryForMs: 60_000, backoff: { baseMs: 20, capMs: 40 }, logger: pino({ level: 'silent' }) };
