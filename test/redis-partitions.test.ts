@@ -143,6 +143,62 @@ describe.skipIf(!available)('watch partitions on Redis (needs Redis)', () => {
     expect(posts.map((r) => String(r.headers['x-runwatch-instance']))).toEqual([a.replicaId]);
     expect(new Set(sim.requests(run.run_id).filter((r) => r.method === 'GET').map((r) => String(r.headers['x-runwatch-instance'])))).toEqual(new Set([b.replicaId]));
     expect((await a.store.get(run.id))?.state).toBe('finished');
+    // a delete there too: written through the store, and the owner lets the watch go
+    const other = watchIn(b.ownedPartitions()[0]!, 4, `nonownerdel${Date.now()}`);
+    sim.addRun({ threadId: 'thread_no', runId: other.run_id, timeline: [{ status: 'in_progress' }] });
+    await a.add({ kind: 'run', id: other.id, thread_id: 'thread_no', run_id: other.run_id });
+    await waitFor(async () => (await a.store.eventsAfter(0, { run_id: other.run_id }, 10)).length === 1, 'the owner to poll the watch');
+    expect((await a.delete(other.id))?.state).toBe('deleted');
+    await waitFor(async () => (await a.watchesByReplica()).get(b.replicaId) === 0, 'the owner to let it go');
+    const polls = sim.requests(other.run_id).length;
+    const last = (await a.store.eventsAfter(0, { run_id: other.run_id }, 10)).map((e) => (JSON.parse(e.payload) as RunEvent).type);
+    expect(last).toEqual(['run.in_progress', 'watch.error']);
+    expect(sim.requests(other.run_id).length).toBe(polls);
+  }, 30_000);
+
+  it('a webhook taken by a replica that does not own the watch makes the owner poll at once', async () => {
+    const prefix = newPrefix();
+    const webhook = { ...SETTINGS, push: 'webhook' as const, watcher: { ...SETTINGS.watcher, baseUrl: sim.baseUrl } };
+    const make = (): RedisEngine => {
+      const redis = connect();
+      const engine = new RedisEngine(redis, new RedisStore(redis, prefix, 4), webhook, { lockDurationMs: 1_500, stalledIntervalMs: 300, logger: pino({ level: 'silent' }) });
+      engines.push(engine);
+      return engine;
+    };
+    const [a, b] = [make(), make()];
+    await Promise.all([a.start(), b.start()]);
+    await waitFor(() => a.ownedPartitions().length === 2 && b.ownedPartitions().length === 2, 'two partitions each');
+    const { id, run_id: responseId } = watchIn(b.ownedPartitions()[0]!, 4, `wake${Date.now()}`);
+    sim.addResponse({ responseId, timeline: [{ status: 'in_progress' }] });
+    await a.add({ kind: 'response', id, response_id: responseId });
+    await waitFor(() => sim.requests(responseId).length === 1, 'the first poll');
+    // the safety net would poll again in 30 s; the wake passed on to the owner polls now
+    expect(await a.wakeResponse(responseId)).toBe(true);
+    await waitFor(() => sim.requests(responseId).length === 2, 'the woken poll', 5_000);
+    expect(new Set(senders(responseId))).toEqual(new Set([b.replicaId]));
+    expect(await a.wakeResponse('resp_nobody_watches')).toBe(false);
+  }, 30_000);
+
+  it('the periodic repair polls a watch whose notice was lost, and lets go of one that ended elsewhere unnoticed', async () => {
+    const prefix = newPrefix();
+    const a = replica(prefix, 2, { repairIntervalMs: 300 });
+    await a.start();
+    const redis = connect();
+    const tag = `repair${Date.now()}`;
+    const [lost, ended] = [`w_${tag}_lost`, `w_${tag}_ended`];
+    for (const id of [lost, ended]) sim.addRun({ threadId: 'thread_rep', runId: `run_${id}`, timeline: [{ status: 'in_progress' }] });
+    // created by another replica whose notice never came: in the store, not polled here
+    await new RedisStore(redis, prefix, 2).create({ kind: 'run', id: lost, thread_id: 'thread_rep', run_id: `run_${lost}` }, Date.now());
+    await waitFor(() => sim.requests(`run_${lost}`).length > 0, 'the repair to poll the watch');
+    await a.add({ kind: 'run', id: ended, thread_id: 'thread_rep', run_id: `run_${ended}` });
+    await waitFor(() => sim.requests(`run_${ended}`).length > 1, 'the watch to be polled');
+    // ended by another writer whose notice never came: the owner's unchanged polls would never learn it
+    await redis.hset(a.store.keys.watch(ended), 'state', 'deleted');
+    await redis.srem(a.store.keys.activeIn(a.store.partitionOfWatch(ended)), ended);
+    await waitFor(async () => (await a.watchesByReplica()).get(a.replicaId) === 1, 'the repair to let the ended watch go');
+    const polls = sim.requests(`run_${ended}`).length;
+    await waitFor(() => sim.requests(`run_${lost}`).length > 5, 'more polls of the other watch');
+    expect(sim.requests(`run_${ended}`).length).toBe(polls);
   }, 30_000);
 
   it('an unchanged poll writes nothing to Redis and costs at most 12 commands (inside scripts included); its checkpoint is written at release', async () => {

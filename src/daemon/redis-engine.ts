@@ -373,21 +373,31 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     for (const id of [...this.#local.ids()]) if (this.store.partitionOfWatch(id) === p) this.#local.suspend(id);
   }
 
-  /** Polls every active watch of the owned partitions that is not polled here yet (a lost notice, a step that failed on Redis). */
+  /**
+   * Brings what is polled here in line with the owned partitions' sets (a lost notice, a step
+   * that failed on Redis): polls every active watch not polled yet, lets go of every watch that
+   * ended elsewhere (an unchanged poll writes nothing, so nothing else would tell).
+   */
   async #repair(): Promise<void> {
     this.#repairSoon = false;
     this.#lastRepairMs = Date.now();
     let resumed = 0;
+    let dropped = 0;
     for (const p of [...this.#owned.keys()]) {
-      const missing = (await this.store.activeIdsIn(p)).filter((id) => !this.#local.has(id));
-      for (const id of missing) {
+      const active = new Set(await this.store.activeIdsIn(p));
+      const polled = [...this.#local.ids()].filter((id) => this.store.partitionOfWatch(id) === p);
+      const changed = [...[...active].filter((id) => !this.#local.has(id)), ...polled.filter((id) => !active.has(id))];
+      for (const id of changed) {
+        // read again: the set may have changed since (a watch added, or ended, meanwhile)
         const record = await this.store.get(id);
-        if (record?.state !== 'active' || !this.#owned.has(p)) continue;
-        this.#local.resume(record);
-        resumed += 1;
+        if (!this.#owned.has(p)) break;
+        if (record?.state === 'active' && !this.#local.has(id)) {
+          this.#local.resume(record);
+          resumed += 1;
+        } else if (record?.state !== 'active' && this.#local.suspend(id)) dropped += 1;
       }
     }
-    if (resumed > 0) this.#options.logger.info({ watches: resumed }, 'resumed watches of owned partitions that were not polled');
+    if (resumed + dropped > 0) this.#options.logger.info({ resumed, dropped }, 'brought the watches polled here in line with the owned partitions');
   }
 
   /** Writes the checkpoints of the watches polled here; those of watches let go meanwhile are forgotten. */
