@@ -140,6 +140,8 @@ export interface Budget {
   penalize(nowMs: number, retryAfterMs?: number): void;
   /** Figures for the gauges. */
   snapshot(): BudgetSnapshot;
+  /** Requests waiting for a slot now (read by a scheduler before each step it starts). */
+  readonly queued: number;
   /** Resolves every waiting `acquire` with `false`; later calls get `false` at once. */
   close(): void;
 }

@@ -654,7 +654,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** Starts ready steps while few wait for the budget; each step that ends starts the next. */
   #pump(): void {
-    while (this.#ready.size > 0 && this.#budget.snapshot().queued < this.#maxQueued && !this.#draining.signal.aborted) {
+    while (this.#ready.size > 0 && this.#budget.queued < this.#maxQueued && !this.#draining.signal.aborted) {
       const w = this.#ready.shift()!;
       if (!w.done && w.step) this.#run(w, w.step);
     }
