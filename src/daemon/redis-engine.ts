@@ -413,7 +413,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   async #close(drainTimeoutMs: number): Promise<void> {
     for (const timer of this.#timers) clearInterval(timer);
     this.#stopping.abort(new Error('the daemon is shutting down'));
-    await this.#subscriber.quit().catch(() => this.#subscriber.disconnect());
+    // no QUIT: with Redis away it would wait in the offline queue for ever
+    this.#subscriber.disconnect();
     // steps in flight finish within the drain time; the watches are then suspended (nothing written)
     await this.#local.close(drainTimeoutMs);
     const owned = [...this.#owned.keys()];
