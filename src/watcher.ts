@@ -241,6 +241,8 @@ interface LiveWatch extends Watch {
   done: boolean;
   /** Its promise is settled and `settled` was emitted. */
   finished: boolean;
+  /** Its last task (a step, a cancel): a suspend waits for it. */
+  task: Promise<unknown> | null;
   resolve: (snapshot: Snapshot) => void;
   reject: (error: WatchError<Snapshot>) => void;
   detach: () => void;
@@ -495,12 +497,14 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   /**
    * Lets a watch go without writing anything (another process takes it over, or it is loaded
    * again from the store): its request in flight stops, its promise rejects with code `closed`,
-   * no event is emitted. Returns false when no such watch runs.
+   * no event is emitted. Resolves once its step in flight (if any) is over, so nothing more of
+   * it is written after; false when no such watch runs.
    */
-  suspend(watchId: string): boolean {
+  async suspend(watchId: string): Promise<boolean> {
     const w = this.#watches.get(watchId);
     if (!w) return false;
     this.#finish(w, { ok: false, error: new WatchError('closed', 'the watch was suspended: another process or a reload goes on with it', { lastSnapshot: w.progress.lastSnapshot }) });
+    await w.task;
     return true;
   }
 
@@ -571,6 +575,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       step: null,
       done: false,
       finished: false,
+      task: null,
       resolve: resolve as (snapshot: Snapshot) => void,
       reject: reject as (error: WatchError<Snapshot>) => void,
       detach: () => undefined,
@@ -744,7 +749,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
    */
   #track<T>(task: Promise<T>, w: LiveWatch, onDone?: (value: T) => void): Promise<T | undefined> {
     this.#running += 1;
-    return task.then(
+    const tracked = task.then(
       (value) => {
         this.#ended();
         onDone?.(value);
@@ -761,6 +766,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
         return undefined;
       },
     );
+    w.task = tracked;
+    return tracked;
   }
 
   #ended(): void {

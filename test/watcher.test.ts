@@ -353,8 +353,8 @@ describe('RunWatcher for the daemon', () => {
     const kept = watcher.watchRun({ threadId: 'thread_1', runId: 'run_kept', watchId: 'w_kept' });
     const letGo = watcher.watchRun({ threadId: 'thread_1', runId: 'run_gone', watchId: 'w_gone' });
     await clock.tickAsync(100);
-    expect(watcher.suspend('w_gone')).toBe(true);
-    expect(watcher.suspend('w_gone')).toBe(false);
+    expect(await watcher.suspend('w_gone')).toBe(true);
+    expect(await watcher.suspend('w_gone')).toBe(false);
     expect((await settle(letGo.promise)).error?.code).toBe('closed');
     const gone = { events: events.filter((e) => e.watch_id === 'w_gone').length, calls: client.calls.filter((c) => c.context.watchId === 'w_gone').length };
     await clock.tickAsync(5_000);

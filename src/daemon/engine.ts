@@ -157,8 +157,8 @@ export class LocalEngine extends EventEmitter<EngineEvents> implements Engine {
     return this.#handles.keys();
   }
 
-  /** Lets a watch go without writing anything (see `RunWatcher.suspend`); false when not polled here. */
-  suspend(id: string): boolean {
+  /** Lets a watch go without writing anything, once its step in flight is over (see `RunWatcher.suspend`); false when not polled here. */
+  suspend(id: string): Promise<boolean> {
     return this.#watcher.suspend(id);
   }
 

@@ -268,7 +268,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   /** Polls a watch of an owned partition from what is stored (suspending the copy polled here first). */
   async #load(id: string, reload: boolean): Promise<void> {
     try {
-      if (reload) this.#local.suspend(id);
+      // its step in flight is over first: what it wrote is read below
+      if (reload) await this.#local.suspend(id);
       const record = await this.store.get(id);
       if (record?.state === 'active' && this.#owns(id) && !this.#stopping.signal.aborted) this.#local.resume(record);
     } catch (error) {
@@ -347,10 +348,10 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     }
   }
 
-  /** Hands a partition back: its watches stop here without writing, their checkpoints are written, the lease is released. */
+  /** Hands a partition back: its watches stop here (their steps in flight end), their checkpoints are written, the lease is released. */
   async #release(p: number): Promise<void> {
     this.#owned.delete(p);
-    this.#suspendPartition(p);
+    await this.#suspendPartition(p);
     await this.store.flushCheckpoints((id) => this.store.partitionOfWatch(id) === p).catch(() => undefined);
     await leases.release(this.#redis, [this.store.keys.owner(p)], this.replicaId);
     this.#options.logger.info({ partition: p }, 'handed a watch partition back');
@@ -359,7 +360,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   /** A partition lost (another replica holds it) or unconfirmed for half a lease: its watches stop here, nothing is written. */
   #drop(p: number, why: 'lost' | 'unconfirmed'): void {
     if (!this.#owned.delete(p)) return;
-    this.#suspendPartition(p);
+    void this.#suspendPartition(p);
     this.store.dropCheckpoints((id) => this.store.partitionOfWatch(id) === p);
     this.#options.logger.warn({ partition: p, why }, 'stopped polling a watch partition');
   }
@@ -369,8 +370,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     for (const [p, owned] of this.#owned) if (now >= owned.validUntilMs) this.#drop(p, 'unconfirmed');
   }
 
-  #suspendPartition(p: number): void {
-    for (const id of [...this.#local.ids()]) if (this.store.partitionOfWatch(id) === p) this.#local.suspend(id);
+  async #suspendPartition(p: number): Promise<void> {
+    await Promise.all([...this.#local.ids()].filter((id) => this.store.partitionOfWatch(id) === p).map((id) => this.#local.suspend(id)));
   }
 
   /**
@@ -394,7 +395,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
         if (record?.state === 'active' && !this.#local.has(id)) {
           this.#local.resume(record);
           resumed += 1;
-        } else if (record?.state !== 'active' && this.#local.suspend(id)) dropped += 1;
+        } else if (record?.state !== 'active' && (await this.#local.suspend(id))) dropped += 1;
       }
     }
     if (resumed + dropped > 0) this.#options.logger.info({ resumed, dropped }, 'brought the watches polled here in line with the owned partitions');
