@@ -7,7 +7,8 @@ import { backoffDelayMs, sleep } from './backoff.js';
 import { jsonObject } from './client.js';
 import { readSecret } from './credentials.js';
 import { parseDurationMs } from './duration.js';
-import { ConfigError } from './errors.js';
+import type { ErrorCode } from './errors.js';
+import { ConfigError, RunwatchError } from './errors.js';
 import { ID_PATTERN } from './resource.js';
 import type { WatchState } from './store/store.js';
 import { WATCH_STATES } from './store/store.js';
@@ -45,8 +46,11 @@ export interface DaemonClientOptions {
   readonly requestTimeoutMs?: number;
 }
 
-/** A request the daemon client could not complete; `exitCode` says how the CLI ends. */
-export class DaemonClientError extends Error {
+/** The stable code of each exit code a daemon request can end with. */
+const CLIENT_CODES: Readonly<Record<number, ErrorCode>> = { [CLIENT_EXIT.apiError]: 'daemon_refused', [CLIENT_EXIT.unauthorized]: 'daemon_unauthorized' };
+
+/** A request the daemon client could not complete; `exitCode` says how the CLI ends, `code` is `daemon_unreachable`, `daemon_unauthorized` or `daemon_refused`. */
+export class DaemonClientError extends RunwatchError {
   override readonly name = 'DaemonClientError';
 
   constructor(
@@ -56,9 +60,9 @@ export class DaemonClientError extends Error {
     /** The HTTP status, when the daemon answered. */
     readonly status?: number,
     /** The API's `error.code`, when it sent one. */
-    readonly code?: string,
+    readonly apiCode?: string,
   ) {
-    super(message);
+    super(CLIENT_CODES[exitCode] ?? 'daemon_unreachable', message);
   }
 }
 
