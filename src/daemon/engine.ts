@@ -85,6 +85,7 @@ export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, log
       expiresGraceMs: watch.expiresGraceMs,
       maxInFlight: watch.maxInFlight,
       maxRequestsPerSecond: watch.maxRequestsPerSecond,
+      burst: watch.burst ?? undefined,
       policy: watch.policy,
       stallThresholdMs: config.daemon.stallThresholdMs,
       safetyNet: { baseMs: config.push.safetyNetBaseMs, capMs: config.push.safetyNetCapMs },
