@@ -251,6 +251,7 @@ export class Daemon {
       outbox: () => Promise.all(this.#outboxes.map(async (outbox) => ({ sink: outbox.sink.name, ...(await outbox.stats()) }))),
       budget: () => this.#engine.budget(),
       openStreams: () => this.#engine.openStreams(),
+      ready: () => this.#ready(),
     });
     const delivery: DeliveryPolicy = {
       retryForMs: config.sinks.delivery.retryForMs,
@@ -258,7 +259,7 @@ export class Daemon {
       logger: this.#logger.child({ component: 'outbox' }),
       onOutcome: (name, outcome) => metrics.delivery(name, outcome),
     };
-    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery, signal);
+    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery, signal, () => metrics.takeover('partition'));
     else this.#localParts(all, settings, delivery);
     const store = this.#engine.store;
     const secretsOfHook = secrets.openaiWebhookSecrets ?? [];
@@ -285,7 +286,7 @@ export class Daemon {
           this.#listeners.add(listener);
           return () => this.#listeners.delete(listener);
         },
-        ready: () => this.#shutdown === null && store.healthy(),
+        ready: () => this.#ready(),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
         hook: hook && { path: config.push.hookPath, receive: (headers, body) => hook.receive(headers, body) },
       },
@@ -298,12 +299,13 @@ export class Daemon {
     });
 
     this.#engine.on('event', (event) => {
-      metrics.transition(event.type);
+      metrics.transition(event);
       for (const outbox of this.#outboxes) outbox.notify();
       this.#wake();
     });
     this.#engine.on('activity', () => this.#wake());
     this.#engine.on('poll', (report) => metrics.poll(report));
+    this.#engine.on('takeover', () => metrics.takeover('step'));
     this.#engine.on('error', (error) => {
       // the engine has moved on in memory; only a restart from the store keeps "nothing lost" true
       this.#logger.fatal({ err: error }, 'could not write a step to the store');
@@ -339,7 +341,7 @@ export class Daemon {
   }
 
   /** Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with leases. */
-  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined): Promise<void> {
+  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined, onTakeover: () => void): Promise<void> {
     const config = this.#config;
     if (!secrets.redisUrl) throw new ConfigError(REDIS_URL_MISSING.store);
     const url = secrets.redisUrl;
@@ -360,8 +362,13 @@ export class Daemon {
     this.#engine = engine;
     this.#outboxes = sinks.map(
       (sink) =>
-        new PartitionedOutbox(redis, sink, { ...delivery, keys: store.keys, partitions: store.partitions, replicaId: engine.replicaId, leaseMs: config.store.leaseMs, logger: delivery.logger.child({ sink: sink.name }) }),
+        new PartitionedOutbox(redis, sink, { ...delivery, keys: store.keys, partitions: store.partitions, replicaId: engine.replicaId, leaseMs: config.store.leaseMs, onTakeover, logger: delivery.logger.child({ sink: sink.name }) }),
     );
+  }
+
+  /** What `/readyz` and `runwatch_ready` say: the store answers and no shutdown has begun. */
+  #ready(): boolean {
+    return this.#shutdown === null && this.#engine.store.healthy();
   }
 
   #added(added: { watch: WatchRecord; created: boolean }): { watch: WatchView; created: boolean } {

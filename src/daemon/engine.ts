@@ -23,6 +23,8 @@ export interface EngineEvents {
   poll: (report: PollReport) => void;
   /** A step could not be written: the host must stop, a restart resumes from the store. */
   error: (error: Error) => void;
+  /** A step job whose replica died (its lock lapsed) was handed on by this process's stalled check (Redis only). */
+  takeover: () => void;
 }
 
 /**

@@ -125,6 +125,10 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       maxStalledCount: 1_000_000,
     });
     this.#worker.on('error', (error) => options.logger.warn({ err: error }, 'worker error'));
+    this.#worker.on('stalled', (jobId) => {
+      options.logger.info({ watchId: jobId }, 'took over the step of a replica that stopped answering');
+      this.emit('takeover');
+    });
   }
 
   async start(): Promise<number> {

@@ -17,6 +17,8 @@ export interface PartitionedOutboxOptions extends DeliveryPolicy {
   readonly replicaId: string;
   /** A partition's lease lasts this long unless renewed; a dead replica's partitions move after it. */
   readonly leaseMs: number;
+  /** Called when a lease is taken with deliveries its previous holder read but did not acknowledge (metrics). */
+  readonly onTakeover?: (() => void) | undefined;
 }
 
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
@@ -151,11 +153,15 @@ export class PartitionedOutbox implements Outbox {
     if (!held.claimed) {
       // take over whatever the previous holder read but did not acknowledge
       let cursor = '0-0';
+      let claimed = 0;
       do {
-        const reply = (await this.#redis.xautoclaim(stream, group, me, 0, cursor, 'COUNT', 500, 'JUSTID')) as [string, ...unknown[]];
+        const reply = (await this.#redis.xautoclaim(stream, group, me, 0, cursor, 'COUNT', 500, 'JUSTID')) as [string, unknown[], ...unknown[]];
         cursor = reply[0];
+        claimed += reply[1].length;
       } while (cursor !== '0-0');
       held.claimed = true;
+      // a replica id is new with every process, so whatever was pending was another holder's
+      if (claimed > 0) this.#options.onTakeover?.();
     }
     // own pending entries first (earlier failures, claimed ones), then new ones
     let entries = await this.#read(stream, group, me, '0');
