@@ -161,7 +161,10 @@ export class PartitionedOutbox implements Outbox {
       } while (cursor !== '0-0');
       held.claimed = true;
       // a replica id is new with every process, so whatever was pending was another holder's
-      if (claimed > 0) this.#options.onTakeover?.();
+      if (claimed > 0) {
+        this.#options.logger.info({ sink: this.sink.name, partition, claimed }, 'took over a partition with deliveries its last holder did not acknowledge');
+        this.#options.onTakeover?.();
+      }
     }
     // own pending entries first (earlier failures, claimed ones), then new ones
     let entries = await this.#read(stream, group, me, '0');
