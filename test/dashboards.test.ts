@@ -3,11 +3,11 @@
 // every alert must carry what an on-call person needs, and every runbook link must land.
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Receiver } from './receiver.js';
+import { startReceiver } from './receiver.js';
 import { requireRedis } from './redis.js';
 import { readSseEvents } from './sse.js';
 import { storeKinds, useDaemon } from './daemons.js';
@@ -184,63 +184,13 @@ describe('deploy/prometheus/runwatch-alerts.yaml', () => {
   });
 });
 
-/**
- * A webhook endpoint that is down: it refuses every event for good (`answer` 400: dead letters)
- * or for now (503: backlog; the retry waits a minute, and holds back the run's later events).
- */
-interface DownSink {
-  url: string;
-  answer: 400 | 503;
-  readonly types: string[];
-  until(check: (types: readonly string[]) => boolean, timeoutMs?: number): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function startDownSink(): Promise<DownSink> {
-  const waiters = new Set<() => void>();
-  const sink: DownSink = {
-    url: '',
-    answer: 400,
-    types: [],
-    until: (check, timeoutMs = 20_000) =>
-      new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          waiters.delete(done);
-          reject(new Error(`sink: condition not met after ${timeoutMs} ms; got ${sink.types.join(', ')}`));
-        }, timeoutMs);
-        const done = (): void => {
-          if (!check(sink.types)) return;
-          clearTimeout(timer);
-          waiters.delete(done);
-          resolve();
-        };
-        waiters.add(done);
-        done();
-      }),
-    close: async () => {
-      server.closeAllConnections();
-      await new Promise((resolve) => server.close(resolve));
-    },
-  };
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (chunk: Buffer) => chunks.push(chunk));
-    req.on('end', () => {
-      const event = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { type: string; run_id: string };
-      sink.types.push(`${event.run_id} ${event.type}`);
-      res.writeHead(sink.answer).end();
-      for (const waiter of [...waiters]) waiter();
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  sink.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
-  return sink;
-}
-
 describe.each(storeKinds(redisAvailable, ['sqlite', 'redis']))('every metric the dashboard and the alerts read is in /metrics ($kind store)', ({ kind, skip }) => {
-  let sink: DownSink;
+  // a webhook receiver that is down: it refuses every event for good (400: dead letters), then for now (503: backlog)
+  let sink: Receiver;
   beforeAll(async () => {
-    if (!skip) sink = await startDownSink();
+    if (skip) return;
+    sink = await startReceiver(HOOK_SECRET);
+    sink.answer = 400;
   });
   afterAll(async () => {
     if (!skip) await sink.close();
@@ -285,13 +235,14 @@ describe.each(storeKinds(redisAvailable, ['sqlite', 'redis']))('every metric the
     const ended = [`${runs.done} run.completed`, `${runs.failed} run.failed`, `${runs.limited} run.completed`];
     await readSseEvents(`${t.base}/v1/events?thread_id=thread_dash`, (events) => ended.every((end) => events.some((e) => 'run_id' in e && `${e.run_id} ${e.type}` === end)));
     // delivered in order: the attempt at a run's last event comes after its earlier ones were dead-lettered
-    await sink.until((types) => ended.every((end) => types.includes(end)));
+    const tried = (end: string): boolean => sink.tried.some((e) => `${e.run_id} ${e.type}` === end);
+    await sink.until(() => ended.every(tried));
     // then the sink refuses for now: a new watch's events wait in the outbox
     sink.answer = 503;
     const late = `run_late_${tag}`;
     t.sim.addRun({ threadId: 'thread_dash', runId: late, timeline: [{ status: 'in_progress' }] });
     expect((await fetch(`${t.base}/v1/watches`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ thread_id: 'thread_dash', run_id: late }) })).status).toBe(201);
-    await sink.until((types) => types.includes(`${late} run.in_progress`));
+    await sink.until(() => tried(`${late} run.in_progress`));
 
     const scrape = await fetch(`${t.base}/metrics`);
     expect(scrape.status).toBe(200);
