@@ -18,6 +18,7 @@ import { MemoryStore } from '../src/store/memory.js';
 import { RedisStore } from '../src/store/redis.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { WatchState, WatchStore } from '../src/store/store.js';
+import { attentionRank } from '../src/store/store.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 
 function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunTransitionEvent {
@@ -129,6 +130,38 @@ describe.each(stores)('WatchStore contract: $name', ({ skip, open }) => {
     expect((await s.list({ limit: 2 })).map((w) => w.id)).toEqual(['w_a', 'w_b']);
     expect((await s.list({ limit: 10, after: 'w_a' })).map((w) => w.id)).toEqual(['w_b', 'w_r']);
     expect((await s.list({ limit: 10, state: 'finished' })).map((w) => w.id)).toEqual(['w_r']);
+  });
+
+  it.skipIf(skip)('lists by status and by id, and needing attention first (stalled, waiting for an action, failing polls, then failed), pages in that order', async () => {
+    const s = open();
+    const runs = ['ok', 'stall', 'wait', 'err', 'new', 'fail', 'done'];
+    for (const name of runs) await s.create({ kind: 'run', id: `w_${name}`, thread_id: 'thread_1', run_id: `run_${name}` }, 0);
+    await s.create({ kind: 'response', id: 'w_resp', response_id: 'resp_find' }, 0);
+    await record(s, event('w_ok', 'run_ok', 1, 'in_progress'));
+    await record(s, event('w_stall', 'run_stall', 1, 'in_progress'), 'active', { stallReported: true });
+    await record(s, event('w_wait', 'run_wait', 1, 'requires_action'));
+    await record(s, event('w_err', 'run_err', 1, 'queued'));
+    // a failing poll writes no event: SQLite keeps it as a checkpoint, which the attention order must see
+    expect(await s.commit('w_err', 1, { progress: progressAt('queued', 1, { consecutiveErrors: 2 }), events: [], state: 'active' })).toBe('ok');
+    await record(s, { ...event('w_fail', 'run_fail', 1, 'x'), type: 'watch.error', to: null, error: { code: 'run_not_found', message: 'gone' }, run: null }, 'failed');
+    await record(s, event('w_done', 'run_done', 1, 'completed'), 'finished');
+    await record(s, responseEvent('w_resp', 'resp_find', 1, 'in_progress'));
+    const ids = async (query: Parameters<WatchStore['list']>[0]) => (await s.list(query)).map((w) => w.id);
+
+    expect(await ids({ limit: 20, order: 'attention' })).toEqual(['w_stall', 'w_wait', 'w_err', 'w_fail', 'w_ok', 'w_new', 'w_resp', 'w_done']);
+    expect(await ids({ limit: 3, order: 'attention' })).toEqual(['w_stall', 'w_wait', 'w_err']);
+    expect(await ids({ limit: 3, order: 'attention', after: 'w_err' })).toEqual(['w_fail', 'w_ok', 'w_new']);
+    expect(await ids({ limit: 20, order: 'attention', after: 'w_resp' })).toEqual(['w_done']);
+    expect(await ids({ limit: 20, status: 'in_progress' })).toEqual(['w_ok', 'w_stall', 'w_resp']);
+    expect(await ids({ limit: 1, status: 'in_progress', after: 'w_ok' })).toEqual(['w_stall']);
+    expect(await ids({ limit: 20, status: 'none', state: 'active' })).toEqual(['w_new']);
+    expect(await ids({ limit: 20, status: 'completed', state: 'active' })).toEqual([]);
+    expect(await ids({ limit: 20, search: 'find' })).toEqual(['w_resp']);
+    expect(await ids({ limit: 20, search: 'stall' })).toEqual(['w_stall']);
+    expect(await ids({ limit: 20, search: 'thread_1', state: 'finished', order: 'attention' })).toEqual(['w_done']);
+    // without the new fields, the list is what it was: creation order
+    expect(await ids({ limit: 20 })).toEqual([...runs.map((name) => `w_${name}`), 'w_resp']);
+    expect(attentionRank((await s.get('w_err'))!)).toBe(0);
   });
 
   it.skipIf(skip)('prunes ended watches past the retention, never active ones; a pruned target gets a new watch', async () => {

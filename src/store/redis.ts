@@ -3,8 +3,8 @@ import type { Redis } from 'ioredis';
 import { StoreUnavailableError } from '../errors.js';
 import type { Progress } from '../step.js';
 import { RedisKeys } from './redis-keys.js';
-import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { committedFields, eventTarget, idFieldsOfTarget, orderingId, parseJson, targetKey } from './store.js';
+import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchQuery, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
+import { committedFields, eventTarget, idFieldsOfTarget, needsScan, orderingId, pageOf, parseJson, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
@@ -145,8 +145,13 @@ export class RedisStore implements WatchStore {
     return ((await this.get(id))?.progress as Progress | null | undefined) ?? undefined;
   }
 
-  /** Watches in creation order after the cursor, optionally in one state. */
-  async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
+  /**
+   * Watches in creation order after the cursor, optionally in one state. With a status, a
+   * search or the attention order, every watch is read (in pipelined chunks) and `pageOf` picks
+   * the page: Redis has no index for those.
+   */
+  async list(query: WatchQuery): Promise<WatchRecord[]> {
+    if (needsScan(query)) return pageOf(await this.#all(), query);
     return this.#call(async () => {
       let from = '-inf';
       if (query.after) {
@@ -165,6 +170,23 @@ export class RedisStore implements WatchStore {
           if (out.length === query.limit) break;
         }
         from = `(${ids[ids.length - 1]}`;
+      }
+      return out;
+    });
+  }
+
+  /** Every watch in creation order, read in chunks of 500. */
+  async #all(): Promise<WatchRecord[]> {
+    return this.#call(async () => {
+      const ids = await this.#redis.zrange(this.keys.watches, '0', '-1');
+      const out: WatchRecord[] = [];
+      for (let i = 0; i < ids.length; i += 500) {
+        const pipeline = this.#redis.pipeline();
+        for (const id of ids.slice(i, i + 500)) pipeline.hgetall(this.keys.watch(id));
+        for (const [, value] of (await pipeline.exec()) ?? []) {
+          const hash = value as Record<string, string>;
+          if (hash.id) out.push(toRecord(hash));
+        }
       }
       return out;
     });
