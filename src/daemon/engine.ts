@@ -53,6 +53,8 @@ export interface Engine extends EventEmitter<EngineEvents> {
    * @default the receiver's memory of this process
    */
   claimWebhook?(webhookId: string): Promise<boolean>;
+  /** Active watches owned by each replica (by replica id), Redis mode only: one process owns them all elsewhere. */
+  watchesByReplica?(): Promise<ReadonlyMap<string, number>>;
   /** Response streams open in this process. */
   openStreams(): number;
   /** Lets steps in flight finish for up to `drainTimeoutMs`, then stops. Idempotent. */

@@ -47,6 +47,56 @@ export function transitionLabel(type: string): string {
   return type === 'watch.error' ? 'watch_error' : type.slice(type.indexOf('.') + 1);
 }
 
+/**
+ * Polls of the last minute in one-second buckets (a ring): the rate and the 429 share the web
+ * view shows, without a Prometheus to ask. Constant memory and constant work per poll.
+ */
+export class PollWindow {
+  static readonly SECONDS = 60;
+  readonly #polls = new Array<number>(PollWindow.SECONDS).fill(0);
+  readonly #throttled = new Array<number>(PollWindow.SECONDS).fill(0);
+  /** The second each bucket counts (epoch seconds), to clear a bucket left from a minute ago. */
+  readonly #second = new Array<number>(PollWindow.SECONDS).fill(-1);
+
+  /** Counts one poll at `nowMs`; `throttled` when it was answered 429. */
+  record(nowMs: number, throttled: boolean): void {
+    const i = this.#bucket(Math.floor(nowMs / 1000));
+    this.#polls[i]! += 1;
+    if (throttled) this.#throttled[i]! += 1;
+  }
+
+  /** Polls per second over the last `seconds` whole seconds before now (the current one is still filling). */
+  rate(nowMs: number, seconds = 10): number {
+    return this.#sum(this.#polls, nowMs, seconds) / seconds;
+  }
+
+  /** Share of the polls of the last `seconds` seconds answered 429 (0 without polls). */
+  throttledShare(nowMs: number, seconds = PollWindow.SECONDS - 1): number {
+    const polls = this.#sum(this.#polls, nowMs, seconds);
+    return polls === 0 ? 0 : this.#sum(this.#throttled, nowMs, seconds) / polls;
+  }
+
+  #bucket(second: number): number {
+    const i = second % PollWindow.SECONDS;
+    if (this.#second[i] !== second) {
+      this.#second[i] = second;
+      this.#polls[i] = 0;
+      this.#throttled[i] = 0;
+    }
+    return i;
+  }
+
+  #sum(counts: readonly number[], nowMs: number, seconds: number): number {
+    const now = Math.floor(nowMs / 1000);
+    let total = 0;
+    for (let second = now - seconds; second < now; second += 1) {
+      const i = ((second % PollWindow.SECONDS) + PollWindow.SECONDS) % PollWindow.SECONDS;
+      if (this.#second[i] === second) total += counts[i]!;
+    }
+    return total;
+  }
+}
+
 /** The daemon's Prometheus metrics, on a registry of its own (no global state). */
 export class DaemonMetrics {
   readonly registry = new Registry();
@@ -60,6 +110,8 @@ export class DaemonMetrics {
   readonly lastSuccessfulPoll: Gauge;
   readonly detectionLatency: Histogram;
   readonly takeovers: Counter<'kind'>;
+  /** The last minute of polls, for `GET /v1/fleet`. */
+  readonly recent = new PollWindow();
 
   readonly #nowMs: () => number;
 
@@ -199,6 +251,7 @@ export class DaemonMetrics {
     this.polls.inc({ outcome: report.outcome });
     if (report.httpStatus === 429) this.rateLimited.inc();
     if (report.outcome === 'ok') this.lastSuccessfulPoll.set(this.#nowMs() / 1000);
+    this.recent.record(this.#nowMs(), report.httpStatus === 429);
     this.pollLatency.observe(report.latencyMs / 1000);
     this.pollLateness.observe(report.latenessMs / 1000);
   }
