@@ -19,7 +19,7 @@ import { SqliteStore } from '../store/sqlite.js';
 import type { DeliveryLog, WatchRecord, WatchStore } from '../store/store.js';
 import { targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
-import type { WatchView } from './api.js';
+import type { FleetView, WatchView } from './api.js';
 import { createControlApi } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { fileSinkPath, isLoopback, pushModeOf } from './config.js';
@@ -67,11 +67,12 @@ export async function loadDaemonToolHandlers(config: DaemonConfig): Promise<Tool
   return module ? loadToolHandlers(module.path, module.options) : {};
 }
 
-/** A stored watch as the API shows it. */
-export function watchView(record: WatchRecord | undefined): WatchView | undefined {
+/** A stored watch as the API shows it; `sinkBacklog` is its deliveries not yet made, `null` where the store does not count them. */
+export function watchView(record: WatchRecord | undefined, sinkBacklog: number | null = null): WatchView | undefined {
   if (!record) return undefined;
   const progress = record.progress;
   const next = record.state === 'active' ? progress?.next : undefined;
+  const failure = record.state === 'active' ? progress?.lastFailure : undefined;
   return {
     ...targetOf(record),
     id: record.id,
@@ -85,7 +86,18 @@ export function watchView(record: WatchRecord | undefined): WatchView | undefine
     last_snapshot: progress?.lastSnapshot ?? null,
     created_at: new Date(record.created_at).toISOString(),
     updated_at: new Date(record.updated_at).toISOString(),
+    status_since: progress?.status && progress.statusSinceMs !== undefined ? new Date(progress.statusSinceMs).toISOString() : null,
+    polls: progress?.polls ?? 0,
+    stalled: record.state === 'active' && progress?.stallReported === true,
+    last_error: record.error ? { code: record.error.code, message: record.error.message } : failure ? { code: failure.code, message: failure.message } : null,
+    sink_backlog: sinkBacklog,
   };
+}
+
+/** Views of stored watches with their sink backlog (one query for the page), where the store counts it per watch. */
+async function watchViews(records: readonly WatchRecord[], log: Pick<DeliveryLog, 'backlogByWatch'> | undefined): Promise<WatchView[]> {
+  const backlog = log?.backlogByWatch ? await log.backlogByWatch(records.map((record) => record.id)) : undefined;
+  return records.map((record) => watchView(record, backlog ? (backlog.get(record.id) ?? 0) : null)!);
 }
 
 const REDIS_URL_MISSING = {
@@ -183,6 +195,8 @@ export class Daemon {
   readonly #hooks: CloseHook[] = [];
   readonly #listeners = new Set<() => void>();
   #engine!: Engine;
+  /** The store's delivery rows (memory, SQLite), for the backlog per watch; Redis keeps streams. */
+  #deliveryLog: DeliveryLog | undefined;
   #outboxes: Outbox[] = [];
   #shutdown: Promise<void> | null = null;
   #address: AddressInfo | null = null;
@@ -277,8 +291,12 @@ export class Daemon {
     const api = createControlApi(
       {
         addWatch: async (input) => (this.#shutdown ? undefined : this.#added(await this.#engine.add({ id: randomWatchId(), ...input }))),
-        getWatch: async (id) => watchView(await store.get(id)),
-        listWatches: async (query) => (await store.list(query)).map((w) => watchView(w)!),
+        getWatch: async (id) => {
+          const record = await store.get(id);
+          return record && (await watchViews([record], this.#deliveryLog))[0];
+        },
+        listWatches: async (query) => watchViews(await store.list(query), this.#deliveryLog),
+        fleet: () => this.#fleet(metrics),
         deleteWatch: async (id) => watchView(await this.#engine.delete(id)),
         cancelWatch: async (id) => watchView(await this.#engine.cancel(id)),
         eventsAfter: (pos, filter, limit) => store.eventsAfter(pos, filter, limit),
@@ -336,6 +354,7 @@ export class Daemon {
     const names = sinks.filter((sink) => sink.name !== 'callback').map((sink) => sink.name);
     const store: WatchStore & DeliveryLog = config.store.kind === 'memory' ? new MemoryStore({ sinks: names }) : new SqliteStore(path.join(config.daemon.dataDir, 'runwatch.db'), { sinks: names });
     this.#onClose('store', () => store.close());
+    this.#deliveryLog = store;
     this.#engine = new LocalEngine(store, settings);
     this.#outboxes = sinks.map((sink) => new OutboxWorker(store, sink, { ...delivery, concurrency: config.sinks.delivery.concurrency, logger: delivery.logger.child({ sink: sink.name }) }));
   }
@@ -369,6 +388,28 @@ export class Daemon {
   /** What `/readyz` and `runwatch_ready` say: the store answers and no shutdown has begun. */
   #ready(): boolean {
     return this.#shutdown === null && this.#engine.store.healthy();
+  }
+
+  /** The fleet summary from what the daemon counts already: the engine's counts and budget, the outboxes, the last minute of polls. */
+  async #fleet(metrics: DaemonMetrics): Promise<FleetView> {
+    const engine = this.#engine;
+    const nowMs = Date.now();
+    const [byStatus, outbox, replicas, lastPos] = await Promise.all([
+      engine.activeByStatus(),
+      Promise.all(this.#outboxes.map(async (o) => ({ sink: o.sink.name, ...(await o.stats()) }))),
+      engine.watchesByReplica?.(),
+      engine.store.lastPosition(),
+    ]);
+    const budget = engine.budget();
+    return {
+      active_by_status: Object.fromEntries(byStatus),
+      polls_per_second: metrics.recent.rate(nowMs),
+      throttled_share: metrics.recent.throttledShare(nowMs),
+      budget: { rate_per_second: budget.ratePerSecond, in_flight: budget.inFlight, queued: budget.queued },
+      outbox: outbox.map(({ sink, pending, dead }) => ({ sink, pending, dead })),
+      ...(replicas ? { replicas: Object.fromEntries(replicas) } : {}),
+      last_event_pos: lastPos,
+    };
   }
 
   #added(added: { watch: WatchRecord; created: boolean }): { watch: WatchView; created: boolean } {

@@ -7,7 +7,7 @@ export type { DaemonSecrets } from './daemon.js';
 export { checkConfig, DEFAULT_CONFIG, ENV_ALIASES, loadConfig, validateConfig } from './config.js';
 export type { ConfigCheck, ConfigSources, DaemonConfig } from './config.js';
 export { createControlApi, callbackAllowed } from './api.js';
-export type { ControlApiDeps, ControlApiOptions, NewWatchInput, WatchView, WatchViewFields } from './api.js';
+export type { ControlApiDeps, ControlApiOptions, FleetView, NewWatchInput, WatchView, WatchViewFields } from './api.js';
 export { LocalEngine, engineSettings } from './engine.js';
 export type { Engine, EngineEvents, EngineSettings } from './engine.js';
 export { RedisEngine } from './redis-engine.js';
@@ -31,6 +31,8 @@ export type {
   WatchChange,
   WatchFields,
   WatchKindName,
+  WatchOrder,
+  WatchQuery,
   WatchRecord,
   WatchState,
   WatchStore,
