@@ -60,6 +60,14 @@ describe(`the published package (${manifest.name})`, { timeout: INSTALL_TIMEOUT_
     expect(JSON.parse(await inApp(process.execPath, ['--input-type=module', '-e', script]))).toEqual(['function', 'function', 'function', 'function']);
   });
 
+  it('finds the web view\'s files where the installed daemon reads them (../../ui from dist/daemon/)', async () => {
+    const script = `
+      const { readFileSync } = await import('node:fs');
+      const at = new URL('../../ui/', import.meta.resolve('${manifest.name}/daemon'));
+      console.log(JSON.stringify(['index.html', 'ui.js', 'ui.css'].map((f) => readFileSync(new URL(f, at), 'utf8').length > 0)));`;
+    expect(JSON.parse(await inApp(process.execPath, ['--input-type=module', '-e', script]))).toEqual([true, true, true]);
+  });
+
   it('finds its shipped configs by name from the installed package', async () => {
     const { stdout } = await run('npx', ['--no-install', 'runwatch', 'config', '--check', '--config', 'sqlite-service'], { cwd: app, env: npmEnv({ PORTKEY_API_KEY: 'pk-test' }), timeout: 30_000 });
     expect(stdout).toBe(`runwatch: config OK (${path.join(app, 'node_modules', manifest.name, 'config', 'sqlite-service.json')}; store sqlite, control API on 127.0.0.1:8080)\n`);
