@@ -245,6 +245,25 @@ PRAGMA user_version = 2;
 
 const tempFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
 
+describe('RedisStore', () => {
+  it.skipIf(!redisAvailable)('ranks a watch written before `stuck` was kept by its progress', async () => {
+    const redis = new Redis(REDIS_URL);
+    redisClients.push(redis);
+    const prefix = testPrefix();
+    prefixes.push(prefix);
+    const s = new RedisStore(redis, prefix, 4);
+    for (const name of ['a', 'b']) await s.create({ kind: 'run', id: `w_${name}`, thread_id: 'thread_1', run_id: `run_${name}` }, 0);
+    await record(s, event('w_a', 'run_a', 1, 'in_progress'));
+    await record(s, event('w_b', 'run_b', 1, 'in_progress'), 'active', { stallReported: true });
+    expect((await s.list({ limit: 10, order: 'attention' })).map((w) => w.id)).toEqual(['w_b', 'w_a']);
+    await redis.hdel(s.keys.watch('w_b'), 'stuck');
+    const listed = await s.list({ limit: 10, order: 'attention' });
+    expect(listed.map((w) => w.id)).toEqual(['w_b', 'w_a']);
+    // the page's watches are read whole
+    expect(listed[0]).toMatchObject({ progress: { status: 'in_progress', stallReported: true, lastSnapshot: { status: 'in_progress' } } });
+  });
+});
+
 describe('SqliteStore', () => {
   it('writes an event, its watch and one delivery per sink in one step (and one for the callback)', async () => {
     const s = new SqliteStore(':memory:', { sinks: ['stdout', 'webhook'] });

@@ -147,11 +147,11 @@ export class RedisStore implements WatchStore {
 
   /**
    * Watches in creation order after the cursor, optionally in one state. With a status, a
-   * search or the attention order, every watch is read (in pipelined chunks) and `pageOf` picks
-   * the page: Redis has no index for those.
+   * search or the attention order, a few fields of every watch are read (`#scanPage`): Redis has
+   * no index for those.
    */
   async list(query: WatchQuery): Promise<WatchRecord[]> {
-    if (needsScan(query)) return pageOf(await this.#all(), query);
+    if (needsScan(query)) return this.#scanPage(query);
     return this.#call(async () => {
       let from = '-inf';
       if (query.after) {
@@ -175,20 +175,31 @@ export class RedisStore implements WatchStore {
     });
   }
 
-  /** Every watch in creation order, read in chunks of 500. */
-  async #all(): Promise<WatchRecord[]> {
+  /**
+   * A page of a list with a status, a search or the attention order: the fields these need are
+   * read for every watch (pipelined, 500 at a time; `stuck` spares parsing each progress), the
+   * page is picked by `pageOf`, and only its watches are read whole.
+   */
+  async #scanPage(query: WatchQuery): Promise<WatchRecord[]> {
     return this.#call(async () => {
       const ids = await this.#redis.zrange(this.keys.watches, '0', '-1');
-      const out: WatchRecord[] = [];
+      const light: WatchRecord[] = [];
       for (let i = 0; i < ids.length; i += 500) {
         const pipeline = this.#redis.pipeline();
-        for (const id of ids.slice(i, i + 500)) pipeline.hgetall(this.keys.watch(id));
+        for (const id of ids.slice(i, i + 500)) pipeline.hmget(this.keys.watch(id), ...LIGHT_FIELDS);
         for (const [, value] of (await pipeline.exec()) ?? []) {
-          const hash = value as Record<string, string>;
-          if (hash.id) out.push(toRecord(hash));
+          const hash = Object.fromEntries(LIGHT_FIELDS.flatMap((field, f) => ((value as Array<string | null>)[f] == null ? [] : [[field, (value as string[])[f]!]])));
+          if (!hash.id) continue;
+          // a hash written before `stuck` was kept: its progress says
+          if (hash.stuck === undefined && hash.state === 'active') hash.progress = (await this.#redis.hget(this.keys.watch(hash.id), 'progress')) ?? '';
+          light.push(toRecord({ ...hash, ...(hash.stuck === '1' ? { progress: JSON.stringify({ status: hash.status || null, seq: 0, stallReported: true }) } : {}) }));
         }
       }
-      return out;
+      const page = pageOf(light, query);
+      if (page.length === 0) return [];
+      const pipeline = this.#redis.pipeline();
+      for (const watch of page) pipeline.hgetall(this.keys.watch(watch.id));
+      return ((await pipeline.exec()) ?? []).map(([, value]) => value as Record<string, string>).filter((hash) => hash.id).map((hash) => toRecord(hash));
     });
   }
 
@@ -245,6 +256,8 @@ export class RedisStore implements WatchStore {
       finished_at: record.finished_at === null ? '' : String(record.finished_at),
     };
     if (record.error !== null) fields.error = record.error;
+    // the attention order's input beside the progress, so a list need not parse every progress
+    fields.stuck = change.progress.stallReported || change.progress.consecutiveErrors > 0 ? '1' : '0';
     const args: string[] = [String(expectedSeq), JSON.stringify(fields), change.state, String(change.events.length)];
     let partition = 0;
     for (const event of change.events as readonly StoredWatchEvent[]) {
@@ -329,6 +342,9 @@ export class RedisStore implements WatchStore {
   /** The connection is the caller's: it closes it. */
   async close(): Promise<void> {}
 }
+
+/** The fields of a watch hash a filtered or ranked list reads for every watch. */
+const LIGHT_FIELDS = ['id', 'kind', 'thread_id', 'run_id', 'response_id', 'state', 'status', 'stuck', 'created_at', 'updated_at'] as const;
 
 /** `[k1, v1, k2, v2]` to `{ k1: v1, k2: v2 }`. */
 export function pairs(flat: readonly string[]): Record<string, string> {
