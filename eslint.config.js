@@ -28,7 +28,7 @@ export default tseslint.config(
     languageOptions: {
       sourceType: 'module',
       globals: Object.fromEntries(
-        ['AbortController', 'Node', 'URL', 'URLSearchParams', 'TextDecoderStream', 'clearInterval', 'clearTimeout', 'confirm', 'document', 'fetch', 'location', 'sessionStorage', 'setInterval', 'setTimeout'].map(
+        ['AbortController', 'Node', 'URL', 'URLSearchParams', 'TextDecoderStream', 'clearInterval', 'clearTimeout', 'confirm', 'document', 'fetch', 'location', 'performance', 'sessionStorage', 'setInterval', 'setTimeout'].map(
           (name) => [name, 'readonly'],
         ),
       ),

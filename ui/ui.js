@@ -3,8 +3,10 @@
 
 const TOKEN_KEY = 'runwatch.token';
 const PAGE_SIZE = 50;
-/** Events change rows in place at once; the page is read again (order, new watches) at most this often. */
+/** Events change rows in place at once; the page is read again (order, new watches) at most this often... */
 const REFRESH_MS = 1500;
+/** ...and never more than a fifth of the time: a page the store reads slowly (Redis, every watch) is read less often. */
+const REFRESH_DUTY = 5;
 const API = new URL('../v1/', location.href);
 
 const $ = (id) => document.getElementById(id);
@@ -20,6 +22,7 @@ const state = {
   after: undefined,
   nextAfter: null,
   refreshTimer: undefined,
+  refreshGapMs: REFRESH_MS,
   refreshing: false,
   refreshAgain: false,
   stream: undefined,
@@ -260,6 +263,7 @@ async function refresh() {
     return;
   }
   state.refreshing = true;
+  const startedMs = performance.now();
   try {
     const search = $('f-search').value.trim();
     if (search && !/^[A-Za-z0-9_-]{1,128}$/.test(search)) {
@@ -279,6 +283,7 @@ async function refresh() {
     failed(error);
   } finally {
     state.refreshing = false;
+    state.refreshGapMs = Math.max(REFRESH_MS, (performance.now() - startedMs) * REFRESH_DUTY);
     if (state.refreshAgain) {
       state.refreshAgain = false;
       scheduleRefresh();
@@ -286,13 +291,13 @@ async function refresh() {
   }
 }
 
-/** A trailing refresh, at most one per REFRESH_MS however many events arrive. */
+/** A trailing refresh, at most one per `refreshGapMs` however many events arrive. */
 function scheduleRefresh() {
   if (state.refreshTimer !== undefined) return;
   state.refreshTimer = setTimeout(() => {
     state.refreshTimer = undefined;
     void refresh();
-  }, REFRESH_MS);
+  }, state.refreshGapMs);
 }
 
 function renderRows(watches) {
@@ -312,6 +317,13 @@ function renderRows(watches) {
   $('empty').hidden = watches.length > 0;
 }
 
+/** The watch's own state beside the resource's status, when it is no longer watched: `failed` is the watch's error, not the run's status. */
+function stateBadge(watchState) {
+  if (watchState === 'active') return null;
+  const label = { finished: 'ended', failed: 'watch error', deleted: 'deleted' }[watchState] ?? 'ended';
+  return h('span', { class: `badge ${watchState === 'failed' ? 'bad' : ''}`, title: `watch ${watchState}` }, label);
+}
+
 function targetCell(watch) {
   if (watch.kind === 'response') return h('td', { class: 'target' }, h('span', { class: 'id' }, watch.response_id), h('span', { class: 'sub' }, 'response'));
   return h('td', { class: 'target' }, h('span', { class: 'id' }, watch.run_id), h('span', { class: 'sub' }, watch.thread_id));
@@ -322,7 +334,7 @@ function fillRow(row) {
   row.tr.dataset.status = w.status ?? 'none';
   row.tr.dataset.state = w.state;
   row.tr.classList.toggle('attention', (w.state === 'active' && (w.stalled || w.status === 'requires_action' || w.last_error !== null)) || w.state === 'failed');
-  const badges = [w.stalled ? h('span', { class: 'badge stalled' }, 'stalled') : null, w.state !== 'active' ? h('span', { class: 'badge' }, w.state) : null];
+  const badges = [w.stalled ? h('span', { class: 'badge stalled' }, 'stalled') : null, stateBadge(w.state)];
   const error = w.last_error ? h('span', { class: 'error', title: `${w.last_error.code}: ${w.last_error.message}` }, h('b', {}, w.last_error.code), ' ', w.last_error.message) : '';
   row.timeCells = [h('td', { class: 'num' }), h('td', { class: 'num' }), h('td', { class: 'num' })];
   row.tr.replaceChildren(targetCell(w), h('td', { class: 'status' }, statusChip(w.status), ...badges), ...row.timeCells.slice(0, 2), h('td', { class: 'num' }, String(w.polls)), row.timeCells[2], h('td', { class: 'err' }, error), h('td', { class: 'num' }, w.sink_backlog === null ? '–' : String(w.sink_backlog)));
@@ -448,7 +460,7 @@ async function openDetail(id) {
 function renderDetail(detail, events) {
   const w = detail.watch;
   $('d-title').textContent = w.kind === 'response' ? w.response_id : w.run_id;
-  $('d-status').replaceChildren(statusChip(w.status), w.state !== 'active' ? h('span', { class: 'badge' }, w.state) : '');
+  $('d-status').replaceChildren(statusChip(w.status), stateBadge(w.state) ?? '');
   $('d-cancel').hidden = w.state !== 'active';
   $('d-cancel').textContent = w.kind === 'response' ? 'Cancel response' : 'Cancel run';
   const field = (name, value) => [h('dt', {}, name), h('dd', {}, value ?? '–')];
