@@ -7,6 +7,8 @@ import type { WatchErrorDetails } from '../events.js';
 import { ID_PATTERN } from '../resource.js';
 import type { Snapshot } from '../resource.js';
 import type { EventFilter, StoredEvent, WatchQuery, WatchState, WatchTarget } from '../store/store.js';
+import type { ShardedEvent } from '../store/sharded.js';
+import { formatLogCursor, parseLogCursor } from '../store/sharded.js';
 import { WATCH_STATES } from '../store/store.js';
 import { serveUi } from './ui.js';
 
@@ -77,6 +79,12 @@ export interface ControlApiDeps {
    */
   cancelWatch(id: string): Promise<WatchView | undefined>;
   eventsAfter(pos: number, filter: EventFilter, limit: number): MaybePromise<StoredEvent[]>;
+  /**
+   * The log of a sharded store (`store.shards` > 1), read instead of `eventsAfter`: the SSE id is
+   * one position per shard (`12.40.7`, see `parseLogCursor`).
+   * @default undefined (one log: the SSE id is a position)
+   */
+  readonly shardedLog?: { readonly shards: number; eventsAfter(cursor: readonly number[], filter: EventFilter, limit: number): MaybePromise<ShardedEvent[]> } | undefined;
   /** Calls `listener` whenever events were recorded; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
   ready(): MaybePromise<boolean>;
@@ -263,8 +271,13 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       }
     }
     const rawCursor = (req.headers['last-event-id'] as string | undefined) ?? url.searchParams.get('last_event_id') ?? '0';
-    if (!/^\d{1,15}$/.test(rawCursor)) throw new ApiError(400, 'invalid_request', 'Last-Event-ID must be a position from an earlier event');
-    let cursor = Number(rawCursor);
+    const log = deps.shardedLog ?? { shards: 1, eventsAfter: async (at: readonly number[], f: EventFilter, limit: number) => (await deps.eventsAfter(at[0]!, f, limit)).map((e) => ({ ...e, shard: 0, cursor: [e.pos] })) };
+    const parsed = parseLogCursor(rawCursor, log.shards);
+    if (!parsed) {
+      const shape = log.shards === 1 ? 'a position' : `${log.shards} dot-separated positions, one per shard (or 0)`;
+      throw new ApiError(400, 'invalid_request', `Last-Event-ID must be the id of an earlier event: ${shape}`);
+    }
+    let cursor: readonly number[] = parsed;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     res.write('retry: 1000\n\n');
     streams.add(res);
@@ -280,11 +293,11 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       try {
         do {
           again = false;
-          for (let batch = await deps.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = await deps.eventsAfter(cursor, filter, 500)) {
+          for (let batch = await log.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = await log.eventsAfter(cursor, filter, 500)) {
             for (const event of batch) {
               const type = (JSON.parse(event.payload) as { type: string }).type;
-              cursor = event.pos;
-              if (!res.write(`id: ${event.pos}\nevent: ${type}\ndata: ${event.payload}\n\n`)) await new Promise((resolve) => res.once('drain', resolve));
+              cursor = event.cursor;
+              if (!res.write(`id: ${formatLogCursor(event.cursor)}\nevent: ${type}\ndata: ${event.payload}\n\n`)) await new Promise((resolve) => res.once('drain', resolve));
             }
           }
         } while (again && !res.destroyed);

@@ -158,6 +158,33 @@ const configSchema = z.strictObject({
       lockDurationMs: durationMs.default(10_000),
       stalledIntervalMs: durationMs.default(5_000),
       leaseMs: durationMs.default(10_000),
+      /**
+       * Redis mode: how many shards the watches are spread over, each a complete Redis-mode
+       * keyspace under a hash tag (`<prefix>{s<i>}:`), so a Redis Cluster spreads them over its
+       * nodes. 1 keeps one keyspace under `prefix` with no hash tag (the layout of earlier versions).
+       * @default 1
+       */
+      shards: z.number().int().min(1).max(64).default(1),
+      /**
+       * The shards this replica polls (their indexes); every shard needs a replica that serves
+       * it. Any replica still adds, cancels and deletes watches of every shard and delivers its outbox.
+       * @default null (every shard)
+       */
+      serveShards: z.array(z.number().int().min(0).max(63)).min(1).nullable().default(null),
+      /**
+       * Redis mode: connect to a Redis Cluster (`RUNWATCH_REDIS_URL` names seed nodes). A list of
+       * several comma-separated URLs always means a cluster.
+       * @default false
+       */
+      cluster: z.boolean().default(false),
+    })
+    .superRefine((store, ctx) => {
+      for (const shard of store.serveShards ?? []) {
+        if (shard >= store.shards) ctx.addIssue({ code: 'custom', path: ['serveShards'], input: store.serveShards, message: `lists shard ${shard} but store.shards is ${store.shards} (indexes 0 to ${store.shards - 1})` });
+      }
+      if (store.serveShards && new Set(store.serveShards).size !== store.serveShards.length) ctx.addIssue({ code: 'custom', path: ['serveShards'], input: store.serveShards, message: 'lists a shard twice' });
+      // a brace in the prefix would be the hash tag instead of the shard's
+      if (store.shards > 1 && /[{}]/.test(store.prefix)) ctx.addIssue({ code: 'custom', path: ['prefix'], input: store.prefix, message: 'must not hold { or } with store.shards > 1 (each shard adds its own hash tag)' });
     })
     .prefault({}),
 });

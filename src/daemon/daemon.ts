@@ -1,7 +1,6 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { ToolHandlers } from '../actions.js';
 import { loadToolHandlers } from '../actions.js';
@@ -15,6 +14,9 @@ import { StdoutSink } from '../sinks/stdout.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import { MemoryStore } from '../store/memory.js';
 import { RedisStore } from '../store/redis.js';
+import type { RedisClient } from '../store/redis.js';
+import { fleetBudgetKey, RedisKeys, shardPrefix } from '../store/redis-keys.js';
+import { ShardedStore } from '../store/sharded.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { DeliveryLog, WatchRecord, WatchStore } from '../store/store.js';
 import { targetOf } from '../store/store.js';
@@ -29,8 +31,12 @@ import { OpenAIHookReceiver } from '../hooks.js';
 import { DaemonMetrics } from './metrics.js';
 import type { DeliveryPolicy, Outbox } from './outbox.js';
 import { OutboxWorker } from './outbox.js';
+import { DEFAULT_BUDGET } from '../budget.js';
 import { PartitionedOutbox } from './redis-outbox.js';
+import { connectRedis, isClusterUrl, redisSeeds } from './redis-client.js';
 import { RedisEngine } from './redis-engine.js';
+import type { RedisEngineOptions } from './redis-engine.js';
+import { ShardedEngine, ShardedOutbox } from './shards.js';
 import { startTelemetry } from './telemetry.js';
 
 /** Secrets the daemon uses; never part of the printed config. */
@@ -122,6 +128,12 @@ export function preflightChecks(config: DaemonConfig, secrets: DaemonSecrets): A
     () => {
       if (!secrets.redisUrl && config.sinks.redisStream.enabled) throw new ConfigError(REDIS_URL_MISSING.stream);
     },
+    () => {
+      if (!secrets.redisUrl || !isClusterUrl(secrets.redisUrl, config.store.cluster)) return;
+      if (config.sinks.redisStream.enabled) throw new ConfigError('sinks.redisStream writes to one Redis and RUNWATCH_REDIS_URL names a Redis Cluster: disable the sink or give it a single Redis');
+      // a brace in the prefix would be the hash tag instead of the shard's
+      if (/[{}]/.test(config.store.prefix)) throw new ConfigError('store.prefix must not hold { or } on a Redis Cluster: each shard adds its own hash tag');
+    },
     () => void pushModeOf(config, (secrets.openaiWebhookSecrets ?? []).length > 0),
   ];
 }
@@ -154,18 +166,10 @@ export async function listen(server: Server, config: DaemonConfig): Promise<Addr
 
 /**
  * Checks `RUNWATCH_REDIS_URL` before anything connects: `redis://` or `rediss://` with a host
- * and a numeric port. Throws `ConfigError` naming the setting, never its value (it may carry a password).
+ * and a numeric port (several comma-separated: a Redis Cluster's seeds). Throws `ConfigError` naming the setting, never its value (it may carry a password).
  */
 export function checkRedisUrl(raw: string): string {
-  let url: URL | undefined;
-  try {
-    url = new URL(raw);
-  } catch {
-    url = undefined;
-  }
-  if (!url || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || url.hostname === '' || (url.port !== '' && !/^\d+$/.test(url.port))) {
-    throw new ConfigError('invalid RUNWATCH_REDIS_URL: expected redis://[:password@]host[:port][/db] (or rediss://)');
-  }
+  redisSeeds(raw);
   return raw;
 }
 
@@ -300,6 +304,7 @@ export class Daemon {
         deleteWatch: async (id) => watchView(await this.#engine.delete(id)),
         cancelWatch: async (id) => watchView(await this.#engine.cancel(id)),
         eventsAfter: (pos, filter, limit) => store.eventsAfter(pos, filter, limit),
+        shardedLog: store instanceof ShardedStore ? { shards: store.shards.length, eventsAfter: (cursor, filter, limit) => store.eventsAfterCursor(cursor, filter, limit) } : undefined,
         subscribe: (listener) => {
           this.#listeners.add(listener);
           return () => this.#listeners.delete(listener);
@@ -359,30 +364,65 @@ export class Daemon {
     this.#outboxes = sinks.map((sink) => new OutboxWorker(store, sink, { ...delivery, concurrency: config.sinks.delivery.concurrency, logger: delivery.logger.child({ sink: sink.name }) }));
   }
 
-  /** Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with leases. */
+  /**
+   * Redis: any replica runs any watch's step (BullMQ); the outbox is partitioned streams with
+   * leases. With `store.shards` > 1 or a Redis Cluster, one such keyspace per shard under a hash
+   * tag, composed by `ShardedStore` / `ShardedEngine` / `ShardedOutbox`.
+   */
   async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined, onTakeover: () => void): Promise<void> {
     const config = this.#config;
     if (!secrets.redisUrl) throw new ConfigError(REDIS_URL_MISSING.store);
     const url = secrets.redisUrl;
+    const { shards, cluster } = config.store;
+    const clustered = isClusterUrl(url, cluster);
     // our own commands fail fast while Redis is away (the store says so); BullMQ keeps its own connections
-    const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
+    const redis = connectRedis(url, cluster, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error'));
     this.#onClose('redis', () => redis.quit().catch(() => redis.disconnect()));
     await untilReady(redis, signal);
-    const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
-    this.#onClose('store', () => store.close());
-    const engine = new RedisEngine(redis, store, settings, {
+    const engineOptions: RedisEngineOptions = {
       redisUrl: url,
       lockDurationMs: config.store.lockDurationMs,
       stalledIntervalMs: config.store.stalledIntervalMs,
       repairIntervalMs: config.retention.pruneIntervalMs,
       logger: this.#logger.child({ component: 'engine' }),
+    };
+    const outboxOptions = (store: RedisStore, replicaId: string, sink: Sink) => ({
+      ...delivery,
+      keys: store.keys,
+      partitions: store.partitions,
+      replicaId,
+      leaseMs: config.store.leaseMs,
+      onTakeover,
+      logger: delivery.logger.child({ sink: sink.name }),
     });
-    this.#engine = engine;
-    this.#outboxes = sinks.map(
-      (sink) =>
-        new PartitionedOutbox(redis, sink, { ...delivery, keys: store.keys, partitions: store.partitions, replicaId: engine.replicaId, leaseMs: config.store.leaseMs, onTakeover, logger: delivery.logger.child({ sink: sink.name }) }),
-    );
+    if (shards === 1 && !clustered) {
+      const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
+      this.#onClose('store', () => store.close());
+      const engine = new RedisEngine(redis, store, settings, engineOptions);
+      this.#engine = engine;
+      this.#outboxes = sinks.map((sink) => new PartitionedOutbox(redis, sink, outboxOptions(store, engine.replicaId, sink)));
+      return;
+    }
+    // BullMQ's blocking commands need a connection that retries forever; one for every shard's queue and worker
+    const bull = clustered ? connectRedis(url, cluster, { maxRetriesPerRequest: null }) : undefined;
+    if (bull) {
+      bull.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error (jobs)'));
+      this.#onClose('redis (jobs)', () => bull.quit().catch(() => bull.disconnect()));
+    }
+    const prefix = config.store.prefix;
+    const budget = fleetBudgetKey(prefix);
+    const stores = Array.from({ length: shards }, (_, i) => new RedisStore(redis, new RedisKeys(shardPrefix(prefix, i), budget), config.store.partitions));
+    const store = new ShardedStore(stores);
+    this.#onClose('store', () => store.close());
+    const serve = config.store.serveShards ?? stores.map((_, i) => i);
+    // the replica's steps in flight stay about watch.maxInFlight, spread over the shards it polls
+    const maxInFlight = Math.max(1, Math.ceil((settings.watcher.maxInFlight ?? DEFAULT_BUDGET.maxInFlight) / serve.length));
+    const shardSettings: EngineSettings = { ...settings, watcher: { ...settings.watcher, maxInFlight } };
+    const engines = stores.map((shard) => new RedisEngine(redis, shard, shardSettings, { ...engineOptions, connection: bull }));
+    this.#engine = new ShardedEngine(store, engines, { serve });
+    const replicaId = engines[0]!.replicaId;
+    this.#outboxes = sinks.map((sink) => new ShardedOutbox(sink, stores.map((shard) => new PartitionedOutbox(redis, sink, outboxOptions(shard, replicaId, sink)))));
   }
 
   /** What `/readyz` and `runwatch_ready` say: the store answers and no shutdown has begun. */
@@ -465,7 +505,7 @@ export class Daemon {
 }
 
 /** Waits for a Redis connection to be ready; `StoreUnavailableError` after 10 s, the signal's reason when it aborts first. */
-async function untilReady(redis: Redis, signal: AbortSignal | undefined): Promise<void> {
+async function untilReady(redis: RedisClient, signal: AbortSignal | undefined): Promise<void> {
   if (redis.status === 'ready') return;
   let timer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;

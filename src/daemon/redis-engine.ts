@@ -1,7 +1,6 @@
 import { hostname } from 'node:os';
 import { DelayedError, Queue, Worker } from 'bullmq';
-import type { Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { ConnectionOptions, Job } from 'bullmq';
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
 import type { Budget, BudgetSnapshot } from '../budget.js';
@@ -13,7 +12,7 @@ import { WatchError } from '../errors.js';
 import { DEFAULT_DEADLINES, resolvePollPolicy, safetyNetPolicy } from '../schedule.js';
 import type { StepSettings } from '../step.js';
 import { resumeProgress } from '../step.js';
-import type { RedisStore } from '../store/redis.js';
+import type { RedisClient, RedisStore } from '../store/redis.js';
 import type { NewWatch, WatchRecord } from '../store/store.js';
 import { kindOf, targetKey, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
@@ -36,6 +35,8 @@ const JOB_OPTIONS = { removeOnComplete: true, removeOnFail: 1_000, attempts: 1_0
 /** Options of a `RedisEngine` beside the engine settings. */
 export interface RedisEngineOptions {
   readonly redisUrl: string;
+  /** BullMQ's connection, when not one Redis at `redisUrl` (a Redis Cluster). @default `redisUrl` */
+  readonly connection?: ConnectionOptions | undefined;
   /** The job lock and stalled check: how soon a dead replica's step is taken over. */
   readonly lockDurationMs: number;
   readonly stalledIntervalMs: number;
@@ -54,7 +55,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly store: RedisStore;
   /** Names this replica in requests (`x-runwatch-instance`), logs and consumer groups. */
   readonly replicaId: string;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #options: RedisEngineOptions;
   readonly #settings: EngineSettings;
   readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls' | 'handlesToolApprovals'>;
@@ -74,7 +75,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   #lastPosition = 0;
   #closing: Promise<void> | null = null;
 
-  constructor(redis: Redis, store: RedisStore, settings: EngineSettings, options: RedisEngineOptions) {
+  constructor(redis: RedisClient, store: RedisStore, settings: EngineSettings, options: RedisEngineOptions) {
     super();
     this.store = store;
     this.#redis = redis;
@@ -109,7 +110,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       },
       onPoll: (report) => this.emit('poll', report),
     });
-    const connection = { url: options.redisUrl, maxRetriesPerRequest: null };
+    const connection = options.connection ?? { url: options.redisUrl, maxRetriesPerRequest: null };
     const prefix = store.keys.bullPrefix;
     this.#queue = new Queue(QUEUE, { connection, prefix });
     this.#queue.on('error', (error) => options.logger.debug({ err: error }, 'queue error'));

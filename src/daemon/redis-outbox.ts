@@ -1,7 +1,7 @@
-import type { Redis } from 'ioredis';
 import type { WatchEvent } from '../events.js';
 import type { Sink } from '../sinks/sink.js';
 import { pairs } from '../store/redis.js';
+import type { RedisClient } from '../store/redis.js';
 import type { RedisKeys } from '../store/redis-keys.js';
 import type { SinkStats } from '../store/store.js';
 import type { DeliveryOutcome, DeliveryPolicy, Outbox } from './outbox.js';
@@ -48,7 +48,7 @@ interface Held {
  */
 export class PartitionedOutbox implements Outbox {
   readonly sink: Sink;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #options: PartitionedOutboxOptions;
   readonly #held = new Map<number, Held>();
   readonly #stop = new AbortController();
@@ -57,7 +57,7 @@ export class PartitionedOutbox implements Outbox {
   #leaseTimer: NodeJS.Timeout | null = null;
   #renewing = false;
 
-  constructor(redis: Redis, sink: Sink, options: PartitionedOutboxOptions) {
+  constructor(redis: RedisClient, sink: Sink, options: PartitionedOutboxOptions) {
     this.#redis = redis;
     this.sink = sink;
     this.#options = options;

@@ -1,6 +1,24 @@
 /**
+ * The prefix of one shard's keys (several shards, or a Redis Cluster): `<prefix>{s<shard>}:`, a
+ * hash tag, so every key of a shard (and every script over them) lives in one Cluster slot. One
+ * shard on one Redis keeps the prefix itself (the layout of earlier versions).
+ */
+export function shardPrefix(prefix: string, shard: number): string {
+  return `${prefix}{s${shard}}:`;
+}
+
+/**
+ * The fleet budget's hash when the keys are sharded: under a hash tag of its own
+ * (`<prefix>{fleet}:budget`), shared by every shard's engine: one bucket for the fleet.
+ */
+export function fleetBudgetKey(prefix: string): string {
+  return `${prefix}{fleet}:budget`;
+}
+
+/**
  * Every Redis key runwatch uses, in one place (as BullMQ's `QueueKeys`): no other module builds
- * a key by concatenation. All live under one prefix (`store.prefix`), BullMQ's under `<prefix>bull`.
+ * a key by concatenation. All live under one prefix (`store.prefix`, or a shard's, see
+ * `shardPrefix`), BullMQ's under `<prefix>bull`; only the budget may be given another key.
  */
 export class RedisKeys {
   /** Hash: target key -> watch id, one watch per run or response (the name predates responses). */
@@ -24,8 +42,14 @@ export class RedisKeys {
   /** Prefix of the watch hashes, for the create script (which builds the key of a new id). */
   readonly watchPrefix: string;
 
-  /** @param prefix - what every key starts with, e.g. `runwatch:` */
-  constructor(readonly prefix: string) {
+  /**
+   * @param prefix - what every key starts with, e.g. `runwatch:`
+   * @param budgetKey - the fleet budget's hash (one for every shard) @default `<prefix>budget`
+   */
+  constructor(
+    readonly prefix: string,
+    budgetKey?: string,
+  ) {
     this.targets = `${prefix}runs`;
     this.watches = `${prefix}watches`;
     this.order = `${prefix}order`;
@@ -33,7 +57,7 @@ export class RedisKeys {
     this.statusCounts = `${prefix}status-counts`;
     this.position = `${prefix}pos`;
     this.log = `${prefix}log`;
-    this.budget = `${prefix}budget`;
+    this.budget = budgetKey ?? `${prefix}budget`;
     this.bullPrefix = `${prefix}bull`;
     this.watchPrefix = `${prefix}watch:`;
   }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { StoreUnavailableError } from '../errors.js';
 import type { Progress } from '../step.js';
 import { RedisKeys } from './redis-keys.js';
@@ -65,6 +65,9 @@ interface Commands {
   rwCommit(watch: string, pos: string, log: string, partition: string, active: string, counts: string, ...args: string[]): Promise<number>;
 }
 
+/** A connection to one Redis or to a Redis Cluster: the commands runwatch sends are the same on both. */
+export type RedisClient = Redis | Cluster;
+
 /**
  * The outbox partition of a run or response (by `orderingId`): one target always maps to the
  * same one, which keeps its order.
@@ -84,14 +87,15 @@ export function partitionOf(orderingKey: string, partitions: number): number {
 export class RedisStore implements WatchStore {
   readonly keys: RedisKeys;
   readonly partitions: number;
-  readonly #redis: Redis & Commands;
+  readonly #redis: RedisClient & Commands;
 
-  constructor(redis: Redis, prefix: string, partitions: number) {
-    this.keys = new RedisKeys(prefix);
+  /** @param prefix - the keys' prefix, or the keys themselves (a shard's, see `shardPrefix`) */
+  constructor(redis: RedisClient, prefix: string | RedisKeys, partitions: number) {
+    this.keys = typeof prefix === 'string' ? new RedisKeys(prefix) : prefix;
     this.partitions = partitions;
     redis.defineCommand('rwCreate', { numberOfKeys: 5, lua: CREATE });
     redis.defineCommand('rwCommit', { numberOfKeys: 6, lua: COMMIT });
-    this.#redis = redis as Redis & Commands;
+    this.#redis = redis as RedisClient & Commands;
   }
 
   /** Runs a command; a failure while the connection is down is `StoreUnavailableError`, anything else is rethrown as is. */
