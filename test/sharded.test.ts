@@ -123,6 +123,21 @@ describe('ShardedStore', () => {
     expect((await store.list({ state: 'active', limit: 3, after: 'w_02' })).map((w) => w.id)).toEqual(['w_04', 'w_05', 'w_06']);
   });
 
+  it('pages every watch exactly once when a shard stored a later creation time before an earlier one (two replicas at once)', async () => {
+    const store = shards(3);
+    const times = [50, 10, 40, 20, 30, 5, 60, 15, 45, 25, 35, 55, 1, 65, 12];
+    for (const [i, atMs] of times.entries()) await store.create({ kind: 'run', id: `w_${i}`, thread_id: 'thread_1', run_id: `run_t${i}` }, atMs);
+    for (const limit of [1, 2, 4, 7]) {
+      const seen: string[] = [];
+      let after: string | undefined;
+      for (let page = await store.list({ limit }); page.length > 0; page = await store.list({ limit, after })) {
+        seen.push(...page.map((w) => w.id));
+        after = page.at(-1)!.id;
+      }
+      expect(seen.sort(), `limit ${limit}`).toEqual(times.map((_, i) => `w_${i}`).sort());
+    }
+  });
+
   it('merges the shards\' logs by commit time, each shard\'s order kept, and resumes from a cursor without a gap or a repeat', async () => {
     const store = shards(3);
     const ids: string[] = [];

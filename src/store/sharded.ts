@@ -53,9 +53,11 @@ function mergeHeads<T>(lists: readonly (readonly T[])[], limit: number, before: 
   }
 }
 
-/** True when a watch of shard `ai` comes before one of shard `bi` in the merged list: creation time, then shard. */
-function createdBefore(a: WatchRecord, ai: number, b: WatchRecord, bi: number): boolean {
-  return a.created_at < b.created_at || (a.created_at === b.created_at && ai < bi);
+/** A watch's place in the merged list: the latest creation time up to it in its shard, its shard, its index there. */
+type ListKey = readonly [maxCreatedAtMs: number, shard: number, index: number];
+
+function compareKeys(a: ListKey, b: ListKey): number {
+  return a[0] - b[0] || a[1] - b[1] || a[2] - b[2];
 }
 
 /**
@@ -121,36 +123,57 @@ export class ShardedStore<S extends WatchStore = WatchStore> implements WatchSto
   }
 
   /**
-   * Watches of every shard merged by creation time (then shard index), each shard's own order
-   * kept; `after` (a watch id) resumes after that watch in the merged order.
+   * Watches of every shard merged by creation time, each shard's own order kept; `after` (a
+   * watch id) resumes after that watch. Two replicas creating in one shard at the same moment
+   * can store a later time before an earlier one, so a shard is ordered by the running maximum
+   * of its creation times (never decreasing), which keeps every page boundary exact. Pages after
+   * the first read each shard from its start (the stores index creation order, not time).
    */
   async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
     if (this.shards.length === 1) return this.shards[0]!.list(query);
-    const bound = query.after === undefined ? undefined : await this.locate(query.after, (s) => s.get(query.after!));
+    let bound: ListKey | undefined;
+    if (query.after !== undefined) {
+      const after = query.after;
+      const found = await this.locate(after, (s) => s.get(after));
+      if (found) {
+        for await (const entry of this.#ordered(found.shard)) {
+          if (entry.watch.id !== after) continue;
+          bound = entry.key;
+          break;
+        }
+      }
+    }
     const lists = await Promise.all(
-      this.shards.map((store, i) => {
-        if (!bound) return store.list({ state: query.state, limit: query.limit });
-        if (i === bound.shard) return store.list(query);
-        return this.#listPast(store, i, query, bound.value, bound.shard);
+      this.shards.map(async (_, shard) => {
+        const out: Array<{ watch: WatchRecord; key: ListKey }> = [];
+        for await (const entry of this.#ordered(shard)) {
+          if (out.length === query.limit) break;
+          if ((!bound || compareKeys(bound, entry.key) < 0) && (!query.state || entry.watch.state === query.state)) out.push(entry);
+        }
+        return out;
       }),
     );
     const out: WatchRecord[] = [];
-    mergeHeads(lists, query.limit, createdBefore, (watch) => out.push(watch));
+    mergeHeads(lists, query.limit, (a, _ai, b) => compareKeys(a.key, b.key) < 0, (entry) => out.push(entry.watch));
     return out;
   }
 
-  /** Up to `limit` watches of one shard that come after `bound` (of shard `boundShard`) in the merged order. */
-  async #listPast(store: S, shard: number, query: { readonly state?: WatchState | undefined; readonly limit: number }, bound: WatchRecord, boundShard: number): Promise<WatchRecord[]> {
-    const out: WatchRecord[] = [];
-    const page = Math.max(query.limit, 200);
+  /** A shard's watches in its creation order, each with its place in the merged order. */
+  async *#ordered(shard: number): AsyncIterable<{ watch: WatchRecord; key: ListKey }> {
+    const page = 200;
     let after: string | undefined;
-    while (out.length < query.limit) {
-      const batch = await store.list({ state: query.state, limit: page, after });
-      for (const watch of batch) if (createdBefore(bound, boundShard, watch, shard) && out.length < query.limit) out.push(watch);
-      if (batch.length < page) break;
+    let maxCreatedAt = -Infinity;
+    let index = 0;
+    for (;;) {
+      const batch = await this.shards[shard]!.list({ limit: page, after });
+      for (const watch of batch) {
+        maxCreatedAt = Math.max(maxCreatedAt, watch.created_at);
+        yield { watch, key: [maxCreatedAt, shard, index] };
+        index += 1;
+      }
+      if (batch.length < page) return;
       after = batch.at(-1)!.id;
     }
-    return out;
   }
 
   async *active(): AsyncIterable<WatchRecord> {
