@@ -126,6 +126,15 @@ describe.skipIf(!available)('Redis mode on a 3-node Redis Cluster, 3 shards (nee
       const rest = await readFrames(`${replicas[0]!.base}/v1/events`, (frames) => frames.length === total - Math.floor(total / 2) - 1, { 'last-event-id': middle.id });
       expect(rest.map((f) => f.id)).toEqual(all.slice(Math.floor(total / 2) + 1).map((f) => f.id));
       expect(new Set(all.map((f) => (JSON.parse(f.data) as { id: string }).id))).toEqual(new Set(eventIds));
+      // runwatch tail resumes from the same id and prints the same events
+      const tail = startCli(['tail', '--daemon-url', replicas[1]!.base, '--from', middle.id]);
+      const printed: string[] = [];
+      let timer: NodeJS.Timeout | undefined;
+      const tailTimeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`tail printed ${printed.length} of ${rest.length} events`)), 15_000)));
+      await Promise.race([tail.waitForLine((line) => printed.push((JSON.parse(line) as { id: string }).id) === rest.length), tailTimeout]).finally(() => clearTimeout(timer));
+      tail.child.kill('SIGTERM');
+      expect((await tail.done).stderr).toContain(`stopped after position ${all.at(-1)!.id}`);
+      expect(printed).toEqual(rest.map((f) => (JSON.parse(f.data) as { id: string }).id));
       const bad = await fetch(`${replicas[0]!.base}/v1/events`, { headers: { 'last-event-id': '12' } });
       expect(bad.status).toBe(400);
       expect(((await bad.json()) as { error: { message: string } }).error.message).toMatch(/3 dot-separated positions/);

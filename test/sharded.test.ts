@@ -2,6 +2,7 @@ import { EventEmitter } from 'eventemitter3';
 import { describe, expect, it } from 'vitest';
 import type { Engine, EngineEvents } from '../src/daemon/engine.js';
 import { ShardedEngine, ShardedOutbox } from '../src/daemon/shards.js';
+import { cursorAfter } from '../src/daemon-client.js';
 import type { Outbox } from '../src/daemon/outbox.js';
 import type { RunTransitionEvent } from '../src/events.js';
 import { RUN_KIND } from '../src/resource.js';
@@ -62,6 +63,15 @@ describe('log cursor', () => {
     expect(parseLogCursor('1.2', 1)).toBeUndefined();
     expect(formatLogCursor([12, 40, 7])).toBe('12.40.7');
     expect(formatLogCursor([5])).toBe('5');
+  });
+
+  it('tells the tail client which ids it printed already', () => {
+    expect(cursorAfter('13', '12')).toBe(true);
+    expect(cursorAfter('12', '12')).toBe(false);
+    expect(cursorAfter('12.41.7', '12.40.7')).toBe(true);
+    expect(cursorAfter('12.40.7', '12.40.7')).toBe(false);
+    expect(cursorAfter('11.40.7', '12.40.7')).toBe(false);
+    expect(cursorAfter('0.0.1', '0')).toBe(true);
   });
 });
 

@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OutboxWorker } from '../src/daemon/outbox.js';
@@ -16,9 +16,11 @@ import type { Progress } from '../src/step.js';
 import { initialProgress } from '../src/step.js';
 import { MemoryStore } from '../src/store/memory.js';
 import { RedisStore } from '../src/store/redis.js';
+import { fleetBudgetKey, RedisKeys, shardPrefix } from '../src/store/redis-keys.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { WatchState, WatchStore } from '../src/store/store.js';
 import { attentionRank } from '../src/store/store.js';
+import { requireClusterTools, startCluster } from './cluster.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 
 function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunTransitionEvent {
@@ -44,9 +46,14 @@ function record(s: WatchStore, e: WatchEvent, state: WatchState = 'active', extr
 const redisAvailable = await requireRedis();
 const redisClients: Redis[] = [];
 const prefixes: string[] = [];
+// one shard's keyspace on a local Redis Cluster: every script of the store must touch one slot
+const cluster = requireClusterTools() ? await startCluster(3) : undefined;
+const clusterClients: Cluster[] = [];
 afterAll(async () => {
   for (const redis of redisClients) redis.disconnect();
   for (const prefix of prefixes) await removeKeys(prefix);
+  for (const redis of clusterClients) redis.disconnect();
+  await cluster?.stop();
 });
 
 const stores = [
@@ -61,6 +68,16 @@ const stores = [
       const prefix = testPrefix();
       prefixes.push(prefix);
       return new RedisStore(redis, prefix, 4);
+    },
+  },
+  {
+    name: 'redis shard on a Redis Cluster',
+    skip: !cluster,
+    open: (): WatchStore => {
+      const redis = new Cluster(cluster!.ports.map((port) => ({ host: '127.0.0.1', port })));
+      clusterClients.push(redis);
+      const prefix = testPrefix();
+      return new RedisStore(redis, new RedisKeys(shardPrefix(prefix, 1), fleetBudgetKey(prefix)), 4);
     },
   },
 ];
