@@ -439,7 +439,8 @@ Options:
   --run-id ID                 only this run's events
   --thread-id ID              only this thread's events
   --response-id ID            only this background response's events
-  --from POS                  start after this log position                  [0]
+  --from POS                  start after this log position (12.40.7: one
+                              per shard, from a daemon with store.shards > 1) [0]
 ${CONNECTION_HELP}
 
 ${EXIT_HELP}, 130 SIGINT, 143 SIGTERM. Once connected,
