@@ -5,13 +5,7 @@
 // against one that does not (the home shard, then the others at once).
 // Needs redis-server and redis-cli on PATH and a build.
 // Usage: npm run bench:shards [-- <watches>]
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { Cluster, Redis } from 'ioredis';
 // from the build: node runs this file with type stripping, which does not map .js to .ts
 import { startSimulator } from '../dist/simulator.js';
@@ -19,54 +13,14 @@ import { RedisStore } from '../dist/store/redis.js';
 import { fleetBudgetKey, RedisKeys, shardPrefix } from '../dist/store/redis-keys.js';
 import { shardOf, ShardedStore } from '../dist/store/sharded.js';
 import { startCluster } from '../test/cluster.ts';
+import { diff, latenessBuckets, quantile, startReplica } from './replica.ts';
 
-const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
 const KEY = 'sk-bench-shards';
 const WATCHES = Number(process.argv[2] ?? 600);
 const REPLICAS = 2;
 const WARMUP_MS = 5_000;
 const MEASURE_MS = 15_000;
 const READS = 2_000;
-
-async function startReplica(simUrl: string, redisUrl: string, prefix: string, shards: number): Promise<{ child: ChildProcess; port: number }> {
-  const settings = [
-    'store.kind="redis"',
-    `store.prefix=${JSON.stringify(prefix)}`,
-    `store.shards=${shards}`,
-    'watch.provider="openai"',
-    `watch.baseUrl=${JSON.stringify(simUrl)}`,
-    'watch.maxRequestsPerSecond=100000',
-    'watch.maxInFlight=64',
-    'watch.policy={"jitter":0.2,"intervals":{"in_progress":{"baseMs":1000,"capMs":1000}}}',
-    'sinks.stdout.enabled=false',
-  ];
-  const child = spawn(process.execPath, [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-bench-')), ...settings.flatMap((s) => ['--set', s])], {
-    env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: redisUrl },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const lines = createInterface({ input: child.stderr });
-  const port = await new Promise<number>((resolve) => lines.on('line', (l) => l.includes('daemon listening') && resolve((JSON.parse(l) as { port: number }).port)));
-  return { child, port };
-}
-
-/** Lateness quantile from the summed histogram buckets of every replica (upper bucket bound). */
-function quantile(buckets: Map<number, number>, q: number): number {
-  const total = buckets.get(Infinity) ?? 0;
-  for (const bound of [...buckets.keys()].sort((a, b) => a - b)) if ((buckets.get(bound) ?? 0) >= q * total) return bound;
-  return Infinity;
-}
-
-async function latenessBuckets(ports: number[]): Promise<Map<number, number>> {
-  const sums = new Map<number, number>();
-  for (const port of ports) {
-    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    for (const match of text.matchAll(/^runwatch_poll_lateness_seconds_bucket\{le="([^"]+)"\} (\d+)$/gm)) {
-      const bound = match[1] === '+Inf' ? Infinity : Number(match[1]);
-      sums.set(bound, (sums.get(bound) ?? 0) + Number(match[2]));
-    }
-  }
-  return sums;
-}
 
 /** CPU seconds each node has used. */
 async function nodeCpu(ports: readonly number[]): Promise<number[]> {
@@ -86,7 +40,7 @@ async function run(url: string, ports: readonly number[], shards: number): Promi
   const sim = await startSimulator({ apiKey: KEY, recordRequests: false });
   const ids = Array.from({ length: WATCHES }, (_, i) => `run_s${i}`);
   for (const runId of ids) sim.addRun({ threadId: 'thread_s', runId, timeline: [{ status: 'in_progress' }] });
-  const replicas = await Promise.all(Array.from({ length: REPLICAS }, () => startReplica(sim.baseUrl, url, prefix, shards)));
+  const replicas = await Promise.all(Array.from({ length: REPLICAS }, () => startReplica(sim.baseUrl, url, KEY, [`store.prefix=${JSON.stringify(prefix)}`, `store.shards=${shards}`])));
   try {
     for (let i = 0; i < ids.length; i += 50) {
       await Promise.all(
@@ -102,7 +56,7 @@ async function run(url: string, ports: readonly number[], shards: number): Promi
     await new Promise((resolve) => setTimeout(resolve, MEASURE_MS));
     const seconds = (Date.now() - t0) / 1000;
     const [polls1, cpu1, late1] = [polls(), await nodeCpu(ports), await latenessBuckets(replicas.map((r) => r.port))];
-    const lateness = new Map([...late1].map(([bound, count]) => [bound, count - (late0.get(bound) ?? 0)]));
+    const lateness = diff(late1, late0);
     const shares = cpu1.map((cpu, i) => ((cpu - cpu0[i]!) / seconds) * 100);
     const ms = (s: number): string => (s === Infinity ? '>30000' : String(Math.round(s * 1000)));
     return [

@@ -25,8 +25,8 @@ export function requireClusterTools(): boolean {
   return found;
 }
 
-/** A free loopback port (listen on 0, read it, close). */
-async function freePort(): Promise<number> {
+/** A free loopback port, nothing listening on it (listen on 0, read it, close). */
+export async function freePort(): Promise<number> {
   const server = createServer();
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
