@@ -21,7 +21,6 @@ const available = requireClusterTools();
 const KEY = 'sk-cluster-key-0001';
 const SECRET = `whsec_${Buffer.from('cluster-webhook-secret-32-bytes!').toString('base64')}`;
 const SHARDS = 3;
-const prefix = testPrefix();
 let cluster: LocalCluster | undefined;
 beforeAll(async () => {
   if (available) cluster = await startCluster(3);
@@ -35,7 +34,7 @@ interface Replica {
   readonly base: string;
 }
 
-async function startReplica(simUrl: string, webhookUrl: string, serve: readonly number[]): Promise<Replica> {
+async function startReplica(prefix: string, simUrl: string, webhookUrl: string, serve: readonly number[] | null): Promise<Replica> {
   const cli = startCli(
     [
       'daemon',
@@ -43,7 +42,7 @@ async function startReplica(simUrl: string, webhookUrl: string, serve: readonly 
       '0',
       '--data-dir',
       mkdtempSync(path.join(tmpdir(), 'runwatch-cluster-')),
-      ...['store.kind="redis"', `store.prefix=${JSON.stringify(prefix)}`, `store.shards=${SHARDS}`, `store.serveShards=${JSON.stringify(serve)}`, 'store.partitions=4', 'store.leaseMs=3000'].flatMap((s) => ['--set', s]),
+      ...['store.kind="redis"', `store.prefix=${JSON.stringify(prefix)}`, `store.shards=${SHARDS}`, `store.serveShards=${JSON.stringify(serve)}`, 'store.partitions=4', 'store.leaseMs=3000', 'store.lockDurationMs=3000', 'store.stalledIntervalMs=1000'].flatMap((s) => ['--set', s]),
       ...['watch.provider="openai"', `watch.baseUrl=${JSON.stringify(simUrl)}`, 'watch.maxRequestsPerSecond=2000', 'watch.maxInFlight=32'].flatMap((s) => ['--set', s]),
       ...['watch.policy={"jitter":0,"intervals":{"queued":{"baseMs":150,"capMs":150},"in_progress":{"baseMs":200,"capMs":200}}}', 'sinks.stdout.enabled=false'].flatMap((s) => ['--set', s]),
       ...[`sinks.webhook.url=${JSON.stringify(webhookUrl)}`, 'sinks.delivery.backoffBaseMs=100', 'sinks.delivery.backoffCapMs=500'].flatMap((s) => ['--set', s]),
@@ -70,7 +69,8 @@ describe.skipIf(!available)('Redis mode on a 3-node Redis Cluster, 3 shards (nee
       timeline: [{ status: 'queued', durationMs: 200 + (i % 5) * 100 }, { status: 'in_progress', durationMs: 500 + (i % 7) * 150 }, { status: TERMINAL_RUN_STATUSES[i % TERMINAL_RUN_STATUSES.length]! }],
     }));
     for (const run of runs) sim.addRun(run);
-    const replicas = [await startReplica(sim.baseUrl, receiver.url, [0, 1]), await startReplica(sim.baseUrl, receiver.url, [2])];
+    const prefix = testPrefix();
+    const replicas = [await startReplica(prefix, sim.baseUrl, receiver.url, [0, 1]), await startReplica(prefix, sim.baseUrl, receiver.url, [2])];
     const redis = new Cluster(cluster!.ports.map((port) => ({ host: '127.0.0.1', port })));
     try {
       const ids = new Map<string, string>();
@@ -144,6 +144,42 @@ describe.skipIf(!available)('Redis mode on a 3-node Redis Cluster, 3 shards (nee
     } finally {
       for (const replica of replicas) if (replica.cli.child.exitCode === null) replica.cli.child.kill('SIGKILL');
       redis.disconnect();
+      await receiver.close();
+      await sim.close();
+    }
+  }, 180_000);
+
+  it('two replicas serving every shard, one SIGKILLed mid-way: the other takes its polls over in every shard and every watch ends, in order', async () => {
+    const sim = await startSimulator({ apiKey: KEY });
+    const receiver = await startReceiver(SECRET);
+    const runs: SimulatedRun[] = Array.from({ length: 45 }, (_, i) => ({
+      threadId: 'thread_to',
+      runId: `run_to_${i}`,
+      start: 'first_request' as const,
+      timeline: [{ status: 'queued', durationMs: 300 }, { status: 'in_progress', durationMs: 2_500 + (i % 5) * 300 }, { status: TERMINAL_RUN_STATUSES[i % TERMINAL_RUN_STATUSES.length]! }],
+    }));
+    for (const run of runs) sim.addRun(run);
+    const prefix = testPrefix();
+    const replicas = [await startReplica(prefix, sim.baseUrl, receiver.url, null), await startReplica(prefix, sim.baseUrl, receiver.url, null)];
+    try {
+      await Promise.all(runs.map(async (run, i) => expect((await post(replicas[i % 2]!.base, { thread_id: run.threadId, run_id: run.runId })).status).toBe(201)));
+      // every run polled at least once, then the first replica dies with polls (and leases) in its hands
+      await receiver.waitFor((r) => new Set(r.map((e) => e.event.run_id)).size === runs.length, 30_000);
+      replicas[0]!.cli.child.kill('SIGKILL');
+      await replicas[0]!.cli.done;
+      const killedAt = Date.now();
+      await receiver.waitFor(() => terminalRuns(receiver) === runs.length, 90_000);
+      expectCompleteAndOrdered(receiver, runs);
+      const survivor = String(replicas[1]!.cli.child.pid);
+      const shardsTakenOver = new Set(
+        runs.filter((run) => sim.requests(run.runId).some((r) => r.atMs > killedAt && String(r.headers['x-runwatch-instance']).split('-').at(-2) === survivor)).map((run) => shardOf(targetKey({ kind: 'run', thread_id: 'thread_to', run_id: run.runId }), SHARDS)),
+      );
+      expect([...shardsTakenOver].sort()).toEqual([0, 1, 2]);
+      for (const run of runs) expect(sim.maxConcurrent(run.runId), run.runId).toBe(1);
+      replicas[1]!.cli.child.kill('SIGTERM');
+      expect((await replicas[1]!.cli.done).code).toBe(0);
+    } finally {
+      for (const replica of replicas) if (replica.cli.child.exitCode === null) replica.cli.child.kill('SIGKILL');
       await receiver.close();
       await sim.close();
     }
