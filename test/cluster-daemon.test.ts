@@ -126,6 +126,11 @@ describe.skipIf(!available)('Redis mode on a 3-node Redis Cluster, 3 shards (nee
       const rest = await readFrames(`${replicas[0]!.base}/v1/events`, (frames) => frames.length === total - Math.floor(total / 2) - 1, { 'last-event-id': middle.id });
       expect(rest.map((f) => f.id)).toEqual(all.slice(Math.floor(total / 2) + 1).map((f) => f.id));
       expect(new Set(all.map((f) => (JSON.parse(f.data) as { id: string }).id))).toEqual(new Set(eventIds));
+      // the fleet summary gives the log's end as such a cursor, and the fleet's counts of every shard
+      const fleet = (await (await fetch(`${replicas[0]!.base}/v1/fleet`)).json()) as { last_event_id: string; last_event_pos: number; active_by_status: Record<string, number> };
+      expect(fleet.last_event_id).toBe(all.at(-1)!.id);
+      expect(fleet.last_event_pos).toBe(total);
+      expect(Object.values(fleet.active_by_status).reduce((a, b) => a + b, 0)).toBe(0);
       // runwatch tail resumes from the same id and prints the same events
       const tail = startCli(['tail', '--daemon-url', replicas[1]!.base, '--from', middle.id]);
       const printed: string[] = [];

@@ -12,7 +12,7 @@ import { initialProgress } from '../src/step.js';
 import { MemoryStore } from '../src/store/memory.js';
 import { fleetBudgetKey, RedisKeys, shardPrefix } from '../src/store/redis-keys.js';
 import { formatLogCursor, parseLogCursor, shardOf, ShardedStore } from '../src/store/sharded.js';
-import type { NewWatch, WatchRecord, WatchStore } from '../src/store/store.js';
+import type { NewWatch, WatchQuery, WatchRecord, WatchStore } from '../src/store/store.js';
 import { targetKey } from '../src/store/store.js';
 
 /** A memory store that counts the reads by id it answers. */
@@ -133,6 +133,26 @@ describe('ShardedStore', () => {
     expect((await store.list({ state: 'active', limit: 3, after: 'w_02' })).map((w) => w.id)).toEqual(['w_04', 'w_05', 'w_06']);
   });
 
+  it('filters by status and id and orders by attention as one store holding the same watches does, page after page', async () => {
+    const sharded = shards(3);
+    const single = new MemoryStore();
+    for (const store of [sharded, single] as WatchStore[]) {
+      for (let i = 0; i < 18; i += 1) await store.create({ kind: 'run', id: `w_${String(i).padStart(2, '0')}`, thread_id: 'thread_1', run_id: `run_${i}` }, 1_000 + i);
+      for (let i = 0; i < 18; i += 3) await commitEvent(store, transition(`w_${String(i).padStart(2, '0')}`, `run_${i}`, 1, i % 2 === 0 ? 'requires_action' : 'queued', 0));
+      await store.commit('w_04', 0, { progress: { ...(await store.loadProgress('w_00'))!, seq: 1 }, events: [], state: 'failed' });
+    }
+    const pages = async (store: WatchStore, query: Omit<WatchQuery, 'limit' | 'after'>): Promise<string[]> => {
+      const ids: string[] = [];
+      for (let page = await store.list({ ...query, limit: 4 }); page.length > 0; page = await store.list({ ...query, limit: 4, after: ids.at(-1) })) ids.push(...page.map((w) => w.id));
+      return ids;
+    };
+    for (const query of [{ status: 'queued' }, { status: 'none' }, { search: 'run_1' }, { order: 'attention' as const }, { order: 'attention' as const, state: 'active' as const }]) {
+      const expected = await pages(single, query);
+      expect(expected.length, JSON.stringify(query)).toBeGreaterThan(0);
+      expect(await pages(sharded, query), JSON.stringify(query)).toEqual(expected);
+    }
+  });
+
   it('pages every watch exactly once when a shard stored a later creation time before an earlier one (two replicas at once)', async () => {
     const store = shards(3);
     const times = [50, 10, 40, 20, 30, 5, 60, 15, 45, 25, 35, 55, 1, 65, 12];
@@ -197,6 +217,9 @@ class StubEngine extends EventEmitter<EngineEvents> implements Engine {
   budget() {
     return { ratePerSecond: 10, inFlight: 1, queued: 2 };
   }
+  watchesByReplica(): Promise<ReadonlyMap<string, number>> {
+    return Promise.resolve(new Map([['replica-a', 2]]));
+  }
   wakeResponse(responseId: string): Promise<boolean> {
     this.calls.push(`wake ${responseId}`);
     return Promise.resolve(true);
@@ -232,6 +255,7 @@ describe('ShardedEngine', () => {
     expect(engines[response]!.calls.at(-1)).toBe('wake resp_1');
     expect(await engine.activeByStatus()).toEqual(new Map([['queued', 3]]));
     expect(engine.budget()).toEqual({ ratePerSecond: 10, inFlight: 3, queued: 6 });
+    expect(await engine.watchesByReplica!()).toEqual(new Map([['replica-a', 6]]));
     const seen: string[] = [];
     engine.on('activity', () => seen.push('activity'));
     engine.on('error', (error) => seen.push(error.message));

@@ -121,7 +121,8 @@ async function start() {
   $('logout').hidden = false;
   renderFleet(fleet);
   // events after this position are replayed by the stream; the list read next already holds earlier ones
-  state.lastEventId = fleet.last_event_pos;
+  // an SSE id: a position, or one per shard (12.40.7) from a sharded daemon
+  state.lastEventId = fleet.last_event_id ?? String(fleet.last_event_pos);
   document.body.dataset.lastEventId = String(state.lastEventId);
   await refresh();
   openMainStream();
@@ -140,8 +141,8 @@ function stopAll() {
 // ---- the event stream: fetch + a ReadableStream parser, since EventSource cannot send headers ----
 
 /**
- * Reads `GET /v1/events` and calls `onEvent(event, pos)` per event, resuming after a cut with
- * `Last-Event-ID` (the last position seen) after the server's `retry` delay. Returns an abort function.
+ * Reads `GET /v1/events` and calls `onEvent(event, id)` per event, resuming after a cut with
+ * `Last-Event-ID` (the last event's id: a position, or one per shard) after the server's `retry` delay. Returns an abort function.
  */
 function openStream(query, getLastId, onEvent, onConn) {
   const controller = new AbortController();
@@ -160,7 +161,7 @@ function openStream(query, getLastId, onEvent, onConn) {
         await readEvents(res.body, (frame) => {
           if (frame.retry !== undefined) retryMs = frame.retry;
           if (frame.data === undefined) return onConn('live');
-          onEvent(JSON.parse(frame.data), Number(frame.id));
+          onEvent(JSON.parse(frame.data), frame.id);
         });
       } catch (error) {
         if (controller.signal.aborted) return;
@@ -209,9 +210,9 @@ function openMainStream() {
   state.stream = openStream(
     '',
     () => state.lastEventId,
-    (event, pos) => {
-      state.lastEventId = pos;
-      document.body.dataset.lastEventId = String(pos);
+    (event, id) => {
+      state.lastEventId = id;
+      document.body.dataset.lastEventId = id;
       applyEvent(event);
       if (state.detail?.id === event.watch_id) state.detail.add(event);
       scheduleRefresh();
@@ -444,8 +445,8 @@ async function openDetail(id) {
   const stream = openStream(
     query,
     () => lastId,
-    (event, pos) => {
-      lastId = pos;
+    (event, eventId) => {
+      lastId = eventId;
       if (event.watch_id === id) detail.add(event);
     },
     () => undefined,

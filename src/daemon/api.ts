@@ -54,8 +54,10 @@ export interface FleetView {
   readonly outbox: ReadonlyArray<{ readonly sink: string; readonly pending: number; readonly dead: number }>;
   /** Active watches owned by each replica (Redis mode only; absent elsewhere). */
   readonly replicas?: Readonly<Record<string, number>>;
-  /** The log's last position: a stream that starts here (`Last-Event-ID`) sees every later event. */
+  /** The log's last position (with shards: theirs added up, a count that grows, not a cursor). */
   readonly last_event_pos: number;
+  /** The log's end as an SSE id: a stream resumed from it (`Last-Event-ID`) sees every later event; one position per shard with shards (`12.40.7`). */
+  readonly last_event_id: string;
 }
 
 /** A value, or a promise of it: the embedded store answers at once, a remote one later. */

@@ -16,7 +16,7 @@ import { MemoryStore } from '../store/memory.js';
 import { RedisStore } from '../store/redis.js';
 import type { RedisClient } from '../store/redis.js';
 import { fleetBudgetKey, RedisKeys, shardPrefix } from '../store/redis-keys.js';
-import { ShardedStore } from '../store/sharded.js';
+import { formatLogCursor, ShardedStore } from '../store/sharded.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { DeliveryLog, WatchRecord, WatchStore } from '../store/store.js';
 import { targetOf } from '../store/store.js';
@@ -434,11 +434,12 @@ export class Daemon {
   async #fleet(metrics: DaemonMetrics): Promise<FleetView> {
     const engine = this.#engine;
     const nowMs = Date.now();
-    const [byStatus, outbox, replicas, lastPos] = await Promise.all([
+    const store = engine.store;
+    const [byStatus, outbox, replicas, lastPositions] = await Promise.all([
       engine.activeByStatus(),
       Promise.all(this.#outboxes.map(async (o) => ({ sink: o.sink.name, ...(await o.stats()) }))),
       engine.watchesByReplica?.(),
-      engine.store.lastPosition(),
+      store instanceof ShardedStore ? store.lastPositions() : store.lastPosition().then((pos) => [pos]),
     ]);
     const budget = engine.budget();
     return {
@@ -448,7 +449,8 @@ export class Daemon {
       budget: { rate_per_second: budget.ratePerSecond, in_flight: budget.inFlight, queued: budget.queued },
       outbox: outbox.map(({ sink, pending, dead }) => ({ sink, pending, dead })),
       ...(replicas ? { replicas: Object.fromEntries(replicas) } : {}),
-      last_event_pos: lastPos,
+      last_event_pos: lastPositions.reduce((sum, pos) => sum + pos, 0),
+      last_event_id: formatLogCursor(lastPositions),
     };
   }
 

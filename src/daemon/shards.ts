@@ -29,6 +29,8 @@ export class ShardedEngine extends EventEmitter<EngineEvents> implements Engine 
   readonly store: ShardedStore;
   /** Shard 0's webhook-id memory: one for the fleet whatever the shard of the response. */
   readonly claimWebhook?: (webhookId: string) => Promise<boolean>;
+  /** The shards' counts by replica added up, when their engines count them. */
+  readonly watchesByReplica?: () => Promise<ReadonlyMap<string, number>>;
   readonly #engines: readonly Engine[];
   readonly #served: readonly number[];
   readonly #logWatchMs: number;
@@ -45,6 +47,7 @@ export class ShardedEngine extends EventEmitter<EngineEvents> implements Engine 
     this.#logWatchMs = options.logWatchMs ?? LOG_WATCH_MS;
     const first = engines[0]!;
     if (first.claimWebhook) this.claimWebhook = (id) => first.claimWebhook!(id);
+    if (first.watchesByReplica) this.watchesByReplica = async () => addUp(await Promise.all(engines.map(async (engine) => (await engine.watchesByReplica?.()) ?? new Map<string, number>())));
     for (const engine of engines) {
       engine.on('event', (event) => this.emit('event', event));
       engine.on('activity', () => this.emit('activity'));
@@ -84,11 +87,7 @@ export class ShardedEngine extends EventEmitter<EngineEvents> implements Engine 
 
   /** The shards' counts added up (each engine counts its shard's watches fleet-wide, or its process's). */
   async activeByStatus(): Promise<ReadonlyMap<string, number>> {
-    const sum = new Map<string, number>();
-    for (const counts of await Promise.all(this.#engines.map((engine) => engine.activeByStatus()))) {
-      for (const [status, n] of counts) sum.set(status, (sum.get(status) ?? 0) + n);
-    }
-    return sum;
+    return addUp(await Promise.all(this.#engines.map((engine) => engine.activeByStatus())));
   }
 
   /** The fleet's rate (the lowest the served engines saw: they share one bucket), this process's requests in flight and queued. */
@@ -133,6 +132,13 @@ export class ShardedEngine extends EventEmitter<EngineEvents> implements Engine 
       // Redis away: readiness says so; nothing to wake
     }
   }
+}
+
+/** Counts by key, added up over several maps. */
+function addUp(maps: ReadonlyArray<ReadonlyMap<string, number>>): Map<string, number> {
+  const sum = new Map<string, number>();
+  for (const counts of maps) for (const [key, n] of counts) sum.set(key, (sum.get(key) ?? 0) + n);
+  return sum;
 }
 
 /** One sink's outbox over one outbox per shard (each delivers its shard's events): started, woken and stopped together, counted as one. */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { Progress } from '../step.js';
-import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { targetKey } from './store.js';
+import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, WatchChange, WatchQuery, WatchRecord, WatchStore, WatchTarget } from './store.js';
+import { matchesQuery, needsScan, pageOf, targetKey } from './store.js';
 
 /** The shard of a key (a target key or a watch id): the same in every process and version. */
 export function shardOf(key: string, shards: number): number {
@@ -51,6 +51,12 @@ function mergeHeads<T>(lists: readonly (readonly T[])[], limit: number, before: 
     take(lists[best]![heads[best]!]!, best);
     heads[best]! += 1;
   }
+}
+
+async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const item of items) out.push(item);
+  return out;
 }
 
 /** A watch's place in the merged list: the latest creation time up to it in its shard, its shard, its index there. */
@@ -127,10 +133,15 @@ export class ShardedStore<S extends WatchStore = WatchStore> implements WatchSto
    * watch id) resumes after that watch. Two replicas creating in one shard at the same moment
    * can store a later time before an earlier one, so a shard is ordered by the running maximum
    * of its creation times (never decreasing), which keeps every page boundary exact. Pages after
-   * the first read each shard from its start (the stores index creation order, not time).
+   * the first read each shard from its start (the stores index creation order, not time); a
+   * status, a search or the attention order reads every shard whole, as one Redis store does.
    */
-  async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
+  async list(query: WatchQuery): Promise<WatchRecord[]> {
     if (this.shards.length === 1) return this.shards[0]!.list(query);
+    if (needsScan(query)) {
+      const all = await Promise.all(this.shards.map(async (_, shard) => collect(this.#ordered(shard))));
+      return pageOf(all.flat().sort((a, b) => compareKeys(a.key, b.key)).map((entry) => entry.watch), query);
+    }
     let bound: ListKey | undefined;
     if (query.after !== undefined) {
       const after = query.after;
@@ -148,7 +159,7 @@ export class ShardedStore<S extends WatchStore = WatchStore> implements WatchSto
         const out: Array<{ watch: WatchRecord; key: ListKey }> = [];
         for await (const entry of this.#ordered(shard)) {
           if (out.length === query.limit) break;
-          if ((!bound || compareKeys(bound, entry.key) < 0) && (!query.state || entry.watch.state === query.state)) out.push(entry);
+          if ((!bound || compareKeys(bound, entry.key) < 0) && matchesQuery(entry.watch, query)) out.push(entry);
         }
         return out;
       }),
