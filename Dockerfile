@@ -1,4 +1,4 @@
-# runwatch: build on Node 24 LTS, ship only dist/, config/ and production dependencies.
+# runwatch: build on Node 24 LTS, ship only dist/, ui/, config/ and production dependencies.
 # By hand, without Docker: npm ci && npx tsc -p tsconfig.build.json && npm prune --omit=dev,
 # then RUNWATCH_HOST=0.0.0.0 RUNWATCH_DATA_DIR=/data node dist/cli.js daemon
 FROM node:24-slim AS build
@@ -7,6 +7,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+COPY ui ./ui
 RUN npx tsc -p tsconfig.build.json && npm prune --omit=dev
 
 FROM node:24-slim
@@ -18,6 +19,8 @@ WORKDIR /app
 COPY --from=build /app/package.json ./
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# the web view (/ui): plain files, read by dist/daemon/ui.js from ../../ui
+COPY --from=build /app/ui ./ui
 COPY config ./config
 RUN mkdir -p /data && chown node:node /data
 USER node

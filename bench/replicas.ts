@@ -6,67 +6,19 @@
 // Commands per poll count those run inside scripts (INFO commandstats, diffed over the window).
 // Usage: npm run bench:replicas [-- <watches>]
 import { spawn, spawnSync } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 // from the build: node runs this file with type stripping, which does not map .js to .ts
 import { startSimulator } from '../dist/simulator.js';
+import { diff, latenessBuckets, quantile, startReplica } from './replica.ts';
 
 const PRIVATE_REDIS = spawnSync('redis-server', ['--version']).status === 0;
-const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
 const KEY = 'sk-bench-replicas';
 const WATCHES = Number(process.argv[2] ?? 600);
 const WARMUP_MS = 5_000;
 const MEASURE_MS = 15_000;
-
-async function startReplica(simUrl: string, prefix: string, redisUrl: string): Promise<{ child: ChildProcess; port: number }> {
-  const settings = [
-    'store.kind="redis"',
-    `store.prefix=${JSON.stringify(prefix)}`,
-    'watch.provider="openai"',
-    `watch.baseUrl=${JSON.stringify(simUrl)}`,
-    'watch.maxRequestsPerSecond=100000',
-    'watch.maxInFlight=64',
-    'watch.policy={"jitter":0.2,"intervals":{"in_progress":{"baseMs":1000,"capMs":1000}}}',
-    'sinks.stdout.enabled=false',
-  ];
-  const child = spawn(process.execPath, [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-bench-')), ...settings.flatMap((s) => ['--set', s])], {
-    env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: redisUrl },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const lines = createInterface({ input: child.stderr });
-  const port = await new Promise<number>((resolve) => lines.on('line', (l) => l.includes('daemon listening') && resolve((JSON.parse(l) as { port: number }).port)));
-  return { child, port };
-}
-
-/** Lateness quantile from the summed histogram buckets of every replica (upper bucket bound). */
-function quantile(buckets: Map<number, number>, q: number): number {
-  const bounds = [...buckets.keys()].sort((a, b) => a - b);
-  const total = buckets.get(Infinity) ?? 0;
-  for (const bound of bounds) if ((buckets.get(bound) ?? 0) >= q * total) return bound;
-  return Infinity;
-}
-
-async function latenessBuckets(ports: number[]): Promise<Map<number, number>> {
-  const sums = new Map<number, number>();
-  for (const port of ports) {
-    const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-    for (const match of text.matchAll(/^runwatch_poll_lateness_seconds_bucket\{le="([^"]+)"\} (\d+)$/gm)) {
-      const bound = match[1] === '+Inf' ? Infinity : Number(match[1]);
-      sums.set(bound, (sums.get(bound) ?? 0) + Number(match[2]));
-    }
-  }
-  return sums;
-}
-
-function diff(after: Map<number, number>, before: Map<number, number>): Map<number, number> {
-  return new Map([...after].map(([bound, count]) => [bound, count - (before.get(bound) ?? 0)]));
-}
 
 interface RedisStats {
   readonly cpuS: number;
@@ -107,7 +59,7 @@ async function run(replicaCount: number, redisUrl: string): Promise<string> {
   const sim = await startSimulator({ apiKey: KEY });
   const ids = Array.from({ length: WATCHES }, (_, i) => `run_b${i}`);
   for (const runId of ids) sim.addRun({ threadId: 'thread_b', runId, timeline: [{ status: 'in_progress' }] });
-  const replicas = await Promise.all(Array.from({ length: replicaCount }, () => startReplica(sim.baseUrl, prefix, redisUrl)));
+  const replicas = await Promise.all(Array.from({ length: replicaCount }, () => startReplica(sim.baseUrl, redisUrl, KEY, [`store.prefix=${JSON.stringify(prefix)}`])));
   const redis = new Redis(redisUrl);
   try {
     for (let i = 0; i < ids.length; i += 50) {

@@ -7,7 +7,8 @@ import { backoffDelayMs, sleep } from './backoff.js';
 import { jsonObject } from './client.js';
 import { readSecret } from './credentials.js';
 import { parseDurationMs } from './duration.js';
-import { ConfigError } from './errors.js';
+import type { ErrorCode } from './errors.js';
+import { ConfigError, RunwatchError } from './errors.js';
 import { ID_PATTERN } from './resource.js';
 import type { WatchState } from './store/store.js';
 import { WATCH_STATES } from './store/store.js';
@@ -45,8 +46,11 @@ export interface DaemonClientOptions {
   readonly requestTimeoutMs?: number;
 }
 
-/** A request the daemon client could not complete; `exitCode` says how the CLI ends. */
-export class DaemonClientError extends Error {
+/** The stable code of each exit code a daemon request can end with. */
+const CLIENT_CODES: Readonly<Record<number, ErrorCode>> = { [CLIENT_EXIT.apiError]: 'daemon_refused', [CLIENT_EXIT.unauthorized]: 'daemon_unauthorized' };
+
+/** A request the daemon client could not complete; `exitCode` says how the CLI ends, `code` is `daemon_unreachable`, `daemon_unauthorized` or `daemon_refused`. */
+export class DaemonClientError extends RunwatchError {
   override readonly name = 'DaemonClientError';
 
   constructor(
@@ -56,15 +60,16 @@ export class DaemonClientError extends Error {
     /** The HTTP status, when the daemon answered. */
     readonly status?: number,
     /** The API's `error.code`, when it sent one. */
-    readonly code?: string,
+    readonly apiCode?: string,
   ) {
-    super(message);
+    super(CLIENT_CODES[exitCode] ?? 'daemon_unreachable', message);
   }
 }
 
 /** One server-sent event of `GET /v1/events`: its log position, type and JSON payload. */
 export interface DaemonEvent {
-  readonly pos: number;
+  /** The SSE id: a log position, or one per shard (`12.40.7`) from a daemon with `store.shards` > 1. */
+  readonly pos: string;
   readonly type: string;
   readonly data: string;
 }
@@ -197,7 +202,7 @@ export class DaemonClient {
   }
 
   /**
-   * Opens `GET /v1/events` after position `after` (sent as `Last-Event-ID`) and yields its events
+   * Opens `GET /v1/events` after log cursor `after` (a position, or one per shard; sent as `Last-Event-ID`) and yields its events
    * until the connection ends, `signal` aborts, or nothing (not even a keep-alive) came for
    * `idleTimeoutMs`. Throws `DaemonClientError` when the stream cannot be opened, or (exit code
    * 69) when it is cut. `onOpen` is called once the daemon accepted the stream; `onRetry`
@@ -205,7 +210,7 @@ export class DaemonClient {
    */
   async *events(
     filter: Readonly<Record<string, string>>,
-    after: number,
+    after: string,
     options: { signal: AbortSignal; idleTimeoutMs: number; onOpen?: () => void; onRetry?: (ms: number) => void },
   ): AsyncGenerator<DaemonEvent> {
     const conn = new AbortController();
@@ -219,7 +224,7 @@ export class DaemonClient {
       const query = new URLSearchParams(filter).toString();
       let res: Response;
       try {
-        res = await fetch(`${this.url}/v1/events${query ? `?${query}` : ''}`, { headers: { ...this.#headers('text/event-stream'), 'last-event-id': String(after) }, signal, redirect: 'manual' });
+        res = await fetch(`${this.url}/v1/events${query ? `?${query}` : ''}`, { headers: { ...this.#headers('text/event-stream'), 'last-event-id': after }, signal, redirect: 'manual' });
       } catch (error) {
         if (options.signal.aborted) throw error;
         if (conn.signal.aborted) throw new DaemonClientError(CLIENT_EXIT.unreachable, `the daemon at ${this.url} did not answer within ${this.#requestTimeoutMs} ms: check that it is running, or raise --request-timeout`);
@@ -232,8 +237,7 @@ export class DaemonClient {
       const ready: DaemonEvent[] = [];
       const parser = createParser({
         onEvent: (message: EventSourceMessage) => {
-          const pos = Number(message.id);
-          if (message.id !== undefined && Number.isSafeInteger(pos)) ready.push({ pos, type: message.event ?? 'message', data: message.data });
+          if (message.id !== undefined && LOG_CURSOR.test(message.id)) ready.push({ pos: message.id, type: message.event ?? 'message', data: message.data });
         },
         onRetry: (ms) => options.onRetry?.(ms),
       });
@@ -435,7 +439,8 @@ Options:
   --run-id ID                 only this run's events
   --thread-id ID              only this thread's events
   --response-id ID            only this background response's events
-  --from POS                  start after this log position                  [0]
+  --from POS                  start after this log position (12.40.7: one
+                              per shard, from a daemon with store.shards > 1) [0]
 ${CONNECTION_HELP}
 
 ${EXIT_HELP}, 130 SIGINT, 143 SIGTERM. Once connected,
@@ -543,6 +548,19 @@ const RECONNECT: BackoffPolicy = Object.freeze({ baseMs: 500, capMs: 10_000, gro
 /** A stream silent this long is dropped and reopened: the daemon sends a keep-alive every 15 s. */
 const TAIL_IDLE_TIMEOUT_MS = 45_000;
 
+/** An SSE id of the daemon: a log position, or one per shard, dot-separated. */
+const LOG_CURSOR = /^\d{1,15}(\.\d{1,15}){0,63}$/;
+
+/**
+ * True when log cursor `a` is past `b`: a position above it, or (one per shard) above it in
+ * some shard; `0` is before everything. Each event of a stream moves one shard's position on.
+ */
+export function cursorAfter(a: string, b: string): boolean {
+  const [x, y] = [a.split('.').map(Number), b.split('.').map(Number)];
+  if (y.length === 1 && y[0] === 0) return x.some((pos) => pos > 0);
+  return x.length === y.length && x.some((pos, i) => pos > y[i]!);
+}
+
 /** `runwatch tail`. */
 export async function tailCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -557,7 +575,7 @@ export async function tailCommand(args: string[], env: NodeJS.ProcessEnv): Promi
     const value = values[flag];
     if (value !== undefined) filter[field] = validId(`--${flag}`, value);
   }
-  if (!/^\d{1,15}$/.test(values.from)) throw new ConfigError(`invalid --from ${JSON.stringify(values.from.slice(0, 20))}: use a log position (the id of an earlier event), e.g. 0`);
+  if (!LOG_CURSOR.test(values.from)) throw new ConfigError(`invalid --from ${JSON.stringify(values.from.slice(0, 20))}: use a log position (the id of an earlier event, 12.40.7 from a sharded daemon), e.g. 0`);
   const client = clientFrom(values, env);
 
   const controller = new AbortController();
@@ -574,7 +592,7 @@ export async function tailCommand(args: string[], env: NodeJS.ProcessEnv): Promi
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   process.stdout.on('error', onStdoutError);
-  let last = Number(values.from);
+  let last = values.from;
   let opened = false;
   let cutReported = false;
   let failures = 0;
@@ -590,7 +608,7 @@ export async function tailCommand(args: string[], env: NodeJS.ProcessEnv): Promi
       try {
         for await (const event of client.events(filter, last, { signal: controller.signal, idleTimeoutMs: TAIL_IDLE_TIMEOUT_MS, onOpen, onRetry: (ms) => (retryMs = ms) })) {
           // positions only grow; one at or below the last printed was printed already
-          if (event.pos <= last) continue;
+          if (!cursorAfter(event.pos, last)) continue;
           await writeLine(event.data, controller.signal);
           last = event.pos;
         }

@@ -42,7 +42,13 @@ export type ErrorCode =
   /** The daemon cannot listen on its address (in use, not permitted). */
   | 'cannot_listen'
   /** The answer's body is larger than `maxResponseBytes`: retrying would not make it smaller. */
-  | 'response_too_large';
+  | 'response_too_large'
+  /** The CLI's daemon client could not reach the daemon, it did not answer in time or like a runwatch daemon, or it answered 5xx. */
+  | 'daemon_unreachable'
+  /** The daemon answered 401 to the CLI's daemon client: no control token, or the wrong one. */
+  | 'daemon_unauthorized'
+  /** The daemon refused the CLI's daemon client's request (4xx but 401, or `cancel_refused`). */
+  | 'daemon_refused';
 
 /**
  * Base class of every error runwatch throws: a literal `name`, a stable `code`, an optional

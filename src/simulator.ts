@@ -214,6 +214,8 @@ export interface RunningSimulator {
   stats(): SimulatorStats;
   /** Changes the key requests must carry (a rotated token); `undefined` accepts any. */
   setApiKey(key: string | undefined): void;
+  /** Starts (or replaces, with a full bucket, or with `null` lifts) the fleet-wide rate limit: an API tightening and relaxing its limit. */
+  setRateLimit(limit: RateLimit | null): void;
   /**
    * Changes the stream faults for connections opened from now on: each key given replaces the
    * current value (`undefined` clears it), keys left out stay.
@@ -453,7 +455,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   const hung = new Set<http.ServerResponse>();
   const errorStyle = options.errorStyle ?? 'openai';
   const recordRequests = options.recordRequests ?? true;
-  const limiter = options.rateLimit ? new Limiter(options.rateLimit) : null;
+  let limiter = options.rateLimit ? new Limiter(options.rateLimit) : null;
   const perSecond = new Map<number, { requests: number; rateLimited: number }>();
   const deltaIntervalMs = options.streamDeltaIntervalMs ?? 250;
   if (!(Number.isFinite(deltaIntervalMs) && deltaIntervalMs > 0)) throw new ConfigError(`invalid streamDeltaIntervalMs ${String(deltaIntervalMs)}: use a positive number of ms`);
@@ -851,6 +853,9 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     stats: () => ({ requests: total, rateLimited, perSecond, streams: streamTotal, webhooks: webhooks?.stats() ?? NO_WEBHOOKS }),
     setApiKey: (key) => {
       apiKey = key;
+    },
+    setRateLimit: (limit) => {
+      limiter = limit ? new Limiter(limit) : null;
     },
     setWebhooks: (next) => {
       const sender = next ? new WebhookSender(next) : null;

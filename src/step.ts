@@ -17,6 +17,8 @@ export interface Progress {
   readonly seq: number;
   readonly unchangedPolls: number;
   readonly consecutiveErrors: number;
+  /** Polls answered or failed since the watch began (0 in records of versions before it was kept). */
+  readonly polls: number;
   /** Since when the run has had `status`. */
   readonly statusSinceMs: number;
   readonly stallReported: boolean;
@@ -127,6 +129,7 @@ export function initialProgress(
     seq: resume.seq ?? 0,
     unchangedPolls: 0,
     consecutiveErrors: 0,
+    polls: 0,
     statusSinceMs: resume.statusSinceMs ?? nowMs,
     stallReported: false,
     deadlineAtMs: deadlineFor({ ...settings, expiresAtMs: lastSnapshot ? kind.expiresAtMs(lastSnapshot) : undefined }),
@@ -188,7 +191,7 @@ export function applyOutcome(
     const notBeforeMs = serverFloorAt(settings, outcome.hints, nowMs);
     const planned = planNextStep(nowMs, delayMs, progress.deadlineAtMs, notBeforeMs ?? nowMs);
     const lastFailure = { code: outcome.code, message: outcome.message, httpStatus: outcome.httpStatus, requestId: outcome.requestId };
-    return { progress: { ...progress, consecutiveErrors, lastFailure, next: planned, notBeforeMs }, emissions: [], result: { kind: 'continue', next: planned } };
+    return { progress: { ...progress, polls: progress.polls + 1, consecutiveErrors, lastFailure, next: planned, notBeforeMs }, emissions: [], result: { kind: 'continue', next: planned } };
   }
 
   const snapshot = outcome.snapshot;
@@ -228,7 +231,7 @@ export function applyOutcome(
     emissions.push({ kind: 'approval_required', status: status!, seq: machine.nextSeq(), snapshot: lastSnapshot!, calls: waiting.calls });
     approvalReported = waiting.key;
   }
-  const next: Progress = { ...progress, status, seq: machine.seq, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, approvalReported, next: planned, notBeforeMs: serverFloorAt(settings, outcome.hints, nowMs) };
+  const next: Progress = { ...progress, status, seq: machine.seq, polls: progress.polls + 1, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, approvalReported, next: planned, notBeforeMs: serverFloorAt(settings, outcome.hints, nowMs) };
   if (!planned) return { progress: next, emissions, result: { kind: 'resolved', snapshot } };
   const action = decideAction(next, settings, nowMs);
   return { progress: next, emissions, result: action ? { kind: 'continue', next: planned, action } : { kind: 'continue', next: planned } };

@@ -1,9 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator, SimulatedRun } from '../src/simulator.js';
+import { freePort } from './cluster.js';
 import { CLI, cliEnv, runCli } from './spawn.js';
 import { useSimulator } from './sim.js';
 
@@ -68,17 +68,6 @@ function prettyEvents(screen: readonly string[], id: string): Array<[number, str
     const match = new RegExp(`^\\d\\d:\\d\\d:\\d\\d\\.\\d{3}  ${id}  #(\\d+)  (.*)$`).exec(line);
     return match ? [[Number(match[1]), match[2]!] as [number, string]] : [];
   });
-}
-
-/** A port nothing listens on: a server's, closed. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 const TIMELINE: SimulatedRun['timeline'] = [{ status: 'queued', durationMs: 250 }, { status: 'in_progress', durationMs: 1000 }, { status: 'completed' }];
@@ -159,7 +148,7 @@ describe.skipIf(!HAS_PTY)('runwatch watch on a terminal (skipped without util-li
   });
 
   it('says once that the server cannot be reached, keeps polling, and names the error in the final hint', async () => {
-    const port = await closedPort();
+    const port = await freePort();
     const url = `http://127.0.0.1:${port}/v1`;
     const result = await runOnTty(['watch', 'thread_a', 'run_a', '--provider', 'openai', '--base-url', url, '--policy', POLICY, '--timeout', '1500ms'], { OPENAI_API_KEY: KEY });
     expect(result.code, result.raw).toBe(2);
@@ -198,7 +187,7 @@ describe('runwatch watch on pipes', () => {
   });
 
   it('logs the unreachable server once, as JSON with the URL, and hints at it after the deadline', async () => {
-    const port = await closedPort();
+    const port = await freePort();
     const url = `http://127.0.0.1:${port}/v1`;
     const result = await runCli(['watch', 'thread_a', 'run_a', '--provider', 'openai', '--base-url', url, '--policy', POLICY, '--timeout', '1500ms'], { OPENAI_API_KEY: KEY });
     expect(result.code).toBe(2);

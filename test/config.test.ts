@@ -92,7 +92,7 @@ describe('config/default.json', () => {
     const text = readFileSync(path.join(import.meta.dirname, '..', 'config', 'default.json'), 'utf8');
     expect(JSON.parse(text)).toEqual(DEFAULT_CONFIG);
     expect(text, 'npm run config:defaults writes it').toBe(`${JSON.stringify(DEFAULT_CONFIG, null, 2)}\n`);
-    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, maxResponseBytes: null, portkeyProvider: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, policy: DEFAULT_POLL_POLICY });
+    expect(DEFAULT_CONFIG.watch).toEqual({ ...DEFAULT_CLIENT, baseUrl: null, maxResponseBytes: null, portkeyProvider: null, apiVersion: DEFAULT_AZURE_API_VERSION, ...DEFAULT_DEADLINES, ...DEFAULT_BUDGET, burst: null, policy: DEFAULT_POLL_POLICY });
   });
 });
 
@@ -282,6 +282,7 @@ describe('checkConfig: every problem, not just the first', () => {
   it('loadConfig throws the first and counts the others', () => {
     expect(() => loadConfig({ overrides: [['daemon.port', '70000'], ['daemon.logLevel', '"loud"']] })).toThrow(/^invalid config\.daemon\.port: .*\(got 70000\) \(and 1 more: runwatch config --check lists them\)$/);
     expect(() => loadConfig({ overrides: [['daemon.port', '70000']] })).toThrow(/\(got 70000\)$/);
+    expect(() => loadConfig({ overrides: [['watch.burst', '0']] })).toThrow(/^invalid config\.watch\.burst: .*\(got 0\)$/);
   });
 });
 

@@ -271,13 +271,81 @@ describe('control API: metrics', () => {
   });
 });
 
+describe('control API: the web view and the fleet', () => {
+  it('serves the page and its files without a token, with a strict CSP and nosniff; nothing else under /ui', async () => {
+    const redirect = await fetch(`${base}/ui`, { redirect: 'manual' });
+    expect(redirect.status).toBe(308);
+    expect(redirect.headers.get('location')).toBe('/ui/');
+    for (const [route, type] of [['/ui/', 'text/html'], ['/ui/ui.js', 'text/javascript'], ['/ui/ui.css', 'text/css']] as const) {
+      const res = await fetch(`${base}${route}`);
+      expect(res.status, route).toBe(200);
+      expect(res.headers.get('content-type')).toContain(type);
+      expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+      const csp = res.headers.get('content-security-policy') ?? '';
+      expect(csp).toContain("default-src 'none'");
+      expect(csp).toContain("script-src 'self'");
+      expect(csp).not.toContain('unsafe');
+    }
+    const html = await (await fetch(`${base}/ui/`)).text();
+    // no inline script or style: every <script> has a src, no style attribute or element
+    expect(html.match(/<script\b[^>]*>/g)).toEqual(['<script type="module" src="ui.js">']);
+    expect(html).not.toMatch(/\sstyle=|<style|\son[a-z]+=/i);
+    expect((await fetch(`${base}/ui/ui.js`, { method: 'HEAD' })).status).toBe(200);
+    for (const route of ['/ui/nothing.js', '/ui/index.html/x', '/ui/constructor', '/ui/__proto__']) {
+      expect((await fetch(`${base}${route}`)).status, route).toBe(404);
+    }
+    // a path that climbs out of /ui is another route (the URL is normalised first): guarded, never a file
+    for (const route of ['/ui/../package.json', '/ui/%2e%2e/package.json', '/ui/..%2fpackage.json']) expect(await rawRequest('GET', route, undefined, 'text/plain'), route).not.toBe(200);
+    expect((await fetch(`${base}/ui/`, { method: 'POST' })).status).toBe(405);
+  });
+
+  it('answers GET /v1/fleet with the token only: status counts, polls/s, 429 share, budget, outboxes, the log position', async () => {
+    expect((await fetch(`${base}/v1/fleet`)).status).toBe(401);
+    sim.addRun({ threadId: 'thread_fleet', runId: 'run_fleet', timeline: [{ status: 'in_progress' }] });
+    const id = String((await api('POST', '/v1/watches', { thread_id: 'thread_fleet', run_id: 'run_fleet' })).json.id);
+    await readEvents('?run_id=run_fleet', (list) => list.some((e) => e.type === 'run.in_progress'));
+    const fleet = await api('GET', '/v1/fleet');
+    expect(fleet.status).toBe(200);
+    expect(fleet.json).toMatchObject({ throttled_share: 0, budget: { rate_per_second: expect.any(Number) as unknown, in_flight: expect.any(Number) as unknown, queued: expect.any(Number) as unknown } });
+    expect(fleet.json.outbox).toEqual([{ sink: 'callback', pending: expect.any(Number) as unknown, dead: expect.any(Number) as unknown }]);
+    expect((fleet.json.active_by_status as Record<string, number>).in_progress).toBeGreaterThanOrEqual(1);
+    expect(fleet.json.polls_per_second).toBeGreaterThanOrEqual(0);
+    // one process owns every watch: no replica panel
+    expect(fleet.json).not.toHaveProperty('replicas');
+    // the position is the log's last: a stream resumed from it gets only later events
+    const frames = await readSseFrames(`${base}/v1/events`, (list) => list.length > 0, { authorization: `Bearer ${TOKEN}` });
+    expect(Number(frames.at(-1)!.id)).toBeGreaterThanOrEqual(Number(fleet.json.last_event_pos));
+    expect(Number(fleet.json.last_event_pos)).toBeGreaterThan(0);
+    await api('DELETE', `/v1/watches/${id}`);
+  });
+
+  it('lists by status, by id and needing attention first, with what the table shows per watch', async () => {
+    sim.addRun({ threadId: 'thread_tbl', runId: 'run_tbl_wait', timeline: [{ status: 'requires_action' }] });
+    sim.addRun({ threadId: 'thread_tbl', runId: 'run_tbl_busy', timeline: [{ status: 'in_progress' }] });
+    const busy = String((await api('POST', '/v1/watches', { thread_id: 'thread_tbl', run_id: 'run_tbl_busy' })).json.id);
+    const waiting = String((await api('POST', '/v1/watches', { thread_id: 'thread_tbl', run_id: 'run_tbl_wait' })).json.id);
+    await readEvents('?run_id=run_tbl_wait', (list) => list.some((e) => e.type === 'run.requires_action'));
+    await readEvents('?run_id=run_tbl_busy', (list) => list.some((e) => e.type === 'run.in_progress'));
+    const listed = await api('GET', '/v1/watches?q=run_tbl&order=attention&state=active');
+    const data = listed.json.data as Array<Record<string, unknown>>;
+    expect(data.map((w) => w.id)).toEqual([waiting, busy]);
+    expect(data[0]).toMatchObject({ status: 'requires_action', stalled: false, last_error: null, sink_backlog: 0, status_since: expect.stringMatching(/^\d{4}-/) as unknown });
+    expect(data[0]!.polls).toBeGreaterThanOrEqual(1);
+    const byStatus = await api('GET', '/v1/watches?q=thread_tbl&status=in_progress');
+    expect((byStatus.json.data as Array<{ id: string }>).map((w) => w.id)).toEqual([busy]);
+    for (const bad of ['order=newest', 'status=In%20Progress', 'q=%3Cscript%3E']) expect((await api('GET', `/v1/watches?${bad}`)).status, bad).toBe(400);
+    await api('DELETE', `/v1/watches/${busy}`);
+    await api('DELETE', `/v1/watches/${waiting}`);
+  });
+});
+
 describe('control API: fuzz', () => {
   it('never answers a random request with a 5xx', async () => {
     let seed = 7;
     const random = (): number => ((seed = (seed * 48271) % 2147483647) - 1) / 2147483646;
     const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)]!;
     const junk = (n: number): string => Array.from({ length: n }, () => String.fromCharCode(Math.floor(random() * 0x7e) + 1)).join('');
-    const paths = ['/v1/watches', '/v1/watches/', `/v1/watches/${junk(5)}`, '/v1/events', '/metrics', '/healthz', '/', `/${junk(8)}`, '/v1/watches?limit=-1', '/v1/watches?after=%00', '/v1/events?last_event_id=99999999999999999999', '//v1/watches', '/v1/watches/%2e%2e'];
+    const paths = ['/v1/watches', '/v1/watches/', `/v1/watches/${junk(5)}`, '/v1/events', '/metrics', '/healthz', '/', `/${junk(8)}`, '/v1/watches?limit=-1', '/v1/watches?after=%00', '/v1/events?last_event_id=99999999999999999999', '//v1/watches', '/v1/watches/%2e%2e', '/ui', '/ui/', `/ui/${junk(6)}`, '/ui/%2e%2e/package.json', '/v1/fleet', '/v1/watches?order=attention&q=%00', `/v1/watches?status=${junk(4)}&order=${junk(3)}`];
     const bodies = [
       () => junk(Math.floor(random() * 200)),
       () => JSON.stringify({ thread_id: junk(3), run_id: junk(3) }),

@@ -4,6 +4,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { CLIENT_EXIT, DaemonClientError } from '../src/daemon-client.js';
+import { RunwatchError } from '../src/errors.js';
 import type { WatchEvent } from '../src/events.js';
 import type { TimelineStep } from '../src/simulator.js';
 import type { TestDaemon } from './daemons.js';
@@ -455,5 +457,15 @@ describe('runwatch submit-tool-outputs', () => {
     expect(result.stderr).toMatch(message);
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(t.sim.requests('run_a')).toHaveLength(before);
+  });
+});
+
+describe('DaemonClientError', () => {
+  it('is a RunwatchError whose stable code follows its exit code, the API code kept apart', () => {
+    const refused = new DaemonClientError(CLIENT_EXIT.apiError, 'the daemon answered 404 not_found: no watch', 404, 'not_found');
+    expect(refused).toBeInstanceOf(RunwatchError);
+    expect([refused.code, refused.apiCode, refused.status]).toEqual(['daemon_refused', 'not_found', 404]);
+    expect(new DaemonClientError(CLIENT_EXIT.unauthorized, 'x', 401, 'unauthorized').code).toBe('daemon_unauthorized');
+    expect(new DaemonClientError(CLIENT_EXIT.unreachable, 'x').code).toBe('daemon_unreachable');
   });
 });

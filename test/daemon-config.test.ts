@@ -105,6 +105,26 @@ describe('runwatch daemon and config: exit paths', () => {
     expect(redis.stderr).toMatch(/push\.mode stream holds each stream in one process/);
   });
 
+  it('exits 64 with one line on shard settings that cannot work, and on a Redis Cluster the sharded keys cannot use', async () => {
+    const redis = (settings: string[], url = 'redis://127.0.0.1:1') => runCli(['daemon', '--data-dir', dir, '--set', 'store.kind="redis"', ...settings.flatMap((s) => ['--set', s])], { PORTKEY_API_KEY: 'x', RUNWATCH_REDIS_URL: url });
+    const cases: Array<[Promise<{ code: number | null; stderr: string }>, RegExp]> = [
+      [redis(['store.shards=3', 'store.serveShards=[0,3]']), /^runwatch: invalid config\.store\.serveShards.*lists shard 3 but store\.shards is 3/m],
+      [redis(['store.shards=2', 'store.serveShards=[1,1]']), /^runwatch: invalid config\.store\.serveShards.*lists a shard twice/m],
+      [redis(['store.shards=0']), /^runwatch: invalid config\.store\.shards/m],
+      [redis(['store.shards=2', 'store.prefix="{rw}:"']), /^runwatch: invalid config\.store\.prefix.*must not hold \{ or \}/m],
+      [redis(['store.cluster=true', 'store.prefix="{rw}:"']), /^runwatch: store\.prefix must not hold \{ or \} on a Redis Cluster/m],
+      [redis(['sinks.redisStream.enabled=true'], 'redis://127.0.0.1:1,redis://127.0.0.1:2'), /^runwatch: sinks\.redisStream writes to one Redis and RUNWATCH_REDIS_URL names a Redis Cluster/m],
+      [redis([], 'redis://127.0.0.1:1,http://user:hunter2@127.0.0.1:2'), /^runwatch: invalid RUNWATCH_REDIS_URL: expected redis:\/\/.*comma-separated for a Redis Cluster$/m],
+      [redis([], 'redis://127.0.0.1:1/2,redis://127.0.0.1:2/2'), /^runwatch: a Redis Cluster has only database 0: drop the \/db of RUNWATCH_REDIS_URL$/m],
+    ];
+    for (const [run, message] of cases) {
+      const result = await run;
+      expect(result.code, result.stderr).toBe(64);
+      expect(result.stderr).toMatch(message);
+      expect(result.stderr).not.toContain('hunter2');
+    }
+  });
+
   it('exits 69 when the port is taken', async () => {
     const blocker = net.createServer();
     await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));

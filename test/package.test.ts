@@ -36,11 +36,11 @@ describe(`the published package (${manifest.name})`, { timeout: INSTALL_TIMEOUT_
     await run('npm', ['install', '--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error', path.join(dir, packed.filename)], { cwd: app, env: npmEnv(), timeout: INSTALL_TIMEOUT_MS });
   }, INSTALL_TIMEOUT_MS + 30_000);
 
-  it('ships dist/, config/, README and package.json, and nothing else', () => {
+  it('ships dist/, config/, ui/, README and package.json, and nothing else', () => {
     const files = packed.files.map((file) => file.path).sort();
-    const allowed = /^(package\.json|README\.md|LICENSE(\.md)?|config\/[\w-]+\.json|dist\/.+\.(js|d\.ts))$/;
+    const allowed = /^(package\.json|README\.md|LICENSE(\.md)?|config\/[\w-]+\.json|dist\/.+\.(js|d\.ts)|ui\/[\w-]+\.(html|css|js))$/;
     expect(files.filter((file) => !allowed.test(file))).toEqual([]);
-    for (const needed of ['dist/cli.js', 'dist/index.js', 'dist/index.d.ts', 'dist/daemon/index.js', 'dist/simulator.js', 'config/default.json', 'config/sqlite-service.json', 'config/redis-replicas.json']) {
+    for (const needed of ['dist/cli.js', 'dist/index.js', 'dist/index.d.ts', 'dist/daemon/index.js', 'dist/simulator.js', 'config/default.json', 'config/sqlite-service.json', 'config/redis-replicas.json', 'ui/index.html', 'ui/ui.js', 'ui/ui.css']) {
       expect(files, needed).toContain(needed);
     }
     expect(files.filter((file) => /^(src|test|bench|scripts)\/|\.map$|demo/.test(file))).toEqual([]);
@@ -58,6 +58,14 @@ describe(`the published package (${manifest.name})`, { timeout: INSTALL_TIMEOUT_
       const sim = await import('${manifest.name}/simulator');
       console.log(JSON.stringify([typeof lib.watchRun, typeof lib.RunWatcher, typeof daemon.loadConfig, typeof sim.startSimulator]));`;
     expect(JSON.parse(await inApp(process.execPath, ['--input-type=module', '-e', script]))).toEqual(['function', 'function', 'function', 'function']);
+  });
+
+  it('finds the web view\'s files where the installed daemon reads them (../../ui from dist/daemon/)', async () => {
+    const script = `
+      const { readFileSync } = await import('node:fs');
+      const at = new URL('../../ui/', import.meta.resolve('${manifest.name}/daemon'));
+      console.log(JSON.stringify(['index.html', 'ui.js', 'ui.css'].map((f) => readFileSync(new URL(f, at), 'utf8').length > 0)));`;
+    expect(JSON.parse(await inApp(process.execPath, ['--input-type=module', '-e', script]))).toEqual([true, true, true]);
   });
 
   it('finds its shipped configs by name from the installed package', async () => {

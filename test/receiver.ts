@@ -24,10 +24,14 @@ export interface Receiver {
   readonly received: Received[];
   /** Every request, answered 2xx or not. */
   attempts: number;
+  /** The event of every request, answered 2xx or not, in arrival order. */
+  readonly tried: RunEvent[];
   /** What to answer: 200 by default. */
   answer: number;
   /** Resolves when `predicate` holds for what was received so far. */
   waitFor(predicate: (received: readonly Received[]) => boolean, timeoutMs?: number): Promise<void>;
+  /** Resolves when `check` holds, tried after every request. */
+  until(check: () => boolean, timeoutMs?: number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -38,16 +42,18 @@ export async function startReceiver(secret: string): Promise<Receiver> {
     url: '',
     received: [],
     attempts: 0,
+    tried: [],
     answer: 200,
-    waitFor(predicate, timeoutMs = 60_000) {
-      if (predicate(receiver.received)) return Promise.resolve();
+    waitFor: (predicate, timeoutMs) => receiver.until(() => predicate(receiver.received), timeoutMs),
+    until(condition, timeoutMs = 60_000) {
+      if (condition()) return Promise.resolve();
       return new Promise((resolve, reject) => {
         const timer = setTimeout(() => {
           waiters.delete(check);
-          reject(new Error(`receiver: condition not met after ${timeoutMs} ms (${receiver.received.length} received)`));
+          reject(new Error(`receiver: condition not met after ${timeoutMs} ms (${receiver.received.length} received, ${receiver.attempts} tried)`));
         }, timeoutMs);
         const check = (): void => {
-          if (!predicate(receiver.received)) return;
+          if (!condition()) return;
           clearTimeout(timer);
           waiters.delete(check);
           resolve();
@@ -66,6 +72,7 @@ export async function startReceiver(secret: string): Promise<Receiver> {
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('utf8');
       receiver.attempts += 1;
+      receiver.tried.push(JSON.parse(body) as RunEvent);
       if (receiver.answer >= 200 && receiver.answer < 300) {
         receiver.received.push({ id: String(req.headers['webhook-id']), body, event: JSON.parse(body) as RunEvent, signatureValid: verifyWebhook(secret, req.headers, body), headers: req.headers, atMs: Date.now() });
       }

@@ -33,6 +33,14 @@ describe('applyOutcome', () => {
     expect(second.result).toMatchObject({ kind: 'resolved', snapshot: { status: 'completed' } });
   });
 
+  it('counts every poll, answered or failed, and an older record without the count starts at 0', () => {
+    let progress = applyOutcome(kind, start, ok('queued'), settings, 0).progress;
+    progress = applyOutcome(kind, progress, failure(503, 'transient'), settings, 1000).progress;
+    progress = applyOutcome(kind, progress, ok('queued'), settings, 2000).progress;
+    expect(progress.polls).toBe(3);
+    expect(resumeProgress(kind, settings, { status: 'queued', seq: 1 }, 0).polls).toBe(0);
+  });
+
   it('counts transient errors and obeys retry-after', () => {
     const { progress, result } = applyOutcome(kind, start, failure(429, 'transient', { retryAfterMs: 3000 }), settings, 100);
     expect(progress).toMatchObject({ consecutiveErrors: 1, lastFailure: { httpStatus: 429 } });

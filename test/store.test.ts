@@ -1,7 +1,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
 import { OutboxWorker } from '../src/daemon/outbox.js';
@@ -16,8 +16,11 @@ import type { Progress } from '../src/step.js';
 import { initialProgress } from '../src/step.js';
 import { MemoryStore } from '../src/store/memory.js';
 import { RedisStore } from '../src/store/redis.js';
+import { fleetBudgetKey, RedisKeys, shardPrefix } from '../src/store/redis-keys.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import type { WatchState, WatchStore } from '../src/store/store.js';
+import { attentionRank } from '../src/store/store.js';
+import { requireClusterTools, startCluster } from './cluster.js';
 import { REDIS_URL, removeKeys, requireRedis, testPrefix } from './redis.js';
 
 function event(watchId: string, runId: string, seq: number, to: string, from: string | null = null): RunTransitionEvent {
@@ -43,9 +46,14 @@ function record(s: WatchStore, e: WatchEvent, state: WatchState = 'active', extr
 const redisAvailable = await requireRedis();
 const redisClients: Redis[] = [];
 const prefixes: string[] = [];
+// one shard's keyspace on a local Redis Cluster: every script of the store must touch one slot
+const cluster = requireClusterTools() ? await startCluster(3) : undefined;
+const clusterClients: Cluster[] = [];
 afterAll(async () => {
   for (const redis of redisClients) redis.disconnect();
   for (const prefix of prefixes) await removeKeys(prefix);
+  for (const redis of clusterClients) redis.disconnect();
+  await cluster?.stop();
 });
 
 const stores = [
@@ -60,6 +68,16 @@ const stores = [
       const prefix = testPrefix();
       prefixes.push(prefix);
       return new RedisStore(redis, prefix, 4);
+    },
+  },
+  {
+    name: 'redis shard on a Redis Cluster',
+    skip: !cluster,
+    open: (): WatchStore => {
+      const redis = new Cluster(cluster!.ports.map((port) => ({ host: '127.0.0.1', port })));
+      clusterClients.push(redis);
+      const prefix = testPrefix();
+      return new RedisStore(redis, new RedisKeys(shardPrefix(prefix, 1), fleetBudgetKey(prefix)), 4);
     },
   },
 ];
@@ -129,6 +147,38 @@ describe.each(stores)('WatchStore contract: $name', ({ skip, open }) => {
     expect((await s.list({ limit: 2 })).map((w) => w.id)).toEqual(['w_a', 'w_b']);
     expect((await s.list({ limit: 10, after: 'w_a' })).map((w) => w.id)).toEqual(['w_b', 'w_r']);
     expect((await s.list({ limit: 10, state: 'finished' })).map((w) => w.id)).toEqual(['w_r']);
+  });
+
+  it.skipIf(skip)('lists by status and by id, and needing attention first (stalled, waiting for an action, failing polls, then failed), pages in that order', async () => {
+    const s = open();
+    const runs = ['ok', 'stall', 'wait', 'err', 'new', 'fail', 'done'];
+    for (const name of runs) await s.create({ kind: 'run', id: `w_${name}`, thread_id: 'thread_1', run_id: `run_${name}` }, 0);
+    await s.create({ kind: 'response', id: 'w_resp', response_id: 'resp_find' }, 0);
+    await record(s, event('w_ok', 'run_ok', 1, 'in_progress'));
+    await record(s, event('w_stall', 'run_stall', 1, 'in_progress'), 'active', { stallReported: true });
+    await record(s, event('w_wait', 'run_wait', 1, 'requires_action'));
+    await record(s, event('w_err', 'run_err', 1, 'queued'));
+    // a failing poll writes no event: SQLite keeps it as a checkpoint, which the attention order must see
+    expect(await s.commit('w_err', 1, { progress: progressAt('queued', 1, { consecutiveErrors: 2 }), events: [], state: 'active' })).toBe('ok');
+    await record(s, { ...event('w_fail', 'run_fail', 1, 'x'), type: 'watch.error', to: null, error: { code: 'run_not_found', message: 'gone' }, run: null }, 'failed');
+    await record(s, event('w_done', 'run_done', 1, 'completed'), 'finished');
+    await record(s, responseEvent('w_resp', 'resp_find', 1, 'in_progress'));
+    const ids = async (query: Parameters<WatchStore['list']>[0]) => (await s.list(query)).map((w) => w.id);
+
+    expect(await ids({ limit: 20, order: 'attention' })).toEqual(['w_stall', 'w_wait', 'w_err', 'w_fail', 'w_ok', 'w_new', 'w_resp', 'w_done']);
+    expect(await ids({ limit: 3, order: 'attention' })).toEqual(['w_stall', 'w_wait', 'w_err']);
+    expect(await ids({ limit: 3, order: 'attention', after: 'w_err' })).toEqual(['w_fail', 'w_ok', 'w_new']);
+    expect(await ids({ limit: 20, order: 'attention', after: 'w_resp' })).toEqual(['w_done']);
+    expect(await ids({ limit: 20, status: 'in_progress' })).toEqual(['w_ok', 'w_stall', 'w_resp']);
+    expect(await ids({ limit: 1, status: 'in_progress', after: 'w_ok' })).toEqual(['w_stall']);
+    expect(await ids({ limit: 20, status: 'none', state: 'active' })).toEqual(['w_new']);
+    expect(await ids({ limit: 20, status: 'completed', state: 'active' })).toEqual([]);
+    expect(await ids({ limit: 20, search: 'find' })).toEqual(['w_resp']);
+    expect(await ids({ limit: 20, search: 'stall' })).toEqual(['w_stall']);
+    expect(await ids({ limit: 20, search: 'thread_1', state: 'finished', order: 'attention' })).toEqual(['w_done']);
+    // without the new fields, the list is what it was: creation order
+    expect(await ids({ limit: 20 })).toEqual([...runs.map((name) => `w_${name}`), 'w_resp']);
+    expect(attentionRank((await s.get('w_err'))!)).toBe(0);
   });
 
   it.skipIf(skip)('prunes ended watches past the retention, never active ones; a pruned target gets a new watch', async () => {
@@ -211,6 +261,25 @@ PRAGMA user_version = 2;
 `;
 
 const tempFile = (): string => path.join(mkdtempSync(path.join(tmpdir(), 'runwatch-store-')), 'runwatch.db');
+
+describe('RedisStore', () => {
+  it.skipIf(!redisAvailable)('ranks a watch written before `stuck` was kept by its progress', async () => {
+    const redis = new Redis(REDIS_URL);
+    redisClients.push(redis);
+    const prefix = testPrefix();
+    prefixes.push(prefix);
+    const s = new RedisStore(redis, prefix, 4);
+    for (const name of ['a', 'b']) await s.create({ kind: 'run', id: `w_${name}`, thread_id: 'thread_1', run_id: `run_${name}` }, 0);
+    await record(s, event('w_a', 'run_a', 1, 'in_progress'));
+    await record(s, event('w_b', 'run_b', 1, 'in_progress'), 'active', { stallReported: true });
+    expect((await s.list({ limit: 10, order: 'attention' })).map((w) => w.id)).toEqual(['w_b', 'w_a']);
+    await redis.hdel(s.keys.watch('w_b'), 'stuck');
+    const listed = await s.list({ limit: 10, order: 'attention' });
+    expect(listed.map((w) => w.id)).toEqual(['w_b', 'w_a']);
+    // the page's watches are read whole
+    expect(listed[0]).toMatchObject({ progress: { status: 'in_progress', stallReported: true, lastSnapshot: { status: 'in_progress' } } });
+  });
+});
 
 describe('SqliteStore', () => {
   it('writes an event, its watch and one delivery per sink in one step (and one for the callback)', async () => {

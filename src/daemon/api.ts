@@ -6,8 +6,11 @@ import { StoreUnavailableError, WatchError } from '../errors.js';
 import type { WatchErrorDetails } from '../events.js';
 import { ID_PATTERN } from '../resource.js';
 import type { Snapshot } from '../resource.js';
-import type { EventFilter, StoredEvent, WatchState, WatchTarget } from '../store/store.js';
+import type { EventFilter, StoredEvent, WatchQuery, WatchState, WatchTarget } from '../store/store.js';
+import type { ShardedEvent } from '../store/sharded.js';
+import { formatLogCursor, parseLogCursor } from '../store/sharded.js';
 import { WATCH_STATES } from '../store/store.js';
+import { serveUi } from './ui.js';
 
 /** A watch as the API shows it: `kind` and its ids (`thread_id`, `run_id` or `response_id`), then its fields. */
 export type WatchView = WatchTarget & WatchViewFields;
@@ -25,6 +28,36 @@ export interface WatchViewFields {
   readonly last_snapshot: Snapshot | null;
   readonly created_at: string;
   readonly updated_at: string;
+  /** Since when the watch has had `status` (ISO-8601), `null` before the first poll. */
+  readonly status_since: string | null;
+  /** Polls sent for this watch (answered or failed). */
+  readonly polls: number;
+  /** True while the status has lasted past the stall threshold (a `.stalled` event was sent for it). */
+  readonly stalled: boolean;
+  /** Why it ended (as `error`), else the failure of its last poll while polls fail; `null` when all is well. */
+  readonly last_error: { readonly code: string; readonly message: string } | null;
+  /** Deliveries of its events not yet made (every sink); `null` where the store does not count them per watch (Redis). */
+  readonly sink_backlog: number | null;
+}
+
+/** The fleet summary of `GET /v1/fleet`: what the daemon already counts, for the web view's header. */
+export interface FleetView {
+  /** Active watches by last status (`none` before the first poll): this process's, or the fleet's in Redis mode. */
+  readonly active_by_status: Readonly<Record<string, number>>;
+  /** Polls this process sent per second, over the last 10 s. */
+  readonly polls_per_second: number;
+  /** Share of this process's polls answered 429 over the last 60 s (0 to 1). */
+  readonly throttled_share: number;
+  /** The request budget now. */
+  readonly budget: { readonly rate_per_second: number; readonly in_flight: number; readonly queued: number };
+  /** Deliveries not yet made and given up on, per sink. */
+  readonly outbox: ReadonlyArray<{ readonly sink: string; readonly pending: number; readonly dead: number }>;
+  /** Active watches owned by each replica (Redis mode only; absent elsewhere). */
+  readonly replicas?: Readonly<Record<string, number>>;
+  /** The log's last position (with shards: theirs added up, a count that grows, not a cursor). */
+  readonly last_event_pos: number;
+  /** The log's end as an SSE id: a stream resumed from it (`Last-Event-ID`) sees every later event; one position per shard with shards (`12.40.7`). */
+  readonly last_event_id: string;
 }
 
 /** A value, or a promise of it: the embedded store answers at once, a remote one later. */
@@ -38,7 +71,9 @@ export interface ControlApiDeps {
   /** Returns `undefined` when the daemon no longer accepts watches (shutting down). */
   addWatch(input: NewWatchInput): MaybePromise<{ watch: WatchView; created: boolean } | undefined>;
   getWatch(id: string): MaybePromise<WatchView | undefined>;
-  listWatches(query: { state?: WatchState; limit: number; after?: string }): MaybePromise<WatchView[]>;
+  listWatches(query: WatchQuery): MaybePromise<WatchView[]>;
+  /** The fleet summary (`GET /v1/fleet`). */
+  fleet(): Promise<FleetView>;
   deleteWatch(id: string): MaybePromise<WatchView | undefined>;
   /**
    * Asks the provider to cancel the watched run or response; the watch goes on to `cancelled`.
@@ -46,6 +81,12 @@ export interface ControlApiDeps {
    */
   cancelWatch(id: string): Promise<WatchView | undefined>;
   eventsAfter(pos: number, filter: EventFilter, limit: number): MaybePromise<StoredEvent[]>;
+  /**
+   * The log of a sharded store (`store.shards` > 1), read instead of `eventsAfter`: the SSE id is
+   * one position per shard (`12.40.7`, see `parseLogCursor`).
+   * @default undefined (one log: the SSE id is a position)
+   */
+  readonly shardedLog?: { readonly shards: number; eventsAfter(cursor: readonly number[], filter: EventFilter, limit: number): MaybePromise<ShardedEvent[]> } | undefined;
   /** Calls `listener` whenever events were recorded; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
   ready(): MaybePromise<boolean>;
@@ -212,7 +253,13 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
     if (!/^\d+$/.test(rawLimit) || limit < 1 || limit > 500) throw new ApiError(400, 'invalid_request', 'limit must be an integer from 1 to 500');
     const after = url.searchParams.get('after') ?? undefined;
     if (after !== undefined) checkId('after', after);
-    const data = await deps.listWatches({ state: state as WatchState | undefined, limit, after });
+    const status = url.searchParams.get('status') ?? undefined;
+    if (status !== undefined && !/^[a-z_]{1,64}$/.test(status)) throw new ApiError(400, 'invalid_request', 'status must be a status name (lower case and _), or none');
+    const search = url.searchParams.get('q') || undefined;
+    if (search !== undefined && !ID_PATTERN.test(search)) throw new ApiError(400, 'invalid_request', `q must match ${ID_PATTERN.source}`);
+    const order = url.searchParams.get('order') ?? 'created';
+    if (order !== 'created' && order !== 'attention') throw new ApiError(400, 'invalid_request', 'order must be created or attention');
+    const data = await deps.listWatches({ state: state as WatchState | undefined, status, search, order, limit, after });
     send(res, 200, { data, next_after: data.length === limit ? (data.at(-1)?.id ?? null) : null });
   };
 
@@ -226,8 +273,13 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       }
     }
     const rawCursor = (req.headers['last-event-id'] as string | undefined) ?? url.searchParams.get('last_event_id') ?? '0';
-    if (!/^\d{1,15}$/.test(rawCursor)) throw new ApiError(400, 'invalid_request', 'Last-Event-ID must be a position from an earlier event');
-    let cursor = Number(rawCursor);
+    const log = deps.shardedLog ?? { shards: 1, eventsAfter: async (at: readonly number[], f: EventFilter, limit: number) => (await deps.eventsAfter(at[0]!, f, limit)).map((e) => ({ ...e, shard: 0, cursor: [e.pos] })) };
+    const parsed = parseLogCursor(rawCursor, log.shards);
+    if (!parsed) {
+      const shape = log.shards === 1 ? 'a position' : `${log.shards} dot-separated positions, one per shard (or 0)`;
+      throw new ApiError(400, 'invalid_request', `Last-Event-ID must be the id of an earlier event: ${shape}`);
+    }
+    let cursor: readonly number[] = parsed;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
     res.write('retry: 1000\n\n');
     streams.add(res);
@@ -243,11 +295,11 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       try {
         do {
           again = false;
-          for (let batch = await deps.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = await deps.eventsAfter(cursor, filter, 500)) {
+          for (let batch = await log.eventsAfter(cursor, filter, 500); batch.length > 0 && !res.destroyed; batch = await log.eventsAfter(cursor, filter, 500)) {
             for (const event of batch) {
               const type = (JSON.parse(event.payload) as { type: string }).type;
-              cursor = event.pos;
-              if (!res.write(`id: ${event.pos}\nevent: ${type}\ndata: ${event.payload}\n\n`)) await new Promise((resolve) => res.once('drain', resolve));
+              cursor = event.cursor;
+              if (!res.write(`id: ${formatLogCursor(event.cursor)}\nevent: ${type}\ndata: ${event.payload}\n\n`)) await new Promise((resolve) => res.once('drain', resolve));
             }
           }
         } while (again && !res.destroyed);
@@ -284,6 +336,12 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       only('GET', 'HEAD');
       const ready = await deps.ready();
       send(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not_ready' });
+      return;
+    }
+    // the page and its files are public (the page asks for the token); everything under /v1 is not
+    if (path === '/ui' || path.startsWith('/ui/')) {
+      only('GET', 'HEAD');
+      await serveUi(path, method, res);
       return;
     }
     if (deps.hook && path === deps.hook.path) {
@@ -332,6 +390,11 @@ export function createControlApi(deps: ControlApiDeps, options: ControlApiOption
       }
       if (!watch) throw new ApiError(404, 'not_found', `no watch ${id}`);
       send(res, 202, watch);
+      return;
+    }
+    if (path === '/v1/fleet') {
+      only('GET');
+      send(res, 200, await deps.fleet());
       return;
     }
     if (path === '/v1/events') {

@@ -43,6 +43,8 @@ const configSchema = z.strictObject({
       expiresGraceMs: durationMs.default(DEFAULT_DEADLINES.expiresGraceMs),
       maxInFlight: positiveInt.default(DEFAULT_BUDGET.maxInFlight),
       maxRequestsPerSecond: z.number().positive().default(DEFAULT_BUDGET.maxRequestsPerSecond),
+      /** Requests the budget's bucket holds after a quiet spell. @default null (the rate in one process; a tenth of it in Redis mode, where the bucket is the fleet's) */
+      burst: positiveInt.nullable().default(null),
       /** The whole policy in force: what the config gave, merged over the defaults. @default DEFAULT_POLL_POLICY */
       policy: pollPolicySchema.prefault({}),
     })
@@ -158,6 +160,33 @@ const configSchema = z.strictObject({
       /** Redis: how often a replica renews its watch-partition leases and looks for partitions to take (at least every `lockDurationMs / 5`). @default 5000 */
       stalledIntervalMs: durationMs.default(5_000),
       leaseMs: durationMs.default(10_000),
+      /**
+       * Redis mode: how many shards the watches are spread over, each a complete Redis-mode
+       * keyspace under a hash tag (`<prefix>{s<i>}:`), so a Redis Cluster spreads them over its
+       * nodes. 1 keeps one keyspace under `prefix` with no hash tag (the layout of earlier versions).
+       * @default 1
+       */
+      shards: z.number().int().min(1).max(64).default(1),
+      /**
+       * The shards this replica polls (their indexes); every shard needs a replica that serves
+       * it. Any replica still adds, cancels and deletes watches of every shard and delivers its outbox.
+       * @default null (every shard)
+       */
+      serveShards: z.array(z.number().int().min(0).max(63)).min(1).nullable().default(null),
+      /**
+       * Redis mode: connect to a Redis Cluster (`RUNWATCH_REDIS_URL` names seed nodes). A list of
+       * several comma-separated URLs always means a cluster.
+       * @default false
+       */
+      cluster: z.boolean().default(false),
+    })
+    .superRefine((store, ctx) => {
+      for (const shard of store.serveShards ?? []) {
+        if (shard >= store.shards) ctx.addIssue({ code: 'custom', path: ['serveShards'], input: store.serveShards, message: `lists shard ${shard} but store.shards is ${store.shards} (indexes 0 to ${store.shards - 1})` });
+      }
+      if (store.serveShards && new Set(store.serveShards).size !== store.serveShards.length) ctx.addIssue({ code: 'custom', path: ['serveShards'], input: store.serveShards, message: 'lists a shard twice' });
+      // a brace in the prefix would be the hash tag instead of the shard's
+      if (store.shards > 1 && /[{}]/.test(store.prefix)) ctx.addIssue({ code: 'custom', path: ['prefix'], input: store.prefix, message: 'must not hold { or } with store.shards > 1 (each shard adds its own hash tag)' });
     })
     .prefault({}),
 });

@@ -1,7 +1,6 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { ToolHandlers } from '../actions.js';
 import { loadToolHandlers } from '../actions.js';
@@ -15,11 +14,14 @@ import { StdoutSink } from '../sinks/stdout.js';
 import { WebhookSink } from '../sinks/webhook.js';
 import { MemoryStore } from '../store/memory.js';
 import { RedisStore } from '../store/redis.js';
+import type { RedisClient } from '../store/redis.js';
+import { fleetBudgetKey, RedisKeys, shardPrefix } from '../store/redis-keys.js';
+import { formatLogCursor, ShardedStore } from '../store/sharded.js';
 import { SqliteStore } from '../store/sqlite.js';
 import type { DeliveryLog, WatchRecord, WatchStore } from '../store/store.js';
 import { targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
-import type { WatchView } from './api.js';
+import type { FleetView, WatchView } from './api.js';
 import { createControlApi } from './api.js';
 import type { DaemonConfig } from './config.js';
 import { fileSinkPath, isLoopback, pushModeOf } from './config.js';
@@ -29,8 +31,12 @@ import { OpenAIHookReceiver } from '../hooks.js';
 import { DaemonMetrics } from './metrics.js';
 import type { DeliveryPolicy, Outbox } from './outbox.js';
 import { OutboxWorker } from './outbox.js';
+import { DEFAULT_BUDGET } from '../budget.js';
 import { PartitionedOutbox } from './redis-outbox.js';
+import { connectRedis, isClusterUrl, redisSeeds } from './redis-client.js';
 import { RedisEngine } from './redis-engine.js';
+import type { RedisEngineOptions } from './redis-engine.js';
+import { ShardedEngine, ShardedOutbox } from './shards.js';
 import { startTelemetry } from './telemetry.js';
 
 /** Secrets the daemon uses; never part of the printed config. */
@@ -67,11 +73,12 @@ export async function loadDaemonToolHandlers(config: DaemonConfig): Promise<Tool
   return module ? loadToolHandlers(module.path, module.options) : {};
 }
 
-/** A stored watch as the API shows it. */
-export function watchView(record: WatchRecord | undefined): WatchView | undefined {
+/** A stored watch as the API shows it; `sinkBacklog` is its deliveries not yet made, `null` where the store does not count them. */
+export function watchView(record: WatchRecord | undefined, sinkBacklog: number | null = null): WatchView | undefined {
   if (!record) return undefined;
   const progress = record.progress;
   const next = record.state === 'active' ? progress?.next : undefined;
+  const failure = record.state === 'active' ? progress?.lastFailure : undefined;
   return {
     ...targetOf(record),
     id: record.id,
@@ -85,7 +92,18 @@ export function watchView(record: WatchRecord | undefined): WatchView | undefine
     last_snapshot: progress?.lastSnapshot ?? null,
     created_at: new Date(record.created_at).toISOString(),
     updated_at: new Date(record.updated_at).toISOString(),
+    status_since: progress?.status && progress.statusSinceMs !== undefined ? new Date(progress.statusSinceMs).toISOString() : null,
+    polls: progress?.polls ?? 0,
+    stalled: record.state === 'active' && progress?.stallReported === true,
+    last_error: record.error ? { code: record.error.code, message: record.error.message } : failure ? { code: failure.code, message: failure.message } : null,
+    sink_backlog: sinkBacklog,
   };
+}
+
+/** Views of stored watches with their sink backlog (one query for the page), where the store counts it per watch. */
+async function watchViews(records: readonly WatchRecord[], log: Pick<DeliveryLog, 'backlogByWatch'> | undefined): Promise<WatchView[]> {
+  const backlog = log?.backlogByWatch ? await log.backlogByWatch(records.map((record) => record.id)) : undefined;
+  return records.map((record) => watchView(record, backlog ? (backlog.get(record.id) ?? 0) : null)!);
 }
 
 const REDIS_URL_MISSING = {
@@ -109,6 +127,12 @@ export function preflightChecks(config: DaemonConfig, secrets: DaemonSecrets): A
     },
     () => {
       if (!secrets.redisUrl && config.sinks.redisStream.enabled) throw new ConfigError(REDIS_URL_MISSING.stream);
+    },
+    () => {
+      if (!secrets.redisUrl || !isClusterUrl(secrets.redisUrl, config.store.cluster)) return;
+      if (config.sinks.redisStream.enabled) throw new ConfigError('sinks.redisStream writes to one Redis and RUNWATCH_REDIS_URL names a Redis Cluster: disable the sink or give it a single Redis');
+      // a brace in the prefix would be the hash tag instead of the shard's
+      if (/[{}]/.test(config.store.prefix)) throw new ConfigError('store.prefix must not hold { or } on a Redis Cluster: each shard adds its own hash tag');
     },
     () => void pushModeOf(config, (secrets.openaiWebhookSecrets ?? []).length > 0),
   ];
@@ -142,18 +166,10 @@ export async function listen(server: Server, config: DaemonConfig): Promise<Addr
 
 /**
  * Checks `RUNWATCH_REDIS_URL` before anything connects: `redis://` or `rediss://` with a host
- * and a numeric port. Throws `ConfigError` naming the setting, never its value (it may carry a password).
+ * and a numeric port (several comma-separated: a Redis Cluster's seeds). Throws `ConfigError` naming the setting, never its value (it may carry a password).
  */
 export function checkRedisUrl(raw: string): string {
-  let url: URL | undefined;
-  try {
-    url = new URL(raw);
-  } catch {
-    url = undefined;
-  }
-  if (!url || (url.protocol !== 'redis:' && url.protocol !== 'rediss:') || url.hostname === '' || (url.port !== '' && !/^\d+$/.test(url.port))) {
-    throw new ConfigError('invalid RUNWATCH_REDIS_URL: expected redis://[:password@]host[:port][/db] (or rediss://)');
-  }
+  redisSeeds(raw);
   return raw;
 }
 
@@ -183,6 +199,8 @@ export class Daemon {
   readonly #hooks: CloseHook[] = [];
   readonly #listeners = new Set<() => void>();
   #engine!: Engine;
+  /** The store's delivery rows (memory, SQLite), for the backlog per watch; Redis keeps streams. */
+  #deliveryLog: DeliveryLog | undefined;
   #outboxes: Outbox[] = [];
   #shutdown: Promise<void> | null = null;
   #address: AddressInfo | null = null;
@@ -251,6 +269,7 @@ export class Daemon {
       outbox: () => Promise.all(this.#outboxes.map(async (outbox) => ({ sink: outbox.sink.name, ...(await outbox.stats()) }))),
       budget: () => this.#engine.budget(),
       openStreams: () => this.#engine.openStreams(),
+      ready: () => this.#ready(),
     });
     const delivery: DeliveryPolicy = {
       retryForMs: config.sinks.delivery.retryForMs,
@@ -258,7 +277,7 @@ export class Daemon {
       logger: this.#logger.child({ component: 'outbox' }),
       onOutcome: (name, outcome) => metrics.delivery(name, outcome),
     };
-    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery, signal);
+    if (config.store.kind === 'redis') await this.#redisParts(secrets, all, settings, delivery, signal, () => metrics.takeover('partition'));
     else this.#localParts(all, settings, delivery);
     const store = this.#engine.store;
     const secretsOfHook = secrets.openaiWebhookSecrets ?? [];
@@ -276,16 +295,21 @@ export class Daemon {
     const api = createControlApi(
       {
         addWatch: async (input) => (this.#shutdown ? undefined : this.#added(await this.#engine.add({ id: randomWatchId(), ...input }))),
-        getWatch: async (id) => watchView(await store.get(id)),
-        listWatches: async (query) => (await store.list(query)).map((w) => watchView(w)!),
+        getWatch: async (id) => {
+          const record = await store.get(id);
+          return record && (await watchViews([record], this.#deliveryLog))[0];
+        },
+        listWatches: async (query) => watchViews(await store.list(query), this.#deliveryLog),
+        fleet: () => this.#fleet(metrics),
         deleteWatch: async (id) => watchView(await this.#engine.delete(id)),
         cancelWatch: async (id) => watchView(await this.#engine.cancel(id)),
         eventsAfter: (pos, filter, limit) => store.eventsAfter(pos, filter, limit),
+        shardedLog: store instanceof ShardedStore ? { shards: store.shards.length, eventsAfter: (cursor, filter, limit) => store.eventsAfterCursor(cursor, filter, limit) } : undefined,
         subscribe: (listener) => {
           this.#listeners.add(listener);
           return () => this.#listeners.delete(listener);
         },
-        ready: () => this.#shutdown === null && store.healthy(),
+        ready: () => this.#ready(),
         metrics: async () => ({ contentType: metrics.registry.contentType, body: await metrics.registry.metrics() }),
         hook: hook && { path: config.push.hookPath, receive: (headers, body) => hook.receive(headers, body) },
       },
@@ -298,12 +322,13 @@ export class Daemon {
     });
 
     this.#engine.on('event', (event) => {
-      metrics.transition(event.type);
+      metrics.transition(event);
       for (const outbox of this.#outboxes) outbox.notify();
       this.#wake();
     });
     this.#engine.on('activity', () => this.#wake());
     this.#engine.on('poll', (report) => metrics.poll(report));
+    this.#engine.on('takeover', () => metrics.takeover('step'));
     this.#engine.on('error', (error) => {
       // the engine has moved on in memory; only a restart from the store keeps "nothing lost" true
       this.#logger.fatal({ err: error }, 'could not write a step to the store');
@@ -334,32 +359,91 @@ export class Daemon {
     const names = sinks.filter((sink) => sink.name !== 'callback').map((sink) => sink.name);
     const store: WatchStore & DeliveryLog = config.store.kind === 'memory' ? new MemoryStore({ sinks: names }) : new SqliteStore(path.join(config.daemon.dataDir, 'runwatch.db'), { sinks: names });
     this.#onClose('store', () => store.close());
+    this.#deliveryLog = store;
     this.#engine = new LocalEngine(store, settings);
     this.#outboxes = sinks.map((sink) => new OutboxWorker(store, sink, { ...delivery, concurrency: config.sinks.delivery.concurrency, logger: delivery.logger.child({ sink: sink.name }) }));
   }
 
-  /** Redis: each replica polls the watch partitions it holds by lease; the outbox is partitioned streams with leases. */
-  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined): Promise<void> {
+  /**
+   * Redis: each replica polls the watch partitions it holds by lease; the outbox is partitioned
+   * streams with leases. With `store.shards` > 1 or a Redis Cluster, one such keyspace per shard under a hash
+   * tag, composed by `ShardedStore` / `ShardedEngine` / `ShardedOutbox`.
+   */
+  async #redisParts(secrets: DaemonSecrets, sinks: Sink[], settings: EngineSettings, delivery: DeliveryPolicy, signal: AbortSignal | undefined, onTakeover: () => void): Promise<void> {
     const config = this.#config;
     if (!secrets.redisUrl) throw new ConfigError(REDIS_URL_MISSING.store);
     const url = secrets.redisUrl;
-    // our commands fail fast while Redis is away (the store says so); the engine's notices take a connection of their own
-    const redis = new Redis(url, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
+    const { shards, cluster } = config.store;
+    const clustered = isClusterUrl(url, cluster);
+    // our commands fail fast while Redis is away (the store says so); the engines' notices take connections of their own
+    const redis = connectRedis(url, cluster, { maxRetriesPerRequest: 1, enableOfflineQueue: false });
     redis.on('error', (error) => this.#logger.debug({ err: error }, 'redis connection error'));
     this.#onClose('redis', () => redis.quit().catch(() => redis.disconnect()));
     await untilReady(redis, signal);
-    const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
-    this.#onClose('store', () => store.close());
-    const engine = new RedisEngine(redis, store, settings, {
+    const engineOptions: RedisEngineOptions = {
       lockDurationMs: config.store.lockDurationMs,
       stalledIntervalMs: config.store.stalledIntervalMs,
       logger: this.#logger.child({ component: 'engine' }),
+    };
+    const outboxOptions = (store: RedisStore, replicaId: string, sink: Sink) => ({
+      ...delivery,
+      keys: store.keys,
+      partitions: store.partitions,
+      replicaId,
+      leaseMs: config.store.leaseMs,
+      onTakeover,
+      logger: delivery.logger.child({ sink: sink.name }),
     });
-    this.#engine = engine;
-    this.#outboxes = sinks.map(
-      (sink) =>
-        new PartitionedOutbox(redis, sink, { ...delivery, keys: store.keys, partitions: store.partitions, replicaId: engine.replicaId, leaseMs: config.store.leaseMs, logger: delivery.logger.child({ sink: sink.name }) }),
-    );
+    if (shards === 1 && !clustered) {
+      const store = new RedisStore(redis, config.store.prefix, config.store.partitions);
+      this.#onClose('store', () => store.close());
+      const engine = new RedisEngine(redis, store, settings, engineOptions);
+      this.#engine = engine;
+      this.#outboxes = sinks.map((sink) => new PartitionedOutbox(redis, sink, outboxOptions(store, engine.replicaId, sink)));
+      return;
+    }
+    const prefix = config.store.prefix;
+    const budget = fleetBudgetKey(prefix);
+    const stores = Array.from({ length: shards }, (_, i) => new RedisStore(redis, new RedisKeys(shardPrefix(prefix, i), budget), config.store.partitions));
+    const store = new ShardedStore(stores);
+    this.#onClose('store', () => store.close());
+    const serve = config.store.serveShards ?? stores.map((_, i) => i);
+    // the replica's steps in flight stay about watch.maxInFlight, spread over the shards it polls
+    const maxInFlight = Math.max(1, Math.ceil((settings.watcher.maxInFlight ?? DEFAULT_BUDGET.maxInFlight) / serve.length));
+    const shardSettings: EngineSettings = { ...settings, watcher: { ...settings.watcher, maxInFlight } };
+    const engines = stores.map((shard) => new RedisEngine(redis, shard, shardSettings, engineOptions));
+    this.#engine = new ShardedEngine(store, engines, { serve });
+    const replicaId = engines[0]!.replicaId;
+    this.#outboxes = sinks.map((sink) => new ShardedOutbox(sink, stores.map((shard) => new PartitionedOutbox(redis, sink, outboxOptions(shard, replicaId, sink)))));
+  }
+
+  /** What `/readyz` and `runwatch_ready` say: the store answers and no shutdown has begun. */
+  #ready(): boolean {
+    return this.#shutdown === null && this.#engine.store.healthy();
+  }
+
+  /** The fleet summary from what the daemon counts already: the engine's counts and budget, the outboxes, the last minute of polls. */
+  async #fleet(metrics: DaemonMetrics): Promise<FleetView> {
+    const engine = this.#engine;
+    const nowMs = Date.now();
+    const store = engine.store;
+    const [byStatus, outbox, replicas, lastPositions] = await Promise.all([
+      engine.activeByStatus(),
+      Promise.all(this.#outboxes.map(async (o) => ({ sink: o.sink.name, ...(await o.stats()) }))),
+      engine.watchesByReplica?.(),
+      store instanceof ShardedStore ? store.lastPositions() : store.lastPosition().then((pos) => [pos]),
+    ]);
+    const budget = engine.budget();
+    return {
+      active_by_status: Object.fromEntries(byStatus),
+      polls_per_second: metrics.recent.rate(nowMs),
+      throttled_share: metrics.recent.throttledShare(nowMs),
+      budget: { rate_per_second: budget.ratePerSecond, in_flight: budget.inFlight, queued: budget.queued },
+      outbox: outbox.map(({ sink, pending, dead }) => ({ sink, pending, dead })),
+      ...(replicas ? { replicas: Object.fromEntries(replicas) } : {}),
+      last_event_pos: lastPositions.reduce((sum, pos) => sum + pos, 0),
+      last_event_id: formatLogCursor(lastPositions),
+    };
   }
 
   #added(added: { watch: WatchRecord; created: boolean }): { watch: WatchView; created: boolean } {
@@ -415,7 +499,7 @@ export class Daemon {
 }
 
 /** Waits for a Redis connection to be ready; `StoreUnavailableError` after 10 s, the signal's reason when it aborts first. */
-async function untilReady(redis: Redis, signal: AbortSignal | undefined): Promise<void> {
+async function untilReady(redis: RedisClient, signal: AbortSignal | undefined): Promise<void> {
   if (redis.status === 'ready') return;
   let timer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;

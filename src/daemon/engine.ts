@@ -24,6 +24,8 @@ export interface EngineEvents {
   poll: (report: PollReport) => void;
   /** A step could not be written: the host must stop, a restart resumes from the store. */
   error: (error: Error) => void;
+  /** A watch partition whose replica died (its lease lapsed) was taken over by this process (Redis only). */
+  takeover: () => void;
 }
 
 /**
@@ -52,6 +54,8 @@ export interface Engine extends EventEmitter<EngineEvents> {
    * @default the receiver's memory of this process
    */
   claimWebhook?(webhookId: string): Promise<boolean>;
+  /** Active watches owned by each replica (by replica id), Redis mode only: one process owns them all elsewhere. */
+  watchesByReplica?(): Promise<ReadonlyMap<string, number>>;
   /** Response streams open in this process. */
   openStreams(): number;
   /** Active watches owned by each replica (Redis mode). */
@@ -88,6 +92,7 @@ export function engineSettings(config: DaemonConfig, secrets: DaemonSecrets, log
       expiresGraceMs: watch.expiresGraceMs,
       maxInFlight: watch.maxInFlight,
       maxRequestsPerSecond: watch.maxRequestsPerSecond,
+      burst: watch.burst ?? undefined,
       policy: watch.policy,
       stallThresholdMs: config.daemon.stallThresholdMs,
       safetyNet: { baseMs: config.push.safetyNetBaseMs, capMs: config.push.safetyNetCapMs },

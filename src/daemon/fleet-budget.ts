@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../store/redis.js';
 import type { Budget, BudgetOptions, TokenBucket } from '../budget.js';
 import { DECREASE_FACTOR, DEFAULT_BUDGET, INCREASE_PER_SECOND, QueuedBudget, RequestBudget } from '../budget.js';
 
@@ -63,14 +63,14 @@ const UNAVAILABLE_WAIT_MS = 1_000;
  * and pauses them all.
  */
 class RedisBucket implements TokenBucket {
-  readonly #redis: Redis & Commands;
+  readonly #redis: RedisClient & Commands;
   readonly #key: string;
   readonly #args: readonly [maxRate: string, burst: string, minRate: string];
   currentRatePerSecond: number;
 
-  constructor(redis: Redis, key: string, limits: RequestBudget) {
+  constructor(redis: RedisClient, key: string, limits: RequestBudget) {
     redis.defineCommand('rwBudget', { numberOfKeys: 1, lua: BUDGET });
-    this.#redis = redis as Redis & Commands;
+    this.#redis = redis as RedisClient & Commands;
     this.#key = key;
     this.#args = [String(limits.ratePerSecond), String(limits.burst), String(limits.minRatePerSecond)];
     this.currentRatePerSecond = limits.ratePerSecond;
@@ -102,7 +102,7 @@ class RedisBucket implements TokenBucket {
  * except that `burst` defaults to a tenth of the rate (requests spread over each second).
  * @param key - the budget's hash (`RedisKeys.budget`)
  */
-export function fleetBudget(redis: Redis, key: string, options: BudgetOptions = {}): Budget {
+export function fleetBudget(redis: RedisClient, key: string, options: BudgetOptions = {}): Budget {
   // a bucket of a tenth of a second's requests: a quiet fleet cannot then send a second's worth at once (an API that limits per second would answer 429 to it)
   const ratePerSecond = options.maxRequestsPerSecond ?? DEFAULT_BUDGET.maxRequestsPerSecond;
   const limits = new RequestBudget({ ...options, burst: options.burst ?? Math.max(1, Math.ceil(ratePerSecond / 10)) });

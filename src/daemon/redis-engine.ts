@@ -1,5 +1,5 @@
 import { hostname } from 'node:os';
-import type { Redis } from 'ioredis';
+import type { Cluster } from 'ioredis';
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
 import type { BudgetSnapshot } from '../budget.js';
@@ -11,7 +11,7 @@ import { WEBHOOK_REPLAY_WINDOW_MS } from '../hooks.js';
 import { DEFAULT_DEADLINES, resolvePollPolicy, safetyNetPolicy } from '../schedule.js';
 import type { StepSettings } from '../step.js';
 import { resumeProgress } from '../step.js';
-import type { RedisStore } from '../store/redis.js';
+import type { RedisClient, RedisStore } from '../store/redis.js';
 import type { NewWatch, WatchRecord } from '../store/store.js';
 import { kindOf, targetKey, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
@@ -73,9 +73,9 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   readonly store: RedisStore;
   /** Names this replica in requests (`x-runwatch-instance`), logs, leases and consumer groups. */
   readonly replicaId: string;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   /** Pub/sub takes a connection of its own. */
-  readonly #subscriber: Redis;
+  readonly #subscriber: RedisClient;
   readonly #options: RedisEngineOptions;
   readonly #settings: EngineSettings;
   readonly #base: Omit<StepSettings, 'startedAtMs' | 'handlesToolCalls' | 'handlesToolApprovals'>;
@@ -98,7 +98,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
   #lastPosition = 0;
   #closing: Promise<void> | null = null;
 
-  constructor(redis: Redis, store: RedisStore, settings: EngineSettings, options: RedisEngineOptions) {
+  constructor(redis: RedisClient, store: RedisStore, settings: EngineSettings, options: RedisEngineOptions) {
     super();
     this.store = store;
     this.#redis = redis;
@@ -142,7 +142,8 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       },
       onPoll: (report) => this.emit('poll', report),
     });
-    this.#subscriber = redis.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, lazyConnect: true });
+    // waits out an outage (the notices resume with it); a Cluster's subscriber is one of its nodes
+    this.#subscriber = isCluster(redis) ? redis.duplicate([], { lazyConnect: true, enableOfflineQueue: true }) : redis.duplicate({ enableOfflineQueue: true, maxRetriesPerRequest: null, lazyConnect: true });
     this.#subscriber.on('error', (error) => options.logger.debug({ err: error }, 'notice connection error'));
     this.#subscriber.on('message', (_channel: string, message: string) => this.#notice(message));
     // notices sent while the connection was down are lost: compare the sets at the next tick
@@ -338,6 +339,13 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       if (!(await leases.acquire(this.#redis, keys.owner(p), this.replicaId, this.#options.lockDurationMs))) continue;
       const owned: Owned = { validUntilMs: sentAtMs + this.#options.lockDurationMs / 2 };
       this.#owned.set(p, owned);
+      // the last holder did not hand it back: it died (or lost its lease), this is a takeover
+      const replies = (await this.#redis.pipeline().hget(keys.owners, String(p)).hset(keys.owners, String(p), this.replicaId).exec()) ?? [];
+      const last = replies[0]?.[1];
+      if (typeof last === 'string' && last !== this.replicaId) {
+        this.#options.logger.info({ partition: p, from: last }, 'took over the watch partition of a replica that stopped answering');
+        this.emit('takeover');
+      }
       let count = 0;
       for await (const record of this.store.activeIn(p)) {
         if (this.#owned.get(p) !== owned) break;
@@ -353,8 +361,16 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     this.#owned.delete(p);
     await this.#suspendPartition(p);
     await this.store.flushCheckpoints((id) => this.store.partitionOfWatch(id) === p).catch(() => undefined);
-    await leases.release(this.#redis, [this.store.keys.owner(p)], this.replicaId);
+    await this.#handBack([p]);
     this.#options.logger.info({ partition: p }, 'handed a watch partition back');
+  }
+
+  /** Releases leases and says so in `owners` (whoever takes them next takes nothing over). */
+  async #handBack(partitions: readonly number[]): Promise<void> {
+    if (partitions.length === 0) return;
+    const { keys } = this.store;
+    await this.#redis.hdel(keys.owners, ...partitions.map(String));
+    await leases.release(this.#redis, partitions.map((p) => keys.owner(p)), this.replicaId);
   }
 
   /** A partition lost (another replica holds it) or unconfirmed for half a lease: its watches stop here, nothing is written. */
@@ -423,7 +439,7 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
     try {
       await this.store.flushCheckpoints();
       // the others take the partitions at their next tick, not after the lease
-      await leases.release(this.#redis, owned.map((p) => this.store.keys.owner(p)), this.replicaId);
+      await this.#handBack(owned);
       await this.#redis.hdel(this.store.keys.replicas, this.replicaId);
     } catch (error) {
       this.#options.logger.debug({ err: error }, 'could not hand the partitions back; they move when their lease lapses');
@@ -453,6 +469,10 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       // Redis away: readiness says so; nothing to wake
     }
   }
+}
+
+function isCluster(redis: RedisClient): redis is Cluster {
+  return 'nodes' in redis;
 }
 
 /** A heartbeat: `<expires at ms>:<watches polled>`. */

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../store/redis.js';
 
 /** Renews a lease only while this replica holds it: 1 when renewed, 0 when another holds it (or none). */
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
@@ -12,11 +12,11 @@ const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call
  */
 export const leases = {
   /** Takes a free lease; true when this replica holds it now. */
-  async acquire(redis: Redis, key: string, holder: string, leaseMs: number): Promise<boolean> {
+  async acquire(redis: RedisClient, key: string, holder: string, leaseMs: number): Promise<boolean> {
     return (await redis.set(key, holder, 'PX', leaseMs, 'NX')) === 'OK';
   },
   /** Renews held leases in one round trip; true at each one still held. Throws when Redis did not answer (nothing is known then). */
-  async renew(redis: Redis, keys: readonly string[], holder: string, leaseMs: number): Promise<boolean[]> {
+  async renew(redis: RedisClient, keys: readonly string[], holder: string, leaseMs: number): Promise<boolean[]> {
     if (keys.length === 0) return [];
     const pipeline = redis.pipeline();
     for (const key of keys) pipeline.eval(RENEW, 1, key, holder, leaseMs);
@@ -26,7 +26,7 @@ export const leases = {
     return keys.map((_, i) => replies[i]?.[1] === 1);
   },
   /** Hands leases back (only those this replica still holds), in one round trip. */
-  async release(redis: Redis, keys: readonly string[], holder: string): Promise<void> {
+  async release(redis: RedisClient, keys: readonly string[], holder: string): Promise<void> {
     if (keys.length === 0) return;
     const pipeline = redis.pipeline();
     for (const key of keys) pipeline.eval(RELEASE, 1, key, holder);

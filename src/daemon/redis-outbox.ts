@@ -1,7 +1,7 @@
-import type { Redis } from 'ioredis';
 import type { WatchEvent } from '../events.js';
 import type { Sink } from '../sinks/sink.js';
 import { pairs } from '../store/redis.js';
+import type { RedisClient } from '../store/redis.js';
 import type { RedisKeys } from '../store/redis-keys.js';
 import type { SinkStats } from '../store/store.js';
 import type { DeliveryOutcome, DeliveryPolicy, Outbox } from './outbox.js';
@@ -18,6 +18,8 @@ export interface PartitionedOutboxOptions extends DeliveryPolicy {
   readonly replicaId: string;
   /** A partition's lease lasts this long unless renewed; a dead replica's partitions move after it. */
   readonly leaseMs: number;
+  /** Called when a lease is taken with deliveries its previous holder read but did not acknowledge (metrics). */
+  readonly onTakeover?: (() => void) | undefined;
 }
 
 
@@ -45,7 +47,7 @@ interface Held {
  */
 export class PartitionedOutbox implements Outbox {
   readonly sink: Sink;
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #options: PartitionedOutboxOptions;
   readonly #held = new Map<number, Held>();
   readonly #stop = new AbortController();
@@ -54,7 +56,7 @@ export class PartitionedOutbox implements Outbox {
   #leaseTimer: NodeJS.Timeout | null = null;
   #renewing = false;
 
-  constructor(redis: Redis, sink: Sink, options: PartitionedOutboxOptions) {
+  constructor(redis: RedisClient, sink: Sink, options: PartitionedOutboxOptions) {
     this.#redis = redis;
     this.sink = sink;
     this.#options = options;
@@ -151,11 +153,18 @@ export class PartitionedOutbox implements Outbox {
     if (!held.claimed) {
       // take over whatever the previous holder read but did not acknowledge
       let cursor = '0-0';
+      let claimed = 0;
       do {
-        const reply = (await this.#redis.xautoclaim(stream, group, me, 0, cursor, 'COUNT', 500, 'JUSTID')) as [string, ...unknown[]];
+        const reply = (await this.#redis.xautoclaim(stream, group, me, 0, cursor, 'COUNT', 500, 'JUSTID')) as [string, unknown[], ...unknown[]];
         cursor = reply[0];
+        claimed += reply[1].length;
       } while (cursor !== '0-0');
       held.claimed = true;
+      // a replica id is new with every process, so whatever was pending was another holder's
+      if (claimed > 0) {
+        this.#options.logger.info({ sink: this.sink.name, partition, claimed }, 'took over a partition with deliveries its last holder did not acknowledge');
+        this.#options.onTakeover?.();
+      }
     }
     // own pending entries first (earlier failures, claimed ones), then new ones
     let entries = await this.#read(stream, group, me, '0');

@@ -1,7 +1,25 @@
 /**
+ * The prefix of one shard's keys (several shards, or a Redis Cluster): `<prefix>{s<shard>}:`, a
+ * hash tag, so every key of a shard (and every script over them) lives in one Cluster slot. One
+ * shard on one Redis keeps the prefix itself (the layout of earlier versions).
+ */
+export function shardPrefix(prefix: string, shard: number): string {
+  return `${prefix}{s${shard}}:`;
+}
+
+/**
+ * The fleet budget's hash when the keys are sharded: under a hash tag of its own
+ * (`<prefix>{fleet}:budget`), shared by every shard's engine: one bucket for the fleet.
+ */
+export function fleetBudgetKey(prefix: string): string {
+  return `${prefix}{fleet}:budget`;
+}
+
+/**
  * Every Redis key runwatch uses, in one place (as BullMQ's `QueueKeys`): no other module builds
- * a key by concatenation. All live under one prefix (`store.prefix`). Keys of one partition are
- * built here only, so that they can later carry a hash tag (Redis Cluster).
+ * a key by concatenation. All live under one prefix (`store.prefix`, or a shard's, see
+ * `shardPrefix`: every key of a shard, its watch partitions' included, in one Cluster slot);
+ * only the budget may be given another key.
  */
 export class RedisKeys {
   /** Hash: target key -> watch id, one watch per run or response (the name predates responses). */
@@ -26,11 +44,19 @@ export class RedisKeys {
   readonly replicas: string;
   /** Pub/sub channel of notices to the owner of a watch (added, changed elsewhere, woken). */
   readonly notices: string;
+  /** Hash: watch partition -> the replica that took it and has not handed it back (a takeover finds another's name). */
+  readonly owners: string;
   /** Prefix of the watch hashes, for the create script (which builds the key of a new id). */
   readonly watchPrefix: string;
 
-  /** @param prefix - what every key starts with, e.g. `runwatch:` */
-  constructor(readonly prefix: string) {
+  /**
+   * @param prefix - what every key starts with, e.g. `runwatch:`
+   * @param budgetKey - the fleet budget's hash (one for every shard) @default `<prefix>budget`
+   */
+  constructor(
+    readonly prefix: string,
+    budgetKey?: string,
+  ) {
     this.targets = `${prefix}runs`;
     this.watches = `${prefix}watches`;
     this.order = `${prefix}order`;
@@ -38,10 +64,11 @@ export class RedisKeys {
     this.statusCounts = `${prefix}status-counts`;
     this.position = `${prefix}pos`;
     this.log = `${prefix}log`;
-    this.budget = `${prefix}budget`;
+    this.budget = budgetKey ?? `${prefix}budget`;
     this.bullPrefix = `${prefix}bull`;
     this.replicas = `${prefix}replicas`;
     this.notices = `${prefix}notices`;
+    this.owners = `${prefix}owners`;
     this.watchPrefix = `${prefix}watch:`;
   }
 

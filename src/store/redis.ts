@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { Cluster, Redis } from 'ioredis';
 import { StoreUnavailableError } from '../errors.js';
 import type { Progress } from '../step.js';
 import { RedisKeys } from './redis-keys.js';
-import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, orderingId, parseJson, targetKey } from './store.js';
+import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchQuery, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
+import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, needsScan, orderingId, pageOf, parseJson, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
@@ -60,12 +60,12 @@ elseif old ~= new then
 end
 return 1`;
 
-// KEYS: watch; ARGV: expected seq, progress, next poll at, updated at
+// KEYS: watch; ARGV: expected seq, progress, next poll at, updated at, stuck
 // a checkpoint from a batch: written only where no step with events (nor an end) was written since
 const CHECKPOINT = `
 local v = redis.call('HMGET', KEYS[1], 'seq', 'state')
 if not v[1] or tonumber(v[1]) ~= tonumber(ARGV[1]) or v[2] ~= 'active' then return 0 end
-redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'next_poll_at', ARGV[3], 'updated_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'progress', ARGV[2], 'next_poll_at', ARGV[3], 'updated_at', ARGV[4], 'stuck', ARGV[5])
 return 1`;
 
 interface Commands {
@@ -73,6 +73,9 @@ interface Commands {
   rwCommit(watch: string, pos: string, log: string, partition: string, active: string, counts: string, ...args: string[]): Promise<number>;
   rwCheckpoint(watch: string, ...args: string[]): Promise<number>;
 }
+
+/** A connection to one Redis or to a Redis Cluster: the commands runwatch sends are the same on both. */
+export type RedisClient = Redis | Cluster;
 
 /**
  * The outbox partition of a run or response (by `orderingId`): one target always maps to the
@@ -96,17 +99,18 @@ export class RedisStore implements WatchStore {
   readonly keys: RedisKeys;
   /** Partitions of the outbox streams and of the watches (`store.partitions`). */
   readonly partitions: number;
-  readonly #redis: Redis & Commands;
+  readonly #redis: RedisClient & Commands;
   /** The latest checkpoint of each watch not yet written. */
   readonly #checkpoints = new Map<string, Progress>();
 
-  constructor(redis: Redis, prefix: string, partitions: number) {
-    this.keys = new RedisKeys(prefix);
+  /** @param prefix - the keys' prefix, or the keys themselves (a shard's, see `shardPrefix`) */
+  constructor(redis: RedisClient, prefix: string | RedisKeys, partitions: number) {
+    this.keys = typeof prefix === 'string' ? new RedisKeys(prefix) : prefix;
     this.partitions = partitions;
     redis.defineCommand('rwCreate', { numberOfKeys: 5, lua: CREATE });
     redis.defineCommand('rwCommit', { numberOfKeys: 6, lua: COMMIT });
     redis.defineCommand('rwCheckpoint', { numberOfKeys: 1, lua: CHECKPOINT });
-    this.#redis = redis as Redis & Commands;
+    this.#redis = redis as RedisClient & Commands;
   }
 
   /** The watch partition of a watch: which replica polls it. */
@@ -172,8 +176,13 @@ export class RedisStore implements WatchStore {
     return ((await this.get(id))?.progress as Progress | null | undefined) ?? undefined;
   }
 
-  /** Watches in creation order after the cursor, optionally in one state. */
-  async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
+  /**
+   * Watches in creation order after the cursor, optionally in one state. With a status, a
+   * search or the attention order, a few fields of every watch are read (`#scanPage`): Redis has
+   * no index for those.
+   */
+  async list(query: WatchQuery): Promise<WatchRecord[]> {
+    if (needsScan(query)) return this.#scanPage(query);
     return this.#call(async () => {
       let from = '-inf';
       if (query.after) {
@@ -194,6 +203,34 @@ export class RedisStore implements WatchStore {
         from = `(${ids[ids.length - 1]}`;
       }
       return out;
+    });
+  }
+
+  /**
+   * A page of a list with a status, a search or the attention order: the fields these need are
+   * read for every watch (pipelined, 500 at a time; `stuck` spares parsing each progress), the
+   * page is picked by `pageOf`, and only its watches are read whole.
+   */
+  async #scanPage(query: WatchQuery): Promise<WatchRecord[]> {
+    return this.#call(async () => {
+      const ids = await this.#redis.zrange(this.keys.watches, '0', '-1');
+      const light: WatchRecord[] = [];
+      for (let i = 0; i < ids.length; i += 500) {
+        const pipeline = this.#redis.pipeline();
+        for (const id of ids.slice(i, i + 500)) pipeline.hmget(this.keys.watch(id), ...LIGHT_FIELDS);
+        for (const [, value] of (await pipeline.exec()) ?? []) {
+          const hash = Object.fromEntries(LIGHT_FIELDS.flatMap((field, f) => ((value as Array<string | null>)[f] == null ? [] : [[field, (value as string[])[f]!]])));
+          if (!hash.id) continue;
+          // a hash written before `stuck` was kept: its progress says
+          if (hash.stuck === undefined && hash.state === 'active') hash.progress = (await this.#redis.hget(this.keys.watch(hash.id), 'progress')) ?? '';
+          light.push(toRecord({ ...hash, ...(hash.stuck === '1' ? { progress: JSON.stringify({ status: hash.status || null, seq: 0, stallReported: true }) } : {}) }));
+        }
+      }
+      const page = pageOf(light, query);
+      if (page.length === 0) return [];
+      const pipeline = this.#redis.pipeline();
+      for (const watch of page) pipeline.hgetall(this.keys.watch(watch.id));
+      return ((await pipeline.exec()) ?? []).map(([, value]) => value as Record<string, string>).filter((hash) => hash.id).map((hash) => this.#record(hash));
     });
   }
 
@@ -250,12 +287,16 @@ export class RedisStore implements WatchStore {
         await pipeline.exec();
       } while (cursor !== '0');
       await this.#redis.del(keys.active);
-      cursor = '0';
-      do {
-        const [next, found] = await this.#redis.scan(cursor, 'MATCH', `${keys.bullPrefix}:*`, 'COUNT', 1000);
-        cursor = next;
-        if (found.length > 0) await this.#redis.del(...found);
-      } while (cursor !== '0');
+      // a Cluster scans node by node; a shard's queue keys share its hash tag, so one DEL takes a batch
+      const redis: RedisClient = this.#redis;
+      for (const node of 'nodes' in redis ? redis.nodes('master') : [redis]) {
+        cursor = '0';
+        do {
+          const [next, found] = await node.scan(cursor, 'MATCH', `${keys.bullPrefix}:*`, 'COUNT', 1000);
+          cursor = next;
+          if (found.length > 0) await this.#redis.del(...found);
+        } while (cursor !== '0');
+      }
     });
   }
 
@@ -301,6 +342,8 @@ export class RedisStore implements WatchStore {
       finished_at: record.finished_at === null ? '' : String(record.finished_at),
     };
     if (record.error !== null) fields.error = record.error;
+    // the attention order's input beside the progress, so a list need not parse every progress
+    fields.stuck = stuckOf(change.progress);
     const args: string[] = [String(expectedSeq), JSON.stringify(fields), change.state, String(change.events.length)];
     let partition = 0;
     for (const event of change.events as readonly StoredWatchEvent[]) {
@@ -334,7 +377,7 @@ export class RedisStore implements WatchStore {
     if (batch.length === 0) return 0;
     const now = String(Date.now());
     const pipeline = this.#redis.pipeline() as unknown as { rwCheckpoint(watch: string, ...args: string[]): void; exec(): Promise<unknown> };
-    for (const [id, progress] of batch) pipeline.rwCheckpoint(this.keys.watch(id), String(progress.seq), JSON.stringify(progress), progress.next?.kind === 'poll' ? String(progress.next.atMs) : '', now);
+    for (const [id, progress] of batch) pipeline.rwCheckpoint(this.keys.watch(id), String(progress.seq), JSON.stringify(progress), progress.next?.kind === 'poll' ? String(progress.next.atMs) : '', now, stuckOf(progress));
     await this.#call(() => pipeline.exec());
     return batch.length;
   }
@@ -417,6 +460,14 @@ export class RedisStore implements WatchStore {
     await this.flushCheckpoints().catch(() => undefined);
   }
 }
+
+/** The rank's input kept beside the progress: stalled, or polls failing. */
+function stuckOf(progress: Progress): '1' | '0' {
+  return progress.stallReported || progress.consecutiveErrors > 0 ? '1' : '0';
+}
+
+/** The fields of a watch hash a filtered or ranked list reads for every watch. */
+const LIGHT_FIELDS = ['id', 'kind', 'thread_id', 'run_id', 'response_id', 'state', 'status', 'stuck', 'created_at', 'updated_at'] as const;
 
 /** `[k1, v1, k2, v2]` to `{ k1: v1, k2: v2 }`. */
 export function pairs(flat: readonly string[]): Record<string, string> {

@@ -6,8 +6,15 @@ import { DatabaseSync } from 'node:sqlite';
 import type { StatementSync } from 'node:sqlite';
 import { ConfigError, StoreOpenError, StoreWriteError } from '../errors.js';
 import type { Progress } from '../step.js';
-import type { CommitResult, DeliveryLog, EventFilter, NewWatch, PendingDelivery, Retention, SinkStats, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, parseJson, targetKey } from './store.js';
+import type { CommitResult, DeliveryLog, EventFilter, NewWatch, PendingDelivery, Retention, SinkStats, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchQuery, WatchState, WatchStore, WatchTarget } from './store.js';
+import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, needsScan, parseJson, targetKey } from './store.js';
+
+/** `attentionRank` (src/store/store.ts) of a row, in SQL: the same four ranks from the same fields. */
+const ATTENTION_RANK_SQL = `CASE
+  WHEN state = 'active' AND (status = 'requires_action' OR json_extract(progress, '$.stallReported') = 1 OR json_extract(progress, '$.consecutiveErrors') > 0) THEN 0
+  WHEN state = 'failed' THEN 1
+  WHEN state = 'active' THEN 2
+  ELSE 3 END`;
 
 /** The schema version this code writes (`PRAGMA user_version`); 0 is the run-only schema of 0.x, 2 had no progress column. */
 const SCHEMA_VERSION = 3;
@@ -255,11 +262,46 @@ export class SqliteStore implements WatchStore, DeliveryLog {
     return toRecord(row, row.state === 'active' ? this.#checkpoints.get(row.id) : undefined);
   }
 
-  async list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]> {
+  async list(query: WatchQuery): Promise<WatchRecord[]> {
+    if (needsScan(query)) return this.#query(query);
     const afterOrder = query.after ? ((this.#sql('SELECT created_order FROM watches WHERE id = ?').get(query.after) as { created_order: number } | undefined)?.created_order ?? 0) : 0;
     const rows = query.state
       ? this.#sql('SELECT * FROM watches WHERE state = ? AND created_order > ? ORDER BY created_order LIMIT ?').all(query.state, afterOrder, query.limit)
       : this.#sql('SELECT * FROM watches WHERE created_order > ? ORDER BY created_order LIMIT ?').all(afterOrder, query.limit);
+    return (rows as unknown as WatchRow[]).map((row) => this.#record(row));
+  }
+
+  /** A list with a status, a search or the attention order: one query, ranked in SQL. */
+  #query(query: WatchQuery): WatchRecord[] {
+    // the rank reads progress: checkpoints (a failing poll's error count) go in first
+    if (query.order === 'attention') this.#flush();
+    const clauses: string[] = [];
+    const params: Array<string | number> = [];
+    if (query.state) {
+      clauses.push('state = ?');
+      params.push(query.state);
+    }
+    if (query.status === 'none') clauses.push('status IS NULL');
+    else if (query.status !== undefined) {
+      clauses.push('status = ?');
+      params.push(query.status);
+    }
+    if (query.search) {
+      clauses.push("(instr(id, ?) > 0 OR instr(COALESCE(run_id, ''), ?) > 0 OR instr(COALESCE(thread_id, ''), ?) > 0 OR instr(COALESCE(response_id, ''), ?) > 0)");
+      params.push(query.search, query.search, query.search, query.search);
+    }
+    const rank = query.order === 'attention' ? ATTENTION_RANK_SQL : '0';
+    let cursor = '';
+    if (query.after) {
+      const from = this.#sql(`SELECT ${rank} AS rank, created_order FROM watches WHERE id = ?`).get(query.after) as { rank: number; created_order: number } | undefined;
+      if (from) {
+        cursor = 'WHERE (rank, created_order) > (?, ?)';
+        params.push(from.rank, from.created_order);
+      }
+    }
+    params.push(query.limit);
+    const where = clauses.length > 0 ? `WHERE ${clauses.join(' AND ')}` : '';
+    const rows = this.#db.prepare(`SELECT * FROM (SELECT *, ${rank} AS rank FROM watches ${where}) ${cursor} ORDER BY rank, created_order LIMIT ?`).all(...params);
     return (rows as unknown as WatchRow[]).map((row) => this.#record(row));
   }
 
@@ -385,6 +427,14 @@ export class SqliteStore implements WatchStore, DeliveryLog {
 
   async lastPosition(): Promise<number> {
     return (this.#sql('SELECT COALESCE(MAX(pos), 0) AS pos FROM events').get() as { pos: number }).pos;
+  }
+
+  async backlogByWatch(watchIds: readonly string[]): Promise<ReadonlyMap<string, number>> {
+    if (watchIds.length === 0) return new Map();
+    const rows = this.#db
+      .prepare(`SELECT e.watch_id AS id, COUNT(*) AS n FROM deliveries d JOIN events e ON e.pos = d.pos WHERE d.state = 'pending' AND e.watch_id IN (${watchIds.map(() => '?').join(', ')}) GROUP BY e.watch_id`)
+      .all(...watchIds) as Array<{ id: string; n: number }>;
+    return new Map(rows.map((row) => [row.id, row.n]));
   }
 
   async sinkStats(): Promise<SinkStats[]> {

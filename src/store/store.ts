@@ -105,6 +105,65 @@ export interface SinkStats {
   readonly dead: number;
 }
 
+/** How `list` orders watches: by creation, or those needing attention first (then by creation). */
+export type WatchOrder = 'created' | 'attention';
+
+/** What `WatchStore.list` selects. Filters combine (all must hold). */
+export interface WatchQuery {
+  readonly state?: WatchState | undefined;
+  /** Only watches whose last status is this; `none` selects those not polled yet. */
+  readonly status?: string | undefined;
+  /** Only watches one of whose ids (watch, run, thread or response id) contains this. */
+  readonly search?: string | undefined;
+  /** @default 'created' */
+  readonly order?: WatchOrder | undefined;
+  readonly limit: number;
+  /** The cursor: the last watch id of the previous page, in the same order. */
+  readonly after?: string | undefined;
+}
+
+/**
+ * How urgently a watch needs a person, lowest first: 0 active and stalled, waiting for an
+ * action (`requires_action`) or failing its polls; 1 ended with an error; 2 active; 3 ended
+ * otherwise. The SQLite store computes the same rank in SQL (`ATTENTION_RANK_SQL`).
+ */
+export function attentionRank(record: Pick<WatchRecord, 'state' | 'progress'>): number {
+  const progress = record.progress;
+  if (record.state === 'active') {
+    const stuck = progress?.status === 'requires_action' || progress?.stallReported === true || (progress?.consecutiveErrors ?? 0) > 0;
+    return stuck ? 0 : 2;
+  }
+  return record.state === 'failed' ? 1 : 3;
+}
+
+/** True when a watch matches a query's filters (state, status, search). */
+export function matchesQuery(record: WatchRecord, query: Pick<WatchQuery, 'state' | 'status' | 'search'>): boolean {
+  if (query.state && record.state !== query.state) return false;
+  if (query.status !== undefined && (record.progress?.status ?? 'none') !== query.status) return false;
+  if (query.search) {
+    const ids = idFieldsOfTarget(record);
+    return [record.id, ids.thread_id, ids.run_id, ids.response_id].some((id) => id?.includes(query.search!) === true);
+  }
+  return true;
+}
+
+/** True when a query needs more than the creation-order index (a status, a search or the attention order). */
+export function needsScan(query: WatchQuery): boolean {
+  return query.status !== undefined || Boolean(query.search) || query.order === 'attention';
+}
+
+/**
+ * One page of a query over every watch in creation order (a store that cannot filter or order
+ * by itself reads them all): filtered, ordered as asked, after the cursor.
+ */
+export function pageOf(recordsInCreationOrder: readonly WatchRecord[], query: WatchQuery): WatchRecord[] {
+  const selected = recordsInCreationOrder.filter((record) => matchesQuery(record, query));
+  // Array.prototype.sort is stable: creation order holds within a rank
+  if (query.order === 'attention') selected.sort((a, b) => attentionRank(a) - attentionRank(b));
+  const start = query.after === undefined ? 0 : selected.findIndex((record) => record.id === query.after) + 1;
+  return selected.slice(start, start + query.limit);
+}
+
 /** Filters for reading the event log. */
 export interface EventFilter {
   readonly thread_id?: string;
@@ -127,8 +186,8 @@ export interface WatchStore extends CommitPort {
   /** Creates a watch, or returns the one for the same target (run or response). */
   create(input: NewWatch, nowMs: number): Promise<{ watch: WatchRecord; created: boolean }>;
   get(id: string): Promise<WatchRecord | undefined>;
-  /** Watches ordered by creation, after the cursor `after` (a watch id). */
-  list(query: { readonly state?: WatchState | undefined; readonly limit: number; readonly after?: string | undefined }): Promise<WatchRecord[]>;
+  /** Watches ordered by creation (or needing attention first), filtered, after the cursor `after` (a watch id). */
+  list(query: WatchQuery): Promise<WatchRecord[]>;
   /** Every watch in state `active`, in creation order. */
   active(): AsyncIterable<WatchRecord>;
   /** The stored progress of a watch. */
@@ -155,6 +214,8 @@ export interface DeliveryLog {
   markRetry(sink: string, pos: number, nextAttemptAt: number, error: string, nowMs: number): Promise<void>;
   markDead(sink: string, pos: number, error: string, nowMs: number): Promise<void>;
   sinkStats(): Promise<SinkStats[]>;
+  /** Deliveries not yet made (pending, any sink) of each of these watches' events; a watch with none is absent. @default not known (the API shows `null`) */
+  backlogByWatch?(watchIds: readonly string[]): Promise<ReadonlyMap<string, number>>;
 }
 
 /** The fields a commit writes beside the events, as every store derives them from the change. */
