@@ -75,7 +75,8 @@ describe.skipIf(!available)('runwatch_takeovers_total (needs Redis)', () => {
 
       second = startReplica(sim.baseUrl, receiver.url);
       const secondBase = await second.base;
-      await second.cli.waitForStderr((l) => l.includes('took over the step of a replica'));
+      // the watch partition the dead replica held, taken when its lease lapsed
+      await second.cli.waitForStderr((l) => l.includes('took over the watch partition of a replica'));
       await second.cli.waitForStderr((l) => l.includes('took over a partition'));
       const text = await (await fetch(`${secondBase}/metrics`)).text();
       expect(text).toMatch(/^runwatch_takeovers_total\{kind="step"\} [1-9]/m);

@@ -218,7 +218,7 @@ export class DaemonMetrics {
     });
     this.takeovers = new Counter({
       name: 'runwatch_takeovers_total',
-      help: "Work this replica took over from another (Redis store): step jobs whose lock lapsed, outbox partitions with deliveries left unacknowledged. Always 0 with one process.",
+      help: "Work this replica took over from another (Redis store): watch partitions whose lease lapsed (kind step), outbox partitions with deliveries left unacknowledged. Always 0 with one process.",
       labelNames: ['kind'],
       registers,
     });

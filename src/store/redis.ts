@@ -212,6 +212,8 @@ export class RedisStore implements WatchStore {
    * page is picked by `pageOf`, and only its watches are read whole.
    */
   async #scanPage(query: WatchQuery): Promise<WatchRecord[]> {
+    // as SQLite does: the rank reads what is stored, so this process's checkpoints (failing polls) go first
+    await this.flushCheckpoints();
     return this.#call(async () => {
       const ids = await this.#redis.zrange(this.keys.watches, '0', '-1');
       const light: WatchRecord[] = [];
