@@ -32,7 +32,8 @@ beforeAll(async () => {
       ['watch.provider', '"openai"'],
       ['watch.baseUrl', JSON.stringify(sim.baseUrl)],
       ['watch.policy', '{"jitter":0,"intervals":{"queued":{"baseMs":100,"capMs":100},"in_progress":{"baseMs":100,"capMs":100}}}'],
-      ['retention.watchesMs', '1'],
+      // long enough for a test to read an ended watch before the pruner (every 300 ms) removes it, even on a loaded machine
+      ['retention.watchesMs', '2000'],
       ['retention.pruneIntervalMs', '300'],
     ],
   });
@@ -85,7 +86,7 @@ describe.skipIf(!available)('daemon on the Redis store: control API (needs Redis
       ['response.queued', 1],
       ['response.completed', 2],
     ]);
-    // (the ended watch itself is pruned within 300 ms in this file: its events are the record)
+    // (the ended watch itself is pruned within about 2 s in this file: its events are the record)
   });
 
   it('reads a watch stored before responses existed (no kind field) as a run', async () => {
@@ -110,8 +111,8 @@ describe.skipIf(!available)('daemon on the Redis store: control API (needs Redis
     sim.addRun({ threadId: 'thread_rd', runId: 'run_rd3', timeline: [{ status: 'completed' }] });
     const { id } = (await (await post({ thread_id: 'thread_rd', run_id: 'run_rd3' })).json()) as { id: string };
     await readEvents('?run_id=run_rd3', (list) => list.some((e) => e.type === 'run.completed'));
-    // the pruner runs every 300 ms in this test; wait for it through the API
-    for (let i = 0; i < 50 && (await fetch(`${base}/v1/watches/${id}`)).status !== 404; i++) await new Promise((resolve) => setTimeout(resolve, 100));
+    // the pruner runs every 300 ms in this test and removes watches ended 2 s ago; wait for it through the API
+    for (let i = 0; i < 100 && (await fetch(`${base}/v1/watches/${id}`)).status !== 404; i++) await new Promise((resolve) => setTimeout(resolve, 100));
     expect((await fetch(`${base}/v1/watches/${id}`)).status).toBe(404);
     // the run added again is a new watch: its event ids cannot collide with the old ones
     const again = await post({ thread_id: 'thread_rd', run_id: 'run_rd3' });
