@@ -2,7 +2,7 @@
 // Redis store) share a budget of 20 requests/s with far more demand (120 watches that each want a
 // poll every 200 ms). First the busiest windows; then the API limits itself to 10 requests/s for
 // 20 s (429 with retry-after beyond it), then lifts the limit. Two contenders in the same run:
-// the default bucket (a tenth of a second's requests) and a bucket of a whole second's
+// the default bucket (a twentieth of a second's requests) and a bucket of a whole second's
 // (`watch.burst` = the rate), the way a per-second limiter hands out its quota.
 // Needs Redis (RUNWATCH_TEST_REDIS_URL, default redis://127.0.0.1:6379) and a build.
 // Usage: npm run bench:fleet
@@ -147,7 +147,7 @@ const header = [
   `| bucket | busiest 1 s (budget ${RATE}) | busiest 5 s (budget ${RATE * 5}) | requests/s | 429 share while the API allows ${LIMIT}/s, by 5 s | requests/s then, by 5 s | gauge at the end of it | requests/s after the lift, first → last 5 s | gauge 30 s after | 429 share after the lift |`,
   '|---|---:|---:|---:|---|---|---:|---|---:|---:|',
 ];
-const rows = [await contender('a tenth of a second (default)', []), await contender(`a second (watch.burst=${RATE})`, [`watch.burst=${RATE}`])];
+const rows = [await contender('a twentieth of a second (default)', []), await contender(`a second (watch.burst=${RATE})`, [`watch.burst=${RATE}`])];
 const table = [...header, ...rows.map((row) => `| ${row} |`)].join('\n');
 process.stdout.write(`${table}\n`);
 writeFileSync(path.join(import.meta.dirname, 'results', 'fleet.md'), `${table}\n`);

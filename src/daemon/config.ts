@@ -43,7 +43,7 @@ const configSchema = z.strictObject({
       expiresGraceMs: durationMs.default(DEFAULT_DEADLINES.expiresGraceMs),
       maxInFlight: positiveInt.default(DEFAULT_BUDGET.maxInFlight),
       maxRequestsPerSecond: z.number().positive().default(DEFAULT_BUDGET.maxRequestsPerSecond),
-      /** Requests the budget's bucket holds after a quiet spell. @default null (the rate in one process; a tenth of it in Redis mode, where the bucket is the fleet's) */
+      /** Requests the budget's bucket holds after a quiet spell. @default null (the rate in one process; a twentieth of it in Redis mode, where the bucket is the fleet's) */
       burst: positiveInt.nullable().default(null),
       /** The whole policy in force: what the config gave, merged over the defaults. @default DEFAULT_POLL_POLICY */
       policy: pollPolicySchema.prefault({}),

@@ -99,13 +99,13 @@ class RedisBucket implements TokenBucket {
 /**
  * The request budget of a fleet of replicas: the fleet's bucket in Redis behind this replica's
  * queue; `maxInFlight` stays per replica. Options as `RequestBudget`'s, validated the same way,
- * except that `burst` defaults to a tenth of the rate (requests spread over each second).
+ * except that `burst` defaults to a twentieth of the rate (requests spread over each second).
  * @param key - the budget's hash (`RedisKeys.budget`)
  */
 export function fleetBudget(redis: RedisClient, key: string, options: BudgetOptions = {}): Budget {
-  // a bucket of a tenth of a second's requests: a quiet fleet cannot then send a second's worth at once (an API that limits per second would answer 429 to it)
+  // a bucket of a twentieth of a second's requests (50 ms): a quiet fleet cannot then send a second's worth at once (an API that limits per second would answer 429 to it)
   const ratePerSecond = options.maxRequestsPerSecond ?? DEFAULT_BUDGET.maxRequestsPerSecond;
-  const limits = new RequestBudget({ ...options, burst: options.burst ?? Math.max(1, Math.ceil(ratePerSecond / 10)) });
+  const limits = new RequestBudget({ ...options, burst: options.burst ?? Math.max(1, Math.ceil(ratePerSecond / 20)) });
   return new QueuedBudget(new RedisBucket(redis, key, limits), limits.maxInFlight);
 }
 
