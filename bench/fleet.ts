@@ -6,19 +6,17 @@
 // (`watch.burst` = the rate), the way a per-second limiter hands out its quota.
 // Needs Redis (RUNWATCH_TEST_REDIS_URL, default redis://127.0.0.1:6379) and a build.
 // Usage: npm run bench:fleet
-import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 // from the build: node runs this file with type stripping, which does not map .js to .ts
 import { startSimulator } from '../dist/simulator.js';
+import { startReplica } from './replica.ts';
 
 const REDIS_URL = process.env.RUNWATCH_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
-const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
 const KEY = 'sk-bench-fleet';
 const RATE = 20;
 const LIMIT = 10;
@@ -34,27 +32,10 @@ interface Get {
   readonly limited: boolean;
 }
 
-async function startReplica(simUrl: string, prefix: string, extra: readonly string[]): Promise<{ child: ChildProcess; port: number }> {
-  const settings = [
-    'store.kind="redis"',
-    `store.prefix=${JSON.stringify(prefix)}`,
-    'watch.provider="openai"',
-    `watch.baseUrl=${JSON.stringify(simUrl)}`,
-    `watch.maxRequestsPerSecond=${RATE}`,
-    'watch.policy={"jitter":0,"intervals":{"in_progress":{"baseMs":200,"capMs":200}}}',
-    'sinks.stdout.enabled=false',
-    ...extra,
-  ];
-  const child = spawn(process.execPath, [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-fleet-')), ...settings.flatMap((s) => ['--set', s])], {
-    env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: REDIS_URL },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const lines = createInterface({ input: child.stderr });
-  const port = await new Promise<number>((resolve, reject) => {
-    lines.on('line', (l) => l.includes('daemon listening') && resolve((JSON.parse(l) as { port: number }).port));
-    child.once('exit', (code) => reject(new Error(`a replica exited with ${code} before listening`)));
-  });
-  return { child, port };
+/** A replica on the fleet's budget whose watches each want a poll every 200 ms, with `extra` settings. */
+function fleetReplica(simUrl: string, prefix: string, extra: readonly string[]): Promise<{ child: ChildProcess; port: number }> {
+  const settings = [`store.prefix=${JSON.stringify(prefix)}`, `watch.maxRequestsPerSecond=${RATE}`, 'watch.maxInFlight=32', 'watch.policy={"jitter":0,"intervals":{"in_progress":{"baseMs":200,"capMs":200}}}'];
+  return startReplica(simUrl, REDIS_URL, KEY, [...settings, ...extra]);
 }
 
 /** The most requests in any window of `windowMs` (sliding). */
@@ -93,7 +74,7 @@ async function contender(name: string, extra: readonly string[]): Promise<string
   const sim = await startSimulator({ apiKey: KEY });
   const runIds = Array.from({ length: WATCHES }, (_, i) => `run_f${i}`);
   for (const runId of runIds) sim.addRun({ threadId: 'thread_f', runId, timeline: [{ status: 'in_progress' }] });
-  const replicas = await Promise.all(Array.from({ length: REPLICAS }, () => startReplica(sim.baseUrl, prefix, extra)));
+  const replicas = await Promise.all(Array.from({ length: REPLICAS }, () => fleetReplica(sim.baseUrl, prefix, extra)));
   const ports = replicas.map((r) => r.port);
   const gets = (): Get[] => runIds.flatMap((runId) => sim.requests(runId).filter((r) => r.method === 'GET').map((r) => ({ atMs: r.atMs, limited: r.status === null })));
   try {
