@@ -23,15 +23,22 @@ export interface SimReport {
   readonly dropped?: number[];
   /** [epoch second, requests, 429s]. */
   readonly perSecond: [number, number, number][];
+  /** The simulator process's CPU (user + system) from `start` to `collect`, µs, and the wall time it took, ms. */
+  readonly cpuUs: number;
+  readonly wallMs: number;
 }
 
 let sim: RunningSimulator | null = null;
 let spec: WorkloadSpec | null = null;
+let cpuAtStart: NodeJS.CpuUsage | undefined;
+let startedAtMs = 0;
 
 process.on('message', (message: SimRequest) => {
   void (async () => {
     if (message.type === 'start') {
       spec = message.spec;
+      cpuAtStart = process.cpuUsage();
+      startedAtMs = performance.now();
       sim =
         spec.kind === 'push'
           ? await startSimulator({ responses: buildResponses(spec), webhooks: spec.webhooks, recordRequests: false })
@@ -40,6 +47,8 @@ process.on('message', (message: SimRequest) => {
       return;
     }
     if (!sim || !spec) throw new Error('collect before start');
+    const cpu = process.cpuUsage(cpuAtStart);
+    const wallMs = performance.now() - startedAtMs;
     const retrieves: number[] = [];
     const terminalAtMs: (number | null)[] = [];
     const push = spec.kind === 'push';
@@ -60,6 +69,8 @@ process.on('message', (message: SimRequest) => {
       rateLimited: stats.rateLimited,
       ...(push ? { streams, dropped: sim.droppedWebhooks().map((id) => Number(id.slice('resp_b'.length))) } : {}),
       perSecond: [...stats.perSecond].map(([second, b]) => [second, b.requests, b.rateLimited]),
+      cpuUs: cpu.user + cpu.system,
+      wallMs,
     };
     process.send?.(report);
   })();
