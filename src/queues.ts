@@ -19,8 +19,8 @@ export class MinHeap<T> {
     return this.#items.length;
   }
 
-  /** Adds a value due at `atMs`. */
-  push(atMs: number, value: T): void {
+  /** Adds a value due at `atMs`; returns its entry, by which a caller can tell a stale one. */
+  push(atMs: number, value: T): HeapEntry<T> {
     const items = this.#items;
     const entry: HeapEntry<T> = { atMs, value, order: this.#order++ };
     let i = items.push(entry) - 1;
@@ -32,6 +32,7 @@ export class MinHeap<T> {
       i = parent;
     }
     items[i] = entry;
+    return entry;
   }
 
   /** The earliest entry, without removing it. */

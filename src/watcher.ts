@@ -12,6 +12,7 @@ import { WatchDriver } from './driver.js';
 import type { ErrorCode } from './errors.js';
 import { ConfigError, WatchError } from './errors.js';
 import type { WatchEvent } from './events.js';
+import type { HeapEntry } from './queues.js';
 import { Fifo, MinHeap } from './queues.js';
 import type { ResourceKind, ResponseSnapshot, RunSnapshot, Snapshot, ThreadSnapshot } from './resource.js';
 import { assertValidId, RESPONSE_KIND, RUN_KIND, THREAD_KIND } from './resource.js';
@@ -233,8 +234,8 @@ interface LiveWatch extends Watch {
   readonly onEvent: ((event: WatchEvent) => void) | undefined;
   /** Aborted when the watch ends: the request in flight and a tool handler stop. */
   readonly controller: AbortController;
-  /** Bumped whenever the planned step changes; heap entries of older generations are skipped. */
-  generation: number;
+  /** Its entry in the timer heap; any other entry of it there is stale and skipped (one object per plan, not two). */
+  planned: HeapEntry<LiveWatch> | null;
   /** The planned step, `null` while a step runs. */
   step: NextStep | null;
   /** Off the books: no step is planned or started any more. */
@@ -246,11 +247,6 @@ interface LiveWatch extends Watch {
   resolve: (snapshot: Snapshot) => void;
   reject: (error: WatchError<Snapshot>) => void;
   detach: () => void;
-}
-
-interface Scheduled {
-  readonly watch: LiveWatch;
-  readonly generation: number;
 }
 
 /** Creates a random watch id: `w_` and 20 hex digits. */
@@ -289,7 +285,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   readonly #streamOptions: StreamOptions | undefined;
   /** Created with the first `push: 'stream'` watch. */
   #streams: ResponseStreams | undefined;
-  readonly #heap = new MinHeap<Scheduled>();
+  readonly #heap = new MinHeap<LiveWatch>();
   /** Due watches whose step waits to start: a reference each, where a started step would hold its whole frame. */
   readonly #ready = new Fifo<LiveWatch>();
   /** Steps started and not yet past the budget are kept to this many; the rest wait in `#ready`. */
@@ -571,7 +567,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       trace: undefined,
       onEvent: options.onEvent,
       controller,
-      generation: 0,
+      planned: null,
       step: null,
       done: false,
       finished: false,
@@ -619,9 +615,8 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
       this.#run(w, step);
       return;
     }
-    w.generation += 1;
     w.step = step;
-    this.#heap.push(step.atMs, { watch: w, generation: w.generation });
+    w.planned = this.#heap.push(step.atMs, w);
     this.#arm();
   }
 
@@ -649,8 +644,9 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
     const now = Date.now();
     for (let top = this.#heap.peek(); top && top.atMs <= now; top = this.#heap.peek()) {
       this.#heap.pop();
-      const { watch: w, generation } = top.value;
-      if (w.done || generation !== w.generation || !w.step) continue;
+      const w = top.value;
+      if (w.done || w.planned !== top || !w.step) continue;
+      w.planned = null;
       this.#ready.push(w);
     }
     this.#pump();
@@ -667,7 +663,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
 
   /** Runs one step of a watch; what it returns plans the next. */
   #run(w: LiveWatch, due: NextStep): void {
-    w.generation += 1;
+    w.planned = null;
     w.step = null;
     void this.#track(this.#driver.step(w, due), w, (end) => this.#settle(w, end));
   }
@@ -784,7 +780,7 @@ export class RunWatcher extends EventEmitter<RunWatcherEvents> {
   #stop(w: LiveWatch): void {
     if (w.done) return;
     w.done = true;
-    w.generation += 1;
+    w.planned = null;
     w.step = null;
     w.controller.abort();
     w.detach();
