@@ -1,3 +1,4 @@
+import { hash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -121,6 +122,13 @@ export interface RequestContext {
    * `tracestate`) are sent from its context; with `span`, the request gets a client span.
    */
   readonly trace?: RequestTrace | undefined;
+  /**
+   * The snapshot the watch's last poll gave (`null` before the first). An answer whose body is
+   * the one that snapshot was parsed from gives it back instead of a new one: an unchanged
+   * poll builds no objects that outlive it.
+   * @default undefined (every answer is parsed)
+   */
+  readonly lastSnapshot?: Snapshot | null | undefined;
 }
 
 /** A successful poll: a snapshot and the server's hints. */
@@ -228,6 +236,9 @@ function header(headers: HeaderBag, name: string): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
 
+/** The hints of an answer that gives none: shared, so the usual answer builds no object for them. */
+const NO_HINTS: ServerHints = Object.freeze({ retryAfterMs: undefined, pollAfterMs: undefined });
+
 /** Parses `retry-after-ms`, `retry-after` (seconds or HTTP date) and `openai-poll-after-ms`. */
 export function parseHints(headers: HeaderBag, nowMs: number): ServerHints {
   let retryAfterMs = parseNonNegative(header(headers, 'retry-after-ms'));
@@ -243,7 +254,7 @@ export function parseHints(headers: HeaderBag, nowMs: number): ServerHints {
     }
   }
   const pollAfterMs = parseNonNegative(header(headers, 'openai-poll-after-ms'));
-  return { retryAfterMs, pollAfterMs };
+  return retryAfterMs === undefined && pollAfterMs === undefined ? NO_HINTS : { retryAfterMs, pollAfterMs };
 }
 
 function parseNonNegative(raw: string | undefined): number | undefined {
@@ -295,12 +306,18 @@ export function classifyResponse<TRef extends object, TSnapshot extends Snapshot
   statusCode: number,
   headers: HeaderBag,
   body: string,
-  options: { readonly nowMs: number; readonly secrets?: readonly string[] },
+  options: {
+    readonly nowMs: number;
+    readonly secrets?: readonly string[];
+    /** A 2xx answer's snapshot when its body is known to be the one this snapshot was parsed from: not parsed again. */
+    readonly unchanged?: TSnapshot | undefined;
+  },
 ): PollOutcome<TSnapshot> {
   const hints = parseHints(headers, options.nowMs);
   const requestId = header(headers, 'x-request-id') ?? header(headers, 'apim-request-id') ?? header(headers, 'x-ms-request-id');
   const shouldRetry = header(headers, 'x-should-retry');
   if (statusCode >= 200 && statusCode < 300) {
+    if (options.unchanged !== undefined) return { ok: true, snapshot: options.unchanged, hints, httpStatus: statusCode };
     let parsed: unknown;
     try {
       parsed = JSON.parse(body);
@@ -445,6 +462,12 @@ export class ApiClient implements PollClient {
   readonly #tokenFile: TokenFile | null;
   /** The origin and server of every request, for its span. */
   readonly #server: { readonly origin: string; readonly address: string; readonly port: number };
+  /** The `host` header of every request (sent by us: raw header lists get none from Node). */
+  readonly #host: string;
+  /** Per header record (shared or traced), its raw `[name, value, ...]` list, built once. */
+  readonly #rawHeaders = new WeakMap<object, readonly string[]>();
+  /** Per snapshot, the digest of the body it was parsed from: an unchanged answer is not parsed again. */
+  readonly #digests = new WeakMap<Snapshot, string>();
 
   constructor(options: ClientOptions = {}) {
     this.provider = options.provider ?? DEFAULT_CLIENT.provider;
@@ -476,6 +499,8 @@ export class ApiClient implements PollClient {
     this.#target = { protocol: url.protocol, hostname: url.hostname.replace(/^\[|\]$/g, ''), port: url.port, basePath: url.pathname.replace(/\/+$/, '') };
     this.#transport = url.protocol === 'https:' ? https : http;
     this.#server = { origin: url.origin, address: this.#target.hostname, port: url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port) };
+    // what Node would send: the URL's host, with the port only when it is not the default
+    this.#host = url.host;
     this.#agent = url.protocol === 'https:' ? new https.Agent({ keepAlive: true, maxSockets }) : new http.Agent({ keepAlive: true, maxSockets });
   }
 
@@ -607,10 +632,28 @@ export class ApiClient implements PollClient {
     const extra = context.headers ? { ...this.#headers, ...context.headers } : this.#headers;
     const shared = own === undefined && context.headers === undefined;
     const secrets = shared ? this.#secrets : secretsOf(credentials, extra);
-    const built = shared && !(this.provider === 'portkey' && this.#traceId) ? this.#shared(kind) : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders);
+    const once = shared && !(this.provider === 'portkey' && this.#traceId);
+    const built = once ? this.#shared(kind) : buildHeaders(this.provider, credentials, extra, context.watchId, this.#traceId, kind.requestHeaders);
     const headers = request.trace ? withTraceHeaders(built, request.trace) : built;
-    const response = await this.#send(request, headers, context.signal);
-    return classifyResponse(kind, response.statusCode, response.headers, response.body, { nowMs: Date.now(), secrets });
+    const response = await this.#send(request, this.#raw(headers, once && headers === built), context.signal);
+    const { statusCode, body } = response;
+    const last = context.lastSnapshot;
+    // a digest, not the body: a run's body (instructions, tools) can be many times the digest's size
+    const digest = last !== undefined && statusCode >= 200 && statusCode < 300 ? hash('sha256', body, 'base64') : undefined;
+    const unchanged = last && digest !== undefined && this.#digests.get(last) === digest ? (last as TSnapshot) : undefined;
+    const outcome = classifyResponse(kind, statusCode, response.headers, body, { nowMs: Date.now(), secrets, unchanged });
+    if (digest !== undefined && outcome.ok && outcome.snapshot !== unchanged) this.#digests.set(outcome.snapshot, digest);
+    return outcome;
+  }
+
+  /** A header record as Node's raw list, with `host` first unless the record brings its own; built once for a shared record. */
+  #raw(headers: Readonly<Record<string, string>>, cache: boolean): readonly string[] {
+    const known = cache ? this.#rawHeaders.get(headers) : undefined;
+    if (known) return known;
+    const raw: string[] = headers.host === undefined ? ['host', this.#host] : [];
+    for (const name in headers) raw.push(name, headers[name]!);
+    if (cache) this.#rawHeaders.set(headers, raw);
+    return raw;
   }
 
   #shared(kind: { readonly requestHeaders: Readonly<Record<string, string>> }): Readonly<Record<string, string>> {
@@ -622,42 +665,59 @@ export class ApiClient implements PollClient {
     return headers;
   }
 
-  /** One request, its answer read whole (up to `maxBytes`) within `requestTimeoutMs`; rejects on network errors, abort, timeout and size. */
-  #send({ method, path, body, maxBytes }: OutgoingRequest, headers: Readonly<Record<string, string>>, signal: AbortSignal | undefined): Promise<RawResponse> {
+  /**
+   * One request, its answer read whole (up to `maxBytes`) within `requestTimeoutMs`; rejects on
+   * network errors, abort, timeout and size. Headers go as Node's raw list and the signal is
+   * watched here: both spare Node per-request objects (a header map, a stream-end watcher).
+   */
+  #send({ method, path, body, maxBytes }: OutgoingRequest, headers: readonly string[], signal: AbortSignal | undefined): Promise<RawResponse> {
     return new Promise<RawResponse>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(abortError(signal));
+        return;
+      }
       const { protocol, hostname, port } = this.#target;
-      const all = body === undefined ? (method === 'POST' ? { ...headers, 'content-length': '0' } : headers) : { ...headers, 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) };
-      const req = this.#transport.request({ protocol, hostname, port, path, method, headers: all, agent: this.#agent, signal });
+      const all = body === undefined ? (method === 'POST' ? [...headers, 'content-length', '0'] : headers) : [...headers, 'content-type', 'application/json', 'content-length', String(Buffer.byteLength(body))];
+      const req = this.#transport.request({ protocol, hostname, port, path, method, headers: all as string[], agent: this.#agent });
       let settled = false;
-      const fail = (error: Error): void => {
-        if (settled) return;
+      const done = (): void => {
         settled = true;
         clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const fail = (error: Error): void => {
+        if (settled) return;
+        done();
         req.destroy();
         reject(error);
       };
+      const onAbort = (): void => fail(abortError(signal!));
       const timer = setTimeout(() => fail(new RequestTimeout(`request timed out after ${this.requestTimeoutMs} ms`)), this.requestTimeoutMs);
-      req.once('error', fail);
-      req.once('response', (res) => {
-        const body = decoded(res);
-        const chunks: Buffer[] = [];
+      signal?.addEventListener('abort', onAbort);
+      // `on`, not `once`: each fires at most once here (or is guarded by `settled`), and `once` wraps every listener
+      req.on('error', fail);
+      req.on('response', (res) => {
+        const stream = decoded(res);
+        let first: Buffer | undefined;
+        let chunks: Buffer[] | undefined;
         let size = 0;
-        body.on('data', (chunk: Buffer) => {
+        stream.on('data', (chunk: Buffer) => {
           size += chunk.length;
           if (size > maxBytes) fail(new BodyTooLarge(`answer larger than ${maxBytes} bytes`));
-          else chunks.push(chunk);
+          else if (first === undefined) first = chunk;
+          else (chunks ??= [first]).push(chunk);
         });
-        body.once('error', fail);
-        if (body !== res) res.once('error', fail);
+        stream.on('error', fail);
+        if (stream !== res) res.on('error', fail);
         // a connection cut mid-body closes the response without 'end'
-        res.once('close', () => {
+        res.on('close', () => {
           if (!res.complete) fail(Object.assign(new Error('response aborted'), { code: 'ECONNRESET' }));
         });
-        body.once('end', () => {
+        stream.on('end', () => {
           if (settled) return;
-          settled = true;
-          clearTimeout(timer);
-          resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8') });
+          done();
+          const text = chunks ? Buffer.concat(chunks).toString('utf8') : (first?.toString('utf8') ?? '');
+          resolve({ statusCode: res.statusCode ?? 0, headers: res.headers, body: text });
         });
       });
       req.end(body);
@@ -697,6 +757,11 @@ class TokenFile {
     }
     return this.#token;
   }
+}
+
+/** The error a request our signal stopped rejects with (classified as `aborted`). */
+function abortError(signal: AbortSignal): Error {
+  return Object.assign(new Error('request aborted', { cause: signal.reason }), { name: 'AbortError', code: 'ABORT_ERR' });
 }
 
 /** The body stream, decompressed when a server compressed it although we did not ask. */

@@ -161,7 +161,7 @@ export class WatchDriver {
     const sentAtMs = Date.now();
     let outcome: PollOutcome<Snapshot>;
     try {
-      outcome = await client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.signal, credentials: w.credentials, headers: w.headers, trace: this.#trace(w)?.request });
+      outcome = await client.retrieve(w.kind, w.ref, { watchId: w.id, signal: w.signal, credentials: w.credentials, headers: w.headers, trace: this.#trace(w)?.request, lastSnapshot: w.progress.lastSnapshot });
     } finally {
       budget.release();
     }

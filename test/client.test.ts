@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import http from 'node:http';
 import { gzipSync } from 'node:zlib';
 import type { AddressInfo } from 'node:net';
@@ -197,6 +198,71 @@ describe('ApiClient over real HTTP', () => {
     const pending = client.retrieve(RUN_KIND, { thread_id: 't', run_id: 'r' }, { watchId: 'w', signal: controller.signal });
     setTimeout(() => controller.abort(), 20);
     expect(await pending).toMatchObject({ ok: false, aborted: true, code: 'aborted' });
+    client.close();
+  });
+
+  it('sends the host header Node would (port included) with the usual headers, and a host the caller set instead of its own', async () => {
+    handler = (_req, res) => res.end(RUN);
+    seen.length = 0;
+    const client = new ApiClient({ provider: 'openai', baseUrl, credentials: { apiKey: 'sk-default-key' } });
+    const ref = { thread_id: 't', run_id: 'r' };
+    await client.retrieve(RUN_KIND, ref, { watchId: 'w' });
+    await client.retrieve(RUN_KIND, ref, { watchId: 'w' });
+    await client.retrieve(RUN_KIND, ref, { watchId: 'w', headers: { Host: 'api.example.test' } });
+    expect(seen.map((h) => h.host)).toEqual([new URL(baseUrl).host, new URL(baseUrl).host, 'api.example.test']);
+    expect(seen[1]).toMatchObject({ authorization: 'Bearer sk-default-key', 'openai-beta': 'assistants=v2', accept: 'application/json', connection: 'keep-alive' });
+    client.close();
+  });
+
+  it('leaves no listener on the signal after a request, answered, failed or aborted', async () => {
+    const ref = { thread_id: 't', run_id: 'r' };
+    const client = new ApiClient({ provider: 'openai', baseUrl, requestTimeoutMs: 200 });
+    const controller = new AbortController();
+    handler = (_req, res) => res.end(RUN);
+    for (let i = 0; i < 3; i++) await client.retrieve(RUN_KIND, ref, { watchId: 'w', signal: controller.signal });
+    handler = (_req, res) => res.writeHead(500).end('{}');
+    await client.retrieve(RUN_KIND, ref, { watchId: 'w', signal: controller.signal });
+    handler = () => undefined;
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w', signal: controller.signal })).toMatchObject({ ok: false, message: 'request timed out after 200 ms' });
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+    const pending = client.retrieve(RUN_KIND, ref, { watchId: 'w', signal: controller.signal });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(1);
+    controller.abort();
+    expect(await pending).toMatchObject({ ok: false, aborted: true });
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+    // aborted before it starts: nothing is sent
+    seen.length = 0;
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w', signal: controller.signal })).toMatchObject({ ok: false, aborted: true });
+    expect(seen).toHaveLength(0);
+    client.close();
+  });
+
+  it('gives back the last snapshot for a body it was parsed from, and parses a changed body (an unchanged poll builds no snapshot)', async () => {
+    const ref = { thread_id: 't', run_id: 'r' };
+    const client = new ApiClient({ provider: 'openai', baseUrl });
+    let body = RUN;
+    handler = (_req, res) => res.end(body);
+    const first = await client.retrieve(RUN_KIND, ref, { watchId: 'w', lastSnapshot: null });
+    if (!first.ok) throw new Error('expected a snapshot');
+    const same = await client.retrieve(RUN_KIND, ref, { watchId: 'w', lastSnapshot: first.snapshot });
+    expect(same).toMatchObject({ ok: true, httpStatus: 200 });
+    expect(same.ok && same.snapshot).toBe(first.snapshot);
+    // without the last snapshot, or after another body, a new one
+    const parsed = await client.retrieve(RUN_KIND, ref, { watchId: 'w' });
+    expect(parsed.ok && parsed.snapshot).not.toBe(first.snapshot);
+    expect(parsed.ok && parsed.snapshot).toEqual(first.snapshot);
+    body = JSON.stringify({ id: 'run_1', object: 'thread.run', status: 'in_progress', usage: null });
+    const changed = await client.retrieve(RUN_KIND, ref, { watchId: 'w', lastSnapshot: first.snapshot });
+    expect(changed.ok && changed.snapshot).toEqual({ id: 'run_1', object: 'thread.run', status: 'in_progress', usage: null });
+    // a snapshot it never parsed (a resumed watch's) is no match, even for the same text
+    body = RUN;
+    const foreign = JSON.parse(RUN) as typeof first.snapshot;
+    const fresh = await client.retrieve(RUN_KIND, ref, { watchId: 'w', lastSnapshot: foreign });
+    expect(fresh.ok && fresh.snapshot).not.toBe(foreign);
+    // an error answer is classified as ever, whatever the last snapshot
+    handler = (_req, res) => res.writeHead(503).end(RUN);
+    expect(await client.retrieve(RUN_KIND, ref, { watchId: 'w', lastSnapshot: first.snapshot })).toMatchObject({ ok: false, httpStatus: 503 });
     client.close();
   });
 

@@ -62,6 +62,18 @@ describe('RunWatcher polling', () => {
     await watcher.close();
   });
 
+  it('hands each poll the snapshot the last one gave, so the client can tell an unchanged body', async () => {
+    const script = [ok('queued'), ok('queued'), ok('in_progress'), ok('completed')];
+    const { client, watcher } = setup(script);
+    const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
+    await clock.runAllAsync();
+    await handle.promise;
+    const snapshots = script.map((step) => (typeof step === 'object' && step.ok ? step.snapshot : undefined));
+    expect(client.calls.map((call) => call.context.lastSnapshot)).toEqual([null, snapshots[0], snapshots[1], snapshots[2]]);
+    client.calls.slice(1).forEach((call, i) => expect(call.context.lastSnapshot).toBe(snapshots[i]));
+    await watcher.close();
+  });
+
   it('sends no request after a terminal status', async () => {
     const { client, watcher } = setup([ok('in_progress'), ok('completed'), ok('in_progress')]);
     const handle = watcher.watchRun({ threadId: 'thread_1', runId: 'run_1' });
