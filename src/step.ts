@@ -231,7 +231,26 @@ export function applyOutcome(
     emissions.push({ kind: 'approval_required', status: status!, seq: machine.nextSeq(), snapshot: lastSnapshot!, calls: waiting.calls });
     approvalReported = waiting.key;
   }
-  const next: Progress = { ...progress, status, seq: machine.seq, polls: progress.polls + 1, unchangedPolls, consecutiveErrors: 0, statusSinceMs, stallReported, deadlineAtMs, lastSnapshot, lastFailure: null, approvalReported, next: planned, notBeforeMs: serverFloorAt(settings, outcome.hints, nowMs) };
+  // every field named, no spread: a literal has an allocation site, so V8 can learn that these
+  // records outlive the young generation and allocate them in the old one (pretenuring), where
+  // copying them in every scavenge would grow the young generation, the bulk of peak RSS
+  const next: Progress = {
+    status,
+    seq: machine.seq,
+    unchangedPolls,
+    consecutiveErrors: 0,
+    polls: progress.polls + 1,
+    statusSinceMs,
+    stallReported,
+    deadlineAtMs,
+    lastSnapshot,
+    lastFailure: null,
+    handledCalls: progress.handledCalls,
+    approvalReported,
+    cancelRequested: progress.cancelRequested,
+    next: planned,
+    notBeforeMs: serverFloorAt(settings, outcome.hints, nowMs),
+  };
   if (!planned) return { progress: next, emissions, result: { kind: 'resolved', snapshot } };
   const action = decideAction(next, settings, nowMs);
   return { progress: next, emissions, result: action ? { kind: 'continue', next: planned, action } : { kind: 'continue', next: planned } };
