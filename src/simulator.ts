@@ -337,6 +337,20 @@ class RunState {
     this.#onChange?.(this);
   }
 
+  /** `toJSON()` as text, kept until the run moves (a step, a transition, an image): a poll of an unchanged run builds nothing. */
+  jsonText(): string {
+    const { step, cursor, stepStartedAtMs, imageBytes } = this;
+    const key = this.#textKey;
+    if (this.#text === undefined || key.step !== step || key.cursor !== cursor || key.transitions !== this.transitions.length || key.stepStartedAtMs !== stepStartedAtMs || key.imageBytes !== imageBytes) {
+      this.#text = JSON.stringify(this.toJSON());
+      this.#textKey = { step, cursor, transitions: this.transitions.length, stepStartedAtMs, imageBytes };
+    }
+    return this.#text;
+  }
+
+  #text: string | undefined;
+  #textKey: { readonly step: TimelineStep | undefined; readonly cursor: number; readonly transitions: number; readonly stepStartedAtMs: number; readonly imageBytes: number } = { step: undefined, cursor: -1, transitions: -1, stepStartedAtMs: -1, imageBytes: -1 };
+
   /** The object GET answers with; a response's may be asked at an earlier status (stream events). */
   toJSON(status = this.step.status): Record<string, unknown> {
     const seconds = (ms: number): number => Math.floor(ms / 1000);
@@ -572,7 +586,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   };
 
   /** Azure's api-version check and the key check; answers and returns true when the request may not go on. */
-  const rejected = (req: http.IncomingMessage, url: URL, res: http.ServerResponse): boolean => {
+  const rejected = (req: http.IncomingMessage, url: RequestUrl, res: http.ServerResponse): boolean => {
     if (errorStyle === 'azure' && url.searchParams.get('api-version') !== apiVersion) {
       const given = url.searchParams.get('api-version');
       sendError(res, 400, given === null ? 'Missing required query parameter: api-version' : `Unsupported api-version '${given.slice(0, 40)}'. The supported version is ${apiVersion}.`);
@@ -607,7 +621,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   };
 
   /** `GET /responses/{id}?stream=true&starting_after=N`: the response's events after N, live until the terminal one. */
-  const openStream = (state: RunState, url: URL, res: http.ServerResponse, record: MutableRecordedRequest, now: number): void => {
+  const openStream = (state: RunState, url: RequestUrl, res: http.ServerResponse, record: MutableRecordedRequest, now: number): void => {
     state.streamRequests += 1;
     streamTotal += 1;
     if (limited(res, now)) return;
@@ -630,7 +644,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
   };
 
   /** `GET /threads/{id}/runs?limit=&order=`: the thread's runs, newest first unless order=asc. */
-  const listRuns = (threadId: string, url: URL, res: http.ServerResponse): void => {
+  const listRuns = (threadId: string, url: RequestUrl, res: http.ServerResponse): void => {
     const now = Date.now();
     const limit = Math.min(100, Math.max(1, Number(url.searchParams.get('limit') ?? 20) || 20));
     const all = [...runs.values()].filter((r) => r.kind === 'run' && r.spec.threadId === threadId);
@@ -653,7 +667,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
 
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<void> => {
     total += 1;
-    const url = new URL(req.url ?? '/', 'http://sim');
+    const url = requestUrl(req.url ?? '/');
     const body = req.method === 'POST' ? await readBody(req) : '';
     if ((url.pathname === '/_sim/runs' || url.pathname === '/_sim/responses') && req.method === 'POST') {
       try {
@@ -743,7 +757,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Ru
     record.status = run.step.status;
     const headers: Record<string, string> = { 'x-request-id': `req_${run.spec.runId}_${run.retrieves}` };
     if (run.spec.pollAfterMs !== undefined) headers['openai-poll-after-ms'] = String(run.spec.pollAfterMs);
-    sendJson(res, 200, run.toJSON(), headers);
+    sendText(res, 200, run.jsonText(), headers);
   };
 
   const handleAction = (run: RunState, action: string, body: string, res: http.ServerResponse, now: number): void => {
@@ -906,8 +920,23 @@ class Limiter {
   }
 }
 
+/** What the handlers read of a request's target. */
+type RequestUrl = Pick<URL, 'pathname' | 'searchParams'>;
+
+/** A path of plain segments, no query: nothing for `new URL` to normalise or decode. */
+const PLAIN_PATH = /^(?:\/[\w-]+)+$/;
+const NO_QUERY = new URLSearchParams();
+
+/** A request's path and query; `new URL` (a few µs a request) only for a target that needs it. */
+function requestUrl(target: string): RequestUrl {
+  return PLAIN_PATH.test(target) ? { pathname: target, searchParams: NO_QUERY } : new URL(target, 'http://sim');
+}
+
 function sendJson(res: http.ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
+  sendText(res, status, JSON.stringify(body), headers);
+}
+
+function sendText(res: http.ServerResponse, status: number, text: string, headers: Record<string, string>): void {
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers }).end(text);
 }
 
