@@ -189,6 +189,7 @@ async function scale(): Promise<Row[]> {
       },
     });
     log(rows.at(-1)!);
+    if (seen.errors.length > 0) process.stderr.write(`    failed polls: ${seen.errors.join('; ')}\n`);
   }
   return rows;
 }

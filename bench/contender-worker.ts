@@ -177,10 +177,14 @@ async function holdMany(request: ContenderRequest): Promise<Omit<ContenderReport
   let measuring = false;
   const lateness: number[] = [];
   let failedPolls = 0;
+  const failures = new Map<string, number>();
   watcher.on('poll', (report) => {
     if (!measuring) return;
     lateness.push(report.latenessMs);
-    if (report.outcome !== 'ok') failedPolls += 1;
+    if (report.outcome === 'ok') return;
+    failedPolls += 1;
+    const message = report.message ?? report.outcome;
+    failures.set(message, (failures.get(message) ?? 0) + 1);
   });
   // spread the starts over one interval, in 100 slices, as watches arrive in a real fleet
   const slices = 100;
@@ -203,7 +207,7 @@ async function holdMany(request: ContenderRequest): Promise<Omit<ContenderReport
   lateness.sort((a, b) => a - b);
   return {
     observedAtMs: [],
-    errors: failedPolls > 0 ? [`${failedPolls} polls failed`] : [],
+    errors: [...failures].slice(0, 5).map(([message, count]) => `${count} polls: ${message}`),
     failed: failedPolls,
     cpuUs: used.user + used.system,
     wallMs,
