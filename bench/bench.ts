@@ -12,9 +12,9 @@ import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { ask, describeMachine } from './harness.ts';
 import type { Contender, ContenderReport, ContenderRequest } from './contender-worker.ts';
 import type { SimReport, SimRequest } from './sim-worker.ts';
 import type { WorkloadSpec } from './workloads.ts';
@@ -78,13 +78,6 @@ function percentile(sorted: readonly number[], p: number): number {
 
 function worker(file: string, nodeFlags: readonly string[] = []): ChildProcess {
   return fork(path.join(HERE, file), [], { execArgv: [...nodeFlags], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-}
-
-async function ask<T>(child: ChildProcess, message: object): Promise<T> {
-  const reply = once(child, 'message') as Promise<[T]>;
-  child.send(message);
-  const [value] = await reply;
-  return value;
 }
 
 /** Runs one contender against a fresh simulator and returns both sides' reports. */
@@ -399,8 +392,7 @@ async function main(): Promise<void> {
     writeFileSync(path.join(RESULTS, 'heavy-tail.svg'), `${chart(last.medians.filter((row) => row.workload === 'heavy'))}\n`);
     return;
   }
-  const cpus = os.cpus();
-  const machine = `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}, ${os.platform()} ${os.release()}`;
+  const machine = describeMachine();
   process.stderr.write(`runwatch bench on ${machine}; ${repeat} repetition(s)${quick ? ', quick' : ''}\n`);
   const suites: Record<WorkloadName, () => Promise<Row[]>> = { fixed, heavy, scale, budget, push };
   const repetitions: Row[][] = [];

@@ -1,13 +1,7 @@
 // What the fleet benchmarks (bench/replicas.ts, bench/shards.ts) share: a Redis-mode replica
 // started from the build, and the poll lateness read from the replicas' metrics.
-import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { createInterface } from 'node:readline';
-
-const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
+import { startDaemon } from './daemon.ts';
 
 /**
  * A Redis-mode replica of the build polling the simulator at `simUrl`, every in-progress run
@@ -24,12 +18,7 @@ export async function startReplica(simUrl: string, redisUrl: string, apiKey: str
     'sinks.stdout.enabled=false',
     ...settings,
   ];
-  const child = spawn(process.execPath, [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-bench-')), ...all.flatMap((s) => ['--set', s])], {
-    env: { PATH: process.env.PATH, OPENAI_API_KEY: apiKey, RUNWATCH_REDIS_URL: redisUrl },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  const lines = createInterface({ input: child.stderr });
-  const port = await new Promise<number>((resolve) => lines.on('line', (l) => l.includes('daemon listening') && resolve((JSON.parse(l) as { port: number }).port)));
+  const { child, port } = await startDaemon({ settings: all, env: { OPENAI_API_KEY: apiKey, RUNWATCH_REDIS_URL: redisUrl } });
   return { child, port };
 }
 

@@ -2,31 +2,19 @@
 // another replica polls it: the lease of its watch partition has to lapse, and another replica has to take it.
 // Needs Redis (RUNWATCH_TEST_REDIS_URL, default redis://127.0.0.1:6379) and a build (npm run build).
 // Usage: npm run bench:takeover
-import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 // from the build: node runs this file with type stripping, which does not map .js to .ts
 import { startSimulator } from '../dist/simulator.js';
+import { startDaemon } from './daemon.ts';
 
 const REDIS_URL = process.env.RUNWATCH_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
-const CLI = path.join(import.meta.dirname, '..', 'dist', 'cli.js');
 const KEY = 'sk-bench-takeover';
 
-async function replica(simUrl: string, prefix: string, lockMs: number, stalledMs: number) {
-  const child = spawn(
-    process.execPath,
-    [CLI, 'daemon', '--port', '0', '--data-dir', mkdtempSync(path.join(tmpdir(), 'rw-bench-')), '--log-level', 'info',
-      ...['store.kind="redis"', `store.prefix=${JSON.stringify(prefix)}`, `store.lockDurationMs=${lockMs}`, `store.stalledIntervalMs=${stalledMs}`,
-        'watch.provider="openai"', `watch.baseUrl=${JSON.stringify(simUrl)}`, 'sinks.stdout.enabled=false'].flatMap((s) => ['--set', s])],
-    { env: { PATH: process.env.PATH, OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: REDIS_URL }, stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  const lines = createInterface({ input: child.stderr });
-  const port = await new Promise<number>((resolve) => lines.on('line', (l) => l.includes('daemon listening') && resolve((JSON.parse(l) as { port: number }).port)));
-  return { child, port };
+function replica(simUrl: string, prefix: string, lockMs: number, stalledMs: number) {
+  const settings = ['store.kind="redis"', `store.prefix=${JSON.stringify(prefix)}`, `store.lockDurationMs=${lockMs}`, `store.stalledIntervalMs=${stalledMs}`,
+    'watch.provider="openai"', `watch.baseUrl=${JSON.stringify(simUrl)}`, 'sinks.stdout.enabled=false'];
+  return startDaemon({ settings, env: { OPENAI_API_KEY: KEY, RUNWATCH_REDIS_URL: REDIS_URL } });
 }
 
 async function measure(lockMs: number, stalledMs: number): Promise<number> {
