@@ -15,6 +15,8 @@ export interface SimReport {
   readonly retrieves: number[];
   /** True time of each run's terminal status (epoch ms), `null` if it never got there. */
   readonly terminalAtMs: (number | null)[];
+  /** Each run's or response's status now (its last true transition), `null` before its first request. */
+  readonly lastStatus: (string | null)[];
   readonly requests: number;
   readonly rateLimited: number;
   /** Push: stream connections per response. */
@@ -51,6 +53,7 @@ process.on('message', (message: SimRequest) => {
     const wallMs = performance.now() - startedAtMs;
     const retrieves: number[] = [];
     const terminalAtMs: (number | null)[] = [];
+    const lastStatus: (string | null)[] = [];
     const push = spec.kind === 'push';
     const streams: number[] = [];
     for (let i = 0; i < spec.runs; i += 1) {
@@ -59,12 +62,14 @@ process.on('message', (message: SimRequest) => {
       retrieves.push(sim.retrieveCount(runId));
       const last = sim.transitions(runId).at(-1);
       terminalAtMs.push(last?.status === 'completed' ? last.atMs : null);
+      lastStatus.push(last?.status ?? null);
     }
     const stats = sim.stats();
     const report: SimReport = {
       type: 'report',
       retrieves,
       terminalAtMs,
+      lastStatus,
       requests: stats.requests,
       rateLimited: stats.rateLimited,
       ...(push ? { streams, dropped: sim.droppedWebhooks().map((id) => Number(id.slice('resp_b'.length))) } : {}),

@@ -6,7 +6,7 @@ import type { RateLimit, SimulatedResponse, SimulatedRun, SimulatedWebhooks } fr
 /** What a simulator worker serves. */
 export interface WorkloadSpec {
   /** Timeline family. */
-  readonly kind: 'fixed' | 'heavy' | 'scale' | 'budget' | 'push';
+  readonly kind: 'fixed' | 'heavy' | 'scale' | 'budget' | 'push' | 'soak';
   /** Number of runs. */
   readonly runs: number;
   /** PRNG seed: the same seed gives the same timelines. */
@@ -15,6 +15,8 @@ export interface WorkloadSpec {
   readonly rateLimit?: RateLimit;
   /** Push: where and how the simulator sends its webhooks. */
   readonly webhooks?: SimulatedWebhooks;
+  /** Soak: each run lasts between these (uniform), whatever its end. */
+  readonly durationMs?: { readonly min: number; readonly max: number };
 }
 
 /** Heavy tail: log-normal total duration, median 4 s, p95 40 s, cut at this bound. */
@@ -51,9 +53,31 @@ export function buildResponses(spec: WorkloadSpec): SimulatedResponse[] {
   });
 }
 
+/** Soak: how a run ends and the share of runs that end so (the rest complete); `tools` waits for tool outputs first, `faults` sees 500s and a reset on its way. */
+const SOAK_ENDS: readonly (readonly [string, number])[] = [['tools', 0.12], ['failed', 0.1], ['cancelled', 0.05], ['expired', 0.04], ['incomplete', 0.04], ['faults', 0.05]];
+
+/** Soak: one run's timeline of about `totalMs`, every end and event kind in `SOAK_ENDS` shares. */
+function soakTimeline(random: () => number, totalMs: number): Pick<SimulatedRun, 'timeline' | 'faults'> {
+  const queuedMs = 500 + random() * 4_000;
+  const workMs = Math.max(0, totalMs - queuedMs);
+  let draw = random();
+  const end = SOAK_ENDS.find(([, share]) => (draw -= share) < 0)?.[0] ?? 'completed';
+  const queued = { status: 'queued', durationMs: queuedMs };
+  if (end === 'tools') {
+    // the daemon's tool handler answers at once: the run waits in requires_action only until then
+    return { timeline: [queued, { status: 'in_progress', durationMs: workMs / 2 }, { status: 'requires_action' }, { status: 'in_progress', durationMs: workMs / 2 }, { status: 'completed' }] };
+  }
+  const timeline = [queued, { status: 'in_progress', durationMs: workMs }, { status: end === 'faults' ? 'completed' : end }];
+  return end === 'faults' ? { timeline, faults: [{ type: 'status', status: 500, from: 2, to: 3 }, { type: 'reset', from: 5 }] } : { timeline };
+}
+
 /** The simulated runs of a workload; each timeline starts at its first request. */
 export function buildRuns(spec: WorkloadSpec): SimulatedRun[] {
   const random = seededRandom(spec.seed);
+  if (spec.kind === 'soak') {
+    const { min, max } = spec.durationMs ?? { min: 60_000, max: 600_000 };
+    return Array.from({ length: spec.runs }, (_, i) => ({ ...runIds(i), ...soakTimeline(random, min + random() * (max - min)), start: 'first_request' as const, expiresInMs: 7_200_000 }));
+  }
   const runs: SimulatedRun[] = [];
   for (let i = 0; i < spec.runs; i += 1) {
     let timeline: SimulatedRun['timeline'];
