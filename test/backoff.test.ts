@@ -209,6 +209,18 @@ describe('settleFailure (both outboxes)', () => {
     expect(settle(maxJitter, 0, new DeliveryError('receiver answered HTTP 429', { retryAfterMs: 7000 }))).toBe(7000);
     expect(settle(noJitter, 0, new DeliveryError('receiver answered HTTP 429', { retryAfterMs: 3_600_000 }))).toBe(3_600_000);
   });
+
+  it('names the sink once per log line: the logger the outboxes get is already bound to it', () => {
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => lines.push(line) }).child({ component: 'outbox' }).child({ sink: 'webhook' });
+    const failure = { sink: 'webhook', eventId: 'w_1.1', priorFailures: 0, firstFailureMs: T0 };
+    settleFailure({ ...policy(noJitter), logger }, { ...failure, error: new DeliveryError('receiver answered HTTP 503') }, T0);
+    settleFailure({ ...policy(noJitter), logger }, { ...failure, error: new DeliveryError('receiver answered HTTP 410', { permanent: true }) }, T0);
+    expect(lines).toHaveLength(2);
+    // a key twice is JSON that log pipelines read differently (first or last wins)
+    for (const line of lines) expect(line.match(/"sink":/g)).toEqual(['"sink":']);
+    expect(lines.map((line) => (JSON.parse(line) as { sink: string; eventId: string }).sink)).toEqual(['webhook', 'webhook']);
+  });
 });
 
 describe('WebhookSink quick retries', () => {

@@ -14,6 +14,7 @@ export interface DeliveryPolicy {
   readonly retryForMs: number;
   /** Backoff between attempts: `baseMs * 2^(attempts-1)`, capped, half jittered, never sooner than the receiver's `retry-after`. */
   readonly backoff: { readonly baseMs: number; readonly capMs: number };
+  /** Bound to the sink (`logger.child({ sink })`, as the daemon gives it): lines name the sink from there, once. */
   readonly logger: Logger;
   /**
    * Draws the backoff's jitter, in [0, 1).
@@ -42,14 +43,14 @@ export function settleFailure(
   const permanent = error instanceof DeliveryError && error.permanent;
   const attempts = priorFailures + 1;
   if (permanent || nowMs - failure.firstFailureMs >= policy.retryForMs) {
-    policy.logger.error({ sink, eventId, attempts, permanent }, `dead-lettered an event: ${message}`);
+    policy.logger.error({ eventId, attempts, permanent }, `dead-lettered an event: ${message}`);
     policy.onOutcome?.(sink, 'dead');
     return { dead: true, message };
   }
   // half jitter: spread the retries of one outage, but keep each wait at least half the nominal
   const backoff = { ...policy.backoff, growth: 2, jitter: 0.5 };
   const delayMs = backoffDelayMs(backoff, { attempt: attempts, floorMs: error instanceof DeliveryError ? error.retryAfterMs : undefined }, policy.random);
-  policy.logger[priorFailures === 0 ? 'warn' : 'debug']({ sink, eventId, attempts, retryInMs: delayMs }, `delivery failed: ${message}`);
+  policy.logger[priorFailures === 0 ? 'warn' : 'debug']({ eventId, attempts, retryInMs: delayMs }, `delivery failed: ${message}`);
   policy.onOutcome?.(sink, 'retry');
   return { dead: false, delayMs, message };
 }

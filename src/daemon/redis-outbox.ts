@@ -105,7 +105,7 @@ export class PartitionedOutbox implements Outbox {
         if (delivered === 0) await this.#sleep(200);
       } catch (error) {
         // Redis away or a command failed: keep the leases we have, try again shortly
-        this.#options.logger.warn({ err: error, sink: this.sink.name }, 'outbox round failed');
+        this.#options.logger.warn({ err: error }, 'outbox round failed');
         await this.#sleep(1_000);
       }
     }
@@ -131,7 +131,7 @@ export class PartitionedOutbox implements Outbox {
         }
       }
     } catch (error) {
-      this.#options.logger.debug({ err: error, sink: this.sink.name }, 'lease renewal failed');
+      this.#options.logger.debug({ err: error }, 'lease renewal failed');
     } finally {
       // Redis away or slow: what could not be confirmed in time is given up before it expires
       for (const [p, held] of this.#held) if (Date.now() >= held.validUntilMs) this.#drop(p, held);
