@@ -43,12 +43,15 @@ export async function startDaemon(options: BenchDaemonOptions): Promise<BenchDae
     { env: { PATH: process.env.PATH ?? '', ...options.env }, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   const lines = createInterface({ input: child.stderr });
+  let lastLine = '';
   const port = await new Promise<number>((resolve, reject) => {
-    const onExit = (code: number | null, signal: string | null): void => reject(new Error(`runwatch daemon exited (${signal ?? code}) before listening`));
-    child.once('exit', onExit);
+    // 'close', not 'exit': the last stderr line (the reason) is read by then
+    const onClose = (code: number | null, signal: string | null): void => reject(new Error(`runwatch daemon exited (${signal ?? code}) before listening: ${lastLine}`));
+    child.once('close', onClose);
     lines.on('line', (l) => {
+      lastLine = l;
       if (!l.includes('daemon listening')) return;
-      child.off('exit', onExit);
+      child.off('close', onClose);
       resolve((JSON.parse(l) as { port: number }).port);
     });
   });

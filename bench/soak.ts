@@ -5,6 +5,7 @@
 // terminal events. Writes bench/results/soak.md and soak.json; exits 1 when a target is missed.
 // Needs a build. Not in CI. Usage: npm run bench:soak [-- --minutes 4 --kill-every 60 --watches 500]
 import { fork } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -122,6 +123,20 @@ let daemon: BenchDaemon | null = null;
 let lifeStartedAtMs = 0;
 let life = 0;
 let daemonErrors = 0;
+/** Exits the soak did not cause (neither its SIGKILL nor its final SIGTERM), with the code or signal. */
+const unexpectedExits: string[] = [];
+const stopped = new Set<ChildProcess>();
+
+/** Sends the signal and resolves with the exit code (null after a signal), at once if the process is gone already. */
+async function stop(child: ChildProcess, signal: NodeJS.Signals): Promise<number | null> {
+  stopped.add(child);
+  if (child.exitCode === null && child.signalCode === null) {
+    const exited = once(child, 'exit');
+    child.kill(signal);
+    await exited;
+  }
+  return child.exitCode;
+}
 const samples: Sample[] = [];
 const restartMs: number[] = [];
 
@@ -129,6 +144,10 @@ async function boot(): Promise<BenchDaemon> {
   const t0 = Date.now();
   const started = await startDaemon({ settings, dataDir, env: { OPENAI_API_KEY: KEY }, nodeFlags: ['--max-semi-space-size=8'] });
   restartMs.push(Date.now() - t0);
+  const lifeNumber = life + 1;
+  started.child.once('exit', (code, signal) => {
+    if (!stopped.has(started.child)) unexpectedExits.push(`life ${lifeNumber}: ${signal ?? `exit ${code}`}`);
+  });
   started.lines.on('line', (line) => {
     const level = (JSON.parse(line) as { level?: number }).level ?? 0;
     if (level >= 50) daemonErrors += 1;
@@ -203,9 +222,7 @@ while (Date.now() - startedAtMs < SOAK_MS) {
     if (sample) samples.push({ life, atMs: now - lifeStartedAtMs, ...sample });
   }
   if (daemon && now - lifeStartedAtMs >= KILL_EVERY_MS) {
-    const exited = once(daemon.child, 'exit');
-    daemon.child.kill('SIGKILL');
-    await exited;
+    await stop(daemon.child, 'SIGKILL');
     daemon = null;
     kills += 1;
     daemon = await boot();
@@ -257,17 +274,12 @@ const drainPos = logged.at(-1)?.pos ?? 0;
 const mustArrive = logged.filter((e) => e.pos <= drainPos);
 const arrivedIds = (): Set<string> => new Set(receiver.arrivals.map((a) => a.id));
 const drainStartMs = Date.now();
-while (Date.now() - drainStartMs < SETTLE_TIMEOUT_MS && !mustArrive.every((e) => arrivedIds().has(e.id))) await sleep(2_000);
+for (let ids = arrivedIds(); Date.now() - drainStartMs < SETTLE_TIMEOUT_MS && !mustArrive.every((e) => ids.has(e.id)); ids = arrivedIds()) await sleep(2_000);
 const drainedMs = Date.now() - drainStartMs;
 
-let stopCode: number | null = null;
-if (daemon) {
-  const exited = once(daemon.child, 'exit') as Promise<[number | null]>;
-  daemon.child.kill('SIGTERM');
-  [stopCode] = await exited;
-}
-simProcess.disconnect();
-await once(simProcess, 'exit');
+const stopCode = daemon ? await stop(daemon.child, 'SIGTERM') : null;
+// not disconnect(): the simulator's close() did not return once in a 30-minute soak
+await stop(simProcess, 'SIGTERM');
 await receiver.close();
 readLog();
 const dead = (db.prepare("SELECT COUNT(*) AS n FROM deliveries WHERE state = 'dead'").get() as { n: number }).n;
@@ -317,6 +329,7 @@ if (outOfOrder > 0) missed.push(`${outOfOrder} events out of order`);
 if (missingInLog.length + missingAtReceiver.length > 0) missed.push(`${missingInLog.length} terminal events not committed, ${missingAtReceiver.length} not received`);
 if (unknown > 0) missed.push(`${unknown} events received that the log does not hold`);
 if (dead > 0) missed.push(`${dead} dead letters`);
+if (unexpectedExits.length > 0) missed.push(`daemon exits the soak did not cause: ${unexpectedExits.join(', ')}`);
 
 const mb = (v: number | undefined): string => (v === undefined ? 'n/a' : v.toFixed(1));
 const pct = (v: number): string => `${v >= 0 ? '+' : ''}${v.toFixed(1)} %`;
@@ -344,7 +357,7 @@ const rows: [string, string, string][] = [
   ['dead letters', String(dead), '0'],
   ['receiver down: flaps / total s / requests refused or 503', `${receiver.flaps} / ${Math.round(receiver.downMs / 1000)} / ${receiver.rejected}`, ''],
   ['settle: terminal events / receiver drained after (s)', `${(terminalSettledMs / 1000).toFixed(0)} / ${(drainedMs / 1000).toFixed(0)}`, `<= ${SETTLE_TIMEOUT_MS / 1000} each`],
-  ['daemon error lines / graceful stop exit code', `${daemonErrors} / ${stopCode ?? 'n/a'}`, ''],
+  ['daemon error lines / exits not caused by the soak / graceful stop exit code', `${daemonErrors} / ${unexpectedExits.length} / ${stopCode ?? 'n/a'}`, '0 / 0 / 0'],
 ];
 const command = `npm run bench:soak -- --watches ${WATCHES} --minutes ${SOAK_MS / 60_000} --kill-every ${KILL_EVERY_MS / 1000} --rps ${flags.rps}`;
 const markdown = [
