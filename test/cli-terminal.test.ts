@@ -3,7 +3,7 @@ import { once } from 'node:events';
 import { describe, expect, it } from 'vitest';
 import type { WatchEvent } from '../src/events.js';
 import type { RunningSimulator, SimulatedRun } from '../src/simulator.js';
-import { freePort } from './cluster.js';
+import { freePort } from './ports.js';
 import { CLI, cliEnv, runCli } from './spawn.js';
 import { useSimulator } from './sim.js';
 

@@ -2,10 +2,10 @@ import { spawn, spawnSync } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
+import { freePort } from './ports.js';
 
 /** A local Redis Cluster of masters on loopback, started by a test. */
 export interface LocalCluster {
@@ -23,17 +23,6 @@ export function requireClusterTools(): boolean {
   if (!found && process.env.CI) throw new Error('redis-server and redis-cli are needed for the Redis Cluster tests; .ci/run should have installed them');
   if (!found) process.stderr.write('note: Redis Cluster tests skipped, redis-server or redis-cli is not on PATH\n');
   return found;
-}
-
-/** A free loopback port, nothing listening on it (listen on 0, read it, close). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 /** Waits until a node's log says it accepts connections; rejects when it exits first. */

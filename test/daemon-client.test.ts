@@ -14,6 +14,7 @@ import { startProxy } from './proxy.js';
 import type { CliProcess, CliResult } from './spawn.js';
 import { runCli, startCli } from './spawn.js';
 import { readFrames, readSseEvents } from './sse.js';
+import { freePort } from './ports.js';
 
 const KEY = 'sk-client-KEY-7d1e9a';
 const TOKEN = 'control-token-CLIENT-SECRET-5c3f';
@@ -35,15 +36,6 @@ function lines(result: CliResult): Array<Record<string, unknown>> {
     .split('\n')
     .filter((line) => line !== '')
     .map((line) => JSON.parse(line) as Record<string, unknown>);
-}
-
-/** A port nothing listens on (taken and released at once). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** Adds a run to the daemon's simulator with fresh ids. */

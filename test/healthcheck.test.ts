@@ -5,21 +5,13 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { probeHost } from '../src/healthcheck.js';
 import { runCli, startCli } from './spawn.js';
+import { freePort } from './ports.js';
 
 // `runwatch healthcheck` reads the configuration as the daemon does; each case gives the daemon
 // its port one way and runs the check with the same environment and flags
 const dir = mkdtempSync(path.join(tmpdir(), 'runwatch-healthcheck-'));
 // a base URL the daemon never calls: no watch is added
 const BASE = { RUNWATCH_PROVIDER: 'openai', RUNWATCH_BASE_URL: 'http://127.0.0.1:9/v1', RUNWATCH_STORE: 'memory', RUNWATCH_SINKS__STDOUT__ENABLED: 'false' };
-
-/** A port nobody listens on right now. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 const cases: Array<[string, (port: number) => { env: Record<string, string>; args: string[] }]> = [
   ['RUNWATCH_PORT', (port) => ({ env: { RUNWATCH_PORT: String(port) }, args: [] })],
