@@ -1,5 +1,4 @@
 import { hostname } from 'node:os';
-import type { Cluster } from 'ioredis';
 import { EventEmitter } from 'eventemitter3';
 import type { Logger } from 'pino';
 import type { BudgetSnapshot } from '../budget.js';
@@ -12,6 +11,7 @@ import { DEFAULT_DEADLINES, resolvePollPolicy, safetyNetPolicy } from '../schedu
 import type { StepSettings } from '../step.js';
 import { resumeProgress } from '../step.js';
 import type { RedisClient, RedisStore } from '../store/redis.js';
+import { isCluster } from '../store/redis.js';
 import type { NewWatch, WatchRecord } from '../store/store.js';
 import { kindOf, targetKey, targetOf } from '../store/store.js';
 import { randomWatchId } from '../watcher.js';
@@ -469,10 +469,6 @@ export class RedisEngine extends EventEmitter<EngineEvents> implements Engine {
       // Redis away: readiness says so; nothing to wake
     }
   }
-}
-
-function isCluster(redis: RedisClient): redis is Cluster {
-  return 'nodes' in redis;
 }
 
 /** A heartbeat: `<expires at ms>:<watches polled>`. */

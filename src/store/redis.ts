@@ -4,7 +4,7 @@ import { StoreUnavailableError } from '../errors.js';
 import type { Progress } from '../step.js';
 import { RedisKeys } from './redis-keys.js';
 import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchQuery, WatchRecord, WatchState, WatchStore, WatchTarget } from './store.js';
-import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, needsScan, orderingId, pageOf, parseJson, targetKey } from './store.js';
+import { committedFields, eventTarget, idFieldsOfTarget, isCheckpoint, needsScan, orderingId, pageOf, parseJson, targetKey } from './store.js';
 
 /** Keeps the log and outbox streams bounded (approximately): Redis holds them in memory. */
 const STREAM_CAP = 1_000_000;
@@ -76,6 +76,11 @@ interface Commands {
 
 /** A connection to one Redis or to a Redis Cluster: the commands runwatch sends are the same on both. */
 export type RedisClient = Redis | Cluster;
+
+/** True for a Redis Cluster's client (which has nodes), false for one Redis. */
+export function isCluster(redis: RedisClient): redis is Cluster {
+  return 'nodes' in redis;
+}
 
 /**
  * The outbox partition of a run or response (by `orderingId`): one target always maps to the
@@ -243,11 +248,7 @@ export class RedisStore implements WatchStore {
 
   /** The active watches of one watch partition, read in chunks. */
   async *activeIn(partition: number): AsyncIterable<WatchRecord> {
-    let cursor = '0';
-    do {
-      const [next, ids] = await this.#call(() => this.#redis.sscan(this.keys.activeIn(partition), cursor, 'COUNT', 500));
-      cursor = next;
-      if (ids.length === 0) continue;
+    for await (const ids of this.#members(this.keys.activeIn(partition))) {
       const pipeline = this.#redis.pipeline();
       for (const id of ids) pipeline.hgetall(this.keys.watch(id));
       const replies = await this.#call(async () => (await pipeline.exec()) ?? []);
@@ -255,19 +256,24 @@ export class RedisStore implements WatchStore {
         const hash = value as Record<string, string>;
         if (hash.id && hash.state === 'active') yield this.#record(hash);
       }
-    } while (cursor !== '0');
+    }
   }
 
   /** The ids in one watch partition's active set (a reconciliation compares them with what a replica polls). */
   async activeIdsIn(partition: number): Promise<string[]> {
     const ids: string[] = [];
+    for await (const batch of this.#members(this.keys.activeIn(partition))) ids.push(...batch);
+    return ids;
+  }
+
+  /** A set's members in batches (`SSCAN`, 500 at a time; a batch may be empty). */
+  async *#members(key: string): AsyncIterable<string[]> {
     let cursor = '0';
     do {
-      const [next, batch] = await this.#call(() => this.#redis.sscan(this.keys.activeIn(partition), cursor, 'COUNT', 500));
+      const [next, ids] = await this.#call(() => this.#redis.sscan(key, cursor, 'COUNT', 500));
       cursor = next;
-      ids.push(...batch);
+      yield ids;
     } while (cursor !== '0');
-    return ids;
   }
 
   /**
@@ -278,21 +284,18 @@ export class RedisStore implements WatchStore {
    */
   async migrate(): Promise<void> {
     const { keys } = this;
+    for await (const ids of this.#members(keys.active)) {
+      if (ids.length === 0) continue;
+      const pipeline = this.#redis.pipeline();
+      for (const id of ids) pipeline.sadd(keys.activeIn(this.partitionOfWatch(id)), id);
+      await this.#call(() => pipeline.exec());
+    }
     await this.#call(async () => {
-      let cursor = '0';
-      do {
-        const [next, ids] = await this.#redis.sscan(keys.active, cursor, 'COUNT', 500);
-        cursor = next;
-        if (ids.length === 0) continue;
-        const pipeline = this.#redis.pipeline();
-        for (const id of ids) pipeline.sadd(keys.activeIn(this.partitionOfWatch(id)), id);
-        await pipeline.exec();
-      } while (cursor !== '0');
       await this.#redis.del(keys.active);
       // a Cluster scans node by node; a shard's queue keys share its hash tag, so one DEL takes a batch
       const redis: RedisClient = this.#redis;
-      for (const node of 'nodes' in redis ? redis.nodes('master') : [redis]) {
-        cursor = '0';
+      for (const node of isCluster(redis) ? redis.nodes('master') : [redis]) {
+        let cursor = '0';
         do {
           const [next, found] = await node.scan(cursor, 'MATCH', `${keys.bullPrefix}:*`, 'COUNT', 1000);
           cursor = next;
@@ -328,7 +331,7 @@ export class RedisStore implements WatchStore {
    */
   async commit(watchId: string, expectedSeq: number, change: WatchChange): Promise<CommitResult> {
     // a step that changed nothing a consumer sees is a checkpoint: written with the next batch (unless a server's retry-after must survive a crash)
-    if (change.events.length === 0 && change.state === 'active' && !carriesServerFloor(change.progress)) {
+    if (isCheckpoint(change)) {
       this.#checkpoints.set(watchId, change.progress);
       return 'ok';
     }

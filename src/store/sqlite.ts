@@ -7,7 +7,7 @@ import type { StatementSync } from 'node:sqlite';
 import { ConfigError, StoreOpenError, StoreWriteError } from '../errors.js';
 import type { Progress } from '../step.js';
 import type { CommitResult, DeliveryLog, EventFilter, NewWatch, PendingDelivery, Retention, SinkStats, StoredEvent, StoredProgress, StoredWatchEvent, WatchChange, WatchRecord, WatchQuery, WatchState, WatchStore, WatchTarget } from './store.js';
-import { carriesServerFloor, committedFields, eventTarget, idFieldsOfTarget, needsScan, parseJson, targetKey } from './store.js';
+import { committedFields, eventTarget, idFieldsOfTarget, isCheckpoint, needsScan, parseJson, targetKey } from './store.js';
 
 /** `attentionRank` (src/store/store.ts) of a row, in SQL: the same four ranks from the same fields. */
 const ATTENTION_RANK_SQL = `CASE
@@ -318,7 +318,7 @@ export class SqliteStore implements WatchStore, DeliveryLog {
   /** Runs synchronously up to its result, so steps of one process are written in the order they were committed. */
   async commit(watchId: string, expectedSeq: number, change: WatchChange): Promise<CommitResult> {
     // a step that changed nothing a consumer sees is a checkpoint: written with the next batch (unless a server's retry-after must survive a crash)
-    if (change.events.length === 0 && change.state === 'active' && !carriesServerFloor(change.progress)) {
+    if (isCheckpoint(change)) {
       this.#checkpoints.set(watchId, change.progress);
       return 'ok';
     }

@@ -1,4 +1,4 @@
-import type { CommitPort, WatchState } from '../driver.js';
+import type { CommitPort, WatchChange, WatchState } from '../driver.js';
 import type { ResponseEvent, RunEvent, WatchErrorDetails } from '../events.js';
 import { RESPONSE_KIND, RUN_KIND } from '../resource.js';
 import type { ResourceKind, Snapshot } from '../resource.js';
@@ -233,9 +233,14 @@ export function committedFields(change: { readonly progress: Progress; readonly 
   };
 }
 
-/** True when a progress holds a server's `retry-after` not yet passed: written at once, never left in a batch a crash would lose. */
-export function carriesServerFloor(progress: Progress, nowMs: number = Date.now()): boolean {
-  return progress.notBeforeMs !== null && progress.notBeforeMs > nowMs;
+/**
+ * True when a step is a checkpoint a store may keep in memory and write in a later batch: it
+ * changed nothing a consumer sees (no events, still active) and holds no server `retry-after`
+ * not yet passed (that one is written at once, never left in a batch a crash would lose).
+ */
+export function isCheckpoint(change: Pick<WatchChange, 'events' | 'state' | 'progress'>, nowMs: number = Date.now()): boolean {
+  const { notBeforeMs } = change.progress;
+  return change.events.length === 0 && change.state === 'active' && !(notBeforeMs !== null && notBeforeMs > nowMs);
 }
 
 /** Parses a stored JSON field, `null` when empty. */
