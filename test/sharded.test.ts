@@ -11,6 +11,7 @@ import type { Sink } from '../src/sinks/sink.js';
 import { initialProgress } from '../src/step.js';
 import { MemoryStore } from '../src/store/memory.js';
 import { fleetBudgetKey, RedisKeys, shardPrefix } from '../src/store/redis-keys.js';
+import { partitionOf } from '../src/store/redis.js';
 import { formatLogCursor, parseLogCursor, shardOf, ShardedStore } from '../src/store/sharded.js';
 import type { NewWatch, WatchQuery, WatchRecord, WatchStore } from '../src/store/store.js';
 import { targetKey } from '../src/store/store.js';
@@ -51,6 +52,14 @@ describe('shard keys', () => {
     expect(tag(keys.budget)).toBe('fleet');
     // one shard on one Redis: the keys of earlier versions
     expect(new RedisKeys('runwatch:').log).toBe('runwatch:log');
+  });
+});
+
+describe('shard of a key', () => {
+  it('does not decide the watch partition: the watches of one shard spread over every partition', () => {
+    // 2 shards and the default 8 partitions share a factor: a shard hash read like partitionOf's would fill every other partition only
+    const ids = Array.from({ length: 400 }, (_, i) => `w_spread${i}`).filter((id) => shardOf(id, 2) === 0);
+    expect(new Set(ids.map((id) => partitionOf(id, 8))).size).toBe(8);
   });
 });
 

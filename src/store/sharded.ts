@@ -3,9 +3,13 @@ import type { Progress } from '../step.js';
 import type { CommitResult, EventFilter, NewWatch, Retention, StoredEvent, WatchChange, WatchQuery, WatchRecord, WatchStore, WatchTarget } from './store.js';
 import { matchesQuery, needsScan, pageOf, targetKey } from './store.js';
 
-/** The shard of a key (a target key or a watch id): the same in every process and version. */
+/**
+ * The shard of a key (a target key or a watch id): the same in every process and version. It
+ * reads other bytes of the digest than `partitionOf` does: with the same ones, the watches of
+ * one shard of 2 would all fall in every other watch (and outbox) partition of it.
+ */
 export function shardOf(key: string, shards: number): number {
-  return shards === 1 ? 0 : createHash('sha1').update(key).digest().readUInt32BE(0) % shards;
+  return shards === 1 ? 0 : createHash('sha1').update(key).digest().readUInt32BE(4) % shards;
 }
 
 /** A log event of a sharded store: its shard and the log cursor just after it (one position per shard). */
