@@ -252,10 +252,12 @@ export class DaemonMetrics {
 
   /** Counts one poll. */
   poll(report: { readonly outcome: string; readonly httpStatus?: number | undefined; readonly latencyMs: number; readonly latenessMs: number }): void {
+    const nowMs = this.#nowMs();
+    const throttled = report.httpStatus === 429;
     this.polls.inc({ outcome: report.outcome });
-    if (report.httpStatus === 429) this.rateLimited.inc();
-    if (report.outcome === 'ok') this.lastSuccessfulPoll.set(this.#nowMs() / 1000);
-    this.recent.record(this.#nowMs(), report.httpStatus === 429);
+    if (throttled) this.rateLimited.inc();
+    if (report.outcome === 'ok') this.lastSuccessfulPoll.set(nowMs / 1000);
+    this.recent.record(nowMs, throttled);
     this.pollLatency.observe(report.latencyMs / 1000);
     this.pollLateness.observe(report.latenessMs / 1000);
   }
